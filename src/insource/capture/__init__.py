@@ -1,0 +1,1 @@
+"""insource.capture."""

@@ -1,0 +1,220 @@
+"""Configuration: TOML, validated strictly, secrets only as `env::NAME` references.
+
+`load_config(path)` returns an immutable `Config`. Nothing here mutates module globals; every
+component receives the config (or the part it needs) explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from insource.errors import ConfigError
+
+ENV_PREFIX = "env::"
+DEFAULT_CONFIG_NAME = "insource.toml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret_ref(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(ENV_PREFIX) or len(value) <= len(ENV_PREFIX):
+        raise ValueError("secrets must be referenced as env::NAME, never written inline")
+    return value
+
+
+def resolve_secret(ref: str | None) -> str | None:
+    """Resolve an `env::NAME` reference; None when unset."""
+    if ref is None:
+        return None
+    return os.environ.get(ref[len(ENV_PREFIX) :]) or None
+
+
+class ServerConfig(Strict):
+    secret: str | None = None
+    admin_key: str | None = None
+    max_body_mb: float = 8.0
+    default_max_tokens: int = 1024
+    redis_url: str | None = None
+
+    _check_secret = field_validator("secret", "admin_key")(_secret_ref)
+
+
+class StoreConfig(Strict):
+    url: str = "sqlite:///./insource.db"
+
+
+class RegistryConfig(Strict):
+    path: str | None = None
+
+
+class ProviderConfig(Strict):
+    kind: Literal["openai", "azure", "simulated"]
+    base_url: str
+    api_key: str | None = None
+    terms: str = "self-hosted"
+    api_version: str = "2024-10-21"
+    ttft_timeout_s: float = 60.0
+    total_timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    max_retries: int = Field(default=2, ge=0, le=10)
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_reset_s: float = 10.0
+
+    _check_key = field_validator("api_key")(_secret_ref)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class Price(Strict):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+    @property
+    def cached(self) -> float:
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+
+class ModelConfig(Strict):
+    targets: Annotated[list[str], Field(min_length=1)]
+    price: Price | None = None
+    free: bool = False
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        for target in value:
+            provider, _, model = target.partition(":")
+            if not provider or not model:
+                raise ValueError(f"target {target!r} must be PROVIDER:UPSTREAM_MODEL")
+        return value
+
+
+class TenantCapture(Strict):
+    enabled: bool = True
+    redact: bool = True
+
+
+class CaptureConfig(Strict):
+    enabled: bool = True
+    redactors: list[str] = ["secrets", "email", "phone", "card", "iban"]
+    tenants: dict[str, TenantCapture] = {}
+    queue_size: int = 50_000
+
+
+class TermsProfileConfig(Strict):
+    category: Literal["any", "internal", "none"]
+    summary: str
+    clause: str = ""
+    source: str = ""
+    date: str = ""
+
+
+class RouteConfig(Strict):
+    model: str
+    mode: Literal["shadow", "canary", "cascade", "full"]
+    percent: float = Field(default=0.0, ge=0, le=100)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    target_agreement: float | None = Field(default=None, ge=0, le=1)
+    audit_rate: float = Field(default=0.0, ge=0, le=1)
+    floor: float = Field(default=0.9, ge=0, le=1)
+
+
+class InhouseConfig(Strict):
+    cpu_usd_per_hour: float = 0.10
+    gpu_usd_per_hour: float = 2.00
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    registry: RegistryConfig = RegistryConfig()
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    capture: CaptureConfig = CaptureConfig()
+    terms: dict[str, TermsProfileConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+    inhouse: InhouseConfig = InhouseConfig()
+    base_dir: str = "."
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (Path(self.base_dir) / p)
+
+    def sqlite_path(self) -> Path | None:
+        url = self.store.url
+        if url.startswith("sqlite:///"):
+            return self.resolve_path(url[len("sqlite:///") :])
+        return None
+
+    def registry_path(self) -> Path:
+        if self.registry.path:
+            return self.resolve_path(self.registry.path)
+        db = self.sqlite_path()
+        return (db.parent if db else Path(self.base_dir)) / "models"
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{path}'")
+        else:
+            lines.append(f"'{path}': {err['msg']}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def _check_targets(cfg: Config, source: str) -> None:
+    for name, model in cfg.models.items():
+        for target in model.targets:
+            provider = target.partition(":")[0]
+            if provider not in cfg.providers:
+                raise ConfigError(
+                    f"invalid config {source}: 'models.{name}.targets' names unknown provider '{provider}'"
+                )
+
+
+def parse_config(data: dict[str, Any], base_dir: Path, source: str = "<embedded>") -> Config:
+    if "base_dir" in data:
+        raise ConfigError(f"invalid config {source}: unknown key 'base_dir'")
+    try:
+        cfg = Config.model_validate({**data, "base_dir": str(base_dir)})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    _check_targets(cfg, source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load `path`, else `./insource.toml`, else the embedded defaults."""
+    if path is None:
+        default = Path.cwd() / DEFAULT_CONFIG_NAME
+        if not default.exists():
+            return parse_config({}, Path.cwd())
+        path = default
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid config {file}: not valid TOML ({exc})") from None
+    return parse_config(data, file.resolve().parent, str(file))

@@ -1,0 +1,84 @@
+"""Named, ordered, append-only migrations. Never edit one that has shipped: append a new one."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,
+            created_at REAL NOT NULL, revoked_at REAL, budget_usd REAL, rpm INTEGER, tpm INTEGER,
+            models TEXT, capture INTEGER
+        );
+        CREATE INDEX keys_tenant ON keys(tenant);
+        CREATE TABLE usage (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+            endpoint TEXT NOT NULL, model TEXT, served_by TEXT, task TEXT, stream INTEGER NOT NULL DEFAULT 0,
+            status INTEGER NOT NULL, error_code TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0, reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0, cost_avoided_usd REAL NOT NULL DEFAULT 0,
+            latency_ms REAL, ttft_ms REAL, attempts INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX usage_ts ON usage(ts);
+        CREATE INDEX usage_tenant_ts ON usage(tenant, ts);
+        CREATE INDEX usage_key_ts ON usage(key_id, ts);
+        CREATE INDEX usage_task_ts ON usage(task, ts);
+        """
+    )
+
+
+@migration
+def m002_capture(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE blobs (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
+        CREATE TABLE captures (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+            task TEXT, model TEXT, provider TEXT, upstream_model TEXT, upstream_version TEXT,
+            served_by TEXT, terms TEXT NOT NULL, consent INTEGER NOT NULL,
+            messages TEXT NOT NULL, params TEXT NOT NULL, output_hash TEXT, output TEXT,
+            finish_reason TEXT, status INTEGER NOT NULL, redactors TEXT NOT NULL, redactions TEXT NOT NULL
+        );
+        CREATE INDEX captures_task_ts ON captures(task, ts);
+        CREATE TABLE audit (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, action TEXT NOT NULL, task TEXT, purpose TEXT,
+            target TEXT, detail TEXT NOT NULL
+        );
+        """
+    )
+
+
+@migration
+def m003_routing(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE routes (
+            task TEXT PRIMARY KEY, model TEXT NOT NULL, mode TEXT NOT NULL, percent REAL NOT NULL,
+            threshold REAL, target_agreement REAL, audit_rate REAL NOT NULL, floor REAL NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1, updated_at REAL NOT NULL
+        );
+        CREATE TABLE route_events (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, task TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
+        );
+        CREATE TABLE agreements (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL,
+            source TEXT NOT NULL, agree INTEGER NOT NULL
+        );
+        CREATE INDEX agreements_task_ts ON agreements(task, ts);
+        """
+    )

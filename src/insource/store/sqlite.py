@@ -1,0 +1,133 @@
+"""SQLite store: opens, migrates, and runs parameterised queries. It writes what it is given."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from insource.errors import ConfigError
+from insource.store.migrations import MIGRATIONS
+
+Row = dict[str, Any]
+
+
+class Store:
+    """A thin, thread-safe wrapper over one SQLite database (one connection per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._migrate_lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the store folder {path.parent}: {exc.strerror}") from None
+        self.migrate()
+
+    # -- connections -------------------------------------------------------------------------
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise ConfigError(f"cannot open the store {self.path}: {exc}") from None
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- schema ------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; returns the names applied."""
+        applied: list[str] = []
+        with self._migrate_lock:
+            db = self.conn()
+            db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+            done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
+            for name, fn in MIGRATIONS:
+                if name in done:
+                    continue
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if db.execute("SELECT 1 FROM _migrations WHERE name=?", (name,)).fetchone():
+                        db.execute("COMMIT")
+                        continue
+                    fn(db)
+                    db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                applied.append(name)
+        return applied
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [dict(r) for r in self.conn().execute(sql, params)]
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row = self.conn().execute(sql, params).fetchone()
+        return dict(row) if row is not None else None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn().execute(sql, params).rowcount
+
+    def insert_many(self, table: str, rows: Iterable[Row], *, ignore: bool = False) -> int:
+        """Insert rows (dicts with the same keys) in one transaction."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        cols = list(rows[0])
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        db = self.conn()
+        db.execute("BEGIN")
+        try:
+            db.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
+        """Insert a mixed batch of (table, row, ignore_duplicates) in one transaction."""
+        db = self.conn()
+        db.execute("BEGIN")
+        try:
+            for table, row, ignore in batch:
+                cols = list(row)
+                verb = "INSERT OR IGNORE" if ignore else "INSERT"
+                db.execute(
+                    f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    tuple(row[c] for c in cols),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- meta --------------------------------------------------------------------------------
+    def meta_get(self, key: str) -> str | None:
+        row = self.query_one("SELECT value FROM meta WHERE key=?", (key,))
+        return None if row is None else str(row["value"])
+
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """Set `key` unless present; return the stored value (atomic across processes)."""
+        self.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        stored = self.meta_get(key)
+        assert stored is not None
+        return stored

@@ -42,7 +42,7 @@ class ServerConfig(Strict):
     secret: str | None = None
     admin_key: str | None = None
     max_body_mb: float = 8.0
-    default_max_tokens: int = 1024
+    default_max_tokens: int = 256
     redis_url: str | None = None
 
     _check_secret = field_validator("secret", "admin_key")(_secret_ref)
@@ -134,6 +134,10 @@ class RouteConfig(Strict):
     floor: float = Field(default=0.9, ge=0, le=1)
 
 
+class TenantConfig(Strict):
+    budget_usd: float | None = Field(default=None, ge=0)
+
+
 class InhouseConfig(Strict):
     cpu_usd_per_hour: float = 0.10
     gpu_usd_per_hour: float = 2.00
@@ -149,6 +153,7 @@ class Config(Strict):
     terms: dict[str, TermsProfileConfig] = {}
     routes: dict[str, RouteConfig] = {}
     inhouse: InhouseConfig = InhouseConfig()
+    tenants: dict[str, TenantConfig] = {}
     base_dir: str = "."
 
     def resolve_path(self, path: str) -> Path:

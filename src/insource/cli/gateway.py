@@ -1,5 +1,199 @@
-"""CLI commands (gateway)."""
+"""Gateway commands: serve, keys, spend."""
 
 from __future__ import annotations
 
-from insource.cli import app  # noqa: F401
+import os
+import urllib.error
+import urllib.request
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from insource.cli import app
+from insource.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    UrlOpt,
+    console,
+    fail,
+    get_config,
+    get_store,
+    handle_errors,
+    print_json,
+)
+
+keys_app = typer.Typer(help="Tenants' virtual keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call a remote gateway's admin API (admin key from INSOURCE_ADMIN_KEY)."""
+    admin_key = os.environ.get("INSOURCE_ADMIN_KEY")
+    if not admin_key:
+        raise fail("--url needs the admin key in the INSOURCE_ADMIN_KEY environment variable")
+    req = urllib.request.Request(
+        url.rstrip("/") + path,
+        method=method,
+        data=orjson.dumps(body) if body is not None else None,
+        headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = orjson.loads(exc.read())["error"]["message"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        raise fail(f"the gateway refused: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+
+
+@app.command()
+@handle_errors
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8700,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the OpenAI-compatible gateway."""
+    import uvicorn
+
+    from insource.metering.prices import resolve_prices
+    from insource.server.app import create_app
+
+    cfg = get_config(config)
+    resolve_prices(cfg)  # refuse to start with an unpriced model
+    get_store(cfg)  # create and migrate before workers start
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+        "timeout_graceful_shutdown": 30,
+    }
+    console.print(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", style="bold", highlight=False)
+    if workers == 1:
+        uvicorn.run(create_app(cfg), **common)
+        return
+    if config is not None:
+        os.environ["INSOURCE_CONFIG"] = str(config.resolve())
+    os.environ["INSOURCE_WORKERS"] = str(workers)
+    uvicorn.run("insource.server.app:app_factory", factory=True, workers=workers, **common)
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+    budget_usd: Annotated[float | None, typer.Option("--budget-usd", help="Monthly budget in USD.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models this key may use.")] = None,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create a virtual key. The key is printed once; only its HMAC is stored."""
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if url:
+        body = {"tenant": tenant, "budget_usd": budget_usd, "rpm": rpm, "tpm": tpm, "models": model_list}
+        created = remote(url, "POST", "/admin/keys", body)
+    else:
+        from insource.service.keys import create_key, server_secret
+
+        cfg = get_config(config)
+        store = get_store(cfg)
+        created = create_key(
+            store, server_secret(cfg, store), tenant, budget_usd=budget_usd, rpm=rpm, tpm=tpm, models=model_list
+        )
+    if json:
+        print_json(created)
+        return
+    console.print(f"created key [bold]{created['id']}[/] for tenant [bold]{created['tenant']}[/]:", highlight=False)
+    print(created["key"])
+    console.print("[dim]Store it now: it will not be shown again.[/]")
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False) -> None:
+    """List keys (never the keys themselves)."""
+    if url:
+        rows = remote(url, "GET", "/admin/keys")
+    else:
+        from insource.service.keys import list_keys
+
+        rows = list_keys(get_store(get_config(config)))
+    if json:
+        print_json(rows)
+        return
+    table = Table("id", "tenant", "prefix", "budget_usd", "rpm", "tpm", "models", "revoked")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["tenant"],
+            r["prefix"] + "…",
+            str(r["budget_usd"] or "-"),
+            str(r["rpm"] or "-"),
+            str(r["tpm"] or "-"),
+            ",".join(r["models"] or []) or "all",
+            "yes" if r["revoked"] else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False) -> None:
+    """Revoke a key: refused on every worker within a second."""
+    if url:
+        remote(url, "DELETE", f"/admin/keys/{key_id}")
+    else:
+        from insource.service.keys import revoke_key
+
+        revoke_key(get_store(get_config(config)), key_id)
+    if json:
+        print_json({"id": key_id, "revoked": True})
+    else:
+        console.print(f"revoked {key_id}")
+
+
+@app.command()
+@handle_errors
+def spend(
+    by: Annotated[str, typer.Option(help="Group by tenant, model, task, day, key or served_by.")] = "tenant",
+    since: Annotated[str | None, typer.Option(help="Only records since this date (YYYY-MM-DD).")] = None,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Where the money goes."""
+    if url:
+        query = f"?by={by}" + (f"&since={since}" if since else "")
+        rows = remote(url, "GET", "/admin/spend" + query)
+    else:
+        from insource.service.spend import spend as spend_rows
+
+        rows = spend_rows(get_store(get_config(config)), by, since)
+    if json:
+        print_json(rows)
+        return
+    table = Table(by, "requests", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
+    for r in rows:
+        table.add_row(
+            str(r[by]),
+            str(r["requests"]),
+            str(r["prompt_tokens"]),
+            str(r["cached_tokens"]),
+            str(r["completion_tokens"]),
+            f"{r['cost_usd']:.6f}",
+            f"{r['cost_avoided_usd']:.6f}",
+        )
+    console.print(table)

@@ -14,9 +14,17 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run statements one by one inside the caller's transaction (executescript would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 @migration
 def m001_initial(db: sqlite3.Connection) -> None:
-    db.executescript(
+    run_script(
+        db,
         """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE keys (
@@ -38,13 +46,14 @@ def m001_initial(db: sqlite3.Connection) -> None:
         CREATE INDEX usage_tenant_ts ON usage(tenant, ts);
         CREATE INDEX usage_key_ts ON usage(key_id, ts);
         CREATE INDEX usage_task_ts ON usage(task, ts);
-        """
+        """,
     )
 
 
 @migration
 def m002_capture(db: sqlite3.Connection) -> None:
-    db.executescript(
+    run_script(
+        db,
         """
         CREATE TABLE blobs (hash TEXT PRIMARY KEY, data BLOB NOT NULL);
         CREATE TABLE captures (
@@ -59,13 +68,14 @@ def m002_capture(db: sqlite3.Connection) -> None:
             id TEXT PRIMARY KEY, ts REAL NOT NULL, action TEXT NOT NULL, task TEXT, purpose TEXT,
             target TEXT, detail TEXT NOT NULL
         );
-        """
+        """,
     )
 
 
 @migration
 def m003_routing(db: sqlite3.Connection) -> None:
-    db.executescript(
+    run_script(
+        db,
         """
         CREATE TABLE routes (
             task TEXT PRIMARY KEY, model TEXT NOT NULL, mode TEXT NOT NULL, percent REAL NOT NULL,
@@ -80,5 +90,5 @@ def m003_routing(db: sqlite3.Connection) -> None:
             source TEXT NOT NULL, agree INTEGER NOT NULL
         );
         CREATE INDEX agreements_task_ts ON agreements(task, ts);
-        """
+        """,
     )

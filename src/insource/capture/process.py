@@ -1,0 +1,91 @@
+"""Turn one `CaptureRaw` into store rows, in the writer thread: redact, content-address, record provenance.
+
+Each message is redacted, serialised canonically (sorted keys) and stored once under the sha256 of those
+bytes (`blobs`, INSERT OR IGNORE), so a system prompt repeated a million times is stored once. The
+`captures` row keeps the ordered list of message hashes, the other request fields (`params`), the
+redacted output and which redactors ran with how many replacements each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from insource.capture.record import CaptureRaw
+from insource.capture.redact import get_redactors, redact_text, redact_value
+
+WriteItem = tuple[str, dict[str, Any], bool]
+
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical JSON bytes of a value (sorted keys, compact, UTF-8)."""
+    return orjson.dumps(value, option=_SORT)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def message_blob(message: Any) -> tuple[str, str]:
+    """(hash, canonical JSON text) of one already-redacted message."""
+    data = canonical(message)
+    return sha256_hex(data), data.decode()
+
+
+def process_capture(raw: CaptureRaw) -> list[WriteItem]:
+    """Rows to write for one request: blobs (ignore duplicates) then one `captures` row.
+
+    Nothing is returned when the tenant/key has not consented. Redaction happens here, before any row
+    exists; with redaction switched off for the tenant, only fields named like secrets are dropped.
+    """
+    if not raw.consent:
+        return []
+    redactors = get_redactors(raw.redactors) if raw.redact else ()
+    counts: dict[str, int] = {}
+    request = raw.request if isinstance(raw.request, dict) else {}
+    rows: list[WriteItem] = []
+    hashes: list[str] = []
+    seen: set[str] = set()
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            digest, data = message_blob(redact_value(message, redactors, counts))
+            hashes.append(digest)
+            if digest not in seen:
+                seen.add(digest)
+                rows.append(("blobs", {"hash": digest, "data": data}, True))
+    params = redact_value({k: v for k, v in request.items() if k != "messages"}, redactors, counts)
+    output = redact_text(raw.output, redactors, counts) if raw.output is not None else None
+    rows.append(
+        (
+            "captures",
+            {
+                "id": raw.id,
+                "ts": raw.ts,
+                "tenant": raw.tenant,
+                "key_id": raw.key_id,
+                "task": raw.task,
+                "model": raw.model,
+                "provider": raw.provider,
+                "upstream_model": raw.upstream_model,
+                "upstream_version": raw.upstream_version,
+                "served_by": raw.served_by,
+                "terms": raw.terms,
+                "consent": 1,
+                "messages": orjson.dumps(hashes).decode(),
+                "params": canonical(params).decode(),
+                "output_hash": None if output is None else sha256_hex(output.encode()),
+                "output": output,
+                "finish_reason": raw.finish_reason,
+                "status": raw.status,
+                "redactors": orjson.dumps([r.name for r in redactors]).decode(),
+                "redactions": orjson.dumps(counts).decode(),
+            },
+            True,  # idempotent: a replayed spool or a retried submit must not fail the batch
+        )
+    )
+    return rows

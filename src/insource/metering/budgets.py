@@ -1,0 +1,111 @@
+"""Budgets and rate limits: admission by reservation, reconciled with real usage.
+
+`Ledger` is an in-process, single-event-loop ledger: `reserve` checks and books atomically (no await
+inside), so concurrent requests never overshoot a budget by more than one request's estimate error.
+Month-to-date spend from other workers is folded in by `sync_spent` (called periodically).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+Scope = str  # "key:ID" or "tenant:NAME"
+
+
+@dataclass(slots=True)
+class Reservation:
+    scopes: tuple[Scope, ...]
+    amount: float
+    settled: bool = False
+
+
+@dataclass
+class Ledger:
+    spent: dict[Scope, float] = field(default_factory=dict)  # month-to-date, settled
+    reserved: dict[Scope, float] = field(default_factory=dict)
+    local_spent: dict[Scope, float] = field(default_factory=dict)  # settled here since the last sync
+
+    def reserve(self, limits: list[tuple[Scope, float]], amount: float) -> Reservation | None:
+        """Book `amount` on every scope if each stays within its limit; None (nothing booked) otherwise."""
+        for scope, limit in limits:
+            used = self.spent.get(scope, 0.0) + self.reserved.get(scope, 0.0)
+            if used + amount > limit + 1e-12:
+                return None
+        scopes = tuple(scope for scope, _ in limits)
+        for scope in scopes:
+            self.reserved[scope] = self.reserved.get(scope, 0.0) + amount
+        return Reservation(scopes, amount)
+
+    def remaining(self, scope: Scope, limit: float) -> float:
+        return limit - self.spent.get(scope, 0.0) - self.reserved.get(scope, 0.0)
+
+    def settle(self, reservation: Reservation, actual: float) -> None:
+        """Release the reservation and book the real cost (idempotent)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        for scope in reservation.scopes:
+            self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) - reservation.amount)
+            self.spent[scope] = self.spent.get(scope, 0.0) + actual
+            self.local_spent[scope] = self.local_spent.get(scope, 0.0) + actual
+
+    def sync_spent(self, stored: dict[Scope, float], unflushed: dict[Scope, float]) -> None:
+        """Replace settled spend by the store's month-to-date figures plus what is not yet written."""
+        merged = dict(stored)
+        for scope, value in unflushed.items():
+            merged[scope] = merged.get(scope, 0.0) + value
+        self.spent = merged
+
+
+class RateWindow:
+    """Sliding one-minute window of (time, amount) events for RPM/TPM limits."""
+
+    __slots__ = ("events", "total")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def _trim(self, now: float) -> None:
+        cutoff = now - 60.0
+        while self.events and self.events[0][0] <= cutoff:
+            self.total -= self.events.popleft()[1]
+
+    def would_exceed(self, amount: float, limit: float, now: float | None = None) -> bool:
+        self._trim(time.monotonic() if now is None else now)
+        return self.total + amount > limit
+
+    def add(self, amount: float, now: float | None = None) -> None:
+        self.events.append((time.monotonic() if now is None else now, amount))
+        self.total += amount
+
+    def retry_after(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return max(1.0, 60.0 - (now - self.events[0][0])) if self.events else 1.0
+
+
+@dataclass
+class RateLimiter:
+    requests: dict[str, RateWindow] = field(default_factory=dict)
+    tokens: dict[str, RateWindow] = field(default_factory=dict)
+
+    def check(self, key_id: str, rpm: int | None, tpm: int | None, est_tokens: int) -> float | None:
+        """Admit (and count) one request; returns None when admitted, else seconds to retry after."""
+        now = time.monotonic()
+        rw = self.requests.setdefault(key_id, RateWindow())
+        tw = self.tokens.setdefault(key_id, RateWindow())
+        if rpm is not None and rw.would_exceed(1, rpm, now):
+            return rw.retry_after(now)
+        if tpm is not None and tw.would_exceed(est_tokens, tpm, now):
+            return tw.retry_after(now)
+        rw.add(1, now)
+        if tpm is not None:
+            tw.add(est_tokens, now)
+        return None
+
+    def correct_tokens(self, key_id: str, delta: float) -> None:
+        """Reconcile a TPM estimate with real usage."""
+        if delta and key_id in self.tokens:
+            self.tokens[key_id].add(delta)

@@ -1,0 +1,157 @@
+"""The HTTP surface: thin Starlette handlers over the service layer, and one error handler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from insource.config import Config, load_config
+from insource.errors import InsourceError, NotFound, PayloadTooLarge, Unauthorized
+from insource.server import admin
+from insource.server.responses import RawJSON, SSEResponse
+from insource.service import chat
+from insource.service.gateway import Gateway
+from insource.service.keys import KeyInfo
+
+log = logging.getLogger("insource.server")
+
+
+def error_response(exc: InsourceError) -> RawJSON:
+    return RawJSON(exc.body_bytes(), exc.status, exc.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body too large: the limit is {limit // (1024 * 1024)} MB.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body too large: the limit is {limit // (1024 * 1024)} MB.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def authenticate(gw: Gateway, request: Request) -> KeyInfo:
+    header = request.headers.get("authorization")
+    if header and header[:7].lower() == "bearer ":
+        presented = header[7:].strip()
+    else:
+        presented = request.headers.get("api-key", "").strip()
+    if not presented:
+        raise Unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.")
+    info = gw.keys.lookup(presented)
+    if info is None:
+        raise Unauthorized("Incorrect API key provided, or the key was revoked.")
+    return info
+
+
+def _gw(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+async def chat_completions(request: Request) -> Any:
+    gw = _gw(request)
+    key = authenticate(gw, request)
+    raw = await read_body(request, gw.max_body)
+    result = await chat.chat_completion(gw, key, raw, request.headers.get("x-insource-task"))
+    if isinstance(result, chat.StreamReply):
+        return SSEResponse(result.events, result.headers)
+    return RawJSON(result.body, result.status, result.headers)
+
+
+async def embeddings(request: Request) -> Any:
+    gw = _gw(request)
+    key = authenticate(gw, request)
+    raw = await read_body(request, gw.max_body)
+    result = await chat.embeddings(gw, key, raw, request.headers.get("x-insource-task"))
+    return RawJSON(result.body, result.status, result.headers)
+
+
+async def models(request: Request) -> Any:
+    gw = _gw(request)
+    key = authenticate(gw, request)
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "insource"} for m in gw.visible_models(key)]
+    return RawJSON(orjson.dumps({"object": "list", "data": data}))
+
+
+async def healthz(request: Request) -> Any:
+    gw = _gw(request)
+    return RawJSON(orjson.dumps({"status": "ok", "writer": gw.writer.report()}))
+
+
+async def on_insource_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InsourceError)
+    return Response(exc.body_bytes(), exc.status, exc.headers, media_type="application/json")
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+    body = {
+        "error": {
+            "message": "Internal error in insource; it has been logged.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    return Response(orjson.dumps(body), 500, media_type="application/json")
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        err: InsourceError = NotFound(f"Method {request.method} is not allowed on {request.url.path}.", status=405)
+    else:
+        err = NotFound(f"Unknown path {request.url.path}.", code="unknown_url")
+    return Response(err.body_bytes(), err.status, media_type="application/json")
+
+
+def create_app(cfg: Config) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gw = Gateway(cfg)
+        app.state.gateway = gw
+        from insource.routing.inhouse import attach_router
+
+        attach_router(gw)
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        *admin.routes(),
+    ]
+    handlers: dict[Any, Any] = {
+        InsourceError: on_insource_error,
+        404: on_http_error,
+        405: on_http_error,
+        Exception: on_unexpected,
+    }
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+
+
+def app_factory() -> Starlette:
+    """For `uvicorn --factory` with several workers: the config path comes from INSOURCE_CONFIG."""
+    path = os.environ.get("INSOURCE_CONFIG")
+    return create_app(load_config(path or None))

@@ -1,0 +1,98 @@
+"""Admission of one request: parse, validate, resolve the model, rate limits, budget reservation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from insource.errors import BadRequest, BudgetExceeded, RateLimited
+from insource.metering.prices import ModelPrice
+from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
+from insource.service.context import RequestContext
+from insource.service.gateway import Gateway
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("We could not parse the JSON body of your request. Send valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def take_task(body: dict[str, Any], header_task: str | None) -> str | None:
+    """The task from `metadata.task` (removed before forwarding) or the X-Insource-Task header."""
+    task: Any = None
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and "task" in metadata:
+        rest = {k: v for k, v in metadata.items() if k != "task"}
+        task = metadata["task"]
+        if rest:
+            body["metadata"] = rest
+        else:
+            del body["metadata"]
+    if task is None:
+        task = header_task
+    if task is not None and (not isinstance(task, str) or not task.strip() or len(task) > 200):
+        raise BadRequest("metadata.task must be a non-empty string of at most 200 characters", param="metadata.task")
+    return task.strip() if isinstance(task, str) else None
+
+
+def validate_chat(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array of message objects.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a string 'role'.", param=f"messages[{i}]")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise BadRequest("'stream' must be a boolean.", param="stream")
+    n = body.get("n", 1)
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+        raise BadRequest("'n' must be an integer between 1 and 128.", param="n")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BadRequest(f"'{name}' must be a positive integer.", param=name)
+
+
+def validate_embeddings(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    ok = isinstance(value, str) or (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, str | int) or (isinstance(v, list) and all(isinstance(t, int) for t in v)) for v in value)
+    )
+    if not ok:
+        raise BadRequest("'input' must be a string or a non-empty array of strings or token arrays.", param="input")
+
+
+def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len: int) -> ModelPrice:
+    """Resolve the model, then check rate limits and reserve the estimated cost on every budget."""
+    price = gw.model_for(ctx.key, body.get("model"))
+    ctx.model = body["model"]
+    completion = body.get("max_completion_tokens") or body.get("max_tokens")
+    if ctx.endpoint == "chat":
+        completion = (completion or gw.cfg.server.default_max_tokens) * int(body.get("n") or 1)
+    else:
+        completion = 0
+    prompt = estimate_prompt_tokens(body_len)
+    ctx.est_tokens = prompt + completion if ctx.key.tpm is not None else 0
+    retry = gw.limiter.check(ctx.key.id, ctx.key.rpm, ctx.key.tpm, prompt + completion)
+    if retry is not None:
+        raise RateLimited(
+            "Rate limit reached for this key (requests or tokens per minute). Retry later.",
+            headers={"Retry-After": str(int(retry + 0.999))},
+        )
+    limits = gw.budget_limits(ctx.key)
+    if limits:
+        estimate = cost_usd(Usage(prompt, 0, completion, 0), price)
+        ctx.reservation = gw.ledger.reserve(limits, estimate)
+        if ctx.reservation is None:
+            raise BudgetExceeded(
+                "This key's monthly budget is exhausted (or this request's estimated cost would exceed it)."
+            )
+    return price

@@ -1,0 +1,181 @@
+"""Use cases: chat completions (plain and streamed) and embeddings. route → call → meter → capture."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from insource.capture.record import CaptureRaw
+from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
+from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
+from insource.providers import Provider
+from insource.service.admission import admit, parse_body, take_task, validate_chat, validate_embeddings
+from insource.service.context import RequestContext
+from insource.service.gateway import Gateway
+from insource.service.keys import KeyInfo
+from insource.service.streams import StreamAccumulator, output_of
+
+SERVED_BY = "X-Insource-Served-By"
+
+
+@dataclass(slots=True)
+class Reply:
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+
+
+@dataclass(slots=True)
+class StreamReply:
+    events: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _fail(gw: Gateway, ctx: RequestContext, exc: InsourceError) -> None:
+    ctx.status, ctx.error_code = exc.status, exc.code
+    gw.finish(ctx)
+
+
+def _capture(
+    gw: Gateway,
+    ctx: RequestContext,
+    body: dict[str, Any],
+    output: str | None,
+    response: dict[str, Any] | None,
+    finish: str | None,
+) -> CaptureRaw | None:
+    consent, redact = gw.capture_policy(ctx.key)
+    if not consent:
+        return None
+    provider = gw.upstreams.providers.get(ctx.provider or "")
+    return CaptureRaw(
+        id=ctx.id,
+        ts=ctx.ts,
+        tenant=ctx.key.tenant,
+        key_id=ctx.key.id,
+        task=ctx.task,
+        model=ctx.model or "",
+        provider=ctx.provider,
+        upstream_model=ctx.upstream_model,
+        served_by=ctx.served_by or "",
+        terms=provider.config.terms if provider else "in-house",
+        consent=True,
+        redact=redact,
+        redactors=tuple(gw.cfg.capture.redactors),
+        request=body,
+        output=output,
+        response=response,
+        upstream_version=(response or {}).get("model"),
+        finish_reason=finish,
+        status=ctx.status,
+    )
+
+
+async def chat_completion(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None) -> Reply | StreamReply:
+    ctx = RequestContext(key, "chat")
+    try:
+        body = parse_body(raw)
+        ctx.model = body.get("model") if isinstance(body.get("model"), str) else None
+        ctx.stream = body.get("stream") is True
+        ctx.task = take_task(body, header_task)
+        validate_chat(body)
+        admit(gw, ctx, body, len(raw))
+        if gw.router is not None:
+            routed = await gw.router.handle(gw, ctx, body)
+            if routed is not None:
+                return routed
+        if ctx.stream:
+            return await _open_stream(gw, ctx, body)
+        return await _complete(gw, ctx, body)
+    except InsourceError as exc:
+        _fail(gw, ctx, exc)
+        raise
+
+
+async def _complete(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply:
+    resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.complete(m, body))
+    ctx.mark_first_byte()
+    ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(resp.body)), 0, 0, 0)
+    output, finish = output_of(resp.data)
+    gw.finish(ctx, _capture(gw, ctx, body, output, resp.data, finish))
+    return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
+
+
+async def _open_stream(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> StreamReply:
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    acc = StreamAccumulator(client_wants_usage=options.get("include_usage") is True)
+    forwarded = {**body, "stream_options": {**options, "include_usage": True}}
+
+    async def open_one(provider: Provider, model: str) -> tuple[Any, AsyncIterator[bytes], bytes | None]:
+        stream = await provider.stream(model, forwarded)
+        events = stream.__aiter__()
+        try:
+            async with asyncio.timeout(provider.config.ttft_timeout_s):
+                first = await anext(events, None)
+        except TimeoutError:
+            await stream.aclose()
+            raise UpstreamTimeout(f"upstream '{provider.name}' sent no first token in time") from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream, events, first
+
+    stream, events, first = await gw.upstreams.call(ctx, ctx.model or "", open_one)
+    ctx.mark_first_byte()
+    return StreamReply(_relay(gw, ctx, forwarded, stream, events, first, acc), {SERVED_BY: ctx.served_by or ""})
+
+
+async def _relay(
+    gw: Gateway,
+    ctx: RequestContext,
+    body: dict[str, Any],
+    stream: Any,
+    events: AsyncIterator[bytes],
+    first: bytes | None,
+    acc: StreamAccumulator,
+) -> AsyncIterator[bytes]:
+    """Relay upstream events as they come. Whatever happens (even a client disconnect), meter once."""
+    ctx.status = 499  # until the stream completes
+    try:
+        if first is not None:
+            out = acc.feed(first)
+            if out is not None:
+                yield out
+        async for event in events:
+            out = acc.feed(event)
+            if out is not None:
+                yield out
+        ctx.status = 200
+    except UpstreamError as exc:
+        ctx.status, ctx.error_code = exc.status, exc.code
+        yield b"data: " + exc.body_bytes() + b"\n\n"
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        if acc.usage is not None:
+            ctx.usage = acc.usage
+        else:  # metered from what was relayed: the upstream billed what it generated
+            ctx.usage = Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
+        capture = _capture(gw, ctx, body, acc.output(), acc.response(), acc.finish_reason)
+        gw.finish(ctx, capture if ctx.status == 200 else None)
+
+
+async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None) -> Reply:
+    ctx = RequestContext(key, "embeddings")
+    try:
+        body = parse_body(raw)
+        ctx.model = body.get("model") if isinstance(body.get("model"), str) else None
+        ctx.task = take_task(body, header_task)
+        validate_embeddings(body)
+        admit(gw, ctx, body, len(raw))
+        resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.embed(m, body))
+    except InsourceError as exc:
+        _fail(gw, ctx, exc)
+        raise
+    ctx.mark_first_byte()
+    ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)
+    gw.finish(ctx)
+    return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})

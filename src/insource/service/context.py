@@ -1,0 +1,69 @@
+"""The life of one request as data: `RequestContext`, and turning it into a usage record."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from insource.metering.budgets import Reservation
+from insource.metering.usage import Usage
+from insource.service.keys import KeyInfo
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class RequestContext:
+    key: KeyInfo
+    endpoint: str  # "chat" or "embeddings"
+    id: str = field(default_factory=new_request_id)
+    ts: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    model: str | None = None
+    task: str | None = None
+    stream: bool = False
+    served_by: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    cost_avoided_usd: float = 0.0
+    ttft_ms: float | None = None
+    attempts: int = 0
+    reservation: Reservation | None = None
+    est_tokens: int = 0
+    finished: bool = False
+
+    def mark_first_byte(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.t0) * 1000.0
+
+    def usage_row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": self.ts,
+            "tenant": self.key.tenant,
+            "key_id": self.key.id,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "served_by": self.served_by,
+            "task": self.task,
+            "stream": int(self.stream),
+            "status": self.status,
+            "error_code": self.error_code,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "reasoning_tokens": self.usage.reasoning_tokens,
+            "cost_usd": self.cost_usd,
+            "cost_avoided_usd": self.cost_avoided_usd,
+            "latency_ms": (time.perf_counter() - self.t0) * 1000.0,
+            "ttft_ms": self.ttft_ms,
+            "attempts": max(1, self.attempts),
+        }

@@ -1,0 +1,135 @@
+"""The gateway's per-worker state and lifecycle: config, store, writer, providers, ledgers, caches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from functools import partial
+from typing import Any
+
+from insource.capture.record import CaptureRaw
+from insource.config import Config
+from insource.errors import ModelNotFound
+from insource.metering.budgets import Ledger, RateLimiter
+from insource.metering.prices import ModelPrice, resolve_prices
+from insource.metering.usage import cost_usd
+from insource.providers import build_providers
+from insource.service.context import RequestContext
+from insource.service.keys import KeyCache, KeyInfo, server_secret
+from insource.service.spend import month_start, month_to_date
+from insource.service.upstream import Upstreams
+from insource.store import open_store
+from insource.store.writer import BatchWriter
+
+log = logging.getLogger("insource.gateway")
+
+
+class Gateway:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.prices: dict[str, ModelPrice] = resolve_prices(cfg)
+        self.store = open_store(cfg)
+        self.secret = server_secret(cfg, self.store)
+        self.keys = KeyCache(self.store, self.secret)
+        self.keys.refresh()
+        spool = (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
+        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size)
+        self.upstreams = Upstreams(
+            build_providers(cfg),
+            {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
+        )
+        self.ledger = Ledger()
+        self.limiter = RateLimiter()
+        self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
+        self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
+        self._month = month_start(time.time())
+        self.ledger.sync_spent(month_to_date(self.store, time.time()), {})
+        self._tasks: list[asyncio.Task[None]] = []
+        self.router: Any = None  # set by the insourcing router when routes exist
+        self._capture_fn: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
+        self._tasks.append(asyncio.create_task(self._sync_spend_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for provider in self.upstreams.providers.values():
+            await provider.close()
+        await asyncio.to_thread(self.writer.close)
+
+    async def _refresh_keys_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.keys.refresh(await asyncio.to_thread(self.keys.load_all))
+            except Exception:  # keep serving with the last good cache; the error is logged
+                log.exception("key refresh failed")
+
+    async def _sync_spend_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0 if self.multi_worker else 30.0)
+            month = month_start(time.time())
+            if not self.multi_worker and month == self._month:
+                continue
+            self._month = month
+            try:
+                await asyncio.to_thread(self.writer.flush, 5.0)
+                stored = await asyncio.to_thread(month_to_date, self.store, time.time())
+                self.ledger.sync_spent(stored, {})
+            except Exception:  # stale figures until the next sync; logged
+                log.exception("spend sync failed")
+
+    # -- helpers used by the use cases -------------------------------------------------------
+    def model_for(self, key: KeyInfo, alias: Any) -> ModelPrice:
+        if not isinstance(alias, str) or alias not in self.prices:
+            raise ModelNotFound(f"The model '{alias}' does not exist or you do not have access to it.", param="model")
+        if key.models is not None and alias not in key.models:
+            raise ModelNotFound(f"The model '{alias}' does not exist or you do not have access to it.", param="model")
+        return self.prices[alias]
+
+    def visible_models(self, key: KeyInfo) -> list[str]:
+        return [m for m in self.prices if key.models is None or m in key.models]
+
+    def budget_limits(self, key: KeyInfo) -> list[tuple[str, float]]:
+        limits: list[tuple[str, float]] = []
+        if key.budget_usd is not None:
+            limits.append((f"key:{key.id}", key.budget_usd))
+        tenant = self.cfg.tenants.get(key.tenant)
+        if tenant is not None and tenant.budget_usd is not None:
+            limits.append((f"tenant:{key.tenant}", tenant.budget_usd))
+        return limits
+
+    def capture_policy(self, key: KeyInfo) -> tuple[bool, bool]:
+        """(consent, redact) for a key: key setting, else tenant setting, else the global default."""
+        tenant = self.cfg.capture.tenants.get(key.tenant)
+        consent = key.capture if key.capture is not None else (tenant.enabled if tenant else self.cfg.capture.enabled)
+        return consent, (tenant.redact if tenant else True)
+
+    def finish(self, ctx: RequestContext, capture: CaptureRaw | None = None) -> None:
+        """Settle the budget and queue exactly one usage record (and the capture). Idempotent."""
+        if ctx.finished:
+            return
+        ctx.finished = True
+        price = self.prices.get(ctx.model or "")
+        if price is not None and ctx.served_by and "@" not in ctx.served_by:
+            ctx.cost_usd = cost_usd(ctx.usage, price)
+        if ctx.reservation is not None:
+            self.ledger.settle(ctx.reservation, ctx.cost_usd)
+        if ctx.est_tokens:
+            self.limiter.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
+        self.writer.submit("usage", ctx.usage_row())
+        if capture is not None:
+            capture.cost_usd = ctx.cost_usd
+            self.writer.submit_fn(partial(self._process_capture(), capture))
+
+    def _process_capture(self) -> Any:
+        if self._capture_fn is None:
+            from insource.capture.process import process_capture
+
+            self._capture_fn = process_capture
+        return self._capture_fn

@@ -1,0 +1,147 @@
+"""Tenants and virtual keys. Keys are stored only as HMAC-SHA256 with a server secret."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from insource.config import Config, resolve_secret
+from insource.errors import BadRequest, ConfigError, NotFound
+from insource.store import Store
+
+KEY_PREFIX = "isk-"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: str
+    tenant: str
+    budget_usd: float | None
+    rpm: int | None
+    tpm: int | None
+    models: frozenset[str] | None  # None: every model
+    capture: bool | None  # None: follow the tenant / global setting
+    revoked: bool
+
+
+def server_secret(cfg: Config, store: Store) -> bytes:
+    """`[server] secret` when configured; else one generated once and kept in the store (never printed)."""
+    if cfg.server.secret is not None:
+        value = resolve_secret(cfg.server.secret)
+        if not value:
+            raise ConfigError(f"[server] secret references {cfg.server.secret}, which is not set")
+        return value.encode()
+    return store.meta_setdefault("server_secret", secrets.token_hex(32)).encode()
+
+
+def hash_key(secret: bytes, key: str) -> str:
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+def _row_to_info(row: dict[str, Any]) -> KeyInfo:
+    models = orjson.loads(row["models"]) if row["models"] else None
+    return KeyInfo(
+        id=row["id"],
+        tenant=row["tenant"],
+        budget_usd=row["budget_usd"],
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        models=frozenset(models) if models is not None else None,
+        capture=None if row["capture"] is None else bool(row["capture"]),
+        revoked=row["revoked_at"] is not None,
+    )
+
+
+def create_key(
+    store: Store,
+    secret: bytes,
+    tenant: str,
+    *,
+    budget_usd: float | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    models: list[str] | None = None,
+    capture: bool | None = None,
+) -> dict[str, str]:
+    """Create a key; returns {"id", "key", "tenant"}. The key itself is shown only here."""
+    tenant = tenant.strip()
+    if not tenant:
+        raise BadRequest("a tenant name is required", param="tenant")
+    for name, value in (("budget_usd", budget_usd), ("rpm", rpm), ("tpm", tpm)):
+        if value is not None and value < 0:
+            raise BadRequest(f"{name} must not be negative", param=name)
+    key_id = "key_" + secrets.token_hex(6)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    store.execute(
+        "INSERT INTO keys (id, tenant, hash, prefix, created_at, budget_usd, rpm, tpm, models, capture)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key_id,
+            tenant,
+            hash_key(secret, key),
+            key[:8],
+            time.time(),
+            budget_usd,
+            rpm,
+            tpm,
+            orjson.dumps(sorted(models)).decode() if models else None,
+            None if capture is None else int(capture),
+        ),
+    )
+    return {"id": key_id, "key": key, "tenant": tenant}
+
+
+def list_keys(store: Store) -> list[dict[str, Any]]:
+    """Key metadata for operators. Never the key, never its hash."""
+    rows = store.query(
+        "SELECT id, tenant, prefix, created_at, revoked_at, budget_usd, rpm, tpm, models FROM keys ORDER BY created_at"
+    )
+    for row in rows:
+        row["models"] = orjson.loads(row["models"]) if row["models"] else None
+        row["revoked"] = row["revoked_at"] is not None
+    return rows
+
+
+def revoke_key(store: Store, key_id: str) -> None:
+    changed = store.execute("UPDATE keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL", (time.time(), key_id))
+    if changed == 0 and store.query_one("SELECT 1 FROM keys WHERE id=?", (key_id,)) is None:
+        raise NotFound(f"no key with id {key_id!r}", param="id", code="key_not_found")
+
+
+class KeyCache:
+    """Per-worker cache of keys by hash; `refresh()` reloads them all (called every 0.5 s)."""
+
+    def __init__(self, store: Store, secret: bytes) -> None:
+        self.store = store
+        self.secret = secret
+        self.by_hash: dict[str, KeyInfo] = {}
+
+    def load_all(self) -> dict[str, KeyInfo]:
+        rows = self.store.query("SELECT id, tenant, hash, budget_usd, rpm, tpm, models, capture, revoked_at FROM keys")
+        return {row["hash"]: _row_to_info(row) for row in rows}
+
+    def refresh(self, loaded: dict[str, KeyInfo] | None = None) -> None:
+        self.by_hash = self.load_all() if loaded is None else loaded
+
+    def lookup(self, key: str) -> KeyInfo | None:
+        """The active key for a presented secret, or None. A cache miss reads the store once."""
+        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+            return None
+        digest = hash_key(self.secret, key)
+        info = self.by_hash.get(digest)
+        if info is None:
+            row = self.store.query_one(
+                "SELECT id, tenant, hash, budget_usd, rpm, tpm, models, capture, revoked_at FROM keys WHERE hash=?",
+                (digest,),
+            )
+            if row is None:
+                return None
+            info = _row_to_info(row)
+            self.by_hash[digest] = info
+        return None if info.revoked else info

@@ -1,0 +1,87 @@
+"""Calling upstream targets: ordered fallback, retries with backoff before the first byte, breakers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from insource.errors import InsourceError, ServiceUnavailable, UpstreamError
+from insource.providers import Provider
+from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
+from insource.service.context import RequestContext
+
+T = TypeVar("T")
+Operation = Callable[[Provider, str], Awaitable[T]]
+
+
+@dataclass
+class Upstreams:
+    """Providers with their per-provider breaker and retry budget, and each model's ordered targets."""
+
+    providers: dict[str, Provider]
+    targets: dict[str, list[tuple[str, str]]]
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    budgets: dict[str, RetryBudget] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, provider in self.providers.items():
+            cfg = provider.config
+            self.breakers.setdefault(name, CircuitBreaker(cfg.circuit_failures, cfg.circuit_reset_s))
+            self.budgets.setdefault(name, RetryBudget())
+
+    async def call(self, ctx: RequestContext, alias: str, op: Operation[T]) -> T:
+        """Try each target in order; returns the first success. Raises the last error otherwise."""
+        targets = self.targets[alias]
+        last: InsourceError = ServiceUnavailable(f"no upstream available for model '{alias}'")
+        for index, (pname, umodel) in enumerate(targets):
+            breaker = self.breakers[pname]
+            if not breaker.allow():
+                last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
+                continue
+            try:
+                result = await self._call_target(ctx, pname, umodel, op, has_next=index < len(targets) - 1)
+            except UpstreamError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            ctx.provider, ctx.upstream_model, ctx.served_by = pname, umodel, f"{pname}:{umodel}"
+            return result
+        raise last
+
+    async def _call_target(
+        self, ctx: RequestContext, pname: str, umodel: str, op: Operation[T], *, has_next: bool
+    ) -> T:
+        provider = self.providers[pname]
+        breaker = self.breakers[pname]
+        budget = self.budgets[pname]
+        attempt = 0
+        budget.active_requests += 1
+        try:
+            while True:
+                ctx.attempts += 1
+                try:
+                    result = await op(provider, umodel)
+                except UpstreamError as exc:
+                    if not exc.retryable:
+                        breaker.record_success()  # the upstream is healthy; the request was refused
+                        raise
+                    if exc.status != 429:
+                        breaker.record_failure()
+                    if exc.status == 429 or attempt >= provider.config.max_retries or not budget.can_retry():
+                        raise
+                    if not breaker.allow():
+                        raise
+                    attempt += 1
+                    budget.active_retries += 1
+                    try:
+                        await asyncio.sleep(backoff_s(attempt))
+                    finally:
+                        budget.active_retries -= 1
+                    continue
+                breaker.record_success()
+                return result
+        finally:
+            budget.active_requests -= 1

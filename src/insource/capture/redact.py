@@ -26,7 +26,11 @@ class Redactor(Protocol):
 
 
 class RegexRedactor:
-    """Replace every match of `pattern` accepted by `check` with `placeholder`."""
+    """Replace every match of `pattern` accepted by `check` with `placeholder`.
+
+    Patterns avoid leading look-behinds (they defeat the regex engine's fast scan); boundary checks that
+    need the preceding character are done in `check`, which sees the match object.
+    """
 
     def __init__(
         self,
@@ -34,61 +38,67 @@ class RegexRedactor:
         pattern: re.Pattern[str],
         placeholder: str,
         *,
-        hint: str | None = None,
-        group: int = 0,
+        hints: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.pattern = pattern
         self.placeholder = placeholder
-        self.hint = hint  # a cheap substring test: skip the regex when absent
-        self.group = group
+        self.hints = hints  # cheap substring tests: skip the regex when none is present
 
-    def check(self, match: str) -> bool:
+    def check(self, m: re.Match[str]) -> bool:
         return True
 
     def redact(self, text: str) -> tuple[str, int]:
-        if self.hint is not None and self.hint not in text:
+        if self.hints and not any(h in text for h in self.hints):
             return text, 0
         count = 0
 
         def sub(m: re.Match[str]) -> str:
             nonlocal count
-            value = m.group(self.group)
-            if not self.check(value):
+            if not self.check(m):
                 return m.group(0)
             count += 1
-            if self.group == 0:
-                return self.placeholder
-            start, end = m.start(self.group) - m.start(0), m.end(self.group) - m.start(0)
-            whole = m.group(0)
-            return whole[:start] + self.placeholder + whole[end:]
+            return self.placeholder
 
         out = self.pattern.sub(sub, text)
         return out, count
 
 
-# -- secrets ---------------------------------------------------------------------------------
-_SECRET_PATTERNS = [
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}",  # OpenAI / Anthropic style keys (sk-, sk-proj-, sk-ant-)
-    r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![0-9A-Z])",  # AWS access key ids
-    r"(?<![A-Za-z0-9])gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
-    r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{30,}",
-    r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}",  # Slack
-    r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}",  # Google API keys
-    r"(?<![A-Za-z0-9])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",  # JWTs
-    r"\b[Bb](?i:earer)\s+[A-Za-z0-9._~+/\-]{16,}=*",
-]
-_SECRET_RE = re.compile("|".join(f"(?:{p})" for p in _SECRET_PATTERNS))
-# A long token right after a secret-ish keyword ("password: x", "api_key=...", "token is ...").
-_KEYWORD_RE = re.compile(
-    r"(?i)(?:api[_\- ]?key|access[_\- ]?key|secret(?:[_\- ]?key)?|token|password|passwd|pwd|credential)s?"
-    r"""(?:["']?\s*[:=]\s*["']?|\s+(?:is|was|=)?\s*["']?)"""
-    r"""([^\s"',;]{8,})"""
-)
+def _preceded_by(m: re.Match[str], chars: str) -> bool:
+    start = m.start()
+    return start > 0 and m.string[start - 1] in chars
 
-# An explicit password assignment is redacted whatever its entropy ("password: hunter2").
-_PASSWORD_RE = re.compile(r"""(?i)\b(?:password|passwd|pwd|passcode)\s*[:=]\s*["']?([^\s"',;\[][^\s"',;]{3,})""")
+
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_DIGITS = "0123456789"
+
+
+# -- secrets ---------------------------------------------------------------------------------
+_SECRET_RE = re.compile(
+    "|".join(
+        f"(?:{p})"
+        for p in (
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+            r"sk-[A-Za-z0-9_\-]{16,}",  # OpenAI / Anthropic style keys (sk-, sk-proj-, sk-ant-)
+            r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![0-9A-Z])",  # AWS access key ids
+            r"gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
+            r"github_pat_[A-Za-z0-9_]{30,}",
+            r"xox[abposr]-[A-Za-z0-9\-]{10,}",  # Slack
+            r"AIza[0-9A-Za-z_\-]{35}",  # Google API keys
+            r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",  # JWTs
+            r"[Bb](?i:earer)\s+[A-Za-z0-9._~+/\-]{16,}=*",  # Authorization: Bearer ...
+        )
+    )
+)
+_SECRET_HINTS = (
+    "sk-", "AKIA", "ASIA", "ABIA", "ACCA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza",
+    "eyJ", "PRIVATE KEY",
+)  # fmt: skip
+# Keywords are found with str.find (fast); the separator and value after one are matched in place.
+_KEYWORDS = ("key", "token", "secret", "passw", "pwd", "passcode", "credential")
+_PASSWORDS = ("passw", "pwd", "passcode")
+_KEYWORD_PREFIXES = ("api", "access", "secret", "private", "auth", "client")
+_TAIL_RE = re.compile(r"""[A-Za-z_\-]{0,12}(?:["']?\s*([:=])\s*["']?|\s+(?:is\s+|was\s+)?["']?)([^\s"',;]{4,})""")
 
 
 def _entropy(text: str) -> float:
@@ -115,29 +125,63 @@ def _looks_secret(token: str) -> bool:
 
 
 class SecretsRedactor:
+    """API keys, bearer tokens, cloud keys, private keys, and high-entropy values after key/token/password."""
+
     name = "secrets"
     placeholder = "[SECRET]"
 
     def redact(self, text: str) -> tuple[str, int]:
-        out, n1 = _SECRET_RE.subn(self.placeholder, text)
-        count = n1
+        count = 0
+        low = text.lower()
+        if any(h in text for h in _SECRET_HINTS) or "bearer" in low:
 
-        def sub(m: re.Match[str]) -> str:
-            nonlocal count
-            token = m.group(1)
-            if not _looks_secret(token):
-                return m.group(0)
-            count += 1
-            whole = m.group(0)
-            return whole[: m.start(1) - m.start(0)] + self.placeholder + whole[m.end(1) - m.start(0) :]
+            def known(m: re.Match[str]) -> str:
+                nonlocal count
+                if _preceded_by(m, _ALNUM):
+                    return m.group(0)
+                count += 1
+                return self.placeholder
 
-        out = _KEYWORD_RE.sub(sub, out)
-        out, n2 = _PASSWORD_RE.subn(self._password_sub, out)
-        return out, count + n2
+            text = _SECRET_RE.sub(known, text)
+            low = text.lower()
+        spans = _keyword_spans(text, low)
+        if not spans:
+            return text, count
+        parts: list[str] = []
+        last = 0
+        for start, end in spans:
+            parts.append(text[last:start])
+            parts.append(self.placeholder)
+            last = end
+        parts.append(text[last:])
+        return "".join(parts), count + len(spans)
 
-    def _password_sub(self, m: re.Match[str]) -> str:
-        whole = m.group(0)
-        return whole[: m.start(1) - m.start(0)] + self.placeholder
+
+def _keyword_spans(text: str, low: str) -> list[tuple[int, int]]:
+    """Spans of values that follow a secret-ish keyword and look like secrets (sorted, disjoint)."""
+    found: dict[int, int] = {}
+    for word in _KEYWORDS:
+        idx = low.find(word)
+        while idx != -1:
+            if idx == 0 or not low[idx - 1].isalpha() or low[:idx].endswith(_KEYWORD_PREFIXES):
+                m = _TAIL_RE.match(text, idx + len(word))
+                if m is not None and _is_secret_value(word, m):
+                    found.setdefault(m.start(2), m.end(2))
+            idx = low.find(word, idx + len(word))
+    spans: list[tuple[int, int]] = []
+    for start in sorted(found):
+        if not spans or start >= spans[-1][1]:
+            spans.append((start, found[start]))
+    return spans
+
+
+def _is_secret_value(word: str, m: re.Match[str]) -> bool:
+    value = m.group(2)
+    if value.startswith("["):
+        return False  # already a placeholder
+    if word in _PASSWORDS and m.group(1):
+        return True  # "password: hunter2" is a secret whatever its entropy
+    return len(value) >= 8 and _looks_secret(value)
 
 
 # -- e-mail ----------------------------------------------------------------------------------
@@ -145,7 +189,7 @@ EMAIL = RegexRedactor(
     "email",
     re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
     "[EMAIL]",
-    hint="@",
+    hints=("@",),
 )
 
 
@@ -163,18 +207,22 @@ def luhn_ok(digits: str) -> bool:
 
 
 class CardRedactor(RegexRedactor):
-    def __init__(self) -> None:
-        super().__init__("card", re.compile(r"(?<![\d.,])\d(?:[ \-]?\d){12,18}(?![\d])"), "[CARD]")
+    """13-19 digit numbers (spaces or dashes allowed) that pass the Luhn check."""
 
-    def check(self, match: str) -> bool:
-        digits = match.replace(" ", "").replace("-", "")
-        return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_ok(digits)
+    def __init__(self) -> None:
+        super().__init__("card", re.compile(r"[0-9](?:[ \-]?[0-9]){12,18}(?![0-9])"), "[CARD]")
+
+    def check(self, m: re.Match[str]) -> bool:
+        if _preceded_by(m, _DIGITS + ".,"):
+            return False
+        digits = m.group(0).replace(" ", "").replace("-", "")
+        return len(set(digits)) > 1 and luhn_ok(digits)
 
 
 # -- IBAN (mod 97) ---------------------------------------------------------------------------
 def iban_ok(candidate: str) -> bool:
     s = candidate.replace(" ", "").upper()
-    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit():
+    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit() or not s.isalnum():
         return False
     rearranged = s[4:] + s[:4]
     number = "".join(str(int(c, 36)) for c in rearranged)
@@ -182,35 +230,56 @@ def iban_ok(candidate: str) -> bool:
 
 
 class IbanRedactor(RegexRedactor):
+    """IBANs, compact or in groups of four, that pass the ISO 13616 mod-97 check."""
+
     def __init__(self) -> None:
         super().__init__(
             "iban",
-            re.compile(r"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)\b"),
+            re.compile(r"[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?![A-Za-z0-9])"),
             "[IBAN]",
         )
 
-    def check(self, match: str) -> bool:
-        return iban_ok(match)
+    def check(self, m: re.Match[str]) -> bool:
+        return not _preceded_by(m, _ALNUM) and iban_ok(m.group(0))
 
 
 # -- phone numbers ---------------------------------------------------------------------------
+_PHONE_EXACT = re.compile(
+    r"(?<![\w+])(?:"
+    r"\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){1,4}"  # +44 20 7946 0958
+    r"|\(\d{2,4}\)[ .\-]?\d{3,4}[ .\-]?\d{3,4}"  # (555) 123-4567
+    r"|0\d{2,4}[ .\-]\d{3,4}[ .\-]?\d{3,4}"  # 020 7946 0958
+    r"|\d{3}[.\-]\d{3}[.\-]\d{4}"  # 555-123-4567
+    r")(?!\w)"
+)
+
+
 class PhoneRedactor(RegexRedactor):
-    """International (+CC ...) numbers and separated national formats with 9-15 digits."""
+    """International (+CC ...) numbers and separated national formats, 9-15 digits.
+
+    A cheap pattern finds digit runs with separators; the exact formats are checked inside them.
+    """
 
     def __init__(self) -> None:
-        pattern = re.compile(
-            r"(?<![\w+])(?:"
-            r"\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){1,4}"  # +44 20 7946 0958
-            r"|\(\d{2,4}\)[ .\-]?\d{3,4}[ .\-]?\d{3,4}"  # (555) 123-4567
-            r"|0\d{2,4}[ .\-]\d{3,4}[ .\-]?\d{3,4}"  # 020 7946 0958
-            r"|\d{3}[.\-]\d{3}[.\-]\d{4}"  # 555-123-4567
-            r")(?![\w])"
-        )
-        super().__init__("phone", pattern, "[PHONE]")
+        super().__init__("phone", re.compile(r"[+(0-9][0-9() .\-]{7,24}[0-9]"), "[PHONE]")
 
-    def check(self, match: str) -> bool:
-        digits = sum(c.isdigit() for c in match)
-        return 9 <= digits <= 15
+    def redact(self, text: str) -> tuple[str, int]:
+        count = 0
+
+        def exact(m: re.Match[str]) -> str:
+            nonlocal count
+            if not 9 <= sum(c.isdigit() for c in m.group(0)) <= 15:
+                return m.group(0)
+            count += 1
+            return self.placeholder
+
+        def candidate(m: re.Match[str]) -> str:
+            if _preceded_by(m, _ALNUM + "+"):
+                return m.group(0)
+            return _PHONE_EXACT.sub(exact, m.group(0))
+
+        out = self.pattern.sub(candidate, text)
+        return out, count
 
 
 # -- registry --------------------------------------------------------------------------------

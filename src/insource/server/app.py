@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,6 +21,7 @@ from insource.server import admin
 from insource.server.responses import RawJSON, SSEResponse
 from insource.service import chat
 from insource.service.gateway import Gateway
+from insource.service.insourcing import attach_router
 from insource.service.keys import KeyInfo
 
 log = logging.getLogger("insource.server")
@@ -124,13 +126,14 @@ def create_app(cfg: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = Gateway(cfg)
         app.state.gateway = gw
-        from insource.routing.inhouse import attach_router
-
-        attach_router(gw)
+        router = attach_router(gw)
         await gw.start()
+        refresher = asyncio.create_task(router.refresh_loop())
         try:
             yield
         finally:
+            refresher.cancel()
+            await router.close()
             await gw.stop()
 
     routes = [

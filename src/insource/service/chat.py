@@ -100,12 +100,14 @@ async def _complete(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> R
     ctx.mark_first_byte()
     ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(resp.body)), 0, 0, 0)
     output, finish = output_of(resp.data)
+    ctx.output = output
     gw.finish(ctx, _capture(gw, ctx, body, output, resp.data, finish))
     return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
 
 
 async def _open_stream(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> StreamReply:
-    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    raw_options = body.get("stream_options")
+    options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     acc = StreamAccumulator(client_wants_usage=options.get("include_usage") is True)
     forwarded = {**body, "stream_options": {**options, "include_usage": True}}
 
@@ -159,7 +161,8 @@ async def _relay(
             ctx.usage = acc.usage
         else:  # metered from what was relayed: the upstream billed what it generated
             ctx.usage = Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
-        capture = _capture(gw, ctx, body, acc.output(), acc.response(), acc.finish_reason)
+        ctx.output = acc.output()
+        capture = _capture(gw, ctx, body, ctx.output, acc.response(), acc.finish_reason)
         gw.finish(ctx, capture if ctx.status == 200 else None)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class RequestContext:
     reservation: Reservation | None = None
     est_tokens: int = 0
     finished: bool = False
+    output: str | None = None  # choice 0's final text, once known
+    on_output: Callable[[str | None], None] | None = None  # e.g. a shadow comparison, called on success
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:

@@ -123,6 +123,8 @@ class Gateway:
         if ctx.est_tokens:
             self.limiter.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         self.writer.submit("usage", ctx.usage_row())
+        if ctx.on_output is not None and ctx.status == 200:
+            ctx.on_output(ctx.output)
         if capture is not None:
             capture.cost_usd = ctx.cost_usd
             self.writer.submit_fn(partial(self._process_capture(), capture))

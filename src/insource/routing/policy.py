@@ -1,0 +1,82 @@
+"""Insourcing policies: pure decisions about who answers a request, and the rollback rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+Mode = Literal["shadow", "canary", "cascade", "full"]
+MODES: tuple[str, ...] = ("shadow", "canary", "cascade", "full")
+DEFAULT_THRESHOLD = 0.9
+
+
+class Answerer(Enum):
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    task: str
+    model: str
+    mode: Mode
+    percent: float = 0.0  # canary share, 0..100
+    threshold: float | None = None  # cascade confidence threshold
+    target_agreement: float | None = None
+    audit_rate: float = 0.0  # share of student answers also sent to the teacher, 0..1
+    floor: float = 0.9  # roll back when the agreement's Wilson lower bound falls below this
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    answerer: Answerer
+    predict: bool  # whether the student must predict at all
+    audit: bool  # whether the teacher must also answer, for comparison
+
+
+def needs_prediction(policy: RoutePolicy, draw: float) -> bool:
+    """Whether the student must predict for this request (`draw` uniform in [0, 1))."""
+    if not policy.active:
+        return False
+    if policy.mode == "canary":
+        return draw * 100.0 < policy.percent
+    return True
+
+
+def decide(
+    policy: RoutePolicy, threshold: float, confidence: float | None, ood: bool, draws: tuple[float, float]
+) -> Decision:
+    """Who answers. `confidence` is None when the student failed; `draws` are two uniform numbers."""
+    if not policy.active:
+        return Decision(Answerer.TEACHER, False, False)
+    pick, audit_draw = draws
+    student_ok = confidence is not None
+    if policy.mode == "shadow":
+        return Decision(Answerer.TEACHER, True, student_ok)
+    if policy.mode == "canary":
+        chosen = pick * 100.0 < policy.percent and student_ok
+    elif policy.mode == "cascade":
+        chosen = student_ok and not ood and confidence is not None and confidence >= threshold
+    else:  # full
+        chosen = student_ok
+    if not chosen:
+        return Decision(Answerer.TEACHER, student_ok, False)
+    return Decision(Answerer.STUDENT, True, audit_draw < policy.audit_rate)
+
+
+def wilson_lower(successes: int, n: int, z: float = 1.96) -> float:
+    """Lower bound of the Wilson score interval for a proportion."""
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - margin) / denom
+
+
+def should_roll_back(successes: int, n: int, floor: float, min_n: int = 20) -> bool:
+    return n >= min_n and wilson_lower(successes, n) < floor

@@ -1,0 +1,99 @@
+"""In-house students in the worker: loaded once, predictions micro-batched off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+
+class Batcher:
+    """Collects concurrent predictions for one student and runs them as batches in a thread.
+
+    While one batch runs, new requests queue up and form the next batch: batching under load, no
+    added wait when idle.
+    """
+
+    def __init__(self, student: Any, executor: ThreadPoolExecutor, max_batch: int = 32) -> None:
+        self.student = student
+        self.executor = executor
+        self.max_batch = max_batch
+        self.queue: list[tuple[str, asyncio.Future[Any]]] = []
+        self.running = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def predict(self, text: str) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.queue.append((text, future))
+        if not self.running:
+            self.running = True
+            self._task = loop.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
+                try:
+                    preds = await loop.run_in_executor(self.executor, self.student.predict, [t for t, _ in batch])
+                except Exception as exc:  # handed to every waiting request, which falls back to the teacher
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), pred in zip(batch, preds, strict=True):
+                    if not fut.done():
+                        fut.set_result(pred)
+        finally:
+            self.running = False
+
+
+class StudentPool:
+    def __init__(self, registry: Path) -> None:
+        self.registry = registry
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="insource-student")
+        self._students: dict[str, Any] = {}
+        self._batchers: dict[str, Batcher] = {}
+        self._templates: dict[str, Any] = {}
+        self._loading: dict[str, asyncio.Future[Any]] = {}
+
+    async def get(self, name: str) -> Any:
+        if name in self._students:
+            return self._students[name]
+        if name not in self._loading:
+            self._loading[name] = asyncio.ensure_future(asyncio.to_thread(self._load, name))
+        try:
+            student = await asyncio.shield(self._loading[name])
+        finally:
+            if self._loading.get(name) is not None and self._loading[name].done():
+                self._loading.pop(name, None)
+        self._students[name] = student
+        self._batchers[name] = Batcher(student, self.executor)
+        return student
+
+    def _load(self, name: str) -> Any:
+        from insource.capture.slots import Template
+        from insource.distill.registry import load_student
+
+        student = load_student(self.registry, name)
+        self._templates[name] = Template.from_dict(student.template) if student.template else None
+        return student
+
+    def extract(self, name: str, messages: list[Any]) -> str:
+        template = self._templates.get(name)
+        if template is not None:
+            return str(template.extract(messages))
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                return content if isinstance(content, str) else str(content)
+        return ""
+
+    async def predict(self, name: str, text: str) -> Any:
+        return await self._batchers[name].predict(text)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -44,7 +44,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from insource.testing import wire
-from insource.testing.chat_rules import validate_chat, validate_embeddings
+from insource.testing.chat_rules import InvalidRequest, validate_chat, validate_embeddings
 from insource.testing.server import StreamBreak, install_log_filter
 
 Responder = Callable[[str, list[dict[str, Any]], dict[str, Any]], "str | Awaitable[str]"]
@@ -326,6 +326,8 @@ class FakeUpstream:
             return await self._chat(body["model"], body, azure=False)
         except _Reply as reply:
             return reply.response
+        except InvalidRequest as exc:
+            return _json(exc.body(), exc.status)
 
     async def _chat_azure(self, request: Request) -> Response:
         try:
@@ -335,6 +337,8 @@ class FakeUpstream:
             return await self._chat(model, body, azure=True)
         except _Reply as reply:
             return reply.response
+        except InvalidRequest as exc:
+            return _json(exc.body(), exc.status)
 
     async def _answer_text(self, model: str, messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
         result = self.responder(model, messages, body)
@@ -391,6 +395,8 @@ class FakeUpstream:
             return self._embeddings(body["model"], body)
         except _Reply as reply:
             return reply.response
+        except InvalidRequest as exc:
+            return _json(exc.body(), exc.status)
 
     async def _embeddings_azure(self, request: Request) -> Response:
         try:
@@ -400,6 +406,8 @@ class FakeUpstream:
             return self._embeddings(model, body)
         except _Reply as reply:
             return reply.response
+        except InvalidRequest as exc:
+            return _json(exc.body(), exc.status)
 
     def _embeddings(self, model: str, body: dict[str, Any]) -> Response:
         raw = body["input"]
@@ -535,7 +543,7 @@ def _env_key(name: str | None) -> str | None:
         return None
     value = os.environ.get(name)
     if not value:
-        raise SystemExit(f"error: environment variable {name} is not set or empty")
+        raise ValueError(f"error: environment variable {name} is not set or empty")
     return value
 
 
@@ -566,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         api_key, azure_key = _env_key(args.api_key_env), _env_key(args.azure_key_env)
-    except SystemExit as exc:
+    except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None

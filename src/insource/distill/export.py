@@ -80,6 +80,9 @@ def _export_fp32(model_dir: Path, out: Path) -> Any:
     axes = {"0": "batch", "1": "seq"}
     dyn = {name: {0: axes["0"], 1: axes["1"]} for name in ("input_ids", "attention_mask", "token_type_ids")}
     dyn["embedding"] = {0: "batch"}
+    with torch.no_grad():  # reference first: exporting leaves the torch module in a traced state
+        probe = tok(_PROBE, return_tensors="pt", padding=True)
+        ref = wrapped(probe["input_ids"], probe["attention_mask"], probe["token_type_ids"]).numpy()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -92,8 +95,6 @@ def _export_fp32(model_dir: Path, out: Path) -> Any:
             opset_version=17,
             dynamo=False,
         )
-        probe = tok(_PROBE, return_tensors="pt", padding=True)
-        ref = wrapped(probe["input_ids"], probe["attention_mask"], probe["token_type_ids"]).numpy()
     return ref
 
 

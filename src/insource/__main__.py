@@ -1,0 +1,5 @@
+"""`python -m insource` runs the CLI."""
+
+from insource.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""Writing a dataset folder atomically: everything goes into a temporary sibling folder, then one rename."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from insource.errors import NotReady
+
+SPLITS = ("train", "val", "test")
+EXAMPLE_KEYS = (
+    "id", "ts", "input", "output", "messages", "teacher_cost_usd", "provider", "upstream_model", "terms", "tenant",
+)  # fmt: skip
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty --out (unless force) and anything that is not a folder."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise NotReady(f"--out {out} exists and is not a folder")
+        if any(out.iterdir()) and not force:
+            raise NotReady(f"--out {out} exists and is not empty (use --force to replace it)")
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise NotReady(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    """Move the finished folder into place (replacing an empty or --force'd existing folder)."""
+    old: Path | None = None
+    try:
+        if out.exists():
+            check_out(out, force)
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        tmp.rename(out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            old.rename(out)
+        raise NotReady(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("wb") as fh:
+        for row in rows:
+            fh.write(orjson.dumps(row) + b"\n")
+
+
+def chat_record(example: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI fine-tuning chat format: the (redacted) prompt messages plus the teacher's answer."""
+    return {"messages": [*example["messages"], {"role": "assistant", "content": example["output"]}]}
+
+
+def public_example(example: dict[str, Any]) -> dict[str, Any]:
+    return {k: example[k] for k in EXAMPLE_KEYS}
+
+
+def _parquet(path: Path, examples: list[dict[str, Any]]) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise NotReady("--format parquet needs pyarrow: pip install 'insource[student]'") from None
+    columns: dict[str, list[Any]] = {k: [] for k in EXAMPLE_KEYS}
+    for ex in examples:
+        for k in EXAMPLE_KEYS:
+            columns[k].append(orjson.dumps(ex[k]).decode() if k == "messages" else ex[k])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("ts", pa.float64()),
+            ("input", pa.string()),
+            ("output", pa.string()),
+            ("messages", pa.string()),  # JSON text of the message list
+            ("teacher_cost_usd", pa.float64()),
+            ("provider", pa.string()),
+            ("upstream_model", pa.string()),
+            ("terms", pa.string()),
+            ("tenant", pa.string()),
+        ]
+    )
+    pq.write_table(pa.table(columns, schema=schema), path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_dataset(
+    out: Path, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any], *, fmt: str, force: bool
+) -> None:
+    """Write split files, examples, README and manifest (with file hashes), then publish atomically."""
+    with _staging(out) as tmp:
+        for name in SPLITS:
+            rows = splits.get(name, [])
+            if fmt == "parquet":
+                _parquet(tmp / f"{name}.parquet", rows)
+            else:
+                _jsonl(tmp / f"{name}.jsonl", [chat_record(ex) for ex in rows])
+            _jsonl(tmp / f"{name}.examples.jsonl", [public_example(ex) for ex in rows])
+        (tmp / "README.md").write_text(render_readme(manifest), encoding="utf-8")
+        manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / "dataset.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+        _publish(tmp, out, force)
+
+
+def render_readme(m: dict[str, Any]) -> str:
+    c = m["counts"]
+    lines = [
+        f"# Dataset: {m['task']}",
+        "",
+        f"Built {m['created_at']} for **{m['purpose']}** from captured traffic (format {m['format']}).",
+        "",
+        f"- Examples: train {c['train']}, val {c['val']}, test {c['test']} ({m['split']} split"
+        + (", test is strictly later than train)" if m["split"] == "time" else f", seed {m['seed']})"),
+        f"- Kind: {m['kind']}" + (f" ({len(m['labels'])} labels)" if m["labels"] else ""),
+        f"- Duplicates removed: {m['dedup']['exact']} exact, {m['dedup']['near']} near",
+        f"- Selected captures: {m['selected']}; left out: {m['skipped'] or 'none'}",
+        "",
+        "## Provenance",
+        "",
+    ]
+    for name, p in m["providers"].items():
+        models = ", ".join(f"{k} ({v})" for k, v in p["upstream_models"].items())
+        terms = ", ".join(f"{k} ({v})" for k, v in p["terms"].items())
+        lines.append(f"- {name}: {p['count']} examples; models {models}; terms {terms}")
+    lines += ["", "## Terms", ""]
+    for name, t in m["terms"].items():
+        lines.append(f"- `{name}` ({t['category']}, {t['count']} examples): {t['summary']}")
+    if m["carve_out"]:
+        lines.append(f"- Internal-classifier carve-out used (--allow-internal): {m['carve_out']['examples']}")
+    if m["refused"]:
+        lines += ["", "## Refused by the terms guard", ""]
+        for name, r in m["refused"].items():
+            lines.append(f"- {name}: {r['count']} examples under `{r['terms']}` ({r['category']}). {r['clause']}")
+    red = m["redaction"]
+    lines += [
+        "",
+        "## Redaction",
+        "",
+        f"- Redactors run (examples): {red['redactors_run'] or 'none'}",
+        f"- Replacements: {red['replacements'] or 'none'}; examples without redaction: {red['unredacted_examples']}",
+        "",
+    ]
+    return "\n".join(lines)

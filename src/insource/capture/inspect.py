@@ -1,0 +1,132 @@
+"""Read-side helpers for the CLI: tasks, one capture, search, the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from insource.capture.dataset import known_tasks
+from insource.capture.slots import last_user_text
+from insource.capture.stats import output_kind
+from insource.errors import NotFound, NotReady
+from insource.store import Store
+
+
+def list_tasks(store: Store) -> list[dict[str, Any]]:
+    """Per task: requests and spend (usage), distinct teacher outputs and the kind (captures)."""
+    usage = {
+        r["task"]: r
+        for r in store.query(
+            "SELECT task, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost_usd "
+            "FROM usage WHERE task IS NOT NULL GROUP BY task"
+        )
+    }
+    caps = {
+        r["task"]: r
+        for r in store.query(
+            "SELECT task, COUNT(*) AS n, COUNT(DISTINCT TRIM(output)) AS distinct_outputs, "
+            "AVG(LENGTH(TRIM(output))) AS avg_chars FROM captures "
+            "WHERE task IS NOT NULL AND status = 200 AND output IS NOT NULL GROUP BY task"
+        )
+    }
+    out = []
+    for task in sorted(set(usage) | set(caps)):
+        u, c = usage.get(task), caps.get(task)
+        captured = int(c["n"]) if c else 0
+        distinct = int(c["distinct_outputs"]) if c else 0
+        out.append(
+            {
+                "task": task,
+                "requests": int(u["requests"]) if u else captured,
+                "cost_usd": round(float(u["cost_usd"]), 8) if u else 0.0,
+                "distinct_outputs": distinct,
+                "kind": output_kind(captured, distinct, c["avg_chars"] if c else None),
+            }
+        )
+    return out
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def show_capture(store: Store, capture_id: str) -> dict[str, Any]:
+    row = store.query_one("SELECT * FROM captures WHERE id = ?", (capture_id,))
+    if row is None:
+        raise NotFound(f"no capture with id {capture_id!r}")
+    hashes = orjson.loads(row["messages"])
+    blobs = {}
+    if hashes:
+        marks = ",".join("?" * len(set(hashes)))
+        for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", sorted(set(hashes))):
+            blobs[b["hash"]] = orjson.loads(b["data"])
+    row["messages"] = [blobs.get(h, {"missing_blob": h}) for h in hashes]
+    for key in ("params", "redactors", "redactions"):
+        row[key] = _json(row[key])
+    row["consent"] = bool(row["consent"])
+    row["usage"] = store.query_one(
+        "SELECT cost_usd, prompt_tokens, completion_tokens, latency_ms, endpoint FROM usage WHERE id = ?",
+        (capture_id,),
+    )
+    return row
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+_SEARCH = """
+SELECT c.id, c.ts, c.task, c.provider, c.upstream_model, c.status, c.output, c.messages
+FROM captures c
+WHERE c.task = ? AND (
+    c.output LIKE ? ESCAPE '\\'
+    OR EXISTS (
+        SELECT 1 FROM json_each(c.messages) j JOIN blobs b ON b.hash = j.value
+        WHERE CAST(b.data AS TEXT) LIKE ? ESCAPE '\\'
+    )
+)
+ORDER BY c.ts DESC, c.id
+LIMIT ?
+"""
+
+
+def search_captures(store: Store, task: str, contains: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Captures of `task` whose messages or output contain `contains` (case-insensitive for ASCII)."""
+    if not contains:
+        raise NotReady("--contains must not be empty")
+    if limit < 1:
+        raise NotReady("--limit must be at least 1")
+    if task not in known_tasks(store):
+        raise NotReady(f"unknown task {task!r}")
+    pattern = _like(contains)
+    rows = store.query(_SEARCH, (task, pattern, pattern, limit))
+    out = []
+    for r in rows:
+        messages = [orjson.loads(b["data"]) for b in _blobs(store, orjson.loads(r.pop("messages")))]
+        r["input"] = last_user_text(messages)
+        out.append(r)
+    return out
+
+
+def _blobs(store: Store, hashes: list[str]) -> list[dict[str, Any]]:
+    if not hashes:
+        return []
+    marks = ",".join("?" * len(hashes))
+    found = {b["hash"]: b for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", hashes)}
+    return [found[h] for h in hashes if h in found]
+
+
+def list_audit(store: Store, *, task: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    sql = "SELECT id, ts, action, task, purpose, target, detail FROM audit"
+    params: list[Any] = []
+    if task is not None:
+        sql += " WHERE task = ?"
+        params.append(task)
+    sql += " ORDER BY ts DESC LIMIT ?"
+    params.append(limit)
+    rows = store.query(sql, params)
+    for r in rows:
+        r["detail"] = _json(r["detail"])
+    return rows

@@ -1,0 +1,85 @@
+"""Classifier students: sentence embeddings (int8 ONNX MiniLM) + a calibrated linear head.
+
+`classifier` uses the frozen base encoder (exported once, cached beside the registry). `classifier-strong`
+first fine-tunes the encoder on the teacher's answers (see `finetune.py`), exports it, and mixes in
+nearest-neighbour evidence when that measurably helps on validation. Training embeddings come from the
+same int8 ONNX encoder that serves, so evaluation measures exactly what will answer traffic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from insource.distill.dataset import Dataset, Example
+from insource.distill.embed_cache import EmbeddingCache
+from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxEncoder
+from insource.distill.head import Head
+
+Step = Callable[[str], None]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copy2(src, dst)
+
+
+def install_encoder(encoder_dir: Path, folder: Path) -> None:
+    for name in (ENCODER_FILE, TOKENIZER_FILE, "encoder.json"):
+        _link_or_copy(encoder_dir / name, folder / name)
+
+
+def embed_examples(encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example]) -> Matrix:
+    return cache.embed([ex.input for ex in examples], lambda texts: encoder.encode(texts, batch_size=64),
+                       encoder.dim)
+
+
+def encoder_cache(cache_root: Path, encoder_dir: Path) -> EmbeddingCache:
+    source = encoder_dir.name if encoder_dir.parent.name == "encoders" else encoder_dir.resolve().name
+    return EmbeddingCache(cache_root / "embeddings" / source)
+
+
+def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:
+    return np.array([index.get(ex.output, -1) for ex in examples], dtype=np.int64)
+
+
+def train_head_on(
+    ds: Dataset, folder: Path, encoder_dir: Path, cache_root: Path, *, knn: bool, step: Step
+) -> dict[str, Any]:
+    """Embed train/val with the encoder in `folder`, fit + calibrate the head, save it; returns info."""
+    from insource.distill.fit import fit_head
+
+    labels = sorted({ex.output for ex in ds.split("train")})
+    index = {label: i for i, label in enumerate(labels)}
+    encoder = OnnxEncoder(folder, threads=os.cpu_count() or 1)
+    cache = encoder_cache(cache_root, encoder_dir)
+    step(f"embedding {len(ds.split('train')) + len(ds.split('val'))} inputs")
+    train_x = embed_examples(encoder, cache, ds.split("train"))
+    val_x = embed_examples(encoder, cache, ds.split("val"))
+    train_y, val_y = label_indices(ds.split("train"), index), label_indices(ds.split("val"), index)
+    head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, step=step)
+    head.save(folder)
+    metrics = _val_metrics(head, val_x, val_y)
+    fit_info.update(embedding_cache={"hits": cache.hits, "misses": cache.misses})
+    return {"labels": labels, "head": fit_info, "metrics": metrics}
+
+
+def _val_metrics(head: Head, val_x: Matrix, val_y: np.ndarray) -> dict[str, Any]:
+    from insource.evals.metrics import expected_calibration_error
+
+    idx, conf, ood = head.predict(val_x)
+    correct = idx == val_y
+    return {
+        "val_n": len(val_y),
+        "val_agreement": round(float(correct.mean()), 5) if len(val_y) else None,
+        "val_ece": round(expected_calibration_error(conf, correct), 5) if len(val_y) else None,
+        "val_ood_rate": round(float(ood.mean()), 5) if len(val_y) else None,
+    }

@@ -1,0 +1,120 @@
+"""Fit the classifier head on embeddings: logistic regression, temperature scaling, OOD threshold, kNN mix.
+
+Everything is chosen on the validation split; the test split is never looked at here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from insource.distill.head import Head, Matrix, softmax
+
+IntArray = npt.NDArray[np.int64]
+C_GRID = (4.0, 16.0, 64.0)
+KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+OOD_QUANTILE = 0.005
+OOD_MARGIN = 0.03
+
+
+def nll(probs: Matrix, y: IntArray) -> float:
+    ok = y >= 0
+    if not ok.any():
+        return 0.0
+    p = probs[ok, y[ok]]
+    return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
+
+
+def fit_temperature(logits: Matrix, y: IntArray) -> float:
+    """Temperature minimising validation NLL (golden-section search on log T)."""
+    if not (y >= 0).any():
+        return 1.0
+    lo, hi = math.log(0.05), math.log(20.0)
+    ratio = (math.sqrt(5) - 1) / 2
+
+    def loss(log_t: float) -> float:
+        return nll(softmax(logits / math.exp(log_t)), y)
+
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    for _ in range(40):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    return float(math.exp((lo + hi) / 2))
+
+
+def aurc(conf: Matrix, correct: npt.NDArray[np.bool_]) -> float:
+    """Area under the risk–coverage curve (lower is better): the mean error rate of every top-k prefix."""
+    order = np.argsort(-conf, kind="stable")
+    errors = np.cumsum(~correct[order]) / np.arange(1, len(order) + 1)
+    return float(errors.mean()) if len(errors) else 0.0
+
+
+def _fit_lr(x: Matrix, y: IntArray, n_classes: int, c: float) -> tuple[Matrix, Matrix]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=c, max_iter=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    weights = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
+    bias = np.full(n_classes, -1e4, dtype=np.float32)
+    classes = clf.classes_.astype(np.int64)
+    if len(classes) == 2:  # binary: scikit-learn keeps one row; expand to two symmetric logits
+        coef = np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
+        icpt = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
+    else:
+        coef, icpt = clf.coef_, clf.intercept_
+    weights[classes] = coef
+    bias[classes] = icpt
+    return weights, bias
+
+
+def _ood_threshold(val_best: Matrix) -> float:
+    if not len(val_best):
+        return 0.0
+    return float(np.quantile(val_best, OOD_QUANTILE) - OOD_MARGIN)
+
+
+def fit_head(
+    train_x: Matrix,
+    train_y: IntArray,
+    val_x: Matrix,
+    val_y: IntArray,
+    n_classes: int,
+    *,
+    knn: bool = False,
+    step: Callable[[str], None] | None = None,
+) -> tuple[Head, dict[str, Any]]:
+    """Fit and calibrate a head; `val_y` is -1 where the teacher's answer never occurs in training."""
+    best: tuple[float, Head, dict[str, Any]] | None = None
+    for c in C_GRID:
+        if step:
+            step(f"logistic regression C={c:g}")
+        w, b = _fit_lr(train_x, train_y, n_classes, c)
+        head = Head(w, b, 1.0, train_x, train_y, 0.0)
+        head.temperature = fit_temperature(head.logits(val_x), val_y)
+        for kw in KNN_WEIGHTS if knn else (0.0,):
+            head_k = Head(w, b, head.temperature, train_x, train_y, 0.0, knn_weight=kw)
+            probs, val_best = head_k.proba(val_x)
+            pred = probs.argmax(axis=1)
+            score = aurc(probs.max(axis=1), pred == val_y)
+            info = {"C": c, "temperature": round(head.temperature, 4), "knn_weight": kw, "val_aurc": round(score, 5)}
+            if best is None or score < best[0]:
+                head_k.ood_threshold = _ood_threshold(val_best)
+                info["ood_threshold"] = round(head_k.ood_threshold, 4)
+                best = (score, head_k, info)
+    assert best is not None
+    return best[1], best[2]

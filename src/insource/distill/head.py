@@ -1,0 +1,101 @@
+"""The classifier head as plain numpy arrays (serving needs no scikit-learn).
+
+probabilities = (1 - knn_weight) · softmax((E·Wᵀ + b) / T) + knn_weight · kNN vote over training embeddings.
+An input whose best cosine similarity to the training inputs is below `ood_threshold` is out of
+distribution: flagged, with confidence 0, so it is deferred to the teacher at any threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+HEAD_FILE = "head.npz"
+Matrix = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+def softmax(z: Matrix) -> Matrix:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+@dataclass
+class Head:
+    weights: Matrix  # (classes, dim)
+    bias: Matrix  # (classes,)
+    temperature: float
+    train_vectors: Matrix  # (n, dim) L2-normalised training embeddings (OOD + kNN evidence)
+    train_labels: IntArray  # (n,)
+    ood_threshold: float
+    knn_weight: float = 0.0
+    knn_k: int = 10
+    knn_temperature: float = 0.05
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.weights.shape[0])
+
+    def logits(self, emb: Matrix) -> Matrix:
+        return np.asarray(emb @ self.weights.T + self.bias, dtype=np.float32)
+
+    def knn_proba(self, sims: Matrix) -> Matrix:
+        k = min(self.knn_k, sims.shape[1])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(sims, idx, axis=1)
+        w = np.exp((top - top.max(axis=1, keepdims=True)) / self.knn_temperature)
+        out = np.zeros((sims.shape[0], self.n_classes), dtype=np.float32)
+        rows = np.repeat(np.arange(sims.shape[0]), k)
+        np.add.at(out, (rows, self.train_labels[idx].ravel()), w.ravel())
+        return np.asarray(out / out.sum(axis=1, keepdims=True), dtype=np.float32)
+
+    def proba(self, emb: Matrix, temperature: float | None = None) -> tuple[Matrix, Matrix]:
+        """(class probabilities, best cosine similarity to a training input) for each row of `emb`."""
+        t = self.temperature if temperature is None else temperature
+        probs = softmax(self.logits(emb) / t)
+        sims = emb @ self.train_vectors.T if len(self.train_vectors) else np.ones((len(emb), 1), np.float32)
+        if self.knn_weight > 0:
+            probs = (1 - self.knn_weight) * probs + self.knn_weight * self.knn_proba(sims)
+        return probs, np.asarray(sims.max(axis=1), dtype=np.float32)
+
+    def predict(self, emb: Matrix) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
+        """(class index, confidence, ood flag) per row; OOD rows get confidence 0."""
+        probs, best = self.proba(emb)
+        idx = probs.argmax(axis=1)
+        conf = probs[np.arange(len(idx)), idx]
+        ood = best < self.ood_threshold
+        conf = np.where(ood, 0.0, conf).astype(np.float32)
+        return idx.astype(np.int64), conf, ood
+
+    def save(self, folder: Path) -> None:
+        np.savez(
+            folder / HEAD_FILE,
+            weights=self.weights.astype(np.float32),
+            bias=self.bias.astype(np.float32),
+            train_vectors=self.train_vectors.astype(np.float16),
+            train_labels=self.train_labels.astype(np.int32),
+            scalars=np.array(
+                [self.temperature, self.ood_threshold, self.knn_weight, self.knn_k, self.knn_temperature],
+                dtype=np.float64,
+            ),
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Head:
+        with np.load(folder / HEAD_FILE, allow_pickle=False) as data:
+            s = data["scalars"].tolist()
+            return cls(
+                weights=np.asarray(data["weights"], np.float32),
+                bias=np.asarray(data["bias"], np.float32),
+                temperature=float(s[0]),
+                train_vectors=np.asarray(data["train_vectors"], np.float32),
+                train_labels=np.asarray(data["train_labels"], np.int64),
+                ood_threshold=float(s[1]),
+                knn_weight=float(s[2]),
+                knn_k=int(s[3]),
+                knn_temperature=float(s[4]),
+            )

@@ -120,9 +120,7 @@ def select_rows(store: Store, opts: BuildOptions) -> tuple[list[dict[str, Any]],
     if not rows:
         window = "" if opts.since is None and opts.until is None else " in the given --since/--until window"
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no captures"
-        raise NotReady(
-            f"empty selection: task {opts.task!r} has no teacher answers with status 200{window} ({detail})"
-        )
+        raise NotReady(f"empty selection: task {opts.task!r} has no teacher answers with status 200{window} ({detail})")
     return rows, dict(skipped)
 
 

@@ -14,7 +14,6 @@ when the prompt does not match the template, the last user message's text.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,12 +170,21 @@ def _cut_suffix(common: str) -> str:
     return "" if start < 0 else common[start:]
 
 
+def _common_prefix(texts: list[str]) -> str:
+    lo, hi = min(texts), max(texts)  # the common prefix of all is that of the extremes
+    n = min(len(lo), len(hi))
+    i = 0
+    while i < n and lo[i] == hi[i]:
+        i += 1
+    return lo[:i]
+
+
 def _affixes(texts: list[str]) -> tuple[str, str]:
     if len(texts) < MIN_SAMPLES_FOR_AFFIXES or len(set(texts)) < 2:
         return "", ""
-    prefix = _cut_prefix(os.path.commonprefix(texts))
+    prefix = _cut_prefix(_common_prefix(texts))
     rest = [t[len(prefix) :] for t in texts]
-    suffix = _cut_suffix(os.path.commonprefix([t[::-1] for t in rest])[::-1])
+    suffix = _cut_suffix(_common_prefix([t[::-1] for t in rest])[::-1])
     return prefix, suffix
 
 

@@ -1,5 +1,208 @@
-"""CLI commands (data)."""
+"""Data commands: tasks, dataset build, capture show/search, audit."""
 
 from __future__ import annotations
 
-from insource.cli import app  # noqa: F401
+import datetime as dt
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from insource.capture.dataset import BuildOptions, TermsRefused, build_dataset, refusal_line
+from insource.capture.inspect import list_audit, list_tasks, search_captures, show_capture
+from insource.cli import app
+from insource.cli.common import ConfigOpt, JsonOpt, console, err_console, fail, get_config, handle_errors, print_json
+from insource.config import Config
+from insource.errors import NotReady
+from insource.store import Store, open_store
+
+dataset_app = typer.Typer(help="Build training/evaluation datasets from captured traffic.", no_args_is_help=True)
+capture_app = typer.Typer(help="Inspect captured requests.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(capture_app, name="capture")
+
+
+class Purpose(StrEnum):
+    train = "train"
+    eval = "eval"
+
+
+class Split(StrEnum):
+    time = "time"
+    random = "random"
+
+
+class Format(StrEnum):
+    openai_jsonl = "openai-jsonl"
+    parquet = "parquet"
+
+
+def open_existing_store(cfg: Config) -> Store:
+    """The store, which must already exist: reading commands never create an empty database."""
+    path = cfg.sqlite_path()
+    if path is not None and not path.exists():
+        raise NotReady(f"no store at {path}: nothing has been captured yet (or --config points elsewhere)")
+    return open_store(cfg)
+
+
+def parse_when(value: str | None, option: str) -> float | None:
+    """A unix timestamp, an ISO date (UTC midnight) or an ISO date-time (naive means UTC)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise NotReady(f"invalid {option} {value!r}: use YYYY-MM-DD, an ISO date-time or a unix time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+@dataset_app.command("build")
+@handle_errors
+def dataset_build(
+    task: Annotated[str, typer.Option("--task", help="Task name (metadata.task / X-Insource-Task).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (must not exist or be empty).")],
+    purpose: Annotated[Purpose, typer.Option(help="train applies the terms guard; eval is always allowed.")] = (
+        Purpose.train
+    ),
+    since: Annotated[str | None, typer.Option(help="Only traffic at or after this time (UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only traffic before this time (UTC).")] = None,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Remove exact and near duplicates.")] = True,
+    split: Annotated[Split, typer.Option(help="time: test is later traffic than train.")] = Split.time,
+    fmt: Annotated[Format, typer.Option("--format", help="Split files format.")] = Format.openai_jsonl,
+    seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
+    allow_internal: Annotated[
+        bool,
+        typer.Option(
+            "--allow-internal",
+            help="Use outputs whose terms allow only internal classifiers (logged carve-out; never ship the model).",
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Build train/val/test files with provenance from a task's captured teacher answers."""
+    cfg = get_config(config)
+    opts = BuildOptions(
+        task=task,
+        out=out,
+        purpose=purpose.value,
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until"),
+        dedup=dedup,
+        split=split.value,
+        fmt=fmt.value,
+        force=force,
+        allow_internal=allow_internal,
+        seed=seed,
+    )
+    store = open_existing_store(cfg)
+    try:
+        result = build_dataset(store, cfg, opts)
+    except TermsRefused as exc:
+        raise fail(exc.message, 3) from None
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if json:
+        print_json(result.summary())
+        return
+    c = result.counts
+    console.print(f"dataset written to {result.out}", highlight=False)
+    console.print(f"  train {c['train']}  val {c['val']}  test {c['test']}  ({result.manifest['kind']})")
+    for name, p in result.providers.items():
+        console.print(f"  from {name}: {p['count']} examples (terms {', '.join(p['terms'])})", highlight=False)
+    for name, r in result.refused.items():
+        console.print("refused:" + refusal_line(name, r).removeprefix("  -"), highlight=False, markup=False)
+
+
+@app.command("tasks")
+@handle_errors
+def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
+    """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation."""
+    rows = list_tasks(open_existing_store(get_config(config)))
+    if json:
+        print_json(rows)
+        return
+    table = Table("task", "requests", "cost (USD)", "distinct outputs", "kind")
+    for r in rows:
+        table.add_row(r["task"], str(r["requests"]), f"{r['cost_usd']:.4f}", str(r["distinct_outputs"]), r["kind"])
+    console.print(table)
+
+
+@app.command("audit")
+@handle_errors
+def audit_cmd(
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    limit: Annotated[int, typer.Option(help="Most recent N entries.")] = 100,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Dataset exports (and refusals) recorded in the audit table."""
+    rows = list_audit(open_existing_store(get_config(config)), task=task, limit=limit)
+    if json:
+        print_json(rows)
+        return
+    table = Table("when (UTC)", "action", "task", "purpose", "target", "counts / refused")
+    for r in rows:
+        d: dict[str, Any] = r["detail"] or {}
+        summary = d.get("counts") or {k: v.get("count") for k, v in (d.get("refused") or {}).items()}
+        table.add_row(_iso(r["ts"]), r["action"], r["task"] or "", r["purpose"] or "", r["target"] or "", str(summary))
+    console.print(table)
+
+
+@capture_app.command("show")
+@handle_errors
+def capture_show(
+    capture_id: Annotated[str, typer.Argument(metavar="ID", help="Capture (= usage record) id.")],
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """One captured request: provenance, redacted messages and output."""
+    row = show_capture(open_existing_store(get_config(config)), capture_id)
+    if json:
+        print_json(row)
+        return
+    console.print(f"[bold]{row['id']}[/]  {_iso(row['ts'])}  task={row['task']}  status={row['status']}")
+    console.print(
+        f"tenant={row['tenant']} provider={row['provider']} model={row['upstream_model']} "
+        f"version={row['upstream_version']} terms={row['terms']} redactions={row['redactions']}",
+        highlight=False,
+    )
+    for m in row["messages"]:
+        console.print(f"[cyan]{m.get('role', '?')}:[/] ", end="")
+        console.print(str(m.get("content")), markup=False, highlight=False)
+    console.print("[green]output:[/] ", end="")
+    console.print(str(row["output"]), markup=False, highlight=False)
+
+
+@capture_app.command("search")
+@handle_errors
+def capture_search(
+    task: Annotated[str, typer.Option("--task", help="Task name.")],
+    contains: Annotated[str, typer.Option("--contains", help="Text to find in messages or output.")],
+    limit: Annotated[int, typer.Option(help="At most N results (newest first).")] = 20,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Find a task's captures whose messages or output contain a text."""
+    rows = search_captures(open_existing_store(get_config(config)), task, contains, limit)
+    if json:
+        print_json(rows)
+        return
+    table = Table("id", "when (UTC)", "provider", "input", "output")
+    for r in rows:
+        table.add_row(r["id"], _iso(r["ts"]), r["provider"] or "", r["input"][:80], (r["output"] or "")[:40])
+    console.print(table)

@@ -20,6 +20,7 @@ from insource.testing.demo_templates import (
     COLORS,
     CURRENCIES,
     DATES,
+    DEADLINES,
     EMAIL_DOMAINS,
     FIRST_NAMES,
     GREETINGS,
@@ -109,6 +110,7 @@ def _slots(rng: random.Random) -> dict[str, str]:
         "product": rng.choice(PRODUCTS),
         "order": _order_number(rng),
         "date": rng.choice(DATES),
+        "deadline": rng.choice(DEADLINES),
         "days": str(rng.randint(2, 21)),
         "amount": _amount(rng),
         "city": rng.choice(CITIES),
@@ -157,7 +159,7 @@ def _stylize(text: str, rng: random.Random) -> str:
     if rng.random() < 0.04:
         text = f"{text}!!" if rng.random() < 0.5 else f"URGENT: {text}"
     for _ in range(2):
-        if rng.random() < 0.2:
+        if rng.random() < 0.15:
             text = _typo(text, rng)
     return text
 

@@ -2,7 +2,7 @@
 
 This is the project's own generated data (fictional shop, fictional orders). Slots in braces are filled
 by :mod:`insource.testing.demo_data`: {product} {order} {date} {days} {amount} {city} {code} {size}
-{color} {email} {item_count}.
+{color} {email} {item_count} {deadline}.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ TEMPLATES: dict[str, list[str]] = {
         "Still waiting on my delivery, ordered {days} days ago.",
         "Could you check where my parcel is? It's order {order}.",
         "The courier website doesn't find my tracking number for order {order}.",
-        "Any update on the {product}? I need it by the weekend.",
+        "Any update on the {product}? I need it by {deadline}.",
     ],
     "cancel_order": [
         "Please cancel my order {order}.",
@@ -205,7 +205,7 @@ TEMPLATES: dict[str, list[str]] = {
         "Do you sell a bigger version of the {product}?",
         "Is the {product} available in your {city} store?",
         "How many {product}s do you have left?",
-        "Will the {product} be in stock before {date}?",
+        "Will the {product} be in stock before {deadline}?",
         "Notify me when the {size} {product} is available.",
         "Do you still make the {product}, or has it been discontinued?",
     ],
@@ -222,7 +222,7 @@ TEMPLATES: dict[str, list[str]] = {
         "How much does it cost to ship a {product}?",
         "Can I pick up my order in store instead of delivery?",
         "Do you ship to PO boxes?",
-        "If I order today, can it arrive by {date}?",
+        "If I order today, can it arrive by {deadline}?",
     ],
     "invoice_request": [
         "Can I get an invoice for order {order}?",
@@ -300,6 +300,7 @@ DATES = [
     "yesterday", "last week", "on Monday", "two weeks ago", "on the 3rd", "on March 12", "last Friday",
     "ten days ago", "a month ago", "on Tuesday", "over the weekend", "on June 2",
 ]
+DEADLINES = ["Friday", "the weekend", "next Tuesday", "the 14th", "Christmas", "my birthday", "June 20"]
 FIRST_NAMES = ["anna", "li.wei", "marco", "sofia", "j.smith", "ola", "raj", "emma", "noah", "zoe"]
 EMAIL_DOMAINS = ["example.com", "mail.test", "example.org"]
 CURRENCIES = ["$", "€", "£"]

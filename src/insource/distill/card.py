@@ -1,0 +1,46 @@
+"""The model card (`card.md`): what the student is, where its data came from, how well it does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
+    lines = [
+        f"# {info.get('name', info.get('task'))}",
+        "",
+        f"- Task: `{info.get('task')}`",
+        f"- Student: `{info.get('student')}`",
+        f"- Created: {info.get('created_at')}",
+        f"- Classes: {len(info.get('labels') or [])}",
+        f"- Runtime: {_fmt(info.get('runtime', {}))}",
+        "",
+        "## Data provenance",
+        "",
+        f"- Dataset: `{info.get('dataset', {}).get('path')}`",
+        f"- Counts: {_fmt(manifest.get('counts', {}))}",
+        f"- Providers: {_fmt(manifest.get('providers', {}))}",
+        f"- Terms: {_fmt(manifest.get('terms', {}))}",
+        f"- Refused by the terms guard: {_fmt(manifest.get('refused', {}))}",
+        f"- Purpose: {manifest.get('purpose', 'train')}",
+        "",
+        "The student's answers are the teacher's exact answer strings seen in training; inputs unlike the",
+        "training traffic are flagged out-of-distribution and deferred to the teacher.",
+        "",
+        "## Metrics (validation split)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted((info.get("metrics") or {}).items())]
+    lines += ["", "Run `insource eval` for test-split agreement, the coverage–agreement curve and thresholds.", ""]
+    return "\n".join(lines)

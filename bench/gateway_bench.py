@@ -128,9 +128,20 @@ def stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> Non
             print(f"  {name} (pid {proc.pid}) still running after {sig.name}", file=sys.stderr)
 
 
-def cli(args: list[str], cwd: Path) -> str:
-    code = "import sys; sys.argv[0] = 'insource'; from insource.cli import main; main()"
-    out = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, timeout=60, check=False)
+CLI_CODE = "import sys; sys.argv[0] = 'insource'; from insource.cli import main; main()"
+
+
+def child_env(src: Path | None) -> dict[str, str]:
+    """The environment of the gateway and CLI: `--src DIR` puts another copy of insource first on the path."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def cli(args: list[str], cwd: Path, src: Path | None = None) -> str:
+    out = subprocess.run([sys.executable, "-c", CLI_CODE, *args], cwd=cwd, capture_output=True, timeout=60,
+                         check=False, env=child_env(src))
     if out.returncode != 0:
         raise RuntimeError(f"insource {' '.join(args)} failed: {out.stderr.decode()[-2000:]}")
     return out.stdout.decode()
@@ -141,7 +152,8 @@ class Env:
     workdir: Path
     upstream_port: int
     gateway_port: int
-    key: str
+    key: str  # budget + rpm limit
+    plain_key: str  # no budget, no limit
     workers: int
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     gateway: subprocess.Popen[bytes] | None = None
@@ -156,7 +168,7 @@ class Env:
             stop(proc, name)
 
 
-def start_env(workers: int, chunks: int, pin_cpus: bool) -> Env:
+def start_env(workers: int, chunks: int, pin_cpus: bool, *, capture: bool = True, src: Path | None = None) -> Env:
     workdir = Path(tempfile.mkdtemp(prefix="insource-bench-"))
     up_port, gw_port = free_port(), free_port()
     cfg = workdir / "insource.toml"
@@ -173,13 +185,14 @@ terms = "self-hosted"
 [models."gpt-4o-mini"]
 targets = ["local:gpt-4o-mini"]
 price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
-"""
+{"" if capture else chr(10) + "[capture]" + chr(10) + "enabled = false" + chr(10)}"""
     )
     created = json.loads(
         cli(["keys", "create", "--tenant", "bench", "--budget-usd", "1000", "--rpm", "100000000", "--json",
-             "--config", str(cfg)], workdir)
+             "--config", str(cfg)], workdir, src)
     )
-    env = Env(workdir, up_port, gw_port, created["key"], workers)
+    plain = json.loads(cli(["keys", "create", "--tenant", "bench", "--json", "--config", str(cfg)], workdir, src))
+    env = Env(workdir, up_port, gw_port, created["key"], plain["key"], workers)
     try:
         up = subprocess.Popen(
             [sys.executable, str(HERE / "_upstream.py"), "--port", str(up_port), "--chunks", str(chunks)],
@@ -187,11 +200,11 @@ price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
         )
         env.procs.append(("upstream", up))
         wait_http(f"http://127.0.0.1:{up_port}/healthz", 20, up)
-        code = "import sys; sys.argv[0] = 'insource'; from insource.cli import main; main()"
         gw = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--config", str(cfg), "--host", "127.0.0.1",
+            [sys.executable, "-c", CLI_CODE, "serve", "--config", str(cfg), "--host", "127.0.0.1",
              "--port", str(gw_port), "--workers", str(workers)],
             cwd=workdir, stdout=open(workdir / "gateway.out", "wb"), stderr=open(workdir / "gateway.log", "wb"),
+            env=child_env(src),
         )
         env.procs.append(("gateway", gw))
         env.gateway = gw
@@ -268,7 +281,7 @@ def run_wrk(port: int, key: str | None, body: bytes, conns: int, max_requests: i
     script = workdir / f"wrk-{port}-{conns}-{len(body)}.lua"
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
     script.write_text(WRK_LUA % {"body": body.decode(), "auth": auth, "max": max_requests})
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, int(seconds + 0.999))}s", "--timeout", "10s", "-s", str(script),
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script),
            f"http://127.0.0.1:{port}{PATH}"]
     if pin_cpus:
         cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
@@ -281,7 +294,10 @@ def run_wrk(port: int, key: str | None, body: bytes, conns: int, max_requests: i
     errors = {k: res[k] for k in ("connect", "read", "write", "status", "timeout") if res[k]}
     if errors:
         raise RuntimeError(f"wrk saw errors against port {port}: {errors}")
-    res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+    # wrk's main thread always sleeps the whole -d before it joins, so summary.duration is -d even when the
+    # Lua count bound stopped the load early: then use Little's law (connections / mean latency) instead.
+    res["capped"] = res["requests"] >= max_requests
+    res["rps"] = conns / (res["mean_us"] / 1e6) if res["capped"] else res["requests"] / (res["duration_us"] / 1e6)
     return res
 
 
@@ -448,8 +464,8 @@ def measure(env: Env, args: argparse.Namespace) -> tuple[list[Row], dict[str, An
     gw_key = env.key
     # warm-up: connection pools, caches, first-call imports (capture processing is imported lazily)
     for stream in (False, True):
-        run_wrk(env.gateway_port, gw_key, chat_body(stream), 16, args.warmup, 10, env.workdir, pin_cpus)
-        run_wrk(env.upstream_port, None, chat_body(stream), 16, args.warmup, 10, env.workdir, pin_cpus)
+        run_wrk(env.gateway_port, gw_key, chat_body(stream), 16, n_req, args.warmup, env.workdir, pin_cpus)
+        run_wrk(env.upstream_port, None, chat_body(stream), 16, n_req, args.warmup, env.workdir, pin_cpus)
     writer_idle(env)
 
     for stream in (False, True):
@@ -661,8 +677,8 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description="insource gateway overhead benchmark (vs. direct to the upstream)")
     p.add_argument("--quick", action="store_true", help="short run (~40 s)")
-    p.add_argument("--requests", type=int, help="max requests per load run (default 20000; quick 3000)")
-    p.add_argument("--seconds", type=float, help="max seconds per load run (default 8; quick 2)")
+    p.add_argument("--requests", type=int, help="max requests per load run (default 300000; quick 100000)")
+    p.add_argument("--seconds", type=float, help="seconds per load run (default 6; quick 2)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     p.add_argument("--chunks", type=int, default=16, help="content chunks per upstream stream")
     p.add_argument("--workers", type=int, default=1, help="gateway workers (only 1 is pinned)")
@@ -676,9 +692,9 @@ def main() -> None:
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
-    args.requests = args.requests or (3000 if args.quick else 20000)
-    args.seconds = args.seconds or (2.0 if args.quick else 8.0)
-    args.warmup = 500 if args.quick else 2000
+    args.requests = args.requests or (100_000 if args.quick else 300_000)
+    args.seconds = args.seconds or (2.0 if args.quick else 6.0)
+    args.warmup = 1.0 if args.quick else 2.0
     args.probe_n = 300 if args.quick else 1500
     args.pairs = 300 if args.quick else 2000
 

@@ -43,8 +43,11 @@ def embed_examples(encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[E
 
 
 def encoder_cache(cache_root: Path, encoder_dir: Path) -> EmbeddingCache:
-    source = encoder_dir.name if encoder_dir.parent.name == "encoders" else encoder_dir.resolve().name
-    return EmbeddingCache(cache_root / "embeddings" / source)
+    """The embedding cache of one encoder, keyed by the hash of the weights it was exported from."""
+    import json
+
+    info = json.loads((encoder_dir / "encoder.json").read_text("utf-8"))
+    return EmbeddingCache(cache_root / "embeddings" / str(info["source"]))
 
 
 def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:

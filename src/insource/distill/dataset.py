@@ -100,7 +100,9 @@ def load_dataset(folder: Path) -> Dataset:
     return ds
 
 
-def check_trainable(ds: Dataset, task: str, *, min_train: int = MIN_TRAIN_EXAMPLES) -> None:
+def check_trainable(
+    ds: Dataset, task: str, *, classifier: bool = True, min_train: int = MIN_TRAIN_EXAMPLES
+) -> None:
     """Refuse datasets that must not or cannot train a student (terms, size, classes, task)."""
     man = ds.manifest
     if man.get("task") not in (None, task):
@@ -126,9 +128,47 @@ def check_trainable(ds: Dataset, task: str, *, min_train: int = MIN_TRAIN_EXAMPL
             f"too few validation examples: {len(val)}, at least {MIN_VAL_EXAMPLES} are needed for calibration"
         )
     classes = {ex.output for ex in train}
-    if len(classes) < 2:
+    if classifier and len(classes) < 2:
         only = next(iter(classes)) if classes else ""
         raise NotReady(
             f"a single class: every training answer is {only[:60]!r}; a classifier needs at least "
             "2 distinct teacher answers"
         )
+
+
+def write_dataset(
+    folder: Path,
+    task: str,
+    splits: dict[str, list[tuple[str, str]]],
+    *,
+    purpose: str = "train",
+    cost_usd: float = 0.0002,
+    template: dict[str, Any] | None = None,
+) -> Path:
+    """Write a dataset folder in the `insource dataset build` format from (input, teacher answer) pairs.
+
+    Used by tests and benchmarks that replay public data as teacher traffic.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = sorted({out for pairs in splits.values() for _, out in pairs})
+    for name in SPLITS:
+        rows, chat = [], []
+        for i, (text, out) in enumerate(splits.get(name, [])):
+            messages = [{"role": "user", "content": text}, {"role": "assistant", "content": out}]
+            rows.append(json.dumps({
+                "id": f"{name}-{i}", "ts": float(i), "input": text, "output": out, "messages": messages,
+                "teacher_cost_usd": cost_usd, "provider": "teacher", "upstream_model": "teacher-1",
+                "terms": "self-hosted", "tenant": "default",
+            }))
+            chat.append(json.dumps({"messages": messages}))
+        (folder / f"{name}.examples.jsonl").write_text("".join(r + "\n" for r in rows), "utf-8")
+        (folder / f"{name}.jsonl").write_text("".join(r + "\n" for r in chat), "utf-8")
+    manifest = {
+        "task": task, "kind": "classification", "labels": labels, "purpose": purpose,
+        "template": template or {"slots": ["input"]},
+        "counts": {name: len(splits.get(name, [])) for name in SPLITS},
+        "providers": {"teacher": sum(len(p) for p in splits.values())}, "terms": {"self-hosted": "any"},
+        "refused": {},
+    }
+    (folder / "dataset.json").write_text(json.dumps(manifest, indent=2), "utf-8")
+    return folder

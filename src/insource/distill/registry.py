@@ -108,11 +108,16 @@ def next_version(root: Path, task: str) -> int:
     return max((v for t, v, _ in _entries(root) if t == task), default=0) + 1
 
 
-def register(root: Path, task: str, build: Callable[[Path], dict[str, Any]]) -> tuple[str, Path]:
+def register(
+    root: Path,
+    task: str,
+    build: Callable[[Path], dict[str, Any]],
+    finalize: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> tuple[str, Path]:
     """Build a model in a staging folder, then rename it to the next free `TASK@vN`.
 
     `build(folder)` writes the weights and returns model.json's content (without name/version). Nothing
-    is left behind when it raises.
+    is left behind when it raises. `finalize(folder, info)` runs once the name is known (e.g. the card).
     """
     check_task_name(task)
     root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +129,8 @@ def register(root: Path, task: str, build: Callable[[Path], dict[str, Any]]) -> 
             name = f"{task}@v{version}"
             info.update(name=name, task=task, version=version)
             (staging / MODEL_FILE).write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
+            if finalize is not None:
+                finalize(staging, info)
             target = root / name
             if target.exists():
                 continue

@@ -1,8 +1,12 @@
-"""Request validation with OpenAI's error messages, params and codes (400 invalid_request_error)."""
+"""Chat rules: request validation with OpenAI's error messages, params and codes (400
+invalid_request_error), and how the fake turns a responder's text into choices (tools, JSON modes, max tokens)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+
+import orjson
 
 from insource.testing import wire
 
@@ -66,7 +70,9 @@ def _check_messages(messages: Any) -> None:
         msg = f"Invalid type for 'messages': expected an array, but got {_type_name(messages)} instead."
         raise InvalidRequest(msg, "messages", "invalid_type")
     if not messages:
-        msg = "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead."
+        msg = (
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead."
+        )
         raise InvalidRequest(msg, "messages", "empty_array")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
@@ -120,7 +126,9 @@ def _check_response_format(body: dict[str, Any]) -> None:
     if kind == "json_object":
         texts = (wire.content_text(m.get("content"))[0] for m in body["messages"])
         if not any("json" in t.lower() for t in texts):
-            msg = "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+            msg = (
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+            )
             raise InvalidRequest(msg, "messages")
 
 
@@ -158,3 +166,58 @@ def validate_embeddings(body: dict[str, Any], require_model: bool) -> None:
         msg = f"Invalid value: '{fmt}'. Supported values are: 'float' and 'base64'."
         raise InvalidRequest(msg, "encoding_format", "invalid_value")
     _check_int(body, "dimensions", 1, 4096)
+
+
+def make_choices(text: str, body: dict[str, Any]) -> list[wire.Choice]:
+    """The `n` choices for a validated chat body, given the responder's text."""
+    n = int(body.get("n") or 1)
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    tool = _pick_tool(body)
+    choices: list[wire.Choice] = []
+    for i in range(n):
+        if tool is not None:
+            name, params = tool
+            args = text if _is_json_object(text) else orjson.dumps(wire.example_from_schema(params, text)).decode()
+            args, cut = wire.truncate(args, max_tokens)
+            call_id = f"call_{uuid.uuid4().hex[:24]}"
+            finish = "length" if cut else "tool_calls"
+            choices.append(wire.Choice(i, None, finish, name, args, call_id))
+        else:
+            content, cut = wire.truncate(_shape_content(text, body.get("response_format")), max_tokens)
+            choices.append(wire.Choice(i, content, "length" if cut else "stop"))
+    return choices
+
+
+def _pick_tool(body: dict[str, Any]) -> tuple[str, Any] | None:
+    """(name, parameters schema) of the tool to call, or None to answer in text."""
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    by_name = {t["function"]["name"]: t["function"].get("parameters", {}) for t in tools}
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        return name, by_name[name]
+    if choice != "required" and body["messages"][-1].get("role") == "tool":
+        return None  # a tool result came back: answer it in text, as a model would
+    first = tools[0]["function"]
+    return first["name"], first.get("parameters", {})
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _shape_content(text: str, response_format: Any) -> str:
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return text if _is_json_object(text) else orjson.dumps({"response": text}).decode()
+    if kind == "json_schema":
+        if _is_json_object(text):
+            return text
+        schema = (response_format.get("json_schema") or {}).get("schema", {})
+        return orjson.dumps(wire.example_from_schema(schema, text)).decode()
+    return text

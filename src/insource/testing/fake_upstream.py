@@ -42,9 +42,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from insource.testing import wire
-from insource.testing.chat_rules import InvalidRequest, validate_chat, validate_embeddings
+from insource.testing.chat_rules import InvalidRequest, make_choices, validate_chat, validate_embeddings
 from insource.testing.server import StreamBreak, install_log_filter
 
 Responder = Callable[[str, list[dict[str, Any]], dict[str, Any]], "str | Awaitable[str]"]
@@ -139,7 +140,7 @@ class FakeUpstream:
         self._arrived = threading.Condition(self._lock)
         self._faults: deque[_Fault] = deque()
         self._requests: list[RecordedRequest] = []
-        self._fast_cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self._fast_cache: dict[tuple[Any, ...], list[Message]] = {}
         self._app = self._build_app()
         self.reset()
 
@@ -201,7 +202,7 @@ class FakeUpstream:
 
     # ------------------------------------------------------------ ASGI
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast and scope["type"] == "http" and scope["method"] == "POST":
             await self._fast_call(scope, receive, send)
         else:
@@ -351,7 +352,7 @@ class FakeUpstream:
     async def _chat(self, model: str, body: dict[str, Any], azure: bool) -> Response:
         messages: list[dict[str, Any]] = body["messages"]
         text = await self._answer_text(model, messages, body)
-        choices = _make_choices(text, body)
+        choices = make_choices(text, body)
         reasoning = self.reasoning_tokens * len(choices)
         completion = sum(ch.completion_tokens() for ch in choices) + reasoning
         prompt = wire.count_prompt_tokens(messages, body.get("tools"))
@@ -425,7 +426,7 @@ class FakeUpstream:
 
     # ------------------------------------------------------------ fast path
 
-    async def _fast_call(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _fast_call(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Benchmark mode: replay the first 200 answer for each request shape, pre-serialised.
 
         The shape is (path, query, stream flag, include_usage flag, credentials). Replays skip
@@ -440,8 +441,8 @@ class FakeUpstream:
                 break
         raw = b"".join(chunks)
         creds = tuple(v for k, v in scope["headers"] if k in (b"authorization", b"api-key"))
-        key = (scope["path"], scope["query_string"], bool(_STREAM_RE.search(raw)), bool(_USAGE_RE.search(raw)))
-        key = (*key, creds)
+        stream, usage = bool(_STREAM_RE.search(raw)), bool(_USAGE_RE.search(raw))
+        key = (scope["path"], scope["query_string"], stream, usage, creds)
         cached = self._fast_cache.get(key)
         if cached is not None and not (self.hang or self.error_rate > 0 or self._faults):
             if self.delay_s > 0:
@@ -452,22 +453,21 @@ class FakeUpstream:
         await self._capture_into_cache(key, raw, scope, receive, send)
 
     async def _capture_into_cache(
-        self, key: tuple[Any, ...], raw: bytes, scope: dict[str, Any], receive: Any, send: Any
+        self, key: tuple[Any, ...], raw: bytes, scope: Scope, receive: Receive, send: Send
     ) -> None:
         replayed = False
 
-        async def replay() -> dict[str, Any]:
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": raw, "more_body": False}
-            result: dict[str, Any] = await receive()
-            return result
+            return await receive()
 
-        start: dict[str, Any] = {}
+        start: Message = {}
         body_parts: list[bytes] = []
 
-        async def capture(message: dict[str, Any]) -> None:
+        async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 start.update(message)
             elif message["type"] == "http.response.body":
@@ -478,61 +478,6 @@ class FakeUpstream:
         if start.get("status") == 200:
             whole = {"type": "http.response.body", "body": b"".join(body_parts), "more_body": False}
             self._fast_cache[key] = [start, whole]
-
-
-def _make_choices(text: str, body: dict[str, Any]) -> list[wire.Choice]:
-    """The `n` choices for a validated chat body, given the responder's text."""
-    n = int(body.get("n") or 1)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    tool = _pick_tool(body)
-    choices: list[wire.Choice] = []
-    for i in range(n):
-        if tool is not None:
-            name, params = tool
-            args = text if _is_json_object(text) else orjson.dumps(wire.example_from_schema(params, text)).decode()
-            args, cut = wire.truncate(args, max_tokens)
-            call_id = f"call_{uuid.uuid4().hex[:24]}"
-            finish = "length" if cut else "tool_calls"
-            choices.append(wire.Choice(i, None, finish, name, args, call_id))
-        else:
-            content, cut = wire.truncate(_shape_content(text, body.get("response_format")), max_tokens)
-            choices.append(wire.Choice(i, content, "length" if cut else "stop"))
-    return choices
-
-
-def _pick_tool(body: dict[str, Any]) -> tuple[str, Any] | None:
-    """(name, parameters schema) of the tool to call, or None to answer in text."""
-    tools = body.get("tools") or []
-    choice = body.get("tool_choice")
-    if not tools or choice == "none":
-        return None
-    by_name = {t["function"]["name"]: t["function"].get("parameters", {}) for t in tools}
-    if isinstance(choice, dict):
-        name = choice["function"]["name"]
-        return name, by_name[name]
-    if choice != "required" and body["messages"][-1].get("role") == "tool":
-        return None  # a tool result came back: answer it in text, as a model would
-    first = tools[0]["function"]
-    return first["name"], first.get("parameters", {})
-
-
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(orjson.loads(text), dict)
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _shape_content(text: str, response_format: Any) -> str:
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "json_object":
-        return text if _is_json_object(text) else orjson.dumps({"response": text}).decode()
-    if kind == "json_schema":
-        if _is_json_object(text):
-            return text
-        schema = (response_format.get("json_schema") or {}).get("schema", {})
-        return orjson.dumps(wire.example_from_schema(schema, text)).decode()
-    return text
 
 
 # ---------------------------------------------------------------- standalone

@@ -1,0 +1,146 @@
+"""The demo's tables: spend so far, the student's evaluation, and the before/after summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from insource.config import Config
+from insource.demo.workload import PhaseResult
+from insource.service.routes import show_routes
+from insource.store import Store
+
+
+def _phase_spend(store: Store, task: str, start: float, end: float) -> dict[str, float]:
+    store_row = store.query_one(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(cost_usd), 0) AS cost, COALESCE(SUM(cost_avoided_usd), 0) AS avoided"
+        " FROM usage WHERE task=? AND ts >= ? AND ts <= ?",
+        (task, start, end),
+    )
+    assert store_row is not None
+    return {"records": store_row["n"], "cost_usd": store_row["cost"], "avoided_usd": store_row["avoided"]}
+
+
+def print_spend(console: Console, store: Store, start: float, end: float) -> None:
+    rows = store.query(
+        "SELECT task, COUNT(*) AS n, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c, SUM(cost_usd) AS cost"
+        " FROM usage WHERE ts >= ? AND ts <= ? GROUP BY task",
+        (start, end),
+    )
+    table = Table("task", "requests", "prompt tokens", "completion tokens", "spend (USD)", title="Spend so far")
+    for r in rows:
+        table.add_row(str(r["task"]), str(r["n"]), str(r["p"]), str(r["c"]), f"${r['cost']:.4f}")
+    console.print(table)
+
+
+def print_eval(console: Console, ev: dict[str, Any]) -> None:
+    table = Table("metric", "value", title=f"Evaluation of {ev.get('model')} on the {ev.get('split')} split")
+    for name in (
+        "n",
+        "agreement",
+        "ece",
+        "target_agreement",
+        "threshold",
+        "coverage_at_threshold",
+        "agreement_at_threshold",
+        "latency_ms_p50",
+        "cost_per_1k_usd",
+        "teacher_cost_per_1k_usd",
+    ):
+        value = ev.get(name)
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _agreement(result: PhaseResult, teacher: Any) -> float | None:
+    if teacher is None or not result.answers:
+        return None
+    return sum(answer == teacher.gold(text) for text, answer, _ in result.answers) / len(result.answers)
+
+
+def summarise(
+    store: Store,
+    cfg: Config,
+    task: str,
+    before_span: tuple[float, float],
+    after_span: tuple[float, float],
+    before: PhaseResult,
+    after: PhaseResult,
+    teacher: Any,
+    monthly: int,
+) -> dict[str, Any]:
+    store.close()
+    spend_before = _phase_spend(store, task, *before_span)
+    spend_after = _phase_spend(store, task, *after_span)
+    per_req_before = spend_before["cost_usd"] / max(1, before.requests)
+    per_req_after = spend_after["cost_usd"] / max(1, after.requests)
+    live = next((r for r in show_routes(cfg, store) if r["task"] == task), None)
+    return {
+        "before": {
+            "requests": before.requests,
+            "insourced": before.insourced,
+            "failed": before.failed,
+            "agreement": _agreement(before, teacher),
+            **spend_before,
+        },
+        "after": {
+            "requests": after.requests,
+            "insourced": after.insourced,
+            "failed": after.failed,
+            "agreement": _agreement(after, teacher),
+            **spend_after,
+        },
+        "insourced_share": after.insourced / max(1, after.ok),
+        "audited_agreement": live["agreement"] if live else None,
+        "audits": live["n"] if live else 0,
+        "monthly_requests": monthly,
+        "monthly_cost_before_usd": per_req_before * monthly,
+        "monthly_cost_after_usd": per_req_after * monthly,
+        "projected_monthly_savings_usd": (per_req_before - per_req_after) * monthly,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
+    table = Table(
+        "phase",
+        "requests",
+        "insourced",
+        "agreement with teacher",
+        "spend (USD)",
+        "teacher cost avoided",
+        title="Before / after insourcing",
+    )
+    for name, key in (("before: all teacher", "before"), ("after: cascade", "after")):
+        p = s[key]
+        table.add_row(
+            name,
+            str(p["requests"]),
+            f"{p['insourced']} ({p['insourced'] / max(1, p['requests']):.0%})",
+            _pct(p["agreement"]),
+            f"${p['cost_usd']:.4f}",
+            f"${p['avoided_usd']:.4f}",
+        )
+    console.print(table)
+    saved = s["projected_monthly_savings_usd"]
+    before = s["monthly_cost_before_usd"]
+    console.print(
+        f"Projected monthly savings at {s['monthly_requests']:,} requests/month: [bold green]${saved:,.0f}[/] "
+        f"({saved / before:.0%} of ${before:,.0f}); audited live agreement {_pct(s['audited_agreement'])} "
+        f"over {s['audits']} audits.",
+        highlight=False,
+    )
+    if s["simulated_teacher"]:
+        console.print("[yellow]The teacher was SIMULATED (no real LLM was called).[/]")
+    console.print(
+        f"Everything stays in {s['folder']}. Inspect it with:\n"
+        f"  insource spend --by task --config {config}\n  insource models list --config {config}\n"
+        f"  insource route show --config {config}",
+        highlight=False,
+    )

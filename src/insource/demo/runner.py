@@ -1,0 +1,193 @@
+"""Orchestrates the demo: teacher → gateway → traffic → dataset → student → eval → cascade → traffic → table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from insource.config import load_config
+from insource.demo import report
+from insource.demo.steps import StepFailed, cli_json, start_gateway, stop_gateway
+from insource.demo.workload import PhaseResult, send_phase
+from insource.service.keys import create_key, server_secret
+from insource.store import open_store
+from insource.testing import demo_data
+
+TASK = "support-intent"
+
+
+@dataclass
+class DemoSettings:
+    folder: Path
+    quick: bool = False
+    teacher_url: str | None = None
+    teacher_key_env: str = "OPENAI_API_KEY"
+    teacher_model: str = "gpt-4o-mini"
+    teacher_terms: str = "openai"
+    before: int = 3000
+    after: int = 2000
+    target_agreement: float = 0.98
+    audit_rate: float = 0.05
+    monthly_requests: int = 30_000_000
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.before, self.after, self.audit_rate = min(self.before, 900), min(self.after, 400), 0.1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(s: DemoSettings, teacher_base: str) -> Path:
+    simulated = s.teacher_url is None
+    key_line = "" if simulated else f'api_key = "env::{s.teacher_key_env}"\n'
+    text = (
+        "# Written by `insource demo`. Inspect with: insource spend / models list / route show --config THIS\n"
+        '[store]\nurl = "sqlite:///./insource.db"\n\n'
+        f'[providers.teacher]\nkind = "openai"\nbase_url = "{teacher_base}"\n{key_line}'
+        f'terms = "{"self-hosted" if simulated else s.teacher_terms}"\n'
+        f"ttft_timeout_s = 30\ntotal_timeout_s = 120\n\n"
+        f'[models."gpt-4o-mini"]\ntargets = ["teacher:{s.teacher_model}"]\n'
+    )
+    config = s.folder / "insource.toml"
+    config.write_text(text)
+    return config
+
+
+@contextmanager
+def simulated_teacher(s: DemoSettings, console: Console) -> Iterator[tuple[str, Any]]:
+    if s.teacher_url is not None:
+        console.print(f"Teacher: the real upstream at [bold]{s.teacher_url}[/] (model {s.teacher_model}).")
+        yield s.teacher_url.rstrip("/"), None
+        return
+    from insource.testing.fake_upstream import FakeUpstream
+    from insource.testing.server import run_server
+    from insource.testing.teacher import SimulatedTeacher
+
+    teacher = SimulatedTeacher(speed=0.1 if s.quick else 1.0, seed=s.seed)
+    handle = run_server(teacher.attach(FakeUpstream(seed=s.seed)))
+    console.print(f"[yellow]Teacher:[/] {teacher.describe()}", highlight=False)
+    try:
+        yield handle.url + "/v1", teacher
+    finally:
+        handle.stop()
+
+
+def _phase(console: Console, title: str, base_url: str, key: str, pairs: list[tuple[str, str]]) -> PhaseResult:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(title, total=len(pairs))
+        return asyncio.run(
+            send_phase(title, base_url, key, TASK, pairs, demo_data.build_messages, lambda: progress.advance(bar))
+        )
+
+
+def _learn_student(s: DemoSettings, config: Path, console: Console) -> tuple[str, dict[str, Any]]:
+    data_dir = s.folder / "datasets" / f"{TASK}-{int(time.time())}"
+    console.rule("Dataset: captured traffic → training data (terms guard on)")
+    build = ["dataset", "build", "--task", TASK, "--out", str(data_dir), "--purpose", "train"]
+    if s.teacher_url is not None:
+        console.print("Internal-classifier carve-out: the student is an internal classifier, not a competing model.")
+        build.append("--allow-internal")
+    dataset = cli_json(config, *build)
+    console.print(f"dataset {dataset['out']}: {dataset['counts']}")
+    console.rule("Distill: a classifier student the company owns")
+    distilled = cli_json(config, "distill", "--task", TASK, "--dataset", str(data_dir))
+    model = str(distilled["model"])
+    console.rule(f"Evaluate {model} against the teacher")
+    evaluated = cli_json(
+        config,
+        "eval",
+        "--task",
+        TASK,
+        "--model",
+        model,
+        "--dataset",
+        str(data_dir),
+        "--target-agreement",
+        str(s.target_agreement),
+    )
+    report.print_eval(console, evaluated)
+    return model, evaluated
+
+
+def _route(s: DemoSettings, config: Path, model: str, evaluated: dict[str, Any], console: Console) -> None:
+    threshold = evaluated.get("threshold")
+    if threshold is None:
+        threshold = 1.01  # no threshold reaches the target: the teacher keeps answering everything
+    console.rule("Route: cascade (the student answers when sure, the teacher otherwise)")
+    cli_json(
+        config,
+        "route",
+        "set",
+        "--task",
+        TASK,
+        "--model",
+        model,
+        "--mode",
+        "cascade",
+        "--threshold",
+        f"{min(float(threshold), 1.0):.6f}",
+        "--audit-rate",
+        str(s.audit_rate),
+        "--floor",
+        "0.9",
+    )
+    console.print(f"{TASK} → {model}, threshold {float(threshold):.3f}, audit rate {s.audit_rate:g}")
+    time.sleep(1.2)  # every worker picks the route up within a second
+
+
+def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
+    s.folder.mkdir(parents=True, exist_ok=True)
+    if s.teacher_url is not None and not os.environ.get(s.teacher_key_env):
+        raise StepFailed(f"--teacher needs its API key in the environment variable {s.teacher_key_env}")
+    started = time.time()
+    with simulated_teacher(s, console) as (teacher_base, teacher):
+        config = write_config(s, teacher_base)
+        cfg = load_config(config)
+        store = open_store(cfg)
+        key = create_key(store, server_secret(cfg, store), "demo-shop")["key"]
+        port = _free_port()
+        gateway = start_gateway(config, port, s.folder / "gateway.log")
+        base_url = f"http://127.0.0.1:{port}/v1"
+        try:
+            console.rule(f"Gateway on {base_url}: {s.before} requests, all answered by the rented teacher")
+            t0 = time.time()
+            before = _phase(console, "teacher traffic", base_url, key, demo_data.generate(s.before, s.seed))
+            t1 = time.time()
+            report.print_spend(console, store, t0, t1)
+            model, evaluated = _learn_student(s, config, console)
+            _route(s, config, model, evaluated, console)
+            t2 = time.time()
+            after_pairs = demo_data.generate(s.after, s.seed + 1 + secrets.randbelow(1000))
+            after = _phase(console, "cascade traffic", base_url, key, after_pairs)
+            t3 = time.time()
+        finally:
+            stop_gateway(gateway)
+        summary = report.summarise(store, cfg, TASK, (t0, t1), (t2, t3), before, after, teacher, s.monthly_requests)
+    summary.update(
+        {
+            "model": model,
+            "folder": str(s.folder),
+            "seconds": round(time.time() - started, 1),
+            "simulated_teacher": s.teacher_url is None,
+            "eval": evaluated,
+        }
+    )
+    report.print_final(console, summary, config)
+    return summary

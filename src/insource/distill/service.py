@@ -1,0 +1,120 @@
+"""`insource distill`: find the dataset, refuse what must not train, train a student, register it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from insource.config import Config
+from insource.distill.card import render_card
+from insource.distill.dataset import Dataset, check_trainable, load_dataset
+from insource.distill.registry import check_task_name, register
+from insource.errors import NotReady
+
+STUDENTS = ("classifier", "classifier-strong", "lora")
+Step = Callable[[str], None]
+
+
+def cache_root(cfg: Config) -> Path:
+    return cfg.registry_path() / ".cache"
+
+
+def find_dataset(store: Any, task: str) -> Path:
+    """The newest training dataset of `task` recorded in the audit table (by `insource dataset build`)."""
+    rows = store.query("SELECT target, purpose, detail FROM audit WHERE task=? ORDER BY ts DESC", (task,))
+    for row in rows:
+        target = row.get("target")
+        if row.get("purpose") in (None, "train") and target and (Path(target) / "dataset.json").is_file():
+            return Path(target)
+        detail = _detail(row.get("detail"))
+        out = detail.get("out")
+        if row.get("purpose") in (None, "train") and isinstance(out, str) and (Path(out) / "dataset.json").is_file():
+            return Path(out)
+    raise NotReady(f"no training dataset recorded for task {task!r}: build one with "
+                   f"`insource dataset build --task {task} --out DIR`, or pass --dataset DIR")
+
+
+def _detail(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, str):
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _dataset_info(ds: Dataset) -> dict[str, Any]:
+    man = ds.manifest
+    return {
+        "path": str(ds.path), "hashes": ds.hashes,
+        "counts": {name: len(ds.splits[name]) for name in ds.splits},
+        "providers": man.get("providers", {}), "terms": man.get("terms", {}), "purpose": man.get("purpose", "train"),
+    }
+
+
+def _build_classifier(ds: Dataset, folder: Path, cfg: Config, *, strong: bool, step: Step) -> dict[str, Any]:
+    from insource.distill.classifier import install_encoder, train_head_on
+    from insource.distill.export import cached_base_encoder
+
+    step("preparing the int8 ONNX encoder")
+    if strong:
+        from insource.distill.finetune import finetuned_encoder
+
+        encoder_dir = finetuned_encoder(ds, folder, cache_root(cfg), step=step)
+    else:
+        encoder_dir = cached_base_encoder(cache_root(cfg))
+        install_encoder(encoder_dir, folder)
+    info = train_head_on(ds, folder, encoder_dir, cache_root(cfg), knn=strong, step=step)
+    encoder_json = json.loads((folder / "encoder.json").read_text("utf-8"))
+    info["runtime"] = {**encoder_json, "serving": "onnxruntime+tokenizers+numpy"}
+    return info
+
+
+def _build(ds: Dataset, folder: Path, cfg: Config, student: str, step: Step) -> dict[str, Any]:
+    if student == "lora":
+        from insource.distill.lora import train_lora
+
+        return train_lora(ds, folder, step=step)
+    return _build_classifier(ds, folder, cfg, strong=student == "classifier-strong", step=step)
+
+
+def distill(cfg: Config, task: str, *, student: str = "classifier", dataset: Path | None = None,
+            store: Any = None, step: Step | None = None) -> dict[str, Any]:
+    """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`."""
+    check_task_name(task)
+    if student not in STUDENTS:
+        raise NotReady(f"unknown student {student!r}: choose one of {', '.join(STUDENTS)}")
+    say = step or (lambda _msg: None)
+    if dataset is None:
+        if store is None:
+            raise NotReady("pass --dataset DIR (no store to look up the newest dataset)")
+        dataset = find_dataset(store, task)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    say("reading the dataset")
+    ds = load_dataset(dataset)
+    check_trainable(ds, task, classifier=student != "lora")
+    started = time.perf_counter()
+
+    def build(folder: Path) -> dict[str, Any]:
+        info = _build(ds, folder, cfg, student, say)
+        info["metrics"] = {**info.get("metrics", {}), "train_seconds": round(time.perf_counter() - started, 2)}
+        info.update(
+            student=student, task=task, template=ds.manifest.get("template") or {}, dataset=_dataset_info(ds),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        info.setdefault("labels", [])
+        return info
+
+    def card(folder: Path, info: dict[str, Any]) -> None:
+        (folder / "card.md").write_text(render_card(info, ds.manifest), "utf-8")
+
+    say("training")
+    name, path = register(cfg.registry_path(), task, build, card)
+    info = json.loads((path / "model.json").read_text("utf-8"))
+    return {"model": name, "path": str(path), "student": student, "metrics": info.get("metrics", {})}

@@ -1,0 +1,421 @@
+"""Dataset builder end to end: Banking77 prompts captured through process_capture + the batched writer,
+then `insource dataset build` through the CLI (counts, splits, dedup, provenance, terms guard, canaries)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import random
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from insource.capture.process import process_capture
+from insource.capture.record import CaptureRaw
+from insource.cli import _register, app
+from insource.store import Store
+from insource.store.writer import BatchWriter
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data" / "banking77"
+pytestmark = pytest.mark.skipif(not (DATA / "train.csv").exists(), reason="../shared/data/banking77 not present")
+
+TASK = "intent"
+BASE_TS = 1_700_000_000.0
+# Canary secrets and personal data: none of these strings may reach the store or an export.
+CANARIES = {
+    "sk-canaryKEY0123456789abcdefXYZ": "[SECRET]",
+    "AKIAZZCANARY0000TEST": "[SECRET]",
+    "canary.person@example.org": "[EMAIL]",
+    "4539 1488 0343 6467": "[CARD]",  # Luhn-valid
+    "GB82 WEST 1234 5698 7654 32": "[IBAN]",  # mod-97 valid
+    "+44 20 7946 0958": "[PHONE]",
+}
+OPTED_OUT_MARKER = "zebra-opt-out-7731"
+
+
+@dataclass
+class Corpus:
+    root: Path
+    config: Path
+    db: Path
+    labels: list[str]
+    texts: dict[str, str] = field(default_factory=dict)  # capture id -> original user text
+    provider_counts: dict[str, int] = field(default_factory=dict)  # eligible (status 200) per provider
+    exact_dups: int = 0
+    near_dups: int = 0
+    canary_ids: list[str] = field(default_factory=list)
+    eligible: dict[str, str] = field(default_factory=dict)  # capture id -> provider, for status-200 captures
+
+
+def _letters(text: str) -> str:
+    return re.sub(r"[^a-z]", "", text.lower())
+
+
+def _system_prompt(labels: list[str]) -> str:
+    return (
+        "You are a banking assistant. Classify the customer's message into exactly one intent from this list:\n"
+        + "\n".join(labels)
+        + "\nAnswer with the intent name only."
+    )
+
+
+def _raw(i: int, ts: float, text: str, label: str, provider: str, terms: str, system: str, **kw: Any) -> CaptureRaw:
+    fields: dict[str, Any] = {
+        "id": f"req-{i:05d}",
+        "ts": ts,
+        "tenant": kw.get("tenant", "acme"),
+        "key_id": "key-1",
+        "task": kw.get("task", TASK),
+        "model": "classifier",
+        "provider": provider,
+        "upstream_model": {"local": "llama-3-8b", "openai": "gpt-4o-mini", "anthropic": "claude-haiku"}.get(
+            provider, "gemini-2.0-flash"
+        ),
+        "served_by": f"{provider}:model",
+        "terms": terms,
+        "consent": kw.get("consent", True),
+        "redact": True,
+        "redactors": ("secrets", "email", "phone", "card", "iban"),
+        "request": {
+            "model": "classifier",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            "temperature": 0,
+            "metadata": {"task": kw.get("task", TASK)},
+        },
+        "output": label if kw.get("status", 200) == 200 else None,
+        "response": None,
+        "upstream_version": "model-2024-07-18",
+        "finish_reason": "stop",
+        "status": kw.get("status", 200),
+        "cost_usd": 0.00015,
+    }
+    return CaptureRaw(**fields)
+
+
+def _usage(raw: CaptureRaw) -> dict[str, Any]:
+    return {
+        "id": raw.id,
+        "ts": raw.ts,
+        "tenant": raw.tenant,
+        "key_id": raw.key_id,
+        "endpoint": "chat.completions",
+        "model": raw.model,
+        "served_by": raw.served_by,
+        "task": raw.task,
+        "status": raw.status,
+        "cost_usd": raw.cost_usd,
+    }
+
+
+def _plan(rows: list[dict[str, str]], labels: list[str]) -> tuple[list[CaptureRaw], Corpus]:
+    """The traffic: 70% self-hosted, 15% OpenAI, 15% Anthropic; injected duplicates, canaries, errors."""
+    system = _system_prompt(labels)
+    corpus = Corpus(root=Path(), config=Path(), db=Path(), labels=labels)
+    raws: list[CaptureRaw] = []
+    counts: dict[str, int] = {"local": 0, "openai": 0, "anthropic": 0}
+    rng = random.Random(7)
+    local_history: list[tuple[str, str]] = []
+    for i, row in enumerate(rows):
+        ts = BASE_TS + i * 60.0
+        provider = rng.choices(["local", "openai", "anthropic"], weights=[70, 15, 15])[0]
+        terms = {"local": "self-hosted", "openai": "openai", "anthropic": "anthropic"}[provider]
+        text = row["text"]
+        if i % 40 == 5:  # canary personal data and secrets inside the prompt
+            text = f"{text} Contact {' / '.join(CANARIES)} please."
+            corpus.canary_ids.append(f"req-{i:05d}")
+        status = 500 if i % 97 == 13 else 200
+        raws.append(_raw(i, ts, text, row["category"], provider, terms, system, status=status))
+        corpus.texts[raws[-1].id] = text
+        if status == 200:
+            counts[provider] += 1
+            corpus.eligible[raws[-1].id] = provider
+            if provider == "local" and i % 40 != 5:
+                local_history.append((text, row["category"]))
+    n = len(rows)
+    for j in range(12):  # exact duplicates (same input, same answer), later in time, self-hosted
+        text, label = local_history[j * 3]
+        raws.append(_raw(n + j, BASE_TS + (n + j) * 60.0, text, label, "local", "self-hosted", system))
+    for j in range(9):  # near duplicates: case, punctuation and spacing changes
+        text, label = local_history[j * 5 + 1]
+        variant = "  " + text.upper().replace(" ", "  ") + " !!"
+        raws.append(_raw(n + 12 + j, BASE_TS + (n + 12 + j) * 60.0, variant, label, "local", "self-hosted", system))
+    for j in range(5):  # an opted-out tenant: never captured
+        raws.append(
+            _raw(n + 30 + j, BASE_TS + j, f"{OPTED_OUT_MARKER} {j}", labels[0], "local", "self-hosted", system,
+                 consent=False, tenant="optout")  # fmt: skip
+        )
+    counts["local"] += 21
+    corpus.provider_counts = counts
+    corpus.exact_dups, corpus.near_dups = 12, 9
+    return raws, corpus
+
+
+def _extra_tasks(n0: int) -> list[CaptureRaw]:
+    """A generation task and a task answered only by a provider whose terms forbid training."""
+    out = []
+    for k in range(30):
+        summary = f"Summary {k}: the customer describes issue number {k * 7} in detail and asks for a refund."
+        raw = _raw(n0 + k, BASE_TS + k, f"Summarise ticket {k}", summary, "openai", "openai", "Summarise.",
+                   task="summaries")  # fmt: skip
+        out.append(raw)
+    for k in range(6):
+        raw = _raw(n0 + 100 + k, BASE_TS + k, f"message {k}", "card_arrival", "google", "google-gemini", "S",
+                   task="gemini-only")  # fmt: skip
+        out.append(raw)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    root = tmp_path_factory.mktemp("ds")
+    with (DATA / "train.csv").open(newline="", encoding="utf-8") as fh:
+        all_rows = list(csv.DictReader(fh))
+    labels = json.loads((DATA / "categories.json").read_text())
+    random.Random(3).shuffle(all_rows)
+    seen, rows = set(), []
+    for row in all_rows:  # a sample with no near-duplicates of its own, so injected ones are countable
+        key = _letters(row["text"])
+        if key and key not in seen:
+            seen.add(key)
+            rows.append(row)
+        if len(rows) == 600:
+            break
+    raws, corpus = _plan(rows, labels)
+    raws += _extra_tasks(5000)
+    config = root / "insource.toml"
+    config.write_text('[store]\nurl = "sqlite:///data/insource.db"\n')
+    store = Store(root / "data" / "insource.db")
+    writer = BatchWriter(store, root / "spool", batch_size=200)
+    for raw in raws:
+        writer.submit_fn(functools.partial(process_capture, raw))
+        if raw.consent:
+            writer.submit("usage", _usage(raw))
+    writer.close()
+    assert writer.report()["failed"] == 0 and writer.report()["dropped"] == 0
+    store.close()
+    corpus.root, corpus.config, corpus.db = root, config, root / "data" / "insource.db"
+    return corpus
+
+
+runner = CliRunner()
+_register()
+
+
+def cli(corpus: Corpus, *args: str) -> Any:
+    return runner.invoke(app, [*args, "--config", str(corpus.config)])
+
+
+def build(corpus: Corpus, out: Path, *extra: str) -> Any:
+    return cli(corpus, "dataset", "build", "--task", TASK, "--out", str(out), "--json", *extra)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_train_build_counts_splits_dedup_and_provenance(corpus: Corpus, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    result = build(corpus, out)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"out", "task", "counts", "refused", "providers"}
+    assert set(summary["counts"]) == {"train", "val", "test"}
+    expected = corpus.provider_counts["local"] - corpus.exact_dups - corpus.near_dups
+    assert sum(summary["counts"].values()) == expected
+    assert summary["counts"]["test"] >= expected // 10 - 1 and summary["counts"]["train"] >= int(expected * 0.78)
+    assert set(summary["providers"]) == {"local"}
+    assert summary["refused"]["openai"]["count"] == corpus.provider_counts["openai"]
+    assert summary["refused"]["anthropic"]["count"] == corpus.provider_counts["anthropic"]
+    assert "compete" in summary["refused"]["openai"]["clause"]
+    assert summary["refused"]["anthropic"]["terms"] == "anthropic"
+
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["dedup"] == {"exact": corpus.exact_dups, "near": corpus.near_dups}
+    assert manifest["kind"] == "classification" and set(manifest["labels"]) <= set(corpus.labels)
+    assert manifest["terms"]["self-hosted"]["category"] == "any"
+    assert manifest["providers"]["local"]["upstream_models"] == {"llama-3-8b": expected}
+    local_canaries = [c for c in corpus.canary_ids if corpus.eligible.get(c) == "local"]
+    assert local_canaries
+    for placeholder in ("email", "card", "iban", "phone"):
+        assert manifest["redaction"]["replacements"][placeholder] == len(local_canaries)
+    assert manifest["redaction"]["replacements"]["secrets"] == 2 * len(local_canaries)
+    assert manifest["redaction"]["unredacted_examples"] == 0
+    splits = {name: _read_jsonl(out / f"{name}.examples.jsonl") for name in ("train", "val", "test")}
+    assert max(e["ts"] for e in splits["train"]) < min(e["ts"] for e in splits["test"])
+    assert max(e["ts"] for e in splits["train"]) < min(e["ts"] for e in splits["val"])
+    assert max(e["ts"] for e in splits["val"]) < min(e["ts"] for e in splits["test"])
+    for name, rows in splits.items():
+        assert len(rows) == summary["counts"][name]
+        chat = _read_jsonl(out / f"{name}.jsonl")
+        assert [c["messages"][-1] for c in chat] == [{"role": "assistant", "content": e["output"]} for e in rows]
+    import hashlib
+
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    assert "# Dataset: intent" in (out / "README.md").read_text()
+
+
+def test_examples_carry_the_input_not_the_boilerplate(corpus: Corpus, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    assert build(corpus, out).exit_code == 0
+    rows = _read_jsonl(out / "train.examples.jsonl")
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["template"]["constant"][0]["role"] == "system"
+    checked = 0
+    for ex in rows:
+        assert set(ex) == {
+            "id", "ts", "input", "output", "messages", "teacher_cost_usd", "provider", "upstream_model", "terms",
+            "tenant",
+        }  # fmt: skip
+        if ex["id"] in corpus.texts and ex["id"] not in corpus.canary_ids:
+            assert ex["input"] == corpus.texts[ex["id"]].strip()
+            assert ex["output"] in corpus.labels
+            assert ex["teacher_cost_usd"] == pytest.approx(0.00015)
+            checked += 1
+    assert checked > 300
+
+
+def test_allow_internal_carve_out_and_eval(corpus: Corpus, tmp_path: Path) -> None:
+    result = build(corpus, tmp_path / "internal", "--allow-internal")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary["providers"]) == {"local", "openai"}
+    assert summary["providers"]["openai"]["count"] > 0
+    assert set(summary["refused"]) == {"anthropic"}
+    manifest = json.loads((tmp_path / "internal" / "dataset.json").read_text())
+    assert manifest["carve_out"]["allow_internal"] is True and manifest["carve_out"]["examples"]["openai"] > 0
+
+    result = build(corpus, tmp_path / "eval", "--purpose", "eval")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["refused"] == {}
+    assert set(summary["providers"]) == {"local", "openai", "anthropic"}
+
+    audit = json.loads(cli(corpus, "audit", "--json").stdout)
+    builds = [a for a in audit if a["action"] == "dataset.build"]
+    assert any(a["purpose"] == "eval" for a in builds)
+    assert any(a["detail"]["allow_internal"] and a["detail"]["carve_out"] for a in builds)
+
+
+def test_everything_refused_names_provider_and_clause(corpus: Corpus, tmp_path: Path) -> None:
+    out = tmp_path / "refused"
+    result = cli(corpus, "dataset", "build", "--task", "gemini-only", "--out", str(out))
+    assert result.exit_code != 0
+    assert "google" in result.stderr and "google-gemini" in result.stderr
+    assert "compete with the Services" in " ".join(result.stderr.split())
+    assert not out.exists() and not list(tmp_path.glob(".refused*"))
+    audit = json.loads(cli(corpus, "audit", "--task", "gemini-only", "--json").stdout)
+    assert audit[0]["action"] == "dataset.refused" and audit[0]["detail"]["refused"]["google"]["count"] == 6
+    result = cli(corpus, "dataset", "build", "--task", "gemini-only", "--out", str(out), "--purpose", "eval")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_out_folder_contract(corpus: Corpus, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = build(corpus, out)
+    assert result.exit_code != 0 and "not empty" in result.stderr and result.stdout == ""
+    assert (out / "keep.txt").read_text() == "mine"
+    result = build(corpus, out, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "keep.txt").exists() and (out / "dataset.json").exists()
+    human = cli(corpus, "dataset", "build", "--task", TASK, "--out", str(tmp_path / "h"))
+    assert human.exit_code == 0 and str(tmp_path / "h") in " ".join(human.stdout.split())
+    assert "train" in human.stdout and "refused" in human.stdout and "anthropic" in human.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_input_is_a_clear_error(corpus: Corpus, tmp_path: Path) -> None:
+    result = cli(corpus, "dataset", "build", "--task", "nope", "--out", str(tmp_path / "x"))
+    assert result.exit_code != 0 and "unknown task 'nope'" in result.stderr and not (tmp_path / "x").exists()
+    result = cli(corpus, "dataset", "build", "--task", TASK, "--out", str(tmp_path / "x"), "--since", "2099-01-01")
+    assert result.exit_code != 0 and "empty selection" in result.stderr
+    result = cli(corpus, "dataset", "build", "--task", TASK, "--out", str(tmp_path / "x"), "--since", "yesterday")
+    assert result.exit_code != 0 and "invalid --since" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = cli(corpus, "dataset", "build", "--task", TASK, "--out", str(blocker / "sub"))
+    assert result.exit_code != 0 and "cannot write" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[store]\nurl = 3\n")
+    result = runner.invoke(app, ["tasks", "--config", str(bad)])
+    assert result.exit_code != 0 and "invalid config" in result.stderr
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.stderr
+
+
+def test_time_window_parquet_and_random_split(corpus: Corpus, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    until = str(BASE_TS + 300 * 60)
+    result = build(corpus, tmp_path / "pq", "--format", "parquet", "--until", until, "--no-dedup")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for name, count in summary["counts"].items():
+        table = pq.read_table(tmp_path / "pq" / f"{name}.parquet")
+        assert table.num_rows == count
+        assert max(table.column("ts").to_pylist() or [0]) < float(until)
+    assert not (tmp_path / "pq" / "train.jsonl").exists()
+    first = build(corpus, tmp_path / "r1", "--split", "random", "--seed", "5")
+    second = build(corpus, tmp_path / "r2", "--split", "random", "--seed", "5")
+    assert json.loads(first.stdout)["counts"] == json.loads(second.stdout)["counts"]
+    ids1 = [e["id"] for e in _read_jsonl(tmp_path / "r1" / "test.examples.jsonl")]
+    ids2 = [e["id"] for e in _read_jsonl(tmp_path / "r2" / "test.examples.jsonl")]
+    assert ids1 == ids2
+    timed = [e["id"] for e in _read_jsonl(tmp_path / "pq" / "test.examples.jsonl")]
+    assert ids1 != timed
+
+
+def test_canaries_and_opted_out_data_appear_nowhere(corpus: Corpus, tmp_path: Path) -> None:
+    for purpose in ("train", "eval"):
+        assert build(corpus, tmp_path / purpose, "--purpose", purpose).exit_code == 0
+    con = sqlite3.connect(corpus.db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    stored = con.execute("SELECT data FROM blobs").fetchall()
+    con.close()
+    assert any("[CARD]" in str(r[0]) and "[IBAN]" in str(r[0]) for r in stored)
+    files = [p for p in corpus.db.parent.iterdir() if p.is_file()]
+    files += [p for p in tmp_path.rglob("*") if p.is_file()]
+    blobs = b"".join(p.read_bytes() for p in files)
+    needles = [*CANARIES, OPTED_OUT_MARKER, "AKIAZZCANARY", "canary.person"]
+    needles += [c.replace(" ", "") for c in CANARIES]
+    for needle in needles:
+        assert needle.encode() not in blobs, needle
+    eval_rows = _read_jsonl(tmp_path / "eval" / "test.examples.jsonl") + _read_jsonl(
+        tmp_path / "eval" / "train.examples.jsonl"
+    )
+    assert all(r["tenant"] != "optout" for r in eval_rows)
+
+
+def test_tasks_show_and_search(corpus: Corpus) -> None:
+    result = cli(corpus, "tasks", "--json")
+    assert result.exit_code == 0, result.stderr
+    tasks = {t["task"]: t for t in json.loads(result.stdout)}
+    assert set(tasks) == {TASK, "summaries", "gemini-only"}
+    assert set(tasks[TASK]) == {"task", "requests", "cost_usd", "distinct_outputs", "kind"}
+    n_intent = sum(1 for i in corpus.texts) + 21  # consenting requests (all statuses) incl. duplicates
+    assert tasks[TASK]["requests"] == n_intent
+    assert tasks[TASK]["cost_usd"] == pytest.approx(0.00015 * n_intent)
+    assert tasks[TASK]["kind"] == "classification" and 30 < tasks[TASK]["distinct_outputs"] <= 77
+    assert tasks["summaries"]["kind"] == "generation" and tasks["summaries"]["distinct_outputs"] == 30
+
+    cid = corpus.canary_ids[0]
+    shown = json.loads(cli(corpus, "capture", "show", cid, "--json").stdout)
+    assert shown["id"] == cid and shown["terms"] in {"self-hosted", "openai", "anthropic"}
+    assert shown["messages"][0]["role"] == "system" and "[EMAIL]" in shown["messages"][1]["content"]
+    assert shown["redactions"]["email"] == 1 and "secrets" in shown["redactors"]
+    assert shown["params"] == {"metadata": {"task": TASK}, "model": "classifier", "temperature": 0}
+    missing = cli(corpus, "capture", "show", "nope")
+    assert missing.exit_code != 0 and "no capture" in missing.stderr
+
+    found = json.loads(cli(corpus, "capture", "search", "--task", TASK, "--contains", "[IBAN]", "--json").stdout)
+    assert {f["id"] for f in found} == set(corpus.canary_ids[:20])
+    word = corpus.texts["req-00000"].split()[0]
+    hits = json.loads(cli(corpus, "capture", "search", "--task", TASK, "--contains", word, "--limit", "3",
+                          "--json").stdout)  # fmt: skip
+    assert 1 <= len(hits) <= 3 and all(word.lower() in (h["input"] + h["output"]).lower() for h in hits)

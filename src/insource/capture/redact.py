@@ -98,7 +98,9 @@ _SECRET_HINTS = (
 _KEYWORDS = ("key", "token", "secret", "passw", "pwd", "passcode", "credential")
 _PASSWORDS = ("passw", "pwd", "passcode")
 _KEYWORD_PREFIXES = ("api", "access", "secret", "private", "auth", "client")
-_TAIL_RE = re.compile(r"""[A-Za-z_\-]{0,12}(?:["']?\s*([:=])\s*["']?|\s+(?:is\s+|was\s+)?["']?)([^\s"',;]{4,})""")
+_TAIL_RE = re.compile(
+    r"""[A-Za-z_\-]{0,12}(?:["']?[ \t]*([:=])[ \t]*["']?|[ \t]+(?:is[ \t]+|was[ \t]+)?["']?)([^\s"',;]{4,})"""
+)
 
 
 def _entropy(text: str) -> float:
@@ -108,20 +110,15 @@ def _entropy(text: str) -> float:
 
 
 def _looks_secret(token: str) -> bool:
-    """High-entropy and mixed: letters plus digits or symbols, not a plain word."""
+    """A random-looking value: letters with digits (or long mixed-case), not a word or snake_case name."""
     if token.startswith("[") and token.endswith("]"):
         return False  # already a placeholder
-    classes = sum(
-        (
-            any(c.islower() for c in token),
-            any(c.isupper() for c in token),
-            any(c.isdigit() for c in token),
-            any(not c.isalnum() for c in token),
-        )
-    )
-    if len(token) >= 12 and classes >= 2 and _entropy(token) >= 3.0:
-        return True
-    return len(token) >= 8 and classes >= 3 and _entropy(token) >= 2.5
+    has_digit = any(c.isdigit() for c in token)
+    has_alpha = any(c.isalpha() for c in token)
+    if has_digit and has_alpha:
+        return len(token) >= 8 and _entropy(token) >= 2.5
+    mixed_case = any(c.islower() for c in token) and any(c.isupper() for c in token)
+    return mixed_case and len(token) >= 16 and _entropy(token) >= 3.5
 
 
 class SecretsRedactor:

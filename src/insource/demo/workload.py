@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import openai
 
@@ -27,9 +28,9 @@ class PhaseResult:
 async def _one(client: openai.AsyncOpenAI, messages: list[dict[str, str]], task: str) -> tuple[str, str]:
     raw = await client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
-        messages=messages,
+        messages=cast(Any, messages),
         metadata={"task": task},
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     completion = raw.parse()
     return (completion.choices[0].message.content or "").strip(), raw.headers.get("x-insource-served-by", "?")

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -437,7 +438,7 @@ def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     if not s:
         return float("nan")
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))  # nearest rank
     return s[k]
 
 
@@ -454,6 +455,40 @@ class Row:
     ttft_p99_ms: float | None = None
     cpu_ms: float | None = None
     main_cpu_ms: float | None = None
+
+
+def gateway_run(env: Env, key: str, body: bytes, conc: int, args: argparse.Namespace) -> tuple[dict[str, Any], Row]:
+    """One wrk run against the gateway with its CPU time read before and after (writer drained)."""
+    writer_idle(env)
+    before = cpu_times(env.gateway_pid)
+    res = run_wrk(env.gateway_port, key, body, conc, args.requests, args.seconds, env.workdir, not args.no_pin)
+    writer_idle(env)
+    after = cpu_times(env.gateway_pid)
+    row = Row("gateway", "stream" if b'"stream":true' in body else "json", conc, res["requests"], res["rps"],
+              res["p50_us"] / 1000, res["p99_us"] / 1000)
+    row.cpu_ms = (after[0] - before[0]) * 1000 / res["requests"]
+    row.main_cpu_ms = (after[1] - before[1]) * 1000 / res["requests"]
+    return res, row
+
+
+def ablation(args: argparse.Namespace) -> list[tuple[str, Row]]:
+    """Concurrency 16: gateway CPU per request with capture and/or budget+limit switched off (config only)."""
+    out: list[tuple[str, Row]] = []
+    for capture in (True, False):
+        env = start_env(1, args.chunks, not args.no_pin, capture=capture, src=args.src)
+        try:
+            for stream in (False, True):
+                body = chat_body(stream)
+                run_wrk(env.gateway_port, env.key, body, 16, args.requests, args.warmup, env.workdir, not args.no_pin)
+                for label, key in (("budget+rpm", env.key), ("no limits", env.plain_key)):
+                    _, row = gateway_run(env, key, body, 16, args)
+                    name = f"capture {'on' if capture else 'off'}, {label}"
+                    out.append((name, row))
+                    print(f"| {name} | {fmt_row(row)[2:]}", flush=True)
+        finally:
+            env.close()
+            shutil.rmtree(env.workdir, ignore_errors=True)
+    return out
 
 
 def measure(env: Env, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
@@ -473,14 +508,12 @@ def measure(env: Env, args: argparse.Namespace) -> tuple[list[Row], dict[str, An
         body = chat_body(stream)
         for conc in args.concurrency:
             for target, port, key in (("direct", env.upstream_port, None), ("gateway", env.gateway_port, gw_key)):
-                before = cpu_times(env.gateway_pid) if target == "gateway" else None
-                res = run_wrk(port, key, body, conc, n_req, secs, env.workdir, pin_cpus)
-                row = Row(target, mode, conc, res["requests"], res["rps"], res["p50_us"] / 1000, res["p99_us"] / 1000)
-                if before is not None:
-                    writer_idle(env)
-                    after = cpu_times(env.gateway_pid)
-                    row.cpu_ms = (after[0] - before[0]) * 1000 / res["requests"]
-                    row.main_cpu_ms = (after[1] - before[1]) * 1000 / res["requests"]
+                if target == "gateway":
+                    res, row = gateway_run(env, gw_key, body, conc, args)
+                else:
+                    res = run_wrk(port, key, body, conc, n_req, secs, env.workdir, pin_cpus)
+                    row = Row(target, mode, conc, res["requests"], res["rps"], res["p50_us"] / 1000,
+                              res["p99_us"] / 1000)
                 if stream:
                     spec = {"mode": "conc", "targets": [[port, key]], "body": body.decode(), "concurrency": conc,
                             "n": args.probe_n if conc == 1 else args.probe_n * 2, "seconds": secs, "warmup": 0}
@@ -550,8 +583,12 @@ def machine_facts(workers: int) -> dict[str, str]:
     }
 
 
+ABL_HEADER = "| variant " + HEADER
+ABL_RULE = "|---" + RULE
+
+
 def render(rows: list[Row], extra: dict[str, Any], facts: dict[str, str], args: argparse.Namespace,
-           profile: str | None) -> str:
+           profile: str | None, ablated: list[tuple[str, Row]]) -> str:
     lines = [
         "# Gateway overhead: insource vs. direct to the upstream",
         "",
@@ -594,6 +631,9 @@ def render(rows: list[Row], extra: dict[str, Any], facts: dict[str, str], args: 
         f"- whole-stream latency added at concurrency 1 ≤ {STREAM_DELTA_TARGET_MS} ms: measured {delta:.3f} ms "
         f"→ {'met' if delta <= STREAM_DELTA_TARGET_MS else 'NOT met'}.",
     ]
+    if ablated:
+        lines += ["", "## Ablation: what each feature costs (concurrency 16, config switches only)", "",
+                  ABL_HEADER, ABL_RULE, *[f"| {name} | {fmt_row(r)[2:]}" for name, r in ablated]]
     if profile:
         lines += ["", "## Profile of the gateway under load (py-spy)", "", "```", profile.rstrip(), "```"]
     return "\n".join(lines) + "\n"
@@ -683,50 +723,65 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=16, help="content chunks per upstream stream")
     p.add_argument("--workers", type=int, default=1, help="gateway workers (only 1 is pinned)")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    p.add_argument("--profile", action="store_true", help="also py-spy the gateway under load and print top costs")
-    p.add_argument("--profile-only", action="store_true", help="skip the measurements, only profile")
+    p.add_argument("--parts", default="main", help="comma list of: main, ablation, profile (default: main)")
+    p.add_argument("--profile", action="store_true", help="add the profile part: py-spy the gateway under load")
+    p.add_argument("--ablation", action="store_true", help="add the ablation part: capture / limits switched off")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--src", type=Path, help="run the gateway from this copy of src/ (PYTHONPATH), to try a patch")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(REPO)}")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    parts |= {"profile"} if args.profile else set()
+    parts |= {"ablation"} if args.ablation else set()
+    args.src = args.src.resolve() if args.src else None
     args.requests = args.requests or (100_000 if args.quick else 300_000)
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
     args.warmup = 1.0 if args.quick else 2.0
     args.probe_n = 300 if args.quick else 1500
     args.pairs = 300 if args.quick else 2000
 
-    env = start_env(args.workers, args.chunks, not args.no_pin)
-    print(f"upstream :{env.upstream_port}  gateway :{env.gateway_port} (pid {env.gateway_pid})  work {env.workdir}")
-    try:
-        profile = None
-        if not args.profile_only:
-            print(HEADER)
-            print(RULE)
-            rows, extra = measure(env, args)
-            for mode in ("json", "stream"):
-                e = extra[mode]
-                print(f"c=1 {mode}: direct p50 {e['direct_p50_ms']:.3f} ms, gateway p50 {e['gateway_p50_ms']:.3f} ms,"
-                      f" added p50 {e['delta_p50_ms']:.3f} ms (p90 {e['delta_p90_ms']:.3f});"
-                      f" TTFT {e['direct_ttft_p50_ms']:.3f} → {e['gateway_ttft_p50_ms']:.3f} ms")
-        if args.profile or args.profile_only:
-            profile = profile_gateway(env, args)
-            print(profile)
-        if not args.profile_only:
-            text = render(rows, extra, machine_facts(args.workers), args, profile)
-            if not args.no_write:
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_text(text)
-                print(f"wrote {RESULTS}")
-            print("\n".join(text.splitlines()[-4:]))
-    finally:
-        env.close()
-        if args.keep:
-            print(f"kept {env.workdir}")
-        else:
-            shutil.rmtree(env.workdir, ignore_errors=True)
+    rows: list[Row] = []
+    extra: dict[str, Any] = {}
+    profile = None
+    ablated: list[tuple[str, Row]] = []
+    if parts & {"main", "profile"}:
+        env = start_env(args.workers, args.chunks, not args.no_pin, src=args.src)
+        print(f"upstream :{env.upstream_port}  gateway :{env.gateway_port} (pid {env.gateway_pid})  work {env.workdir}")
+        try:
+            if "main" in parts:
+                print(HEADER)
+                print(RULE)
+                rows, extra = measure(env, args)
+                for mode in ("json", "stream"):
+                    e = extra[mode]
+                    print(f"c=1 {mode}: direct p50 {e['direct_p50_ms']:.3f} ms, gateway p50 {e['gateway_p50_ms']:.3f}"
+                          f" ms, added p50 {e['delta_p50_ms']:.3f} ms (p90 {e['delta_p90_ms']:.3f});"
+                          f" TTFT {e['direct_ttft_p50_ms']:.3f} → {e['gateway_ttft_p50_ms']:.3f} ms")
+            if "profile" in parts:
+                profile = profile_gateway(env, args)
+                print(profile)
+        finally:
+            env.close()
+            if args.keep:
+                print(f"kept {env.workdir}")
+            else:
+                shutil.rmtree(env.workdir, ignore_errors=True)
+    if "ablation" in parts:
+        print("\nAblation (concurrency 16):")
+        print(ABL_HEADER)
+        print(ABL_RULE)
+        ablated = ablation(args)
+    if "main" in parts:
+        text = render(rows, extra, machine_facts(args.workers), args, profile, ablated)
+        if not args.no_write:
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(text)
+            print(f"wrote {RESULTS}")
+        print("\n".join(text.splitlines()[-4:]) if not profile and not ablated else "")
 
 
 if __name__ == "__main__":

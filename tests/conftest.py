@@ -69,10 +69,15 @@ class Gateway:
             store.close()
 
 
-def run_cli(*args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "insource", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        [sys.executable, "-m", "insource", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
@@ -86,7 +91,9 @@ def start_gateway(config: Path, env: dict[str, str] | None = None) -> Gateway:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "insource", "serve", "--config", str(config), "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

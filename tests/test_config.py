@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import run_cli
+
 from insource.config import load_config
 from insource.errors import ConfigError
 from insource.metering.prices import resolve_prices
 
-README_CONFIG = '''[store]
+README_CONFIG = """[store]
 url = "sqlite:///./insource.db"
 
 [providers.local]
@@ -24,7 +24,7 @@ terms = "self-hosted"                 # which terms govern this provider's outpu
 [models."gpt-4o-mini"]
 targets = ["local:gpt-4o-mini"]       # provider:upstream-model, in fallback order
 price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
-'''
+"""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -39,8 +39,9 @@ def test_readme_config_works_and_paths_are_relative_to_it(tmp_path: Path) -> Non
     assert cfg.registry_path() == tmp_path / "models"
     assert resolve_prices(cfg)["gpt-4o-mini"].output_per_mtok == 0.60
     # any command creates and migrates the store, from any folder
-    out = run_cli("keys", "create", "--tenant", "t", "--json", "--config", str(tmp_path / "insource.toml"),
-                  cwd=Path("/"))
+    out = run_cli(
+        "keys", "create", "--tenant", "t", "--json", "--config", str(tmp_path / "insource.toml"), cwd=Path("/")
+    )
     assert set(json.loads(out.stdout)) == {"id", "key", "tenant"}
     assert (tmp_path / "insource.db").exists()
 
@@ -50,8 +51,11 @@ def test_readme_config_works_and_paths_are_relative_to_it(tmp_path: Path) -> Non
     [
         ("[store]\nurl = 'sqlite:///x.db'\nurll = 1\n", "store.urll"),
         ("[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\ncolour = 'red'\n", "providers.a.colour"),
-        ("[models.m]\ntargets = ['a:b']\nprice = { input_per_mtok = 1, outptu = 2 }\n"
-         "[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\n", "models.m.price.outptu"),
+        (
+            "[models.m]\ntargets = ['a:b']\nprice = { input_per_mtok = 1, outptu = 2 }\n"
+            "[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\n",
+            "models.m.price.outptu",
+        ),
         ("[nonsense]\nx = 1\n", "nonsense"),
     ],
 )

@@ -147,8 +147,17 @@ def _plan(rows: list[dict[str, str]], labels: list[str]) -> tuple[list[CaptureRa
         raws.append(_raw(n + 12 + j, BASE_TS + (n + 12 + j) * 60.0, variant, label, "local", "self-hosted", system))
     for j in range(5):  # an opted-out tenant: never captured
         raws.append(
-            _raw(n + 30 + j, BASE_TS + j, f"{OPTED_OUT_MARKER} {j}", labels[0], "local", "self-hosted", system,
-                 consent=False, tenant="optout")  # fmt: skip
+            _raw(
+                n + 30 + j,
+                BASE_TS + j,
+                f"{OPTED_OUT_MARKER} {j}",
+                labels[0],
+                "local",
+                "self-hosted",
+                system,
+                consent=False,
+                tenant="optout",
+            )  # fmt: skip
         )
     counts["local"] += 21
     corpus.provider_counts = counts
@@ -415,7 +424,9 @@ def test_tasks_show_and_search(corpus: Corpus) -> None:
 
     found = json.loads(cli(corpus, "capture", "search", "--task", TASK, "--contains", "[IBAN]", "--json").stdout)
     assert {f["id"] for f in found} == set(corpus.canary_ids[:20])
-    word = corpus.texts["req-00000"].split()[0]
+    system = _system_prompt(corpus.labels).lower()
+    words = [w.strip("?.,!") for w in corpus.texts["req-00000"].split()]
+    word = max((w for w in words if w.lower() not in system), key=len)
     hits = json.loads(cli(corpus, "capture", "search", "--task", TASK, "--contains", word, "--limit", "3",
                           "--json").stdout)  # fmt: skip
     assert 1 <= len(hits) <= 3 and all(word.lower() in (h["input"] + h["output"]).lower() for h in hits)

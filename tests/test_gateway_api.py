@@ -7,8 +7,8 @@ import json
 
 import openai
 import pytest
-
 from tests.conftest import UPSTREAM_KEY, Gateway
+
 from insource.testing.fake_upstream import FakeUpstream
 
 
@@ -54,8 +54,10 @@ def test_async_client(gateway: Gateway, fake: FakeUpstream) -> None:
     async def run() -> list[str]:
         async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as c:
             results = await asyncio.gather(
-                *[c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"n{i}"}])
-                  for i in range(8)]
+                *[
+                    c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"n{i}"}])
+                    for i in range(8)
+                ]
             )
         return [r.choices[0].message.content or "" for r in results]
 
@@ -65,27 +67,40 @@ def test_async_client(gateway: Gateway, fake: FakeUpstream) -> None:
 
 def test_streaming_strips_usage_unless_asked(gateway: Gateway, fake: FakeUpstream) -> None:
     c = client(gateway, gateway.key()["key"])
-    chunks = list(c.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me please"}], stream=True
-    ))
+    chunks = list(
+        c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me please"}], stream=True
+        )
+    )
     assert fake.requests[-1].body["stream_options"] == {"include_usage": True}
     assert all(ch.usage is None for ch in chunks)
     assert all(ch.choices for ch in chunks)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
     assert text
 
-    with_usage = list(c.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me please"}], stream=True,
-        stream_options={"include_usage": True},
-    ))
+    with_usage = list(
+        c.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "stream me please"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens > 0
     assert "".join(ch.choices[0].delta.content or "" for ch in with_usage if ch.choices) == text
 
 
 def test_tools_and_json_mode_and_n(gateway: Gateway, fake: FakeUpstream) -> None:
     c = client(gateway, gateway.key()["key"])
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "weather?"}], tools=tools)
     assert r.choices[0].finish_reason == "tool_calls"
     assert r.choices[0].message.tool_calls and r.choices[0].message.tool_calls[0].function.name == "get_weather"
@@ -93,13 +108,20 @@ def test_tools_and_json_mode_and_n(gateway: Gateway, fake: FakeUpstream) -> None
     stream = c.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "weather?"}], tools=tools, stream=True
     )
-    names = [tc.function.name for ch in stream if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])
-             if tc.function and tc.function.name]
+    names = [
+        tc.function.name
+        for ch in stream
+        if ch.choices
+        for tc in (ch.choices[0].delta.tool_calls or [])
+        if tc.function and tc.function.name
+    ]
     assert names == ["get_weather"]
 
     r = c.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "json please"}],
-        response_format={"type": "json_object"}, n=2,
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "json please"}],
+        response_format={"type": "json_object"},
+        n=2,
     )
     assert len(r.choices) == 2
     json.loads(r.choices[0].message.content or "")
@@ -131,9 +153,9 @@ def test_azure_provider_with_stream_quirks(gateway: Gateway, fake: FakeUpstream)
     assert sent.query["api-version"] == "2024-10-21"
     assert sent.headers["api-key"] == UPSTREAM_KEY and "authorization" not in sent.headers
     plain = r.parse().choices[0].message.content
-    chunks = list(c.chat.completions.create(
-        model="azure-mini", messages=[{"role": "user", "content": "hi az"}], stream=True
-    ))
+    chunks = list(
+        c.chat.completions.create(model="azure-mini", messages=[{"role": "user", "content": "hi az"}], stream=True)
+    )
     assert any(not ch.choices for ch in chunks)  # Azure's prompt-filter chunk is relayed untouched
     pieces = [ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].delta]
     assert "".join(pieces) == plain

@@ -7,16 +7,22 @@ import time
 import httpx
 import openai
 import pytest
-
 from tests.conftest import UPSTREAM_KEY, Gateway
+
 from insource.testing.fake_upstream import FakeUpstream
 
 CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def post(gw: Gateway, key: str | None, body: object = None, raw: bytes | None = None, path: str = CHAT,
-         headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    gw: Gateway,
+    key: str | None,
+    body: object = None,
+    raw: bytes | None = None,
+    path: str = CHAT,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     h = {"Content-Type": "application/json", **(headers or {})}
     if key:
         h["Authorization"] = f"Bearer {key}"
@@ -111,8 +117,17 @@ def test_429_single_target_returned_with_retry_after(gateway: Gateway, fake: Fak
 
 def test_upstream_client_error_relayed(gateway: Gateway, fake: FakeUpstream) -> None:
     key = gateway.key()["key"]
-    fake.fail_next(400, body={"error": {"message": "bad temperature", "type": "invalid_request_error",
-                                         "param": "temperature", "code": None}})
+    fake.fail_next(
+        400,
+        body={
+            "error": {
+                "message": "bad temperature",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": None,
+            }
+        },
+    )
     err = assert_error(post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG}), 400)
     assert err["param"] == "temperature" and err["message"] == "bad temperature"
     assert len(fake.requests) == 1  # a client error is not retried

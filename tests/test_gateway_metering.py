@@ -8,8 +8,8 @@ import json
 import httpx
 import openai
 import pytest
-
 from tests.conftest import Gateway
+
 from insource.testing.fake_upstream import FakeUpstream
 
 MSG = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "count to five for me"}]
@@ -53,10 +53,18 @@ def test_cached_and_reasoning_tokens_normalised(gateway: Gateway, fake: FakeUpst
 def test_client_disconnect_mid_stream_is_metered(gateway: Gateway, fake: FakeUpstream) -> None:
     fake.token_delay_s = 0.05
     key = gateway.key(tenant="meter-disconnect")
-    body = {"model": "gpt-4o-mini", "stream": True,
-            "messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(200))}]}
-    with httpx.stream("POST", gateway.base_url + "/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {key['key']}"}, timeout=30) as resp:
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(200))}],
+    }
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key['key']}"},
+        timeout=30,
+    ) as resp:
         for line in resp.iter_lines():
             if line.startswith("data:") and '"content"' in line:
                 break
@@ -90,17 +98,27 @@ def test_concurrent_requests_never_overshoot_budget(gateway: Gateway, fake: Fake
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
     # cost of one request as metered, to size a budget that allows exactly 10
     probe = gateway.key(tenant="budget-probe")
-    httpx.post(gateway.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {probe['key']}"},
-               timeout=30)
+    httpx.post(
+        gateway.base_url + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {probe['key']}"},
+        timeout=30,
+    )
     one = gateway.usage_rows("key_id=?", (probe["id"],), wait_for=1)[0]["cost_usd"]
     key = gateway.key(tenant="budget-10", budget_usd=one * 10)
 
     async def fire() -> list[int]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as c:
-            resps = await asyncio.gather(*[
-                c.post(gateway.base_url + "/chat/completions", json=body,
-                       headers={"Authorization": f"Bearer {key['key']}"}) for _ in range(200)
-            ])
+            resps = await asyncio.gather(
+                *[
+                    c.post(
+                        gateway.base_url + "/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {key['key']}"},
+                    )
+                    for _ in range(200)
+                ]
+            )
         return [r.status_code for r in resps]
 
     codes = asyncio.run(fire())
@@ -137,8 +155,9 @@ def test_admin_api_remote_cli(gateway: Gateway) -> None:
     env = {"INSOURCE_ADMIN_KEY": "adm-1"}
     from tests.conftest import run_cli
 
-    created = json.loads(run_cli("keys", "create", "--tenant", "remote-t", "--url", gateway.url, "--json",
-                                 env=env).stdout)
+    created = json.loads(
+        run_cli("keys", "create", "--tenant", "remote-t", "--url", gateway.url, "--json", env=env).stdout
+    )
     assert set(created) == {"id", "key", "tenant"} and created["tenant"] == "remote-t"
     listed = json.loads(run_cli("keys", "list", "--url", gateway.url, "--json", env=env).stdout)
     assert any(k["id"] == created["id"] for k in listed)

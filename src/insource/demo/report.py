@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,16 @@ def _phase_spend(store: Store, task: str, start: float, end: float) -> dict[str,
     )
     assert store_row is not None
     return {"records": store_row["n"], "cost_usd": store_row["cost"], "avoided_usd": store_row["avoided"]}
+
+
+def wait_for_records(store: Store, start: float, end: float, expected: int, timeout: float = 5.0) -> None:
+    """Usage records are written by a background writer: wait (briefly) until a phase's are all visible."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = store.query_one("SELECT COUNT(*) AS n FROM usage WHERE ts >= ? AND ts <= ?", (start, end))
+        if row is not None and row["n"] >= expected:
+            return
+        time.sleep(0.1)
 
 
 def print_spend(console: Console, store: Store, start: float, end: float) -> None:

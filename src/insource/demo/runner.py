@@ -170,6 +170,7 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
             t0 = time.time()
             before = _phase(console, "teacher traffic", base_url, key, demo_data.generate(s.before, s.seed))
             t1 = time.time()
+            report.wait_for_records(store, t0, t1, before.requests)
             report.print_spend(console, store, t0, t1)
             model, evaluated = _learn_student(s, config, console)
             _route(s, config, model, evaluated, console)
@@ -177,6 +178,7 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
             after_pairs = demo_data.generate(s.after, s.seed + 1 + secrets.randbelow(1000))
             after = _phase(console, "cascade traffic", base_url, key, after_pairs)
             t3 = time.time()
+            report.wait_for_records(store, t2, t3, after.requests)
         finally:
             stop_gateway(gateway)
         summary = report.summarise(store, cfg, TASK, (t0, t1), (t2, t3), before, after, teacher, s.monthly_requests)

@@ -41,7 +41,7 @@ def check_task_name(task: str) -> str:
     return task
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
@@ -54,7 +54,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_model_info(folder: Path) -> dict[str, Any]:
-    info = _read_json(folder / MODEL_FILE)
+    info = read_json(folder / MODEL_FILE)
     for key in ("name", "task", "version", "student"):
         if key not in info:
             raise NotReady(f"corrupt registry entry {folder.name}: model.json has no {key!r}")
@@ -185,7 +185,7 @@ def read_thresholds(folder: Path) -> dict[str, float]:
     path = folder / EVAL_FILE
     if not path.is_file():
         return {}
-    data = _read_json(path)
+    data = read_json(path)
     raw = data.get("thresholds", {})
     return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)} if isinstance(raw, dict) else {}
 

@@ -1,0 +1,201 @@
+"""`insource eval`: prove a classifier student against its teacher on a dataset split.
+
+The threshold reaching the target agreement is chosen on the validation split (with a Wilson lower-bound
+margin) and reported on the evaluated split. Results are saved into the model folder (`eval.json`) so the
+router can read the thresholds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from insource.config import Config
+from insource.distill.dataset import Dataset, Example, load_dataset
+from insource.distill.registry import (
+    CLASSIFIER_KINDS,
+    EVAL_FILE,
+    read_json,
+    load_student,
+    read_model_info,
+    resolve,
+    write_json_atomic,
+)
+from insource.errors import NotReady
+from insource.evals import metrics as M
+
+LATENCY_SAMPLES = 200
+
+
+@dataclass
+class Scored:
+    answers: list[str]
+    conf: np.ndarray
+    ood: np.ndarray
+    correct: np.ndarray
+
+
+def _score(folder: Path, cache_root: Path, examples: list[Example]) -> Scored:
+    """Run the registered encoder + head over `examples` (embeddings through the content-hash cache)."""
+    from insource.distill.classifier import embed_examples, encoder_cache
+    from insource.distill.encoder import OnnxEncoder
+    from insource.distill.head import Head
+
+    labels = [str(x) for x in read_model_info(folder)["labels"]]
+    encoder = OnnxEncoder(folder, threads=os.cpu_count() or 1)
+    emb = embed_examples(encoder, encoder_cache(cache_root, folder), examples)
+    idx, conf, ood = Head.load(folder).predict(emb)
+    answers = [labels[int(i)] for i in idx]
+    correct = np.array([a == ex.output for a, ex in zip(answers, examples, strict=True)], dtype=bool)
+    return Scored(answers, conf, ood, correct)
+
+
+def load_gold(path: Path) -> dict[str, str]:
+    """Gold labels by example id: JSONL `{"id", "label"}`, a JSON object `{id: label}`, or CSV `id,label`."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotReady(f"cannot read the labels file {path}: {exc}") from None
+    try:
+        if path.suffix == ".csv":
+            return {row["id"]: row["label"].strip() for row in csv.DictReader(text.splitlines())}
+        if path.suffix == ".json":
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise NotReady(f"labels file {path}: expected an object {{id: label}}")
+            return {str(k): str(v).strip() for k, v in data.items()}
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return {str(r["id"]): str(r["label"]).strip() for r in rows}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise NotReady(f"labels file {path}: expected id/label records ({exc})") from None
+
+
+def measure_latency(root: Path, name: str, texts: list[str]) -> dict[str, float]:
+    """p50/p95 latency of single-input predict through the serving API (one thread)."""
+    student = load_student(root, name, threads=1)
+    sample = (texts * (1 + LATENCY_SAMPLES // max(1, len(texts))))[:LATENCY_SAMPLES]
+    for text in sample[:10]:
+        student.predict([text])
+    times = []
+    for text in sample:
+        t0 = time.perf_counter()
+        student.predict([text])
+        times.append((time.perf_counter() - t0) * 1000)
+    arr = np.array(times)
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "mean": float(arr.mean())}
+
+
+def _gold_block(gold: dict[str, str], examples: list[Example], scored: Scored) -> dict[str, Any]:
+    pairs = [(ans, ex, gold[ex.id]) for ans, ex in zip(scored.answers, examples, strict=True) if ex.id in gold]
+    if not pairs:
+        raise NotReady("the labels file has no id in common with the evaluated split")
+    return {
+        "gold_n": len(pairs),
+        "gold_agreement": round(sum(a == g for a, _, g in pairs) / len(pairs), 5),
+        "teacher_gold_agreement": round(sum(ex.output == g for _, ex, g in pairs) / len(pairs), 5),
+    }
+
+
+def _threshold_block(val: Scored, test: Scored, target: float) -> dict[str, Any]:
+    threshold = M.choose_threshold(val.conf, val.correct, target)
+    coverage, agreement, answered = M.at_threshold(test.conf, test.correct, threshold)
+    val_cov, val_agr, _ = M.at_threshold(val.conf, val.correct, threshold)
+    n = len(test.correct)
+    deferred_ok = n - answered  # deferred inputs get the teacher's own answer
+    hits = int(test.correct[test.conf >= threshold].sum()) if threshold is not None else 0
+    return {
+        "target_agreement": target,
+        "threshold": None if threshold is None else round(threshold, 6),
+        "coverage_at_threshold": round(coverage, 5),
+        "agreement_at_threshold": None if agreement is None else round(agreement, 5),
+        "meets_target": agreement is not None and agreement >= target,
+        "val_coverage_at_threshold": round(val_cov, 5),
+        "val_agreement_at_threshold": None if val_agr is None else round(val_agr, 5),
+        "end_to_end_agreement": round((hits + deferred_ok) / n, 5) if n else None,
+    }
+
+
+def _costs(cfg: Config, latency: dict[str, float], examples: list[Example]) -> dict[str, float]:
+    per_request_s = latency["mean"] / 1000.0
+    teacher = float(np.mean([ex.teacher_cost_usd for ex in examples])) if examples else 0.0
+    return {
+        "cost_per_1k_usd": round(per_request_s * cfg.inhouse.cpu_usd_per_hour / 3600.0 * 1000, 8),
+        "teacher_cost_per_1k_usd": round(teacher * 1000, 6),
+    }
+
+
+def evaluate(
+    cfg: Config,
+    task: str,
+    model: str,
+    *,
+    split: str = "test",
+    dataset: Path | None = None,
+    target: float = 0.99,
+    labels_file: Path | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `model` on `split`; returns the result object (see the `insource eval --json` contract)."""
+    if not 0.0 < target <= 1.0:
+        raise NotReady(f"--target-agreement must be in (0, 1], got {target}")
+    root = cfg.registry_path()
+    folder = resolve(root, model)
+    info = read_model_info(folder)
+    if info["task"] != task:
+        raise NotReady(f"model {info['name']} was trained for task {info['task']!r}, not {task!r}")
+    if info["student"] not in CLASSIFIER_KINDS:
+        raise NotReady(f"{info['name']} is a {info['student']} student: evaluate it through its serving endpoint")
+    ds = _dataset_for(info, dataset)
+    examples, val_examples = ds.split(split), ds.split("val")
+    if not examples:
+        raise NotReady(f"the {split} split of {ds.path} is empty")
+    cache = root / ".cache"
+    scored, val = _score(folder, cache, examples), _score(folder, cache, val_examples)
+    latency = measure_latency(root, str(info["name"]), [ex.input for ex in examples])
+    result: dict[str, Any] = {
+        "model": info["name"], "task": task, "student": info["student"], "split": split, "n": len(examples),
+        "dataset": str(ds.path),
+        "agreement": round(float(scored.correct.mean()), 5),
+        "ece": round(M.expected_calibration_error(scored.conf, scored.correct), 5),
+        "ood_rate": round(float(scored.ood.mean()), 5),
+        **_threshold_block(val, scored, target),
+        "curve": M.coverage_curve(scored.conf, scored.correct),
+        "reliability": M.reliability(scored.conf, scored.correct),
+        "latency_ms_p50": round(latency["p50"], 4), "latency_ms_p95": round(latency["p95"], 4),
+        "answers_per_s_per_core": round(1000.0 / latency["mean"], 1),
+        **_costs(cfg, latency, examples),
+    }
+    if labels_file is not None:
+        result.update(_gold_block(load_gold(labels_file), examples, scored))
+    if save:
+        _save(folder, result)
+    return result
+
+
+def _dataset_for(info: dict[str, Any], dataset: Path | None) -> Dataset:
+    if dataset is None:
+        recorded = (info.get("dataset") or {}).get("path")
+        if not recorded:
+            raise NotReady(f"{info['name']} records no dataset: pass --dataset DIR")
+        dataset = Path(recorded)
+    return load_dataset(dataset)
+
+
+def _save(folder: Path, result: dict[str, Any]) -> None:
+    path = folder / EVAL_FILE
+    previous = read_json(path) if path.is_file() else {}
+    thresholds = dict(previous.get("thresholds") or {})
+    if result["threshold"] is not None:
+        thresholds[f"{result['target_agreement']:g}"] = result["threshold"]
+    else:
+        thresholds.pop(f"{result['target_agreement']:g}", None)
+    runs = dict(previous.get("runs") or {})
+    runs[f"{result['split']}@{result['target_agreement']:g}"] = {k: v for k, v in result.items() if k != "curve"}
+    write_json_atomic(path, {"thresholds": thresholds, "latest": result, "runs": runs})

@@ -1,0 +1,217 @@
+"""The insourcing router end to end: a real student, a real `insource serve`, the official SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+from tests.conftest import Gateway, start_gateway, stop_gateway
+
+from insource.testing import demo_data
+from insource.testing.fake_upstream import FakeUpstream
+from insource.testing.server import ServerHandle, run_server
+from insource.testing.teacher import SimulatedTeacher
+
+TASK = "intent"
+
+
+@dataclass
+class Trained:
+    gw: Gateway
+    fake: FakeUpstream
+    teacher: SimulatedTeacher
+    model: str
+    key: str
+
+
+def ask(t: Trained, text: str, stream: bool = False) -> tuple[str, str]:
+    c = openai.OpenAI(base_url=t.gw.base_url, api_key=t.key, max_retries=0)
+    if stream:
+        with c.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini",
+            messages=demo_data.build_messages(text),
+            metadata={"task": TASK},
+            stream=True,  # type: ignore[arg-type]
+        ) as resp:
+            served = resp.headers["x-insource-served-by"]
+            parts = [ch.choices[0].delta.content or "" for ch in resp.parse() if ch.choices]
+        return "".join(parts), served
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=demo_data.build_messages(text),
+        metadata={"task": TASK},  # type: ignore[arg-type]
+    )
+    return raw.parse().choices[0].message.content or "", raw.headers["x-insource-served-by"]
+
+
+async def _replay(base_url: str, key: str, pairs: list[tuple[str, str]]) -> None:
+    limit = asyncio.Semaphore(16)
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as c:
+
+        async def one(text: str) -> None:
+            async with limit:
+                await c.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=demo_data.build_messages(text),
+                    metadata={"task": TASK},  # type: ignore[arg-type]
+                )
+
+        await asyncio.gather(*(one(text) for text, _ in pairs))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    folder = tmp_path_factory.mktemp("router")
+    teacher = SimulatedTeacher(speed=0, error_rate=0, server_error_rate=0, ambiguous_flip_rate=0)
+    fake = teacher.attach(FakeUpstream())
+    handle: ServerHandle = run_server(fake)
+    config = folder / "insource.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///./insource.db"\n[providers.teacher]\nkind = "openai"\n'
+        f'base_url = "{handle.url}/v1"\nterms = "self-hosted"\n[models."gpt-4o-mini"]\n'
+        f'targets = ["teacher:gpt-4o-mini"]\n'
+    )
+    gw = start_gateway(config)
+    key = gw.key("router-tests")["key"]
+    asyncio.run(_replay(gw.base_url, key, demo_data.generate(700, seed=11, ambiguous_share=0)))
+    time.sleep(0.5)
+    gw.cli("dataset", "build", "--task", TASK, "--out", str(folder / "ds"), "--json")
+    distilled = json.loads(gw.cli("distill", "--task", TASK, "--dataset", str(folder / "ds"), "--json").stdout)
+    yield Trained(gw, fake, teacher, distilled["model"], key)
+    stop_gateway(gw)
+    handle.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def set_route(t: Trained, *args: str) -> None:
+    t.gw.cli("route", "set", "--task", TASK, "--model", t.model, *args)
+    time.sleep(1.1)  # every worker applies a route within a second
+
+
+def route_row(t: Trained) -> dict[str, object]:
+    rows = json.loads(t.gw.cli("route", "show", "--json").stdout)
+    return next(r for r in rows if r["task"] == TASK)
+
+
+def fresh(n: int, seed: int) -> list[tuple[str, str]]:
+    return demo_data.generate(n, seed=seed, ambiguous_share=0)
+
+
+def test_shadow_records_agreement_teacher_answers(trained: Trained) -> None:
+    set_route(trained, "--mode", "shadow")
+    served = {ask(trained, text)[1] for text, _ in fresh(30, 101)}
+    assert served == {"teacher:gpt-4o-mini"}
+    time.sleep(0.5)
+    row = route_row(trained)
+    assert row["mode"] == "shadow" and row["n"] >= 30
+    assert isinstance(row["agreement"], float) and row["agreement"] > 0.8
+    assert set(row) >= {
+        "task",
+        "model",
+        "mode",
+        "threshold",
+        "percent",
+        "audit_rate",
+        "floor",
+        "agreement",
+        "n",
+        "events",
+    }
+
+
+def test_canary_sends_a_share_to_the_student(trained: Trained) -> None:
+    set_route(trained, "--mode", "canary", "--percent", "50")
+    served = [ask(trained, text)[1] for text, _ in fresh(80, 102)]
+    share = served.count(trained.model) / len(served)
+    assert 0.2 < share < 0.8
+    assert set(served) == {trained.model, "teacher:gpt-4o-mini"}
+
+
+def test_cascade_student_answers_when_sure_without_audits(trained: Trained) -> None:
+    set_route(trained, "--mode", "cascade", "--threshold", "0.5")
+    trained.fake.clear_requests()
+    pairs = fresh(60, 103)
+    results = [ask(trained, text) for text, _ in pairs]
+    by_student = [(a, gold) for (a, who), (_, gold) in zip(results, pairs, strict=True) if who == trained.model]
+    assert len(by_student) > 30
+    assert sum(a == gold for a, gold in by_student) / len(by_student) > 0.8
+    assert all(a in demo_data.INTENTS for a, _ in by_student)  # the teacher's exact label strings
+    time.sleep(0.5)
+    assert len(trained.fake.requests) == 60 - len(by_student)  # no audits in cascade by default
+    rows = trained.gw.usage_rows("served_by=?", (trained.model,), wait_for=len(by_student))
+    assert rows and all(r["cost_avoided_usd"] > r["cost_usd"] >= 0 for r in rows)
+    spend = json.loads(trained.gw.cli("spend", "--by", "task", "--json").stdout)
+    assert next(r for r in spend if r["task"] == TASK)["cost_avoided_usd"] > 0
+
+
+def test_cascade_streams_student_answers(trained: Trained) -> None:
+    set_route(trained, "--mode", "cascade", "--threshold", "0.0")
+    text, gold = fresh(1, 104)[0]
+    answer, served = ask(trained, text, stream=True)
+    assert served == trained.model and answer in demo_data.INTENTS
+
+
+def test_full_with_audits_then_rollback_on_drift(trained: Trained) -> None:
+    set_route(trained, "--mode", "full", "--audit-rate", "1.0", "--floor", "0.8")
+    served = {ask(trained, text)[1] for text, _ in fresh(20, 105)}
+    assert served == {trained.model}
+    assert trained.fake.wait_for_requests(20, timeout=10)
+    original = trained.fake.responder
+    trained.fake.responder = lambda model, messages, body: "speak_to_agent"  # the teacher drifts
+    try:
+        rolled_back = False
+        texts = [text for text, _ in fresh(200, 106)]
+        for i in range(0, len(texts), 10):
+            for text in texts[i : i + 10]:
+                ask(trained, text)
+            time.sleep(0.3)
+            if any(e["kind"] == "rollback" for e in route_row(trained)["events"]):  # type: ignore[attr-defined]
+                rolled_back = True
+                break
+        assert rolled_back
+        time.sleep(1.1)
+        assert {ask(trained, text)[1] for text, _ in fresh(5, 107)} == {"teacher:gpt-4o-mini"}
+        row = route_row(trained)
+        assert row["events"][-1]["kind"] == "rollback"  # type: ignore[index]
+    finally:
+        trained.fake.responder = original
+
+
+def test_route_set_refuses_bad_input(trained: Trained) -> None:
+    for args, needle in (
+        (["--model", "intent@v99", "--mode", "cascade"], "no model"),
+        (["--model", trained.model, "--mode", "cascade", "--threshold", "1.5"], "within [0, 1]"),
+        (["--model", trained.model, "--mode", "sideways"], "--mode"),
+    ):
+        result = trained.gw.cli("route", "set", "--task", TASK, *args, check=False)
+        assert result.returncode != 0 and needle in result.stderr and "Traceback" not in result.stderr
+    other = trained.gw.cli(
+        "route", "set", "--task", "other-task", "--model", trained.model, "--mode", "full", check=False
+    )
+    assert other.returncode != 0 and "trained for task" in other.stderr
+
+
+def test_broken_student_falls_back_to_teacher(trained: Trained, tmp_path: Path) -> None:
+    registry = trained.gw.config.parent / "models"
+    source = registry / trained.model
+    broken_name = f"{TASK}@v{90}"
+    shutil.copytree(source, registry / broken_name)
+    info = json.loads((registry / broken_name / "model.json").read_text())
+    info.update({"name": broken_name, "version": 90})
+    (registry / broken_name / "model.json").write_text(json.dumps(info))
+    for onnx in (registry / broken_name).glob("*.onnx"):
+        onnx.write_bytes(b"not a model")
+    try:
+        trained.gw.cli("route", "set", "--task", TASK, "--model", broken_name, "--mode", "full")
+        time.sleep(1.1)
+        answer, served = ask(trained, fresh(1, 108)[0][0])
+        assert served == "teacher:gpt-4o-mini" and answer
+    finally:
+        shutil.rmtree(registry / broken_name)

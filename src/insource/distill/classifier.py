@@ -70,6 +70,7 @@ def train_head_on(
     train_y, val_y = label_indices(ds.split("train"), index), label_indices(ds.split("val"), index)
     head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, step=step)
     head.save(folder)
+    head.save_onnx(folder)
     metrics = _val_metrics(head, val_x, val_y)
     fit_info.update(embedding_cache={"hits": cache.hits, "misses": cache.misses})
     return {"labels": labels, "head": fit_info, "metrics": metrics}

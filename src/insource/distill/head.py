@@ -7,13 +7,15 @@ distribution: flagged, with confidence 0, so it is deferred to the teacher at an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 HEAD_FILE = "head.npz"
+HEAD_ONNX = "head.onnx"
 Matrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
@@ -35,6 +37,7 @@ class Head:
     knn_weight: float = 0.0
     knn_k: int = 10
     knn_temperature: float = 0.05
+    _session: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n_classes(self) -> int:
@@ -42,6 +45,18 @@ class Head:
 
     def logits(self, emb: Matrix) -> Matrix:
         return np.asarray(emb @ self.weights.T + self.bias, dtype=np.float32)
+
+    def _scores(self, emb: Matrix) -> tuple[Matrix, Matrix]:
+        """(logits, cosine similarities to the training inputs).
+
+        Served through a one-thread ONNX Runtime session when `head.onnx` is present: numpy's BLAS wakes
+        its thread pool on every call, which costs more than the product itself at batch 1 on a busy box.
+        """
+        if self._session is not None:
+            logits, sims = self._session.run(None, {"embedding": np.ascontiguousarray(emb, dtype=np.float32)})
+            return np.asarray(logits, np.float32), np.asarray(sims, np.float32)
+        sims = emb @ self.train_vectors.T if len(self.train_vectors) else np.ones((len(emb), 1), np.float32)
+        return self.logits(emb), np.asarray(sims, np.float32)
 
     def knn_proba(self, sims: Matrix) -> Matrix:
         k = min(self.knn_k, sims.shape[1])
@@ -56,8 +71,8 @@ class Head:
     def proba(self, emb: Matrix, temperature: float | None = None) -> tuple[Matrix, Matrix]:
         """(class probabilities, best cosine similarity to a training input) for each row of `emb`."""
         t = self.temperature if temperature is None else temperature
-        probs = softmax(self.logits(emb) / t)
-        sims = emb @ self.train_vectors.T if len(self.train_vectors) else np.ones((len(emb), 1), np.float32)
+        logits, sims = self._scores(emb)
+        probs = softmax(logits / t)
         if self.knn_weight > 0:
             probs = (1 - self.knn_weight) * probs + self.knn_weight * self.knn_proba(sims)
         return probs, np.asarray(sims.max(axis=1), dtype=np.float32)
@@ -84,8 +99,52 @@ class Head:
             ),
         )
 
+    def save_onnx(self, folder: Path) -> None:
+        """Write `head.onnx` (the two products) — needs the `onnx` package, i.e. distill time only."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        w = numpy_helper.from_array(np.ascontiguousarray(self.weights.T, np.float32), "w")
+        b = numpy_helper.from_array(self.bias.astype(np.float32), "b")
+        stored = self.train_vectors.astype(np.float16).astype(np.float32)  # exactly what head.npz keeps
+        tv = numpy_helper.from_array(np.ascontiguousarray(stored.T), "tv")
+        nodes = [
+            helper.make_node("MatMul", ["embedding", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("MatMul", ["embedding", "tv"], ["sims"]),
+        ]
+        dim = int(self.weights.shape[1])
+        graph = helper.make_graph(
+            nodes, "head",
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", self.n_classes]),
+             helper.make_tensor_value_info("sims", TensorProto.FLOAT, ["batch", len(self.train_vectors)])],
+            initializer=[w, b, tv],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(folder / HEAD_ONNX))
+
+    def attach_session(self, folder: Path) -> None:
+        path = folder / HEAD_ONNX
+        if not path.is_file() or not len(self.train_vectors):
+            return
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
     @classmethod
-    def load(cls, folder: Path) -> Head:
+    def load(cls, folder: Path, *, serving: bool = False) -> Head:
+        head = cls._load_arrays(folder)
+        if serving:
+            head.attach_session(folder)
+        return head
+
+    @classmethod
+    def _load_arrays(cls, folder: Path) -> Head:
         with np.load(folder / HEAD_FILE, allow_pickle=False) as data:
             s = data["scalars"].tolist()
             return cls(

@@ -202,7 +202,7 @@ def _load(folder: Path, threads: int) -> Student:
         raise NotReady(f"corrupt registry entry {folder.name}: model.json has no labels")
     try:
         encoder = OnnxEncoder(folder, threads=threads)
-        head = Head.load(folder)
+        head = Head.load(folder, serving=True)
     except (OSError, ValueError, KeyError) as exc:
         raise NotReady(f"corrupt registry entry {folder.name}: cannot load its weights ({exc})") from None
     except Exception as exc:  # onnxruntime raises its own exception types for a damaged graph

@@ -51,7 +51,7 @@ def _score(folder: Path, cache_root: Path, examples: list[Example]) -> Scored:
     labels = [str(x) for x in read_model_info(folder)["labels"]]
     encoder = OnnxEncoder(folder, threads=os.cpu_count() or 1)
     emb = embed_examples(encoder, encoder_cache(cache_root, folder), examples)
-    idx, conf, ood = Head.load(folder).predict(emb)
+    idx, conf, ood = Head.load(folder, serving=True).predict(emb)
     answers = [labels[int(i)] for i in idx]
     correct = np.array([a == ex.output for a, ex in zip(answers, examples, strict=True)], dtype=bool)
     return Scored(answers, conf, ood, correct)

@@ -1,0 +1,165 @@
+"""process_capture: consent, content addressing, params, provenance, and a real writer into SQLite."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from insource.capture.process import canonical, process_capture
+from insource.capture.record import CaptureRaw
+from insource.capture.terms import load_profiles, resolve
+from insource.config import parse_config
+from insource.errors import ConfigError
+from insource.store import Store
+from insource.store.writer import BatchWriter
+
+SYSTEM = {"role": "system", "content": "Classify the message. Labels: a, b, c."}
+
+
+def raw(i: int = 0, **kw: Any) -> CaptureRaw:
+    fields: dict[str, Any] = {
+        "id": f"r{i}",
+        "ts": 1000.0 + i,
+        "tenant": "t1",
+        "key_id": "k1",
+        "task": "t",
+        "model": "m",
+        "provider": "openai",
+        "upstream_model": "gpt-4o-mini",
+        "served_by": "openai:gpt-4o-mini",
+        "terms": "openai",
+        "consent": True,
+        "redact": True,
+        "redactors": ("secrets", "email", "phone", "card", "iban"),
+        "request": {
+            "model": "m",
+            "messages": [SYSTEM, {"role": "user", "content": f"message {i} from x{i}@mail.example"}],
+            "temperature": 0.2,
+            "user": "alice@corp.example",
+            "api_key": "sk-should-never-be-stored-0123456789",
+        },
+        "output": f"b (reply to x{i}@mail.example)",
+        "response": {"model": "gpt-4o-mini-2024-07-18"},
+        "upstream_version": "gpt-4o-mini-2024-07-18",
+        "finish_reason": "stop",
+        "status": 200,
+    }
+    fields.update(kw)
+    return CaptureRaw(**fields)
+
+
+def test_no_consent_writes_nothing() -> None:
+    assert process_capture(raw(consent=False)) == []
+
+
+def test_rows_blobs_and_provenance() -> None:
+    rows = process_capture(raw(1))
+    tables = [t for t, _, _ in rows]
+    assert tables == ["blobs", "blobs", "captures"]
+    assert all(ignore for _, _, ignore in rows)
+    blobs = [r for t, r, _ in rows if t == "blobs"]
+    for b in blobs:
+        assert b["hash"] == hashlib.sha256(b["data"].encode()).hexdigest()
+    assert orjson.loads(blobs[0]["data"]) == SYSTEM
+    assert orjson.loads(blobs[1]["data"]) == {"role": "user", "content": "message 1 from [EMAIL]"}
+    cap = rows[-1][1]
+    assert orjson.loads(cap["messages"]) == [b["hash"] for b in blobs]
+    params = orjson.loads(cap["params"])
+    assert params == {"model": "m", "temperature": 0.2, "user": "[EMAIL]", "api_key": "[SECRET]"}
+    assert cap["output"] == "b (reply to [EMAIL])"
+    assert cap["output_hash"] == hashlib.sha256(cap["output"].encode()).hexdigest()
+    assert orjson.loads(cap["redactors"]) == ["secrets", "iban", "card", "email", "phone"]
+    assert orjson.loads(cap["redactions"]) == {"email": 3, "secrets": 1}
+    assert (cap["provider"], cap["upstream_version"], cap["terms"], cap["consent"]) == (
+        "openai",
+        "gpt-4o-mini-2024-07-18",
+        "openai",
+        1,
+    )
+    orjson.dumps(rows)  # rows must be spoolable as JSON by the writer
+
+
+def test_canonical_hash_ignores_key_order_and_repeats_are_stored_once(tmp_path: Path) -> None:
+    assert canonical({"b": 1, "a": [1, {"d": 2, "c": 3}]}) == canonical({"a": [1, {"c": 3, "d": 2}], "b": 1})
+    store = Store(tmp_path / "db.sqlite")
+    writer = BatchWriter(store, tmp_path / "spool", batch_size=50)
+    for i in range(200):
+        writer.submit_fn(functools.partial(process_capture, raw(i)))
+    writer.close()
+    assert writer.report()["failed"] == 0
+    assert store.query_one("SELECT COUNT(*) AS n FROM captures")["n"] == 200  # type: ignore[index]
+    assert store.query_one("SELECT COUNT(*) AS n FROM blobs")["n"] == 201  # type: ignore[index]
+    data = (tmp_path / "db.sqlite").read_bytes() + (tmp_path / "db.sqlite-wal").read_bytes()
+    assert b"mail.example" not in data and b"sk-should-never" not in data
+
+
+def test_redaction_switched_off_still_drops_secret_fields() -> None:
+    rows = process_capture(raw(2, redact=False))
+    cap = rows[-1][1]
+    assert orjson.loads(cap["redactors"]) == []
+    assert "x2@mail.example" in cap["output"]
+    assert orjson.loads(cap["params"])["api_key"] == "[SECRET]"
+
+
+def test_content_parts_tool_calls_and_missing_fields() -> None:
+    request = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "card 4111 1111 1111 1111"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"e":"a@b.io"}'}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "IBAN GB82WEST12345698765432"},
+        ]
+    }
+    rows = process_capture(raw(3, request=request, output=None, status=502, finish_reason=None))
+    blobs = [orjson.loads(r["data"]) for t, r, _ in rows if t == "blobs"]
+    assert blobs[0]["content"][0]["text"] == "card [CARD]"
+    assert blobs[1]["tool_calls"][0]["function"]["arguments"] == '{"e":"[EMAIL]"}'
+    assert blobs[2]["content"] == "IBAN [IBAN]"
+    cap = rows[-1][1]
+    assert cap["output"] is None and cap["output_hash"] is None and cap["status"] == 502
+    assert process_capture(raw(4, request={"input": "a@b.io"}))[-1][1]["params"] == '{"input":"[EMAIL]"}'
+
+
+def test_unknown_redactor_fails_closed() -> None:
+    with pytest.raises(ConfigError, match="unknown redactor"):
+        process_capture(raw(5, redactors=("email", "typo")))
+
+
+def test_terms_profiles_shipped_and_overridable() -> None:
+    profiles = load_profiles(None)
+    expected = {
+        "openai", "azure-openai", "anthropic", "google-gemini", "self-hosted", "in-house",
+        "open-weights:apache-2.0", "open-weights:mit", "open-weights:llama",
+    }  # fmt: skip
+    assert expected <= set(profiles)
+    for p in profiles.values():
+        assert p.category in {"any", "internal", "none"} and p.summary and p.clause
+    for name in ("openai", "anthropic", "google-gemini", "open-weights:llama"):
+        assert profiles[name].source.startswith("https://") and profiles[name].date
+    assert profiles["openai"].category == "internal" and "compete" in profiles["openai"].clause
+    assert profiles["anthropic"].category == "none"
+    assert not profiles["openai"].allows("train") and profiles["openai"].allows("train", allow_internal=True)
+    assert not profiles["anthropic"].allows("train", allow_internal=True) and profiles["anthropic"].allows("eval")
+
+    cfg = parse_config(
+        {
+            "terms": {
+                "anthropic": {"category": "any", "summary": "we hold written approval"},
+                "acme-llm": {"category": "internal", "summary": "vendor contract 7", "clause": "s. 4"},
+            }
+        },
+        Path("."),
+    )
+    profiles = load_profiles(cfg)
+    assert profiles["anthropic"].category == "any" and profiles["anthropic"].origin == "config"
+    assert profiles["acme-llm"].clause == "s. 4"
+    unknown = resolve(profiles, "mystery-vendor")
+    assert unknown.category == "none" and "mystery-vendor" in unknown.summary and not unknown.allows("train")

@@ -20,8 +20,28 @@ import orjson
 
 MODEL = "gpt-4o-mini-2024-07-18"
 CREATED = 1_700_000_000
-WORDS = ["Sure", ",", " here", " is", " a", " short", " answer", " to", " your", " question", ":", " the",
-         " refund", " was", " issued", " today", ".", " Anything", " else", "?"]
+WORDS = [
+    "Sure",
+    ",",
+    " here",
+    " is",
+    " a",
+    " short",
+    " answer",
+    " to",
+    " your",
+    " question",
+    ":",
+    " the",
+    " refund",
+    " was",
+    " issued",
+    " today",
+    ".",
+    " Anything",
+    " else",
+    "?",
+]
 
 
 def _completion(n_words: int) -> bytes:
@@ -56,19 +76,56 @@ def _event(obj: dict[str, Any]) -> bytes:
 
 
 def _stream_events(n_chunks: int, with_usage: bool) -> list[bytes]:
-    base = {"id": "chatcmpl-bench0000000000000000000000", "object": "chat.completion.chunk", "created": CREATED,
-            "model": MODEL, "system_fingerprint": "fp_bench"}
-    events = [_event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                           "logprobs": None, "finish_reason": None}]})]
+    base = {
+        "id": "chatcmpl-bench0000000000000000000000",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": MODEL,
+        "system_fingerprint": "fp_bench",
+    }
+    events = [
+        _event(
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                ],
+            }
+        )
+    ]
     for i in range(n_chunks):
-        events.append(_event({**base, "choices": [{"index": 0, "delta": {"content": WORDS[i % len(WORDS)]},
-                                                    "logprobs": None, "finish_reason": None}]}))
+        events.append(
+            _event(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"content": WORDS[i % len(WORDS)]},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+        )
     events.append(_event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}))
     if with_usage:
-        events.append(_event({**base, "choices": [], "usage": {
-            "prompt_tokens": 42, "completion_tokens": n_chunks, "total_tokens": 42 + n_chunks,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}}))
+        events.append(
+            _event(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 42,
+                        "completion_tokens": n_chunks,
+                        "total_tokens": 42 + n_chunks,
+                        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+                    },
+                }
+            )
+        )
     events.append(b"data: [DONE]\n\n")
     return events
 
@@ -86,11 +143,14 @@ def make_app(n_chunks: int = 16) -> Any:
         "status": 200,
         "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")],
     }
-    streams = {flag: [{"type": "http.response.body", "body": e, "more_body": True}
-                      for e in _stream_events(n_chunks, flag)] for flag in (False, True)}
+    streams = {
+        flag: [{"type": "http.response.body", "body": e, "more_body": True} for e in _stream_events(n_chunks, flag)]
+        for flag in (False, True)
+    }
     end = {"type": "http.response.body", "body": b"", "more_body": False}
-    not_found = orjson.dumps({"error": {"message": "not found", "type": "invalid_request_error",
-                                        "param": None, "code": None}})
+    not_found = orjson.dumps(
+        {"error": {"message": "not found", "type": "invalid_request_error", "param": None, "code": None}}
+    )
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -110,8 +170,9 @@ def make_app(n_chunks: int = 16) -> Any:
             if not message.get("more_body"):
                 break
         if scope["path"] != "/v1/chat/completions":
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": not_found})
             return
         if b'"stream":true' not in body and b'"stream": true' not in body:
@@ -134,8 +195,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--chunks", type=int, default=16)
     args = parser.parse_args()
-    config = uvicorn.Config(make_app(args.chunks), host=args.host, port=args.port, loop="uvloop", http="httptools",
-                            log_level="warning", access_log=False, lifespan="on", backlog=4096)
+    config = uvicorn.Config(
+        make_app(args.chunks),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        backlog=4096,
+    )
     uvicorn.Server(config).run()
 
 

@@ -4,7 +4,7 @@ Prompts are Banking77 messages (../shared/data/banking77) as classification prom
 the 77 intents plus the customer's message; the teacher answer is the gold intent. Every tenth message
 carries personal data so the redactors have real work. Run:
 
-    python bench/capture_bench.py [--n 50000] [--json]
+    python bench/capture_bench.py [--n 13000] [--json]
 
 Targets (issue 3): the writer sustains >= 20k captured requests/s; the hot path (build CaptureRaw, submit)
 stays <= 0.05 ms.
@@ -37,8 +37,10 @@ def load_prompts() -> tuple[str, list[tuple[str, str]]]:
         sys.exit(f"benchmark data not found: {DATA} (needs ../shared/data/banking77 beside the repo)")
     labels = json.loads((DATA / "categories.json").read_text())
     system = "Classify the customer's message into exactly one intent:\n" + "\n".join(labels) + "\nAnswer: intent."
-    with (DATA / "train.csv").open(newline="", encoding="utf-8") as fh:
-        rows = [(r["text"], r["category"]) for r in csv.DictReader(fh)]
+    rows = []
+    for name in ("train.csv", "test.csv"):  # 13,083 distinct customer messages
+        with (DATA / name).open(newline="", encoding="utf-8") as fh:
+            rows += [(r["text"], r["category"]) for r in csv.DictReader(fh)]
     return system, rows
 
 
@@ -134,14 +136,14 @@ def bench_writer(raws: list[CaptureRaw], with_usage: bool) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=50_000, help="captured requests per run")
+    parser.add_argument("--n", type=int, default=13_000, help="captured requests per run (<= 13,083: all distinct)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     system, rows = load_prompts()
     raws = [make_raw(i, system, *rows[i % len(rows)]) for i in range(args.n)]
     result: dict[str, Any] = {"n": args.n}
-    result.update(bench_process(raws[: min(args.n, 20_000)]))
-    result["hot_path_us"] = bench_hot_path(system, rows, min(args.n, 20_000))
+    result.update(bench_process(raws))
+    result["hot_path_us"] = bench_hot_path(system, rows, args.n)
     writer_only = bench_writer(raws, with_usage=False)
     with_usage = bench_writer(raws, with_usage=True)
     result["writer_captures_per_s"] = writer_only["requests_per_s"]

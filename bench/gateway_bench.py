@@ -64,8 +64,11 @@ def chat_body(stream: bool) -> bytes:
         "model": "gpt-4o-mini",
         "messages": [
             {"role": "system", "content": "You are a helpful support assistant for an online shop. Be brief."},
-            {"role": "user", "content": "Hello! I ordered a blue jacket last week (order 48213) and it arrived "
-                                        "in the wrong size. Can I get a refund or an exchange?"},
+            {
+                "role": "user",
+                "content": "Hello! I ordered a blue jacket last week (order 48213) and it arrived "
+                "in the wrong size. Can I get a refund or an exchange?",
+            },
         ],
         "max_tokens": 128,
         "temperature": 0.2,
@@ -141,8 +144,14 @@ def child_env(src: Path | None) -> dict[str, str]:
 
 
 def cli(args: list[str], cwd: Path, src: Path | None = None) -> str:
-    out = subprocess.run([sys.executable, "-c", CLI_CODE, *args], cwd=cwd, capture_output=True, timeout=60,
-                         check=False, env=child_env(src))
+    out = subprocess.run(
+        [sys.executable, "-c", CLI_CODE, *args],
+        cwd=cwd,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env=child_env(src),
+    )
     if out.returncode != 0:
         raise RuntimeError(f"insource {' '.join(args)} failed: {out.stderr.decode()[-2000:]}")
     return out.stdout.decode()
@@ -158,6 +167,7 @@ class Env:
     workers: int
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     gateway: subprocess.Popen[bytes] | None = None
+    logs: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
     def gateway_pid(self) -> int:
@@ -167,6 +177,10 @@ class Env:
     def close(self) -> None:
         for name, proc in reversed(self.procs):
             stop(proc, name)
+        self.logs.close()
+
+    def log(self, name: str) -> Any:
+        return self.logs.enter_context((self.workdir / name).open("wb"))
 
 
 def start_env(workers: int, chunks: int, pin_cpus: bool, *, capture: bool = True, src: Path | None = None) -> Env:
@@ -189,22 +203,53 @@ price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
 {"" if capture else chr(10) + "[capture]" + chr(10) + "enabled = false" + chr(10)}"""
     )
     created = json.loads(
-        cli(["keys", "create", "--tenant", "bench", "--budget-usd", "1000", "--rpm", "100000000", "--json",
-             "--config", str(cfg)], workdir, src)
+        cli(
+            [
+                "keys",
+                "create",
+                "--tenant",
+                "bench",
+                "--budget-usd",
+                "1000",
+                "--rpm",
+                "100000000",
+                "--json",
+                "--config",
+                str(cfg),
+            ],
+            workdir,
+            src,
+        )
     )
     plain = json.loads(cli(["keys", "create", "--tenant", "bench", "--json", "--config", str(cfg)], workdir, src))
     env = Env(workdir, up_port, gw_port, created["key"], plain["key"], workers)
     try:
         up = subprocess.Popen(
             [sys.executable, str(HERE / "_upstream.py"), "--port", str(up_port), "--chunks", str(chunks)],
-            cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(workdir / "upstream.log", "wb"),
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=env.log("upstream.log"),
         )
         env.procs.append(("upstream", up))
         wait_http(f"http://127.0.0.1:{up_port}/healthz", 20, up)
         gw = subprocess.Popen(
-            [sys.executable, "-c", CLI_CODE, "serve", "--config", str(cfg), "--host", "127.0.0.1",
-             "--port", str(gw_port), "--workers", str(workers)],
-            cwd=workdir, stdout=open(workdir / "gateway.out", "wb"), stderr=open(workdir / "gateway.log", "wb"),
+            [
+                sys.executable,
+                "-c",
+                CLI_CODE,
+                "serve",
+                "--config",
+                str(cfg),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+                "--workers",
+                str(workers),
+            ],
+            cwd=workdir,
+            stdout=env.log("gateway.out"),
+            stderr=env.log("gateway.log"),
             env=child_env(src),
         )
         env.procs.append(("gateway", gw))
@@ -277,13 +322,30 @@ end
 """
 
 
-def run_wrk(port: int, key: str | None, body: bytes, conns: int, max_requests: int, seconds: float,
-            workdir: Path, pin_cpus: bool) -> dict[str, Any]:
+def run_wrk(
+    port: int,
+    key: str | None,
+    body: bytes,
+    conns: int,
+    max_requests: int,
+    seconds: float,
+    workdir: Path,
+    pin_cpus: bool,
+) -> dict[str, Any]:
     script = workdir / f"wrk-{port}-{conns}-{len(body)}.lua"
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
     script.write_text(WRK_LUA % {"body": body.decode(), "auth": auth, "max": max_requests})
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script),
-           f"http://127.0.0.1:{port}{PATH}"]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{PATH}",
+    ]
     if pin_cpus:
         cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
     out = subprocess.run(cmd, capture_output=True, timeout=seconds + 60, check=False)
@@ -336,11 +398,13 @@ class _Conn(asyncio.Protocol):
             self.chunked = b"transfer-encoding: chunked" in head
             if not self.chunked:
                 i = head.find(b"content-length:")
-                self.length = int(head[i + 15: head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
+                self.length = int(head[i + 15 : head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None])
         if self.t_first is None and (buf.find(b"data:", self.head_end) >= 0 or not self.chunked):
             self.t_first = now
-        complete = (buf.endswith(b"0\r\n\r\n") and len(buf) - self.head_end >= 5) if self.chunked else (
-            len(buf) - self.head_end >= self.length
+        complete = (
+            (buf.endswith(b"0\r\n\r\n") and len(buf) - self.head_end >= 5)
+            if self.chunked
+            else (len(buf) - self.head_end >= self.length)
         )
         if complete and self.done is not None and not self.done.done():
             self.done.set_result(now)
@@ -366,8 +430,12 @@ class _Conn(asyncio.Protocol):
 
 
 def raw_request(port: int, key: str | None, body: bytes) -> bytes:
-    head = [f"POST {PATH} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}"]
+    head = [
+        f"POST {PATH} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
     if key:
         head.append(f"Authorization: Bearer {key}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -455,20 +523,114 @@ class Row:
     ttft_p99_ms: float | None = None
     cpu_ms: float | None = None
     main_cpu_ms: float | None = None
+    others: float | None = None  # CPU cores used by processes that are not part of the benchmark
+
+
+class OtherLoad:
+    """CPU used by everything else on the machine during a run (other users' jobs skew the figures)."""
+
+    def __init__(self, env: Env) -> None:
+        self.pids = [p.pid for _, p in env.procs]
+        self.start()
+
+    def _ours(self) -> float:
+        import resource
+
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, probes: waited for
+        return total + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + t.irq + t.softirq
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.ours0 = time.monotonic(), self._busy(), self._ours()
+
+    def cores(self) -> float:
+        elapsed = time.monotonic() - self.t0
+        return max(0.0, (self._busy() - self.busy0) - (self._ours() - self.ours0)) / max(elapsed, 1e-9)
 
 
 def gateway_run(env: Env, key: str, body: bytes, conc: int, args: argparse.Namespace) -> tuple[dict[str, Any], Row]:
     """One wrk run against the gateway with its CPU time read before and after (writer drained)."""
     writer_idle(env)
+    others = OtherLoad(env)
     before = cpu_times(env.gateway_pid)
     res = run_wrk(env.gateway_port, key, body, conc, args.requests, args.seconds, env.workdir, not args.no_pin)
     writer_idle(env)
     after = cpu_times(env.gateway_pid)
-    row = Row("gateway", "stream" if b'"stream":true' in body else "json", conc, res["requests"], res["rps"],
-              res["p50_us"] / 1000, res["p99_us"] / 1000)
+    load = others.cores()
+    row = Row(
+        "gateway",
+        "stream" if b'"stream":true' in body else "json",
+        conc,
+        res["requests"],
+        res["rps"],
+        res["p50_us"] / 1000,
+        res["p99_us"] / 1000,
+    )
     row.cpu_ms = (after[0] - before[0]) * 1000 / res["requests"]
     row.main_cpu_ms = (after[1] - before[1]) * 1000 / res["requests"]
+    row.others = load
     return res, row
+
+
+def compare(args: argparse.Namespace) -> str:
+    """Baseline (the installed insource) and a candidate copy of src/ (``--compare DIR``) side by side: both
+    gateways up at once (each pinned to CPU 0, only one loaded at a time), runs alternating, medians reported."""
+    import statistics
+
+    envs: dict[str, Env] = {}
+    try:
+        envs["baseline"] = start_env(1, args.chunks, not args.no_pin, src=args.src)
+        envs["candidate"] = start_env(1, args.chunks, not args.no_pin, src=args.compare)
+        for env in envs.values():
+            for stream in (False, True):
+                body = chat_body(stream)
+                run_wrk(env.gateway_port, env.key, body, 16, args.requests, args.warmup, env.workdir, not args.no_pin)
+        got: dict[tuple[str, str, int], list[Row]] = collections.defaultdict(list)
+        for rep in range(args.repeat):
+            for stream in (False, True):
+                for conc in args.concurrency:
+                    names = ["baseline", "candidate"] if rep % 2 == 0 else ["candidate", "baseline"]
+                    for name in names:
+                        _, row = gateway_run(envs[name], envs[name].key, chat_body(stream), conc, args)
+                        got[(name, row.mode, conc)].append(row)
+                        print(f"| {name} | {fmt_row(row)[2:]}", flush=True)
+    finally:
+        for env in envs.values():
+            env.close()
+            shutil.rmtree(env.workdir, ignore_errors=True)
+    lines = [
+        f"Medians of {args.repeat} alternating runs; candidate = {args.compare}",
+        "",
+        "| mode | conc | CPU ms/req base | cand | Δ | main-thread base | cand | req/s base | cand "
+        "| p50 base | cand | p99 base | cand |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in ("json", "stream"):
+        for conc in args.concurrency:
+            b, c = got[("baseline", mode, conc)], got[("candidate", mode, conc)]
+
+            def med(rows: list[Row], attr: str) -> float:
+                return statistics.median(getattr(r, attr) for r in rows)
+
+            lines.append(
+                f"| {mode} | {conc} | {med(b, 'cpu_ms'):.3f} | {med(c, 'cpu_ms'):.3f} "
+                f"| {med(c, 'cpu_ms') - med(b, 'cpu_ms'):+.3f} | {med(b, 'main_cpu_ms'):.3f} "
+                f"| {med(c, 'main_cpu_ms'):.3f} | {med(b, 'rps'):,.0f} | {med(c, 'rps'):,.0f} "
+                f"| {med(b, 'p50_ms'):.2f} | {med(c, 'p50_ms'):.2f} | {med(b, 'p99_ms'):.2f} | {med(c, 'p99_ms'):.2f} |"
+            )
+    return "\n".join(lines)
 
 
 def ablation(args: argparse.Namespace) -> list[tuple[str, Row]]:
@@ -511,12 +673,22 @@ def measure(env: Env, args: argparse.Namespace) -> tuple[list[Row], dict[str, An
                 if target == "gateway":
                     res, row = gateway_run(env, gw_key, body, conc, args)
                 else:
+                    others = OtherLoad(env)
                     res = run_wrk(port, key, body, conc, n_req, secs, env.workdir, pin_cpus)
-                    row = Row(target, mode, conc, res["requests"], res["rps"], res["p50_us"] / 1000,
-                              res["p99_us"] / 1000)
+                    row = Row(
+                        target, mode, conc, res["requests"], res["rps"], res["p50_us"] / 1000, res["p99_us"] / 1000
+                    )
+                    row.others = others.cores()
                 if stream:
-                    spec = {"mode": "conc", "targets": [[port, key]], "body": body.decode(), "concurrency": conc,
-                            "n": args.probe_n if conc == 1 else args.probe_n * 2, "seconds": secs, "warmup": 0}
+                    spec = {
+                        "mode": "conc",
+                        "targets": [[port, key]],
+                        "body": body.decode(),
+                        "concurrency": conc,
+                        "n": args.probe_n if conc == 1 else args.probe_n * 2,
+                        "seconds": secs,
+                        "warmup": 0,
+                    }
                     samples = run_probe(spec, pin_cpus)[0]
                     row.ttft_p50_ms = pct([s[0] for s in samples], 50) * 1000
                     row.ttft_p99_ms = pct([s[0] for s in samples], 99) * 1000
@@ -526,8 +698,14 @@ def measure(env: Env, args: argparse.Namespace) -> tuple[list[Row], dict[str, An
     # concurrency 1, direct and gateway requests alternating: the per-request overhead of the gateway
     extra: dict[str, Any] = {}
     for stream in (False, True):
-        spec = {"mode": "pairs", "targets": [[env.upstream_port, None], [env.gateway_port, gw_key]],
-                "body": chat_body(stream).decode(), "n": args.pairs, "seconds": secs * 2, "warmup": 50}
+        spec = {
+            "mode": "pairs",
+            "targets": [[env.upstream_port, None], [env.gateway_port, gw_key]],
+            "body": chat_body(stream).decode(),
+            "n": args.pairs,
+            "seconds": secs * 2,
+            "warmup": 50,
+        }
         direct, gateway = run_probe(spec, pin_cpus)
         d_total, g_total = [s[1] for s in direct], [s[1] for s in gateway]
         diffs = [g - d for g, d in zip(g_total, d_total, strict=True)]
@@ -544,9 +722,11 @@ def measure(env: Env, args: argparse.Namespace) -> tuple[list[Row], dict[str, An
     return rows, extra
 
 
-HEADER = ("| target | mode | conc | requests | req/s | p50 ms | p99 ms | TTFT p50 | TTFT p99 "
-          "| gw CPU ms/req | gw main-thread ms/req |")
-RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+HEADER = (
+    "| target | mode | conc | requests | req/s | p50 ms | p99 ms | TTFT p50 | TTFT p99 "
+    "| gw CPU ms/req | gw main-thread ms/req | others' load (cores) |"
+)
+RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 
 def _f(v: float | None, digits: int = 2) -> str:
@@ -554,13 +734,22 @@ def _f(v: float | None, digits: int = 2) -> str:
 
 
 def fmt_row(r: Row) -> str:
-    return (f"| {r.target} | {r.mode} | {r.conc} | {r.requests} | {r.rps:,.0f} | {_f(r.p50_ms)} | {_f(r.p99_ms)} "
-            f"| {_f(r.ttft_p50_ms)} | {_f(r.ttft_p99_ms)} | {_f(r.cpu_ms, 3)} | {_f(r.main_cpu_ms, 3)} |")
+    return (
+        f"| {r.target} | {r.mode} | {r.conc} | {r.requests} | {r.rps:,.0f} | {_f(r.p50_ms)} | {_f(r.p99_ms)} "
+        f"| {_f(r.ttft_p50_ms)} | {_f(r.ttft_p99_ms)} | {_f(r.cpu_ms, 3)} | {_f(r.main_cpu_ms, 3)} "
+        f"| {_f(r.others, 2)} |"
+    )
 
 
 def machine_facts(workers: int) -> dict[str, str]:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     versions = []
     for name in ("uvicorn", "uvloop", "httptools", "starlette", "aiohttp", "orjson"):
         with contextlib.suppress(Exception):
@@ -568,10 +757,16 @@ def machine_facts(workers: int) -> dict[str, str]:
 
             versions.append(f"{name} {version(name)}")
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, check=False).stdout.decode().split("[")[0].strip()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            check=False).stdout.decode().strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True,
-                           check=False).stdout.decode().strip()
+    commit = (
+        subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, check=False)
+        .stdout.decode()
+        .strip()
+    )
+    dirty = (
+        subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, check=False)
+        .stdout.decode()
+        .strip()
+    )
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{model}, {os.cpu_count()} cores",
@@ -587,8 +782,14 @@ ABL_HEADER = "| variant " + HEADER
 ABL_RULE = "|---" + RULE
 
 
-def render(rows: list[Row], extra: dict[str, Any], facts: dict[str, str], args: argparse.Namespace,
-           profile: str | None, ablated: list[tuple[str, Row]]) -> str:
+def render(
+    rows: list[Row],
+    extra: dict[str, Any],
+    facts: dict[str, str],
+    args: argparse.Namespace,
+    profile: str | None,
+    ablated: list[tuple[str, Row]],
+) -> str:
     lines = [
         "# Gateway overhead: insource vs. direct to the upstream",
         "",
@@ -597,7 +798,8 @@ def render(rows: list[Row], extra: dict[str, Any], facts: dict[str, str], args: 
         f"- Machine: {facts['cpu']}, {facts['os']}, Python {facts['python']}; loopback only.",
         f"- Stack: {facts['stack']}; load: {facts['load']} (1 thread) and a uvloop raw-socket probe.",
         f"- Gateway: {facts['gateway']}, pinned to CPU 0; upstream and load generators pinned to CPU 1."
-        if not args.no_pin else f"- Gateway: {facts['gateway']} (not pinned).",
+        if not args.no_pin
+        else f"- Gateway: {facts['gateway']} (not pinned).",
         "- Key with a budget (USD 1000) and an RPM limit; capture on (default redactors); SQLite store.",
         f"- Upstream: `bench/_upstream.py` (raw ASGI, pre-serialised bodies; streams: role + {args.chunks} content "
         "+ finish (+ usage) chunks + `[DONE]`, one write each).",
@@ -617,8 +819,10 @@ def render(rows: list[Row], extra: dict[str, Any], facts: dict[str, str], args: 
     ]
     for mode in ("json", "stream"):
         e = extra[mode]
-        lines.append(f"| {mode} | {e['direct_p50_ms']:.3f} | {e['gateway_p50_ms']:.3f} | {e['delta_p50_ms']:.3f} "
-                     f"| {e['delta_p90_ms']:.3f} | {e['direct_ttft_p50_ms']:.3f} | {e['gateway_ttft_p50_ms']:.3f} |")
+        lines.append(
+            f"| {mode} | {e['direct_p50_ms']:.3f} | {e['gateway_p50_ms']:.3f} | {e['delta_p50_ms']:.3f} "
+            f"| {e['delta_p90_ms']:.3f} | {e['direct_ttft_p50_ms']:.3f} | {e['gateway_ttft_p50_ms']:.3f} |"
+        )
     json_cpu = [r.cpu_ms for r in rows if r.target == "gateway" and r.mode == "json" and r.cpu_ms is not None]
     best = min(json_cpu) if json_cpu else float("nan")
     delta = extra["stream"]["delta_p50_ms"]
@@ -632,8 +836,14 @@ def render(rows: list[Row], extra: dict[str, Any], facts: dict[str, str], args: 
         f"→ {'met' if delta <= STREAM_DELTA_TARGET_MS else 'NOT met'}.",
     ]
     if ablated:
-        lines += ["", "## Ablation: what each feature costs (concurrency 16, config switches only)", "",
-                  ABL_HEADER, ABL_RULE, *[f"| {name} | {fmt_row(r)[2:]}" for name, r in ablated]]
+        lines += [
+            "",
+            "## Ablation: what each feature costs (concurrency 16, config switches only)",
+            "",
+            ABL_HEADER,
+            ABL_RULE,
+            *[f"| {name} | {fmt_row(r)[2:]}" for name, r in ablated],
+        ]
     if profile:
         lines += ["", "## Profile of the gateway under load (py-spy)", "", "```", profile.rstrip(), "```"]
     return "\n".join(lines) + "\n"
@@ -655,29 +865,68 @@ def _frame_name(frame: str) -> str:
     return f"{func} ({path})"
 
 
-def summarise_profile(raw: Path, top: int) -> str:
+LAYERS = (  # (label, substring of the leaf frame's path)
+    ("uvicorn (HTTP server, ASGI glue)", "uvicorn/"),
+    ("starlette (routing, middleware, Request)", "starlette/"),
+    ("aiohttp/yarl/multidict (upstream client)", ("aiohttp/", "yarl/", "multidict/")),
+    ("insource capture (redaction, hashing)", "insource/capture/"),
+    ("insource store (SQLite writes, writer)", "insource/store/"),
+    ("insource other (service, server, metering, providers)", "insource/"),
+    ("asyncio (tasks, timeouts, runners)", "asyncio/"),
+    ("stdlib other (uuid, hmac, re, threading, ...)", "lib/python3"),
+)
+
+
+def _layer(frame: str) -> str:
+    path = frame.rsplit(" (", 1)[-1]
+    if frame.startswith("Runner.run ") or frame.startswith("run_forever"):
+        return "event loop C code (uvloop: epoll, socket I/O, callbacks)"
+    for label, marks in LAYERS:
+        if any(m in path for m in ((marks,) if isinstance(marks, str) else marks)):
+            return label
+    return "other / native"
+
+
+def summarise_profile(raw: Path, top: int, cpu_ms: float | None = None) -> str:
+    """Self and inclusive time per function from py-spy's raw (collapsed) output, split by thread and layer.
+    With `cpu_ms` (the measured gateway CPU per request in the same run), shares are also shown as ms/req."""
     self_t: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    layers: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_s = line.rpartition(" ")
         if not stack:
             continue
         count = int(count_s)
-        frames = [_frame_name(f) for f in stack.split(";")]
-        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
-        if not frames:
+        full = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not full:
             continue
+        frames = [_frame_name(f) for f in full]
         total += count
+        writer = any("BatchWriter._run" in f for f in frames)
+        pool = not writer and frames[0].startswith("Thread._bootstrap")
+        threads["writer thread" if writer else "other threads" if pool else "event loop thread"] += count
         self_t[frames[-1]] += count
+        layers[_layer(full[-1])] += count
         for f in set(frames):
             incl[f] += count
-    out = [f"{total} samples (CPU only, all threads).", "", f"Top {top} by self time:"]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in self_t.most_common(top)]
-    out += ["", f"Top {top} by inclusive time (insource, starlette, uvicorn, aiohttp frames):"]
-    keep = ("insource/", "starlette/", "uvicorn/", "aiohttp/", "sqlite", "orjson", "hmac", "uuid", "asyncio/")
-    shown = [(f, c) for f, c in incl.most_common() if any(k in f for k in keep)][:top]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in shown]
+
+    def share(c: int) -> str:
+        ms = f"  ≈{cpu_ms * c / total:.3f} ms/req" if cpu_ms else ""
+        return f"{100 * c / total:5.1f}%{ms}"
+
+    out = [f"{total} samples of the thread holding the GIL (py-spy --gil).", "", "By thread:"]
+    out += [f"  {share(c)}  {name}" for name, c in threads.most_common()]
+    out += ["", "By layer (self time of the innermost frame):"]
+    out += [f"  {share(c)}  {name}" for name, c in layers.most_common()]
+    out += ["", f"Top {top} functions by self time:"]
+    out += [f"  {share(c)}  {f}" for f, c in self_t.most_common(top)]
+    out += ["", f"Top {top} insource functions by inclusive time:"]
+    skip = ("main (insource/cli", "serve (insource/cli", "handle_errors.")
+    shown = [(f, c) for f, c in incl.most_common() if "insource/" in f and not f.startswith(skip)][:top]
+    out += [f"  {share(c)}  {f}" for f, c in shown]
     return "\n".join(out)
 
 
@@ -690,21 +939,41 @@ def profile_gateway(env: Env, args: argparse.Namespace) -> str:
         mode = "stream" if stream else "json"
         raw = out_dir / f"gateway-{mode}.txt"
         seconds = max(3, int(args.seconds))
-        cmd = ["py-spy", "record", "--pid", str(env.gateway_pid), "--rate", "250", "--duration", str(seconds),
-               "--format", "raw", "--output", str(raw), "--nonblocking"]
+        cmd = [
+            "py-spy",
+            "record",
+            "--pid",
+            str(env.gateway_pid),
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(seconds),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            "--gil",  # only the thread holding the GIL: CPU spent in Python, not time waiting for the GIL
+        ]
         if args.native:
             cmd.append("--native")
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(0.5)
-            with contextlib.suppress(RuntimeError):
-                run_wrk(env.gateway_port, env.key, chat_body(stream), 16, 10**7, seconds, env.workdir,
-                        not args.no_pin)
+            before = cpu_times(env.gateway_pid)
+            res = run_wrk(
+                env.gateway_port, env.key, chat_body(stream), 16, 10**7, seconds, env.workdir, not args.no_pin
+            )
             spy.wait(seconds + 30)
+            writer_idle(env)
+            cpu_ms = (cpu_times(env.gateway_pid)[0] - before[0]) * 1000 / res["requests"]
         finally:
             stop(spy, "py-spy")
         if raw.exists():
-            parts.append(f"### {mode}, concurrency 16 ({raw})\n{summarise_profile(raw, args.top)}")
+            parts.append(
+                f"### {mode}, concurrency 16: {cpu_ms:.3f} ms CPU/req while sampled ({raw})\n"
+                f"{summarise_profile(raw, args.top, cpu_ms)}"
+            )
         else:
             parts.append(f"### {mode}: py-spy failed: {spy.stderr.read().decode()[-500:] if spy.stderr else ''}")
     return "\n\n".join(parts)
@@ -728,7 +997,10 @@ def main() -> None:
     p.add_argument("--ablation", action="store_true", help="add the ablation part: capture / limits switched off")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--src", type=Path, help="run the gateway from this copy of src/ (PYTHONPATH), to try a patch")
+    p.add_argument("--compare", type=Path, help="A/B: the baseline against this copy of src/ (not written)")
+    p.add_argument("--repeat", type=int, default=3, help="alternating runs per variant with --compare")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(REPO)}")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = p.parse_args()
@@ -738,6 +1010,9 @@ def main() -> None:
     parts |= {"profile"} if args.profile else set()
     parts |= {"ablation"} if args.ablation else set()
     args.src = args.src.resolve() if args.src else None
+    args.compare = args.compare.resolve() if args.compare else None
+    if args.compare is not None and args.parts == "main":
+        parts = set()
     args.requests = args.requests or (100_000 if args.quick else 300_000)
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
     args.warmup = 1.0 if args.quick else 2.0
@@ -758,9 +1033,11 @@ def main() -> None:
                 rows, extra = measure(env, args)
                 for mode in ("json", "stream"):
                     e = extra[mode]
-                    print(f"c=1 {mode}: direct p50 {e['direct_p50_ms']:.3f} ms, gateway p50 {e['gateway_p50_ms']:.3f}"
-                          f" ms, added p50 {e['delta_p50_ms']:.3f} ms (p90 {e['delta_p90_ms']:.3f});"
-                          f" TTFT {e['direct_ttft_p50_ms']:.3f} → {e['gateway_ttft_p50_ms']:.3f} ms")
+                    print(
+                        f"c=1 {mode}: direct p50 {e['direct_p50_ms']:.3f} ms, gateway p50 {e['gateway_p50_ms']:.3f}"
+                        f" ms, added p50 {e['delta_p50_ms']:.3f} ms (p90 {e['delta_p90_ms']:.3f});"
+                        f" TTFT {e['direct_ttft_p50_ms']:.3f} → {e['gateway_ttft_p50_ms']:.3f} ms"
+                    )
             if "profile" in parts:
                 profile = profile_gateway(env, args)
                 print(profile)
@@ -770,6 +1047,8 @@ def main() -> None:
                 print(f"kept {env.workdir}")
             else:
                 shutil.rmtree(env.workdir, ignore_errors=True)
+    if args.compare is not None:
+        print(compare(args))
     if "ablation" in parts:
         print("\nAblation (concurrency 16):")
         print(ABL_HEADER)

@@ -113,7 +113,9 @@ def test_content_parts_tool_calls_and_missing_fields() -> None:
             {
                 "role": "assistant",
                 "content": None,
-                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"e":"a@b.io"}'}}],
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"e":"a@b.io"}'}}
+                ],
             },
             {"role": "tool", "tool_call_id": "c1", "content": "IBAN GB82WEST12345698765432"},
         ]
@@ -136,9 +138,16 @@ def test_unknown_redactor_fails_closed() -> None:
 def test_terms_profiles_shipped_and_overridable() -> None:
     profiles = load_profiles(None)
     expected = {
-        "openai", "azure-openai", "anthropic", "google-gemini", "self-hosted", "in-house",
-        "open-weights:apache-2.0", "open-weights:mit", "open-weights:llama",
-    }  # fmt: skip
+        "openai",
+        "azure-openai",
+        "anthropic",
+        "google-gemini",
+        "self-hosted",
+        "in-house",
+        "open-weights:apache-2.0",
+        "open-weights:mit",
+        "open-weights:llama",
+    }
     assert expected <= set(profiles)
     for p in profiles.values():
         assert p.category in {"any", "internal", "none"} and p.summary and p.clause

@@ -37,6 +37,7 @@ CANARIES = {
     "+44 20 7946 0958": "[PHONE]",
 }
 OPTED_OUT_MARKER = "zebra-opt-out-7731"
+WORDS = ["red", "blue", "green", "virtual", "metal", "new", "old", "lost", "frozen", "expired"]
 
 
 @dataclass
@@ -157,7 +158,7 @@ def _plan(rows: list[dict[str, str]], labels: list[str]) -> tuple[list[CaptureRa
                 system,
                 consent=False,
                 tenant="optout",
-            )  # fmt: skip
+            )
         )
     counts["local"] += 21
     corpus.provider_counts = counts
@@ -170,12 +171,21 @@ def _extra_tasks(n0: int) -> list[CaptureRaw]:
     out = []
     for k in range(30):
         summary = f"Summary {k}: the customer describes issue number {k * 7} in detail and asks for a refund."
-        raw = _raw(n0 + k, BASE_TS + k, f"Summarise ticket {k}", summary, "openai", "openai", "Summarise.",
-                   task="summaries")  # fmt: skip
+        raw = _raw(
+            n0 + k, BASE_TS + k, f"Summarise ticket {k}", summary, "openai", "openai", "Summarise.", task="summaries"
+        )
         out.append(raw)
     for k in range(6):
-        raw = _raw(n0 + 100 + k, BASE_TS + k, f"message {k}", "card_arrival", "google", "google-gemini", "S",
-                   task="gemini-only")  # fmt: skip
+        raw = _raw(
+            n0 + 100 + k,
+            BASE_TS + k,
+            f"message {k}",
+            "card_arrival",
+            "google",
+            "google-gemini",
+            "S",
+            task="gemini-only",
+        )
         out.append(raw)
     return out
 
@@ -279,9 +289,17 @@ def test_examples_carry_the_input_not_the_boilerplate(corpus: Corpus, tmp_path: 
     checked = 0
     for ex in rows:
         assert set(ex) == {
-            "id", "ts", "input", "output", "messages", "teacher_cost_usd", "provider", "upstream_model", "terms",
+            "id",
+            "ts",
+            "input",
+            "output",
+            "messages",
+            "teacher_cost_usd",
+            "provider",
+            "upstream_model",
+            "terms",
             "tenant",
-        }  # fmt: skip
+        }
         if ex["id"] in corpus.texts and ex["id"] not in corpus.canary_ids:
             assert ex["input"] == corpus.texts[ex["id"]].strip()
             assert ex["output"] in corpus.labels
@@ -427,6 +445,35 @@ def test_tasks_show_and_search(corpus: Corpus) -> None:
     system = _system_prompt(corpus.labels).lower()
     words = [w.strip("?.,!") for w in corpus.texts["req-00000"].split()]
     word = max((w for w in words if w.lower() not in system), key=len)
-    hits = json.loads(cli(corpus, "capture", "search", "--task", TASK, "--contains", word, "--limit", "3",
-                          "--json").stdout)  # fmt: skip
+    hits = json.loads(
+        cli(corpus, "capture", "search", "--task", TASK, "--contains", word, "--limit", "3", "--json").stdout
+    )
     assert 1 <= len(hits) <= 3 and all(word.lower() in (h["input"] + h["output"]).lower() for h in hits)
+
+
+def test_unknown_terms_profile_is_strictest_and_missing_store(tmp_path: Path) -> None:
+    config = tmp_path / "insource.toml"
+    config.write_text(
+        '[store]\nurl = "sqlite:///db/insource.db"\n\n[terms.acme-llm]\ncategory = "any"\nsummary = "ours"\n'
+    )
+    empty = runner.invoke(app, ["tasks", "--json", "--config", str(config)])
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == []
+    nostore = runner.invoke(app, ["dataset", "build", "--task", "t", "--out", str(tmp_path / "o"), "--config",
+                                  str(config)])  # fmt: skip
+    assert nostore.exit_code != 0 and "no store" in nostore.stderr and not (tmp_path / "db").exists()
+
+    store = Store(tmp_path / "db" / "insource.db")
+    rows = []
+    for i, (provider, terms) in enumerate([("vendor", "mystery-vendor")] * 4 + [("acme", "acme-llm")] * 6):
+        raw = _raw(i, BASE_TS + i, f"question about {WORDS[i]} cards", "card_arrival", provider, terms, "S", task="t")
+        rows += process_capture(raw)
+    store.write_batch(rows)
+    store.close()
+    out = tmp_path / "new" / "nested" / "ds"
+    result = runner.invoke(app, ["dataset", "build", "--task", "t", "--out", str(out), "--json", "--config",
+                                 str(config)])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["refused"]["vendor"]["count"] == 4 and summary["refused"]["vendor"]["category"] == "none"
+    assert "unknown terms profile 'mystery-vendor'" in " ".join(result.stderr.split())
+    assert summary["providers"]["acme"]["count"] == 6 and (out / "dataset.json").exists()

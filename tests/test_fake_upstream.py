@@ -30,21 +30,16 @@ MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4o-2024-11-20", "text-embedding-3-small"
 DEPLOYMENTS = {"chat-prod": "gpt-4o-mini", "embed": "text-embedding-3-small"}
 API_VERSION = "2024-10-21"
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there, how are you?"}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"location": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "f"]}},
-            "required": ["location", "unit"],
-        },
-    },
-}
-TIME_TOOL = {
-    "type": "function",
-    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}},
-}
+
+
+def fn_tool(name: str, props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    params = {"type": "object", "properties": props, **({"required": required} if required else {})}
+    return {"type": "function", "function": {"name": name, "parameters": params}}
+
+
+UNIT = {"type": "string", "enum": ["celsius", "f"]}
+WEATHER_TOOL = fn_tool("get_weather", {"location": {"type": "string"}, "unit": UNIT}, ["location", "unit"])
+TIME_TOOL = fn_tool("get_time", {"tz": {"type": "string"}})
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +72,11 @@ def azure(url: str) -> Iterator[openai.AzureOpenAI]:
         yield c
 
 
+def chat(c: Any, **kw: Any) -> Any:
+    """chat.completions.create with the default model and messages."""
+    return c.chat.completions.create(**{"model": "gpt-4o-mini", "messages": MSGS, **kw})
+
+
 def sse_events(text: str) -> list[Any]:
     """Parse an SSE body into JSON events; the literal [DONE] marker is kept as the string."""
     assert text.endswith("\n\n")
@@ -98,7 +98,7 @@ def raw_post(url: str, path: str, body: Any, headers: dict[str, str] | None = No
 
 
 def test_chat_completion_shape_usage_and_recording(up: FakeUpstream, client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+    r = chat(client)
     assert r.id.startswith("chatcmpl-") and r.object == "chat.completion"
     assert r.model == "gpt-4o-mini-2024-07-18"
     assert r.system_fingerprint == "fp_insource_fake" and r.created > 1_700_000_000
@@ -108,16 +108,18 @@ def test_chat_completion_shape_usage_and_recording(up: FakeUpstream, client: ope
     assert "Hello there, how are you?" in (ch.message.content or "")
     # 3 priming + (3 + 3 "Be brief.") + (3 + 7 "Hello there , how are you ?") = 19, by hand
     assert r.usage is not None and r.usage.prompt_tokens == 19
-    assert r.usage.completion_tokens == len(demo_words(ch.message.content or ""))
+    assert r.usage.completion_tokens == len(rule_tokens(ch.message.content or ""))
     assert r.usage.total_tokens == 19 + r.usage.completion_tokens
     assert r.usage.prompt_tokens_details and r.usage.prompt_tokens_details.cached_tokens == 0
     assert r.usage.completion_tokens_details and r.usage.completion_tokens_details.reasoning_tokens == 0
     (req,) = up.requests
     assert (req.method, req.path) == ("POST", "/v1/chat/completions")
     assert req.headers["authorization"] == f"Bearer {KEY}" and req.body["messages"] == MSGS
+    assert chat(client, model="gpt-4o-2024-11-20").model == "gpt-4o-2024-11-20"  # already dated: kept
+    assert sorted(m.id for m in client.models.list()) == sorted(MODELS)
 
 
-def demo_words(text: str) -> list[str]:
+def rule_tokens(text: str) -> list[str]:
     """Independent re-statement of the documented token rule (word runs and single punctuation marks)."""
     tokens: list[str] = []
     word = ""
@@ -133,16 +135,12 @@ def demo_words(text: str) -> list[str]:
     return [*tokens, word] if word else tokens
 
 
-def test_dated_model_kept_and_models_list(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="gpt-4o-2024-11-20", messages=MSGS)  # type: ignore[arg-type]
-    assert r.model == "gpt-4o-2024-11-20"
-    assert sorted(m.id for m in client.models.list()) == sorted(MODELS)
-
-
 def test_auth_errors(url: str) -> None:
-    with openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError) as err:
-            bad.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+    with (
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError) as err,
+    ):
+        chat(bad)
     assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
     r = raw_post(url, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": MSGS}, headers={})
     assert r.status_code == 401
@@ -151,14 +149,14 @@ def test_auth_errors(url: str) -> None:
 
 async def test_async_client_and_stream(url: str) -> None:
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0) as ac:
-        r = await ac.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
-        stream = await ac.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True)  # type: ignore[arg-type]
+        r = await chat(ac)
+        stream = await chat(ac, stream=True)
         parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
     assert "".join(parts) == r.choices[0].message.content
 
 
 def test_stream_wire_without_usage(url: str, client: openai.OpenAI) -> None:
-    full = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+    full = chat(client)
     r = raw_post(url, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": MSGS, "stream": True})
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
@@ -179,79 +177,66 @@ def test_stream_wire_with_include_usage(url: str, client: openai.OpenAI) -> None
     *content, last = chunks
     assert all(c["usage"] is None and len(c["choices"]) == 1 for c in content)
     assert last["choices"] == [] and last["usage"] == full["usage"]
-    stream = client.chat.completions.create(
-        model="gpt-4o-mini",
-        messages=MSGS,  # type: ignore[arg-type]
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    stream = chat(client, stream=True, stream_options={"include_usage": True})
     usages = [c.usage for c in stream if c.usage is not None]
     assert len(usages) == 1 and usages[0].completion_tokens == full["usage"]["completion_tokens"]
 
 
 def test_tool_calls(client: openai.OpenAI) -> None:
     ask = [{"role": "user", "content": "Weather in Lyon?"}]
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=[WEATHER_TOOL, TIME_TOOL])  # type: ignore[arg-type,list-item]
+    r = chat(client, messages=ask, tools=[WEATHER_TOOL, TIME_TOOL])
     ch = r.choices[0]
     assert ch.finish_reason == "tool_calls" and ch.message.content is None
     (call,) = ch.message.tool_calls or []
     assert call.id.startswith("call_") and call.type == "function" and call.function.name == "get_weather"
     args = json.loads(call.function.arguments)
     assert set(args) == {"location", "unit"} and args["unit"] == "celsius" and isinstance(args["location"], str)
-    named = client.chat.completions.create(
-        model="gpt-4o-mini",
-        messages=ask,  # type: ignore[arg-type]
-        tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "get_time"}},
-    )
-    assert named.choices[0].message.tool_calls[0].function.name == "get_time"  # type: ignore[index,union-attr]
-    none = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=[WEATHER_TOOL], tool_choice="none")  # type: ignore[arg-type,list-item]
+    pick_time = {"type": "function", "function": {"name": "get_time"}}
+    named = chat(client, messages=ask, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=pick_time)
+    assert named.choices[0].message.tool_calls[0].function.name == "get_time"
+    none = chat(client, messages=ask, tools=[WEATHER_TOOL], tool_choice="none")
     assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason == "stop"
     follow = [*ask, ch.message.model_dump(), {"role": "tool", "tool_call_id": call.id, "content": "12C"}]
-    after = client.chat.completions.create(model="gpt-4o-mini", messages=follow, tools=[WEATHER_TOOL])  # type: ignore[arg-type,list-item]
+    after = chat(client, messages=follow, tools=[WEATHER_TOOL])
     assert after.choices[0].message.content and after.choices[0].finish_reason == "stop"
 
 
 def test_tool_call_streaming(client: openai.OpenAI) -> None:
     ask = [{"role": "user", "content": "Weather in Lyon?"}]
-    full = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=[WEATHER_TOOL])  # type: ignore[arg-type,list-item]
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=ask, tools=[WEATHER_TOOL], stream=True)  # type: ignore[arg-type,list-item]
+    full = chat(client, messages=ask, tools=[WEATHER_TOOL])
+    stream = chat(client, messages=ask, tools=[WEATHER_TOOL], stream=True)
     chunks = [c for c in stream if c.choices]
-    first = chunks[0].choices[0].delta.tool_calls[0]  # type: ignore[index]
-    assert first.index == 0 and first.id and first.id.startswith("call_") and first.function.name == "get_weather"  # type: ignore[union-attr]
-    fragments = [c.choices[0].delta.tool_calls[0].function.arguments for c in chunks[1:-1]]  # type: ignore[index,union-attr]
-    assert len(fragments) > 3 and all(c.choices[0].delta.tool_calls[0].id is None for c in chunks[1:-1])  # type: ignore[index]
-    assert json.loads("".join(fragments)) == json.loads(full.choices[0].message.tool_calls[0].function.arguments)  # type: ignore[arg-type,index]
+    first = chunks[0].choices[0].delta.tool_calls[0]
+    assert first.index == 0 and first.id and first.id.startswith("call_") and first.function.name == "get_weather"
+    fragments = [c.choices[0].delta.tool_calls[0].function.arguments for c in chunks[1:-1]]
+    assert len(fragments) > 3 and all(c.choices[0].delta.tool_calls[0].id is None for c in chunks[1:-1])
+    assert json.loads("".join(fragments)) == json.loads(full.choices[0].message.tool_calls[0].function.arguments)
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_json_modes(up: FakeUpstream, client: openai.OpenAI) -> None:
     ask = [{"role": "user", "content": "Reply in JSON: what is 2+2?"}]
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=ask, response_format={"type": "json_object"})  # type: ignore[arg-type]
+    r = chat(client, messages=ask, response_format={"type": "json_object"})
     assert isinstance(json.loads(r.choices[0].message.content or ""), dict)
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, response_format={"type": "json_object"})  # type: ignore[arg-type]
+        chat(client, response_format={"type": "json_object"})
     assert err.value.param == "messages"
-    schema = {
-        "type": "object",
-        "properties": {"intent": {"type": "string", "enum": ["a", "b"]}, "score": {"type": "number"}},
-        "required": ["intent", "score"],
-    }
-    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, response_format=fmt)  # type: ignore[arg-type]
+    schema = fn_tool("x", {"intent": {"enum": ["a", "b"]}, "score": {"type": "number"}}, ["intent", "score"])
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema["function"]["parameters"]}}
+    r = chat(client, response_format=fmt)
     parsed = json.loads(r.choices[0].message.content or "")
     assert parsed["intent"] == "a" and isinstance(parsed["score"], float)
     up.responder = lambda model, messages, body: '{"intent": "b", "score": 0.5}'
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, response_format=fmt)  # type: ignore[arg-type]
+    r = chat(client, response_format=fmt)
     assert json.loads(r.choices[0].message.content or "") == {"intent": "b", "score": 0.5}
 
 
 def test_n_choices_and_interleaved_stream(url: str, client: openai.OpenAI) -> None:
-    one = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
-    two = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, n=2)  # type: ignore[arg-type]
+    one = chat(client)
+    two = chat(client, n=2)
     assert [c.index for c in two.choices] == [0, 1]
-    assert two.usage.completion_tokens == 2 * one.usage.completion_tokens  # type: ignore[union-attr]
-    assert two.usage.prompt_tokens == one.usage.prompt_tokens  # type: ignore[union-attr]
+    assert two.usage.completion_tokens == 2 * one.usage.completion_tokens
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
     body = {"model": "gpt-4o-mini", "messages": MSGS, "stream": True, "n": 2}
     chunks = sse_events(raw_post(url, "/v1/chat/completions", body).text)[:-1]
     indexes = [c["choices"][0]["index"] for c in chunks]
@@ -262,10 +247,10 @@ def test_n_choices_and_interleaved_stream(url: str, client: openai.OpenAI) -> No
 
 
 def test_max_tokens_truncates(url: str, client: openai.OpenAI) -> None:
-    full = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+    full = chat(client)
     for kw in ({"max_tokens": 3}, {"max_completion_tokens": 3}):
-        r = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, **kw)  # type: ignore[arg-type]
-        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3  # type: ignore[union-attr]
+        r = chat(client, **kw)
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
         assert (full.choices[0].message.content or "").startswith(r.choices[0].message.content or "x")
     body = {"model": "gpt-4o-mini", "messages": MSGS, "stream": True, "max_tokens": 2}
     chunks = sse_events(raw_post(url, "/v1/chat/completions", body).text)[:-1]
@@ -277,30 +262,26 @@ def test_cached_and_reasoning_tokens(up: FakeUpstream, client: openai.OpenAI) ->
     up.cache_min_prompt_tokens = 50
     up.cached_tokens = 0.5
     up.reasoning_tokens = 7
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=long)  # type: ignore[arg-type]
+    r = chat(client, messages=long)
     u = r.usage
     assert u is not None and u.prompt_tokens == 3 + 3 + 60
-    assert u.prompt_tokens_details.cached_tokens == 33  # type: ignore[union-attr]
-    assert u.completion_tokens_details.reasoning_tokens == 7  # type: ignore[union-attr]
-    assert u.completion_tokens == len(demo_words(r.choices[0].message.content or "")) + 7
+    assert u.prompt_tokens_details.cached_tokens == 33
+    assert u.completion_tokens_details.reasoning_tokens == 7
+    assert u.completion_tokens == len(rule_tokens(r.choices[0].message.content or "")) + 7
     up.cached_tokens = 40
-    assert (
-        client.chat.completions.create(model="gpt-4o-mini", messages=long).usage.prompt_tokens_details.cached_tokens
-        == 40
-    )  # type: ignore[arg-type,union-attr]
-    short = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
-    assert short.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
+    assert chat(client, messages=long).usage.prompt_tokens_details.cached_tokens == 40
+    short = chat(client)
+    assert short.usage.prompt_tokens_details.cached_tokens == 0
 
 
 # ---------------------------------------------------------------- embeddings
 
 
 def test_embeddings_float_and_base64(up: FakeUpstream, url: str, client: openai.OpenAI) -> None:
-    default = client.embeddings.create(model="text-embedding-3-small", input=["refund please", "where is it"])
+    texts = ["refund please", "where is it"]
+    default = client.embeddings.create(model="text-embedding-3-small", input=texts)
     assert up.requests[-1].body["encoding_format"] == "base64"  # the SDK asks for base64 by default
-    floats = client.embeddings.create(
-        model="text-embedding-3-small", input=["refund please", "where is it"], encoding_format="float"
-    )
+    floats = client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="float")
     assert [d.index for d in default.data] == [0, 1] and default.usage.prompt_tokens == 5
     for a, b in zip(default.data, floats.data, strict=True):
         assert len(a.embedding) == 16 and math.isclose(sum(x * x for x in b.embedding), 1.0, rel_tol=1e-9)
@@ -321,7 +302,7 @@ def test_embeddings_float_and_base64(up: FakeUpstream, url: str, client: openai.
 
 
 def test_azure_chat_and_embeddings(up: FakeUpstream, azure: openai.AzureOpenAI) -> None:
-    r = azure.chat.completions.create(model="chat-prod", messages=MSGS)  # type: ignore[arg-type]
+    r = azure.chat.completions.create(model="chat-prod", messages=MSGS)
     assert r.model == "gpt-4o-mini-2024-07-18"
     extra = r.model_extra or {}
     assert extra["prompt_filter_results"][0]["content_filter_results"]["jailbreak"]["detected"] is False
@@ -343,20 +324,24 @@ def test_azure_stream_quirks(url: str, azure: openai.AzureOpenAI) -> None:
     assert filter_only and "content_filter_results" in filter_only[0]["choices"][0]
     assert events[-2]["choices"] == [] and events[-2]["usage"]["total_tokens"] > 0
     assert all(e["model"] == "gpt-4o-mini-2024-07-18" for e in events[1:-1])
-    stream = azure.chat.completions.create(model="chat-prod", messages=MSGS, stream=True)  # type: ignore[arg-type]
+    stream = azure.chat.completions.create(model="chat-prod", messages=MSGS, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices and c.choices[0].delta)
-    assert text == azure.chat.completions.create(model="chat-prod", messages=MSGS).choices[0].message.content  # type: ignore[arg-type]
+    assert text == azure.chat.completions.create(model="chat-prod", messages=MSGS).choices[0].message.content
 
 
 def test_azure_errors(url: str) -> None:
     r = raw_post(url, "/openai/deployments/chat-prod/chat/completions", {"messages": MSGS}, {"api-key": AZ_KEY})
     assert r.status_code == 404 and r.json() == {"error": {"code": "404", "message": "Resource not found"}}
-    with openai.AzureOpenAI(azure_endpoint=url, api_key="nope", api_version=API_VERSION, max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError):
-            bad.chat.completions.create(model="chat-prod", messages=MSGS)  # type: ignore[arg-type]
-    with openai.AzureOpenAI(azure_endpoint=url, api_key=AZ_KEY, api_version=API_VERSION, max_retries=0) as az:
-        with pytest.raises(openai.NotFoundError) as err:
-            az.chat.completions.create(model="no-such-deployment", messages=MSGS)  # type: ignore[arg-type]
+    with (
+        openai.AzureOpenAI(azure_endpoint=url, api_key="nope", api_version=API_VERSION, max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        bad.chat.completions.create(model="chat-prod", messages=MSGS)
+    with (
+        openai.AzureOpenAI(azure_endpoint=url, api_key=AZ_KEY, api_version=API_VERSION, max_retries=0) as az,
+        pytest.raises(openai.NotFoundError) as err,
+    ):
+        az.chat.completions.create(model="no-such-deployment", messages=MSGS)
     assert err.value.code == "DeploymentNotFound"
 
 
@@ -366,20 +351,17 @@ def test_azure_errors(url: str) -> None:
 def test_invalid_requests(url: str, client: openai.OpenAI) -> None:
     r = raw_post(url, "/v1/chat/completions", {"model": "gpt-4o-mini"})
     assert r.status_code == 400
-    assert r.json()["error"] | {"message": ""} == {
-        "message": "",
-        "type": "invalid_request_error",
-        "param": "messages",
-        "code": "missing_required_parameter",
-    }
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("messages", "missing_required_parameter")
+    assert error["type"] == "invalid_request_error"
     assert raw_post(url, "/v1/chat/completions", b"{not json").status_code == 400
     bad_role = {"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "x"}]}
     assert raw_post(url, "/v1/chat/completions", bad_role).json()["error"]["param"] == "messages[0].role"
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, n=0)  # type: ignore[arg-type]
+        chat(client, n=0)
     assert err.value.param == "n"
     with pytest.raises(openai.NotFoundError) as nf:
-        client.chat.completions.create(model="gpt-9", messages=MSGS)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-9", messages=MSGS)
     assert nf.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="text-embedding-3-small", input="")
@@ -393,24 +375,24 @@ def test_fail_next_and_custom_body(up: FakeUpstream, client: openai.OpenAI) -> N
     assert up.pending_faults == 3
     for _ in range(2):
         with pytest.raises(openai.InternalServerError) as err:
-            client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+            chat(client)
         assert err.value.status_code == 500
     with pytest.raises(openai.InternalServerError) as err:
         client.embeddings.create(model="text-embedding-3-small", input="x")
     assert err.value.status_code == 503 and err.value.code == "x" and "custom" in err.value.message
-    assert client.chat.completions.create(model="gpt-4o-mini", messages=MSGS).choices  # type: ignore[arg-type]
+    assert chat(client).choices
     assert len(up.requests) == 4 and up.pending_faults == 0
 
 
 def test_rate_limit_retry_after(up: FakeUpstream, url: str, client: openai.OpenAI) -> None:
     up.fail_next(429, retry_after=7)
     with pytest.raises(openai.RateLimitError) as err:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+        chat(client)
     assert err.value.response.headers["retry-after"] == "7" and err.value.code == "rate_limit_exceeded"
     up.fail_next(429, retry_after=0.3)
     with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=1) as retrying:
         t0 = time.perf_counter()
-        r = retrying.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+        r = chat(retrying)
         elapsed = time.perf_counter() - t0
     assert r.choices and len(up.requests) == 3 and 0.3 <= elapsed < 2.0
 
@@ -438,21 +420,21 @@ def test_delay_hang_and_timeouts(up: FakeUpstream, url: str) -> None:
         up.delay_s = 0.6
         t0 = time.perf_counter()
         with pytest.raises(openai.APITimeoutError):
-            quick.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+            chat(quick)
         assert time.perf_counter() - t0 < 0.55
         up.delay_s = 0.1
         t0 = time.perf_counter()
-        quick.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+        chat(quick)
         assert time.perf_counter() - t0 >= 0.1
         up.delay_s = 0.0
         up.hang = True
         with pytest.raises(openai.APITimeoutError):
-            quick.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+            chat(quick)
     results: list[str] = []
     with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=5) as patient:
 
         def call() -> None:
-            r = patient.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+            r = chat(patient)
             results.append(r.choices[0].message.content or "")
 
         before = len(up.requests)
@@ -470,7 +452,7 @@ def test_token_pacing_and_ttft(up: FakeUpstream, client: openai.OpenAI) -> None:
     up.delay_s, up.token_delay_s = 0.15, 0.02
     t0 = time.perf_counter()
     arrivals = []
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True)  # type: ignore[arg-type]
+    stream = chat(client, stream=True)
     for _ in stream:
         arrivals.append(time.perf_counter() - t0)
     assert arrivals[0] >= 0.15
@@ -482,11 +464,11 @@ def test_stream_break_drops_connection(up: FakeUpstream, client: openai.OpenAI) 
     up.stream_break_after = 3
     got = 0
     with pytest.raises(openai.APIConnectionError):  # the SDK's wrapper for a peer that closed mid-body
-        for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True):  # type: ignore[arg-type]
+        for _ in chat(client, stream=True):
             got += 1
     assert got == 3
     up.stream_break_after = None
-    assert len(list(client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True))) > 3  # type: ignore[arg-type]
+    assert len(list(chat(client, stream=True))) > 3
 
 
 # ---------------------------------------------------------------- server lifecycle, fast mode, CLI
@@ -518,34 +500,22 @@ def test_run_server_starts_and_stops_fast_even_with_a_hung_request() -> None:
 def test_fast_mode_replays_preserialised_answers() -> None:
     up = FakeUpstream(fast=True)
     with run_server(up) as handle, openai.OpenAI(base_url=f"{handle.url}/v1", api_key="k", max_retries=0) as c:
-        a = c.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
-        b = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "other"}])
+        a = chat(c)
+        b = chat(c, messages=[{"role": "user", "content": "other"}])
         assert a.id == b.id and a.choices[0].message.content == b.choices[0].message.content
-        s1 = "".join(
-            x.choices[0].delta.content or ""
-            for x in c.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True)
-            if x.choices
-        )  # type: ignore[arg-type]
-        s2 = "".join(
-            x.choices[0].delta.content or ""
-            for x in c.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True)
-            if x.choices
-        )  # type: ignore[arg-type]
+        s1 = "".join(x.choices[0].delta.content or "" for x in chat(c, stream=True) if x.choices)
+        s2 = "".join(x.choices[0].delta.content or "" for x in chat(c, stream=True) if x.choices)
         assert s1 == s2 == a.choices[0].message.content
         up.fail_next(500)
         with pytest.raises(openai.InternalServerError):
-            c.chat.completions.create(model="gpt-4o-mini", messages=MSGS)  # type: ignore[arg-type]
+            chat(c)
         assert len(up.requests) == 3  # first chat, first stream, the fault: replays are not recorded
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_standalone_cli() -> None:
-    port = _free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
     env = {**os.environ, "FAKE_KEY": "sk-cli"}
     cmd = [sys.executable, "-m", "insource.testing.fake_upstream", "--port", str(port), "--api-key-env", "FAKE_KEY"]
     proc = subprocess.Popen([*cmd, "--delay-ms", "5"], env=env, stderr=subprocess.PIPE, text=True)
@@ -559,11 +529,11 @@ def test_standalone_cli() -> None:
                 assert time.monotonic() < deadline and proc.poll() is None, "standalone server did not start"
                 time.sleep(0.05)
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-cli", max_retries=0) as c:
-            assert c.chat.completions.create(model="gpt-4o-mini", messages=MSGS).choices  # type: ignore[arg-type]
+            assert chat(c).choices
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
-    assert "simulated" in err and "Traceback" not in err
+    assert "simulated" in err and "Traceback" not in err and "Warning" not in err
     missing = subprocess.run([*cmd[:-1], "NOT_SET_ANYWHERE"], capture_output=True, text=True, timeout=30, env=env)
     assert missing.returncode == 2 and "NOT_SET_ANYWHERE" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -631,10 +601,7 @@ def test_teacher_behind_fake_upstream() -> None:
     assert SimulatedTeacher().attach(FakeUpstream()).error_rate == 0.005
     pairs = demo_data.generate(20, seed=99)
     with run_server(up) as handle, openai.OpenAI(base_url=f"{handle.url}/v1", api_key=KEY, max_retries=0) as c:
-        answers = [
-            c.chat.completions.create(model="gpt-4o-mini", messages=demo_data.build_messages(text))  # type: ignore[arg-type]
-            for text, _ in pairs
-        ]
+        answers = [chat(c, messages=demo_data.build_messages(text)) for text, _ in pairs]
     assert all(a.system_fingerprint == "fp_insource_simulated" for a in answers)
     assert [a.choices[0].message.content for a in answers] == [label for _, label in pairs]
     assert "SIMULATED" in teacher.describe() and "gpt-4o-mini" in teacher.describe()

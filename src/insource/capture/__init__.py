@@ -1,1 +1,9 @@
-"""insource.capture."""
+"""insource.capture: what the gateway captures and how it becomes datasets.
+
+- `record.CaptureRaw`: the raw facts of one request (built on the hot path by the gateway).
+- `process.process_capture(raw)`: redaction + content-addressed rows, run in the writer thread.
+- `redact`: pluggable redactors; `terms`: terms profiles (shipped in terms.toml, overridable in config).
+- `slots`: template inference (`infer_template`, `Template.extract`); `dataset`: the dataset builder.
+
+Kept import-light on purpose: the gateway imports this package.
+"""

@@ -31,18 +31,30 @@ def check_out(out: Path, force: bool) -> None:
 
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    parent = out.parent
+    parent = out.parent.absolute()
+    created = [p for p in (parent, *parent.parents) if not p.exists()]  # folders this build creates
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as exc:
+        _remove_empty(created)
         raise NotReady(f"cannot write the dataset to {out}: {exc.strerror or exc}") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Undo the parent folders a failed build created (deepest first); keep any that are not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:

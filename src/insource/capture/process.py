@@ -9,12 +9,13 @@ redacted output and which redactors ran with how many replacements each.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from insource.capture.record import CaptureRaw
-from insource.capture.redact import get_redactors, redact_text, redact_value
+from insource.capture.redact import CACHE_MAX, CACHE_MIN, Redactor, get_redactors, redact_text, redact_value
 
 WriteItem = tuple[str, dict[str, Any], bool]
 
@@ -36,6 +37,25 @@ def message_blob(message: Any) -> tuple[str, str]:
     return sha256_hex(data), data.decode()
 
 
+@lru_cache(maxsize=256)
+def _repeated_message(redactors: tuple[Redactor, ...], role: str, content: str) -> tuple[str, str, tuple[Any, ...]]:
+    """Blob of a plain {role, content} message with long content: system prompts repeat on every request."""
+    counts: dict[str, int] = {}
+    digest, data = message_blob(redact_value({"role": role, "content": content}, redactors, counts))
+    return digest, data, tuple(counts.items())
+
+
+def _message(message: Any, redactors: tuple[Redactor, ...], counts: dict[str, int]) -> tuple[str, str]:
+    if type(message) is dict and len(message) == 2:
+        role, content = message.get("role"), message.get("content")
+        if type(role) is str and type(content) is str and CACHE_MIN <= len(content) <= CACHE_MAX:
+            digest, data, found = _repeated_message(redactors, role, content)
+            for name, n in found:
+                counts[name] = counts.get(name, 0) + n
+            return digest, data
+    return message_blob(redact_value(message, redactors, counts))
+
+
 def process_capture(raw: CaptureRaw) -> list[WriteItem]:
     """Rows to write for one request: blobs (ignore duplicates) then one `captures` row.
 
@@ -53,7 +73,7 @@ def process_capture(raw: CaptureRaw) -> list[WriteItem]:
     messages = request.get("messages")
     if isinstance(messages, list):
         for message in messages:
-            digest, data = message_blob(redact_value(message, redactors, counts))
+            digest, data = _message(message, redactors, counts)
             hashes.append(digest)
             if digest not in seen:
                 seen.add(digest)

@@ -44,12 +44,15 @@ class RegexRedactor:
         self.pattern = pattern
         self.placeholder = placeholder
         self.hints = hints  # cheap substring tests: skip the regex when none is present
+        self.min_length = 6  # nothing shorter can hold an e-mail, phone, card or IBAN
 
     def check(self, m: re.Match[str]) -> bool:
         return True
 
     def redact(self, text: str) -> tuple[str, int]:
-        if self.hints and not any(h in text for h in self.hints):
+        if self.hints and not _contains_any(text, self.hints):
+            return text, 0
+        if self.pattern.search(text) is None:
             return text, 0
         count = 0
 
@@ -62,6 +65,13 @@ class RegexRedactor:
 
         out = self.pattern.sub(sub, text)
         return out, count
+
+
+def _contains_any(text: str, needles: tuple[str, ...]) -> bool:
+    for needle in needles:  # noqa: SIM110 (a plain loop: no generator on the hot path)
+        if needle in text:
+            return True
+    return False
 
 
 def _preceded_by(m: re.Match[str], chars: str) -> bool:
@@ -126,11 +136,12 @@ class SecretsRedactor:
 
     name = "secrets"
     placeholder = "[SECRET]"
+    min_length = 6  # "pwd=abcd" is the shortest value replaced
 
     def redact(self, text: str) -> tuple[str, int]:
         count = 0
         low = text.lower()
-        if any(h in text for h in _SECRET_HINTS) or "bearer" in low:
+        if _contains_any(text, _SECRET_HINTS) or "bearer" in low:
 
             def known(m: re.Match[str]) -> str:
                 nonlocal count
@@ -261,6 +272,8 @@ class PhoneRedactor(RegexRedactor):
         super().__init__("phone", re.compile(r"[+(0-9][0-9() .\-]{7,24}[0-9]"), "[PHONE]")
 
     def redact(self, text: str) -> tuple[str, int]:
+        if self.pattern.search(text) is None:
+            return text, 0
         count = 0
 
         def exact(m: re.Match[str]) -> str:
@@ -310,6 +323,12 @@ def _resolve(names: tuple[str, ...]) -> tuple[Redactor, ...]:
     return tuple(_REGISTRY[n] for n in (*builtin, *extra))
 
 
+@lru_cache(maxsize=64)
+def _min_length(redactors: tuple[Redactor, ...]) -> int:
+    """Strings shorter than every redactor's `min_length` (optional attribute, default 1) are skipped."""
+    return min(int(getattr(r, "min_length", 1)) for r in redactors)
+
+
 def get_redactors(names: Iterable[str]) -> tuple[Redactor, ...]:
     """Resolve redactor names (raises ConfigError naming unknown ones)."""
     return _resolve(tuple(names))
@@ -329,30 +348,35 @@ def _apply(redactors: tuple[Redactor, ...], text: str) -> tuple[str, tuple[tuple
     return text, tuple(counts)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=2048)
 def _redact_cached(redactors: tuple[Redactor, ...], text: str) -> tuple[str, tuple[tuple[str, int], ...]]:
     return _apply(redactors, text)
 
 
-_CACHE_MIN = 200  # long strings (system prompts, instructions) repeat; cache their redaction
+# Strings repeat across requests (system prompts, label lists, classification answers): redaction results
+# are cached, bounded in count and size (<= 2048 x 32 KB in the worst case; typical entries are small).
+CACHE_MIN, CACHE_MAX = 200, 32_768
 
 
 def redact_text(text: str, redactors: tuple[Redactor, ...], counts: dict[str, int]) -> str:
     """Redact one string, adding per-redactor counts into `counts`."""
-    if not text or not redactors:
+    if not redactors or len(text) < _min_length(redactors):
         return text
-    out, found = _redact_cached(redactors, text) if len(text) >= _CACHE_MIN else _apply(redactors, text)
+    out, found = _redact_cached(redactors, text) if len(text) <= CACHE_MAX else _apply(redactors, text)
     for name, n in found:
         counts[name] = counts.get(name, 0) + n
     return out
 
 
 # keys whose string values are structure, not content (never redacted)
-_STRUCTURAL = frozenset({"role", "type", "id", "tool_call_id", "detail", "format", "finish_reason"})
+_STRUCTURAL = frozenset({"role", "type", "id", "tool_call_id", "detail", "format", "finish_reason", "model"})
 # keys whose values are always dropped, whatever the redaction switch says
-SECRET_KEYS = re.compile(
-    r"(?i)^(?:api[_\-]?key|x-api-key|authorization|password|passwd|secret|client_secret|access_token|refresh_token)$"
-)
+SECRET_KEYS = frozenset(
+    {
+        "api_key", "api-key", "apikey", "x-api-key", "authorization", "password", "passwd", "secret",
+        "client_secret", "access_token", "refresh_token",
+    }
+)  # fmt: skip
 
 
 def redact_value(value: Any, redactors: tuple[Redactor, ...], counts: dict[str, int]) -> Any:
@@ -364,11 +388,11 @@ def redact_value(value: Any, redactors: tuple[Redactor, ...], counts: dict[str, 
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            if isinstance(k, str) and SECRET_KEYS.match(k):
+            if k in _STRUCTURAL and isinstance(v, str):
+                out[k] = v
+            elif isinstance(k, str) and k.lower() in SECRET_KEYS:
                 out[k] = "[SECRET]"
                 counts["secrets"] = counts.get("secrets", 0) + 1
-            elif k in _STRUCTURAL and isinstance(v, str):
-                out[k] = v
             else:
                 out[k] = redact_value(v, redactors, counts)
         return out

@@ -72,7 +72,7 @@ def unknown_profile(name: str) -> TermsProfile:
         category="none",
         summary=(
             f"unknown terms profile {name!r}: treated as 'none' (no training) until it is defined "
-            f"in the config under [terms.{name!r}] or a shipped profile is used"
+            f'in the config under [terms."{name}"] or a shipped profile is used'
         ),
         clause=f"no terms profile named {name!r} is defined",
         origin="unknown",

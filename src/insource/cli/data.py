@@ -40,11 +40,15 @@ class Format(StrEnum):
     parquet = "parquet"
 
 
+def store_exists(cfg: Config) -> bool:
+    path = cfg.sqlite_path()
+    return path is None or path.exists()
+
+
 def open_existing_store(cfg: Config) -> Store:
     """The store, which must already exist: reading commands never create an empty database."""
-    path = cfg.sqlite_path()
-    if path is not None and not path.exists():
-        raise NotReady(f"no store at {path}: nothing has been captured yet (or --config points elsewhere)")
+    if not store_exists(cfg):
+        raise NotReady(f"no store at {cfg.sqlite_path()}: nothing has been captured yet (or --config points elsewhere)")
     return open_store(cfg)
 
 
@@ -132,7 +136,8 @@ def dataset_build(
 @handle_errors
 def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
     """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation."""
-    rows = list_tasks(open_existing_store(get_config(config)))
+    cfg = get_config(config)
+    rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
     if json:
         print_json(rows)
         return
@@ -151,7 +156,8 @@ def audit_cmd(
     json: JsonOpt = False,
 ) -> None:
     """Dataset exports (and refusals) recorded in the audit table."""
-    rows = list_audit(open_existing_store(get_config(config)), task=task, limit=limit)
+    cfg = get_config(config)
+    rows = list_audit(open_store(cfg), task=task, limit=limit) if store_exists(cfg) else []
     if json:
         print_json(rows)
         return

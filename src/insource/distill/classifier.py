@@ -38,7 +38,7 @@ def install_encoder(encoder_dir: Path, folder: Path) -> None:
 
 
 def embed_examples(encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example]) -> Matrix:
-    return cache.embed([ex.input for ex in examples], lambda texts: encoder.encode(texts, batch_size=64),
+    return cache.embed([ex.input for ex in examples], lambda texts: encoder.encode(texts),
                        encoder.dim)
 
 
@@ -62,7 +62,7 @@ def train_head_on(
 
     labels = sorted({ex.output for ex in ds.split("train")})
     index = {label: i for i, label in enumerate(labels)}
-    encoder = OnnxEncoder(folder, threads=os.cpu_count() or 1)
+    encoder = OnnxEncoder(folder, workers=os.cpu_count() or 1)
     cache = encoder_cache(cache_root, encoder_dir)
     step(f"embedding {len(ds.split('train')) + len(ds.split('val'))} inputs")
     train_x = embed_examples(encoder, cache, ds.split("train"))

@@ -22,7 +22,7 @@ Matrix = npt.NDArray[np.float32]
 class OnnxEncoder:
     """Embeds texts into L2-normalised float32 vectors."""
 
-    def __init__(self, folder: Path, threads: int = 1) -> None:
+    def __init__(self, folder: Path, workers: int = 1) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -32,7 +32,8 @@ class OnnxEncoder:
         self._tok.enable_truncation(MAX_TOKENS)
         self._lock = threading.Lock()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        self.workers = max(1, workers)
+        opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(folder / ENCODER_FILE), opts, providers=["CPUExecutionProvider"])
@@ -52,18 +53,21 @@ class OnnxEncoder:
         out = self._session.run(None, feeds)[0]
         return np.asarray(out, dtype=np.float32)
 
-    def encode(self, texts: list[str], batch_size: int = 32) -> Matrix:
-        """Embed `texts` (order kept). Batches are formed from similar lengths to limit padding."""
+    def encode(self, texts: list[str]) -> Matrix:
+        """Embed `texts` (order kept), one input per session run.
+
+        Dynamic int8 quantisation scales activations per run, so a padded batch would make an input's
+        embedding depend on its neighbours; one input per run keeps training, evaluation and serving
+        bit-identical. With `workers` > 1 runs proceed in parallel threads (ONNX Runtime releases the GIL).
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._lock:
             encs = self._tok.encode_batch(texts) if len(texts) > 1 else [self._tok.encode(texts[0])]
         ids = [e.ids for e in encs]
-        if len(ids) == 1:
-            return self._run(ids)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self._run([ids[i] for i in chunk])
-        return out
+        if self.workers <= 1 or len(ids) < 2 * self.workers:
+            return np.vstack([self._run([seq]) for seq in ids])
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return np.vstack(list(pool.map(lambda seq: self._run([seq]), ids, chunksize=64)))

@@ -122,6 +122,7 @@ def register(
     check_task_name(task)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    staging.chmod(0o755)
     try:
         info = build(staging)
         for _ in range(1000):
@@ -190,7 +191,7 @@ def read_thresholds(folder: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)} if isinstance(raw, dict) else {}
 
 
-def _load(folder: Path, threads: int) -> Student:
+def _load(folder: Path, workers: int) -> Student:
     from insource.distill.encoder import OnnxEncoder
     from insource.distill.head import Head
 
@@ -201,7 +202,7 @@ def _load(folder: Path, threads: int) -> Student:
     if not isinstance(labels, list) or not labels:
         raise NotReady(f"corrupt registry entry {folder.name}: model.json has no labels")
     try:
-        encoder = OnnxEncoder(folder, threads=threads)
+        encoder = OnnxEncoder(folder, workers=workers)
         head = Head.load(folder, serving=True)
     except (OSError, ValueError, KeyError) as exc:
         raise NotReady(f"corrupt registry entry {folder.name}: cannot load its weights ({exc})") from None
@@ -221,17 +222,17 @@ _cache: dict[tuple[str, int, float], Student] = {}
 _cache_lock = threading.Lock()
 
 
-def load_student(root: Path, name: str, *, threads: int = 1) -> Student:
+def load_student(root: Path, name: str, *, workers: int = 1) -> Student:
     """Load (cached per folder and eval.json version) the student `name` from the registry at `root`."""
     folder = resolve(root, name)
     eval_path = folder / EVAL_FILE
     stamp = eval_path.stat().st_mtime if eval_path.is_file() else 0.0
-    key = (str(folder.resolve()), threads, stamp)
+    key = (str(folder.resolve()), workers, stamp)
     with _cache_lock:
         cached = _cache.get(key)
     if cached is not None:
         return cached
-    student = _load(folder, threads)
+    student = _load(folder, workers)
     with _cache_lock:
         _cache[key] = student
     return student

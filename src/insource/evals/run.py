@@ -49,7 +49,7 @@ def _score(folder: Path, cache_root: Path, examples: list[Example]) -> Scored:
     from insource.distill.head import Head
 
     labels = [str(x) for x in read_model_info(folder)["labels"]]
-    encoder = OnnxEncoder(folder, threads=os.cpu_count() or 1)
+    encoder = OnnxEncoder(folder, workers=os.cpu_count() or 1)
     emb = embed_examples(encoder, encoder_cache(cache_root, folder), examples)
     idx, conf, ood = Head.load(folder, serving=True).predict(emb)
     answers = [labels[int(i)] for i in idx]
@@ -79,7 +79,7 @@ def load_gold(path: Path) -> dict[str, str]:
 
 def measure_latency(root: Path, name: str, texts: list[str]) -> dict[str, float]:
     """p50/p95 latency of single-input predict through the serving API (one thread)."""
-    student = load_student(root, name, threads=1)
+    student = load_student(root, name, workers=1)
     sample = (texts * (1 + LATENCY_SAMPLES // max(1, len(texts))))[:LATENCY_SAMPLES]
     for text in sample[:10]:
         student.predict([text])

@@ -517,6 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.delay_ms < 0 or args.token_delay_ms < 0 or args.embedding_dim < 1 or args.teacher_speed < 0:
         print("error: delays, --teacher-speed must be >= 0 and --embedding-dim >= 1", file=sys.stderr)
         return 2
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port must be in 0..65535, got {args.port}", file=sys.stderr)
+        return 2
     try:
         api_key, azure_key = _env_key(args.api_key_env), _env_key(args.azure_key_env)
     except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -27,10 +28,23 @@ def _is_stream_break(exc: BaseException | None) -> bool:
 
 
 class _DropStreamBreaks(logging.Filter):
-    """Keeps uvicorn from logging a traceback for deliberate mid-stream disconnects."""
+    """Keeps uvicorn from logging tracebacks for deliberate disconnects: StreamBreak, and the
+    cancellation of in-flight requests while a ServerHandle is being force-stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.stopping = 0
+
+    def add_stopping(self, delta: int) -> None:
+        with self._lock:
+            self.stopping += delta
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and _is_stream_break(record.exc_info[1]))
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and self.stopping > 0:
+            return False
+        return not _is_stream_break(exc)
 
 
 _FILTER = _DropStreamBreaks()
@@ -43,10 +57,21 @@ def install_log_filter() -> None:
         logger.addFilter(_FILTER)
 
 
+class _Server(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.force_exit:
+            # Drop in-flight connections (e.g. hung requests) the way a killed upstream would.
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
+        await super().shutdown(sockets)
+
+
 class ServerHandle:
     """A running background server. `url` is ``http://HOST:PORT``; use as a context manager or `stop()`."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, host: str, port: int) -> None:
+    def __init__(self, server: _Server, thread: threading.Thread, host: str, port: int) -> None:
         self._server = server
         self._thread = thread
         self.host = host
@@ -59,10 +84,14 @@ class ServerHandle:
 
     def stop(self, timeout: float = 5.0, graceful: bool = False) -> None:
         """Stop the server. Non-graceful (default) cancels in-flight requests, including hung ones."""
-        self._server.should_exit = True
         if not graceful:
             self._server.force_exit = True
-        self._thread.join(timeout)
+        self._server.should_exit = True
+        _FILTER.add_stopping(1)
+        try:
+            self._thread.join(timeout)
+        finally:
+            _FILTER.add_stopping(-1)
         if self._thread.is_alive():
             raise RuntimeError(f"server at {self.url} did not stop within {timeout} s")
 
@@ -95,7 +124,7 @@ def run_server(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, startup_
         lifespan="off",
         timeout_graceful_shutdown=1,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{bound_port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from insource.capture.redact import (
@@ -145,3 +147,32 @@ def test_long_repeated_strings_give_the_same_counts_each_time() -> None:
     text = "system prompt: reach us at help@bank.example " + "x" * 300
     first, second = red(text), red(text)
     assert first == second and first[1] == {"email": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 100_000 + " b@c.io",
+        "x@" + "a" * 100_000,
+        "key=" * 25_000,
+        "eyJ" * 30_000,
+        "-----BEGIN RSA PRIVATE KEY-----" * 3_000,
+        "1" * 100_000,
+        "AB12" * 25_000,
+        "token is " * 10_000,
+    ],
+    ids=["local-part", "domain", "key=", "jwt", "pem", "digits", "iban-ish", "token-is"],
+)
+def test_long_adversarial_inputs_stay_linear(text: str) -> None:
+    """The writer thread must not stall on crafted input (quadratic regex backtracking)."""
+    start = time.perf_counter()
+    redact_text(text, ALL, {})
+    assert time.perf_counter() - start < 2.0
+
+
+def test_pem_with_headers_and_jwt_are_redacted_whole() -> None:
+    pem = (
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,AB12\n\n"
+        "MIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    )
+    assert red(f"x {pem} y") == ("x [SECRET] y", {"secrets": 1})

@@ -276,7 +276,7 @@ def split_examples(examples: list[dict[str, Any]], mode: SplitMode, seed: int) -
 
 
 # -- summaries -------------------------------------------------------------------------------
-def provider_summary(examples: list[dict[str, Any]], profiles: dict[str, TermsProfile]) -> dict[str, dict[str, Any]]:
+def provider_summary(examples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for ex in examples:
         p = out.setdefault(
@@ -321,9 +321,7 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
     check_out(opts.out, opts.force)
     profiles = load_profiles(cfg)
     rows, skipped = select_rows(store, opts)
-    allowed, refused, warnings = apply_guard(rows, profiles, opts)
-    for w in warnings:
-        log.warning("%s", w)
+    allowed, refused, warnings = apply_guard(rows, profiles, opts)  # warnings: shown by the caller
     if not allowed:
         record_audit(store, "dataset.refused", opts, {"refused": refused, "selected": len(rows)})
         raise TermsRefused(refusal_message(opts.task, refused), refused)
@@ -346,7 +344,7 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
         "selected": len(rows),
         "skipped": skipped,
         "refused": refused,
-        "providers": provider_summary(examples, profiles),
+        "providers": provider_summary(examples),
         "terms": terms_summary(examples, profiles),
         "carve_out": carve_out,
         "redaction": redaction_summary(examples),

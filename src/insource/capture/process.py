@@ -46,14 +46,21 @@ def _repeated_message(redactors: tuple[Redactor, ...], role: str, content: str) 
 
 
 def _message(message: Any, redactors: tuple[Redactor, ...], counts: dict[str, int]) -> tuple[str, str]:
-    if type(message) is dict and len(message) == 2:
+    if type(message) is dict and len(message) == 2:  # the common {role, content: str} shape: a fast path
         role, content = message.get("role"), message.get("content")
-        if type(role) is str and type(content) is str and CACHE_MIN <= len(content) <= CACHE_MAX:
-            digest, data, found = _repeated_message(redactors, role, content)
-            for name, n in found:
-                counts[name] = counts.get(name, 0) + n
-            return digest, data
+        if type(role) is str and type(content) is str:
+            if CACHE_MIN <= len(content) <= CACHE_MAX:
+                digest, data, found = _repeated_message(redactors, role, content)
+                for name, n in found:
+                    counts[name] = counts.get(name, 0) + n
+                return digest, data
+            return message_blob({"content": redact_text(content, redactors, counts), "role": role})
     return message_blob(redact_value(message, redactors, counts))
+
+
+@lru_cache(maxsize=64)
+def _names_json(redactors: tuple[Redactor, ...]) -> str:
+    return orjson.dumps([r.name for r in redactors]).decode()
 
 
 def process_capture(raw: CaptureRaw) -> list[WriteItem]:
@@ -102,7 +109,7 @@ def process_capture(raw: CaptureRaw) -> list[WriteItem]:
                 "output": output,
                 "finish_reason": raw.finish_reason,
                 "status": raw.status,
-                "redactors": orjson.dumps([r.name for r in redactors]).decode(),
+                "redactors": _names_json(redactors),
                 "redactions": orjson.dumps(counts).decode(),
             },
             True,  # idempotent: a replayed spool or a retried submit must not fail the batch

@@ -88,14 +88,16 @@ _SECRET_RE = re.compile(
     "|".join(
         f"(?:{p})"
         for p in (
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+            # PEM body: base64 and header lines; stops at the next "-----" so scanning stays linear
+            r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----(?:[A-Za-z0-9+/=\s:,.]|-(?!----))*+"
+            r"-----END [A-Z ]{0,40}PRIVATE KEY-----",
             r"sk-[A-Za-z0-9_\-]{16,}",  # OpenAI / Anthropic style keys (sk-, sk-proj-, sk-ant-)
             r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![0-9A-Z])",  # AWS access key ids
             r"gh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
             r"github_pat_[A-Za-z0-9_]{30,}",
             r"xox[abposr]-[A-Za-z0-9\-]{10,}",  # Slack
             r"AIza[0-9A-Za-z_\-]{35}",  # Google API keys
-            r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",  # JWTs
+            r"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{8,}+\.eyJ[A-Za-z0-9_\-]{8,}+\.[A-Za-z0-9_\-]{8,}",  # JWTs
             r"[Bb](?i:earer)\s+[A-Za-z0-9._~+/\-]{16,}=*",  # Authorization: Bearer ...
         )
     )
@@ -166,20 +168,32 @@ class SecretsRedactor:
 
 
 def _keyword_spans(text: str, low: str) -> list[tuple[int, int]]:
-    """Spans of values that follow a secret-ish keyword and look like secrets (sorted, disjoint)."""
-    found: dict[int, int] = {}
+    """Spans of values that follow a secret-ish keyword and look like secrets (sorted, disjoint).
+
+    Keyword hits inside a value already examined are skipped, which keeps long inputs linear.
+    """
+    hits: list[tuple[int, str]] = []
     for word in _KEYWORDS:
         idx = low.find(word)
         while idx != -1:
-            if idx == 0 or not low[idx - 1].isalpha() or low[:idx].endswith(_KEYWORD_PREFIXES):
-                m = _TAIL_RE.match(text, idx + len(word))
-                if m is not None and _is_secret_value(word, m):
-                    found.setdefault(m.start(2), m.end(2))
+            hits.append((idx, word))
             idx = low.find(word, idx + len(word))
+    if not hits:
+        return []
+    hits.sort()
     spans: list[tuple[int, int]] = []
-    for start in sorted(found):
-        if not spans or start >= spans[-1][1]:
-            spans.append((start, found[start]))
+    covered = 0
+    for idx, word in hits:
+        if idx < covered:
+            continue
+        if idx and low[idx - 1].isalpha() and not low.endswith(_KEYWORD_PREFIXES, 0, idx):
+            continue  # inside a word ("monkey", "keyboard" is fine: no value follows)
+        m = _TAIL_RE.match(text, idx + len(word))
+        if m is None:
+            continue
+        covered = m.end(2)
+        if _is_secret_value(word, m):
+            spans.append((m.start(2), m.end(2)))
     return spans
 
 
@@ -195,7 +209,11 @@ def _is_secret_value(word: str, m: re.Match[str]) -> bool:
 # -- e-mail ----------------------------------------------------------------------------------
 EMAIL = RegexRedactor(
     "email",
-    re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"),
+    # bounded quantifiers (RFC 5321 lengths) keep the scan linear on long runs of word characters
+    re.compile(
+        r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+        r"(?:\.[A-Za-z0-9\-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![A-Za-z])"
+    ),
     "[EMAIL]",
     hints=("@",),
 )

@@ -1,5 +1,168 @@
-"""CLI commands (models)."""
+"""CLI: `insource distill`, `insource eval`, `insource models list|show`."""
 
 from __future__ import annotations
 
-from insource.cli import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from insource.cli import app
+from insource.cli.common import ConfigOpt, JsonOpt, console, err_console, get_config, handle_errors, print_json
+
+models_app = typer.Typer(help="The registry of distilled students.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+@handle_errors
+def distill(
+    task: Annotated[str, typer.Option("--task", help="Task to distill.")],
+    student: Annotated[str, typer.Option("--student", help="classifier | classifier-strong | lora")] = "classifier",
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: newest built).")] = None,
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a student on a task's dataset and register it as TASK@vN."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from insource.distill.service import distill as run_distill
+
+    cfg = get_config(config)
+    store = None
+    if dataset is None:
+        from insource.cli.common import get_store
+
+        store = get_store(cfg)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        bar = progress.add_task(f"distilling {task}", total=None)
+
+        def step(message: str) -> None:
+            progress.update(bar, description=f"{task}: {message}")
+            progress.advance(bar)
+
+        result = run_distill(cfg, task, student=student, dataset=dataset, store=store, step=step)
+        progress.update(bar, description=f"{task}: registered {result['model']}")
+    if json_out:
+        print_json(result)
+        return
+    for key, value in sorted(result["metrics"].items()):
+        console.print(f"{key}: {_fmt(value)}", highlight=False)
+    console.print(result["model"], highlight=False)
+
+
+def _eval_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"{result['model']} on {result['split']} (n={result['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    keys = (
+        "agreement",
+        "ece",
+        "ood_rate",
+        "target_agreement",
+        "threshold",
+        "coverage_at_threshold",
+        "agreement_at_threshold",
+        "meets_target",
+        "end_to_end_agreement",
+        "gold_agreement",
+        "teacher_gold_agreement",
+        "latency_ms_p50",
+        "answers_per_s_per_core",
+        "cost_per_1k_usd",
+        "teacher_cost_per_1k_usd",
+    )
+    for key in keys:
+        if key in result:
+            table.add_row(key, _fmt(result[key]))
+    return table
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    task: Annotated[str, typer.Option("--task", help="Task the model was distilled for.")],
+    model: Annotated[str, typer.Option("--model", help="TASK@vN or TASK@latest.")],
+    split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: the model's).")] = None,
+    target: Annotated[float, typer.Option("--target-agreement", help="Agreement the threshold must reach.")] = 0.99,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Gold labels file (id,label).")] = None,
+    chart: Annotated[Path | None, typer.Option("--chart", help="Write a chart (.html or .png).")] = None,
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure a student against its teacher: agreement, calibration, coverage, threshold, latency, cost."""
+    from insource.evals.run import evaluate
+
+    cfg = get_config(config)
+    with err_console.status(f"evaluating {model} on {split}"):
+        result = evaluate(cfg, task, model, split=split, dataset=dataset, target=target, labels_file=labels)
+    if chart is not None:
+        from insource.evals.chart import write_chart
+
+        write_chart(result, chart)
+        err_console.print(f"chart written to {chart}")
+    if json_out:
+        print_json(result)
+        return
+    console.print(_eval_table(result))
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Every registered student version (corrupt entries are listed with their error)."""
+    from insource.distill.registry import list_models
+
+    rows = list_models(get_config(config).registry_path())
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="students")
+    for col in ("name", "student", "created_at", "val_agreement", "status"):
+        table.add_column(col)
+    for row in rows:
+        status = f"[red]{row['error']}[/]" if row.get("error") else "ok"
+        table.add_row(
+            row["name"],
+            _fmt(row["student"]),
+            _fmt(row["created_at"]),
+            _fmt(row["metrics"].get("val_agreement")),
+            status,
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+@handle_errors
+def models_show(
+    name: Annotated[str, typer.Argument(help="TASK@vN or TASK@latest")],
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """One student: its model.json, thresholds from eval, and model card."""
+    from insource.distill.registry import read_model_info, read_thresholds, resolve
+
+    folder = resolve(get_config(config).registry_path(), name)
+    info = read_model_info(folder)
+    info["thresholds"] = read_thresholds(folder)
+    info["path"] = str(folder)
+    if json_out:
+        print_json(info)
+        return
+    card = folder / "card.md"
+    if card.is_file():
+        from rich.markdown import Markdown
+
+        console.print(Markdown(card.read_text("utf-8")))
+    console.print(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}", highlight=False)

@@ -38,8 +38,7 @@ def install_encoder(encoder_dir: Path, folder: Path) -> None:
 
 
 def embed_examples(encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example]) -> Matrix:
-    return cache.embed([ex.input for ex in examples], lambda texts: encoder.encode(texts),
-                       encoder.dim)
+    return cache.embed([ex.input for ex in examples], lambda texts: encoder.encode(texts), encoder.dim)
 
 
 def encoder_cache(cache_root: Path, encoder_dir: Path) -> EmbeddingCache:

@@ -100,9 +100,7 @@ def load_dataset(folder: Path) -> Dataset:
     return ds
 
 
-def check_trainable(
-    ds: Dataset, task: str, *, classifier: bool = True, min_train: int = MIN_TRAIN_EXAMPLES
-) -> None:
+def check_trainable(ds: Dataset, task: str, *, classifier: bool = True, min_train: int = MIN_TRAIN_EXAMPLES) -> None:
     """Refuse datasets that must not or cannot train a student (terms, size, classes, task)."""
     man = ds.manifest
     if man.get("task") not in (None, task):
@@ -128,6 +126,11 @@ def check_trainable(
             f"too few validation examples: {len(val)}, at least {MIN_VAL_EXAMPLES} are needed for calibration"
         )
     classes = {ex.output for ex in train}
+    if classifier and man.get("kind") == "generation":
+        raise NotReady(
+            f"dataset {ds.path} holds a generation task ({len(classes)} distinct answers): "
+            "a classifier student answers from a fixed set of labels; use --student lora"
+        )
     if classifier and len(classes) < 2:
         only = next(iter(classes)) if classes else ""
         raise NotReady(
@@ -155,19 +158,34 @@ def write_dataset(
         rows, chat = [], []
         for i, (text, out) in enumerate(splits.get(name, [])):
             messages = [{"role": "user", "content": text}, {"role": "assistant", "content": out}]
-            rows.append(json.dumps({
-                "id": f"{name}-{i}", "ts": float(i), "input": text, "output": out, "messages": messages,
-                "teacher_cost_usd": cost_usd, "provider": "teacher", "upstream_model": "teacher-1",
-                "terms": "self-hosted", "tenant": "default",
-            }))
+            rows.append(
+                json.dumps(
+                    {
+                        "id": f"{name}-{i}",
+                        "ts": float(i),
+                        "input": text,
+                        "output": out,
+                        "messages": messages,
+                        "teacher_cost_usd": cost_usd,
+                        "provider": "teacher",
+                        "upstream_model": "teacher-1",
+                        "terms": "self-hosted",
+                        "tenant": "default",
+                    }
+                )
+            )
             chat.append(json.dumps({"messages": messages}))
         (folder / f"{name}.examples.jsonl").write_text("".join(r + "\n" for r in rows), "utf-8")
         (folder / f"{name}.jsonl").write_text("".join(r + "\n" for r in chat), "utf-8")
     manifest = {
-        "task": task, "kind": "classification", "labels": labels, "purpose": purpose,
+        "task": task,
+        "kind": "classification",
+        "labels": labels,
+        "purpose": purpose,
         "template": template or {"slots": ["input"]},
         "counts": {name: len(splits.get(name, [])) for name in SPLITS},
-        "providers": {"teacher": sum(len(p) for p in splits.values())}, "terms": {"self-hosted": "any"},
+        "providers": {"teacher": sum(len(p) for p in splits.values())},
+        "terms": {"self-hosted": "any"},
         "refused": {},
     }
     (folder / "dataset.json").write_text(json.dumps(manifest, indent=2), "utf-8")

@@ -115,10 +115,13 @@ class Head:
         ]
         dim = int(self.weights.shape[1])
         graph = helper.make_graph(
-            nodes, "head",
+            nodes,
+            "head",
             [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", self.n_classes]),
-             helper.make_tensor_value_info("sims", TensorProto.FLOAT, ["batch", len(self.train_vectors)])],
+            [
+                helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", self.n_classes]),
+                helper.make_tensor_value_info("sims", TensorProto.FLOAT, ["batch", len(self.train_vectors)]),
+            ],
             initializer=[w, b, tv],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -87,14 +87,19 @@ def list_models(root: Path) -> list[dict[str, Any]]:
 
 
 def resolve(root: Path, name: str) -> Path:
-    """The folder of `TASK@vN`, `TASK@latest` or `TASK` (latest valid version)."""
+    """The folder of `TASK@vN`, `TASK@latest` or `TASK` (the newest valid version)."""
     task, _, version = name.partition("@")
     if not task or not _TASK_RE.match(task):
         raise ModelNotFound(f"invalid model name {name!r}: expected TASK@vN or TASK@latest")
     if version in ("", "latest"):
         for t, _v, folder in reversed(_entries(root)):
-            if t == task and (folder / MODEL_FILE).is_file():
-                return folder
+            if t != task:
+                continue
+            try:
+                read_model_info(folder)
+            except NotReady:
+                continue  # `latest` is the newest valid version; a corrupt one is skipped
+            return folder
         raise ModelNotFound(f"no model registered for task {task!r} in {root}")
     if not _NAME_RE.match(name):
         raise ModelNotFound(f"invalid model name {name!r}: expected TASK@vN or TASK@latest")
@@ -213,8 +218,15 @@ def _load(folder: Path, workers: int) -> Student:
     if head.n_classes != len(labels):
         raise NotReady(f"corrupt registry entry {folder.name}: head has {head.n_classes} classes, {len(labels)} labels")
     return Student(
-        name=str(info["name"]), task=str(info["task"]), folder=folder, info=info, labels=[str(x) for x in labels],
-        template=dict(info.get("template") or {}), thresholds=read_thresholds(folder), _encoder=encoder, _head=head,
+        name=str(info["name"]),
+        task=str(info["task"]),
+        folder=folder,
+        info=info,
+        labels=[str(x) for x in labels],
+        template=dict(info.get("template") or {}),
+        thresholds=read_thresholds(folder),
+        _encoder=encoder,
+        _head=head,
     )
 
 
@@ -236,4 +248,3 @@ def load_student(root: Path, name: str, *, workers: int = 1) -> Student:
     with _cache_lock:
         _cache[key] = student
     return student
-

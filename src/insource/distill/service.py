@@ -26,7 +26,9 @@ def cache_root(cfg: Config) -> Path:
 
 def find_dataset(store: Any, task: str) -> Path:
     """The newest training dataset of `task` recorded in the audit table (by `insource dataset build`)."""
-    rows = store.query("SELECT target, purpose, detail FROM audit WHERE task=? ORDER BY ts DESC", (task,))
+    rows = store.query(
+        "SELECT target, purpose, detail FROM audit WHERE task=? AND action='dataset.build' ORDER BY ts DESC", (task,)
+    )
     for row in rows:
         target = row.get("target")
         if row.get("purpose") in (None, "train") and target and (Path(target) / "dataset.json").is_file():
@@ -35,8 +37,10 @@ def find_dataset(store: Any, task: str) -> Path:
         out = detail.get("out")
         if row.get("purpose") in (None, "train") and isinstance(out, str) and (Path(out) / "dataset.json").is_file():
             return Path(out)
-    raise NotReady(f"no training dataset recorded for task {task!r}: build one with "
-                   f"`insource dataset build --task {task} --out DIR`, or pass --dataset DIR")
+    raise NotReady(
+        f"no training dataset recorded for task {task!r}: build one with "
+        f"`insource dataset build --task {task} --out DIR`, or pass --dataset DIR"
+    )
 
 
 def _detail(raw: Any) -> dict[str, Any]:
@@ -52,9 +56,12 @@ def _detail(raw: Any) -> dict[str, Any]:
 def _dataset_info(ds: Dataset) -> dict[str, Any]:
     man = ds.manifest
     return {
-        "path": str(ds.path), "hashes": ds.hashes,
+        "path": str(ds.path),
+        "hashes": ds.hashes,
         "counts": {name: len(ds.splits[name]) for name in ds.splits},
-        "providers": man.get("providers", {}), "terms": man.get("terms", {}), "purpose": man.get("purpose", "train"),
+        "providers": man.get("providers", {}),
+        "terms": man.get("terms", {}),
+        "purpose": man.get("purpose", "train"),
     }
 
 
@@ -84,8 +91,15 @@ def _build(ds: Dataset, folder: Path, cfg: Config, student: str, step: Step) -> 
     return _build_classifier(ds, folder, cfg, strong=student == "classifier-strong", step=step)
 
 
-def distill(cfg: Config, task: str, *, student: str = "classifier", dataset: Path | None = None,
-            store: Any = None, step: Step | None = None) -> dict[str, Any]:
+def distill(
+    cfg: Config,
+    task: str,
+    *,
+    student: str = "classifier",
+    dataset: Path | None = None,
+    store: Any = None,
+    step: Step | None = None,
+) -> dict[str, Any]:
     """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`."""
     check_task_name(task)
     if student not in STUDENTS:
@@ -105,7 +119,10 @@ def distill(cfg: Config, task: str, *, student: str = "classifier", dataset: Pat
         info = _build(ds, folder, cfg, student, say)
         info["metrics"] = {**info.get("metrics", {}), "train_seconds": round(time.perf_counter() - started, 2)}
         info.update(
-            student=student, task=task, template=ds.manifest.get("template") or {}, dataset=_dataset_info(ds),
+            student=student,
+            task=task,
+            template=ds.manifest.get("template") or {},
+            dataset=_dataset_info(ds),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         info.setdefault("labels", [])

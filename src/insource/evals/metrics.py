@@ -36,11 +36,15 @@ def reliability(conf: FloatArray, correct: BoolArray, bins: int = ECE_BINS) -> l
     for b in range(bins):
         sel = which == b
         n = int(sel.sum())
-        out.append({
-            "lo": round(float(edges[b]), 4), "hi": round(float(edges[b + 1]), 4), "n": n,
-            "confidence": round(float(conf[sel].mean()), 5) if n else None,
-            "accuracy": round(float(correct[sel].mean()), 5) if n else None,
-        })
+        out.append(
+            {
+                "lo": round(float(edges[b]), 4),
+                "hi": round(float(edges[b + 1]), 4),
+                "n": n,
+                "confidence": round(float(conf[sel].mean()), 5) if n else None,
+                "accuracy": round(float(correct[sel].mean()), 5) if n else None,
+            }
+        )
     return out
 
 
@@ -67,8 +71,13 @@ def coverage_curve(conf: FloatArray, correct: BoolArray, points: int = 101) -> l
     curve = []
     for t in np.linspace(0.0, 1.0, points):
         cov, agr, _ = at_threshold(conf, correct, float(t))
-        curve.append({"threshold": round(float(t), 4), "coverage": round(cov, 5),
-                      "agreement": None if agr is None else round(agr, 5)})
+        curve.append(
+            {
+                "threshold": round(float(t), 4),
+                "coverage": round(cov, 5),
+                "agreement": None if agr is None else round(agr, 5),
+            }
+        )
     return curve
 
 

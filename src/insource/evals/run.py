@@ -22,8 +22,8 @@ from insource.distill.dataset import Dataset, Example, load_dataset
 from insource.distill.registry import (
     CLASSIFIER_KINDS,
     EVAL_FILE,
-    read_json,
     load_student,
+    read_json,
     read_model_info,
     resolve,
     write_json_atomic,
@@ -160,7 +160,11 @@ def evaluate(
     scored, val = _score(folder, cache, examples), _score(folder, cache, val_examples)
     latency = measure_latency(root, str(info["name"]), [ex.input for ex in examples])
     result: dict[str, Any] = {
-        "model": info["name"], "task": task, "student": info["student"], "split": split, "n": len(examples),
+        "model": info["name"],
+        "task": task,
+        "student": info["student"],
+        "split": split,
+        "n": len(examples),
         "dataset": str(ds.path),
         "agreement": round(float(scored.correct.mean()), 5),
         "ece": round(M.expected_calibration_error(scored.conf, scored.correct), 5),
@@ -168,7 +172,8 @@ def evaluate(
         **_threshold_block(val, scored, target),
         "curve": M.coverage_curve(scored.conf, scored.correct),
         "reliability": M.reliability(scored.conf, scored.correct),
-        "latency_ms_p50": round(latency["p50"], 4), "latency_ms_p95": round(latency["p95"], 4),
+        "latency_ms_p50": round(latency["p50"], 4),
+        "latency_ms_p95": round(latency["p95"], 4),
         "answers_per_s_per_core": round(1000.0 / latency["mean"], 1),
         **_costs(cfg, latency, examples),
     }

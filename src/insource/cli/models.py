@@ -29,6 +29,9 @@ def distill(
     task: Annotated[str, typer.Option("--task", help="Task to distill.")],
     student: Annotated[str, typer.Option("--student", help="classifier | classifier-strong | lora")] = "classifier",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: newest built).")] = None,
+    base_model: Annotated[
+        Path | None, typer.Option("--base-model", help="lora only: Hugging Face causal LM folder to adapt.")
+    ] = None,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -51,7 +54,9 @@ def distill(
             progress.update(bar, description=f"{task}: {message}")
             progress.advance(bar)
 
-        result = run_distill(cfg, task, student=student, dataset=dataset, store=store, step=step)
+        result = run_distill(
+            cfg, task, student=student, dataset=dataset, store=store, step=step, base_model=base_model
+        )
         progress.update(bar, description=f"{task}: registered {result['model']}")
     if json_out:
         print_json(result)

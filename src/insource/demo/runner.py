@@ -44,7 +44,7 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         if self.quick:
-            self.before, self.after, self.audit_rate = min(self.before, 900), min(self.after, 400), 0.1
+            self.before, self.after, self.audit_rate = min(self.before, 1500), min(self.after, 500), 0.1
 
 
 def _free_port() -> int:

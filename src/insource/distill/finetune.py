@@ -21,13 +21,20 @@ from insource.distill.dataset import Dataset
 from insource.distill.export import base_model_dir, export_encoder
 
 Step = Callable[[str], None]
-EPOCHS = 4
+EPOCHS = 3
+TRAIN_LAYERS = 2
 BATCH = 32
 LR_ENCODER = 8e-5
 LR_HEAD = 2e-3
 MAX_LEN = 64
 SCALE = 20.0
 SEED = 13
+
+
+def torch_threads() -> int:
+    """Threads for torch: all cores on an idle box, one when it is busy (oversubscribed threads thrash)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - round(os.getloadavg()[0])))
 
 
 def _batches(n: int, lengths: list[int], rng: random.Random) -> list[list[int]]:
@@ -38,54 +45,83 @@ def _batches(n: int, lengths: list[int], rng: random.Random) -> list[list[int]]:
     return batches
 
 
-def _model(n_classes: int) -> tuple[Any, Any, Any]:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    src = base_model_dir()
-    encoder = AutoModel.from_pretrained(str(src), attn_implementation="eager")
-    tok = AutoTokenizer.from_pretrained(str(src))
-    head = torch.nn.Linear(encoder.config.hidden_size, n_classes, bias=False)
-    return encoder, tok, head
-
-
-def _embed(encoder: Any, batch: dict[str, Any]) -> Any:
+def _additive_mask(mask: Any) -> Any:
     import torch
 
-    out = encoder(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
-    pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+
+
+def _lower_states(encoder: Any, tok: Any, texts: list[str], split: int, step: Step) -> list[Any]:
+    """Hidden states entering layer `split` for every text (frozen lower layers run once, no grad)."""
+    import torch
+
+    states: list[Any] = [None] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    with torch.no_grad():
+        for i in range(0, len(order), 64):
+            if i % 1024 == 0:
+                step(f"fine-tuning the encoder: frozen layers {i}/{len(texts)}")
+            chunk = order[i : i + 64]
+            batch = tok([texts[j] for j in chunk], truncation=True, max_length=MAX_LEN, padding=True,
+                        return_tensors="pt")
+            hidden = encoder(**batch, output_hidden_states=True).hidden_states[split]
+            for row, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+                states[chunk[row]] = hidden[row, :n].clone()
+    return states
+
+
+def _top_forward(layers: list[Any], states: list[Any]) -> Any:
+    """Run the trainable top layers on padded cached states; mean-pool and normalise."""
+    import torch
+
+    width = max(int(x.shape[0]) for x in states)
+    hidden = torch.zeros((len(states), width, states[0].shape[1]))
+    mask = torch.zeros((len(states), width))
+    for row, x in enumerate(states):
+        hidden[row, : x.shape[0]] = x
+        mask[row, : x.shape[0]] = 1
+    add = _additive_mask(mask)
+    for layer in layers:
+        hidden = layer(hidden, add)
+    pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def train_encoder(texts: list[str], labels: list[int], n_classes: int, out_dir: Path, step: Step) -> dict[str, Any]:
-    """Fine-tune MiniLM on (text, label) and save it as a Hugging Face folder in `out_dir`."""
+    """Fine-tune MiniLM's top layers on (text, label); save the whole encoder as a HF folder in `out_dir`."""
     import torch
+    from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(SEED)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(torch_threads())
     rng = random.Random(SEED)
-    encoder, tok, head = _model(n_classes)
-    enc = tok(texts, truncation=True, max_length=MAX_LEN)
-    lengths = [len(ids) for ids in enc["input_ids"]]
-    params = [{"params": encoder.parameters(), "lr": LR_ENCODER}, {"params": head.parameters(), "lr": LR_HEAD}]
-    optim = torch.optim.AdamW(params, weight_decay=0.01)
+    src = base_model_dir()
+    encoder = AutoModel.from_pretrained(str(src), attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(str(src))
+    encoder.eval()
+    n_layers = len(encoder.encoder.layer)
+    split = n_layers - TRAIN_LAYERS
+    states = _lower_states(encoder, tok, texts, split, step)
+    layers = list(encoder.encoder.layer[split:])
+    head = torch.nn.Linear(encoder.config.hidden_size, n_classes, bias=False)
+    params = [p for layer in layers for p in layer.parameters()]
+    optim = torch.optim.AdamW([{"params": params, "lr": LR_ENCODER}, {"params": head.parameters(), "lr": LR_HEAD}],
+                              weight_decay=0.01)
     steps = EPOCHS * math.ceil(len(texts) / BATCH)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * (1 - s / steps))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     y = torch.tensor(labels)
-    encoder.train()
+    lengths = [int(x.shape[0]) for x in states]
+    for layer in layers:
+        layer.train()
     last = 0.0
     for epoch in range(EPOCHS):
         for i, idx in enumerate(_batches(len(texts), lengths, rng)):
-            batch = tok.pad({"input_ids": [enc["input_ids"][j] for j in idx],
-                             "attention_mask": [enc["attention_mask"][j] for j in idx]}, return_tensors="pt")
-            emb = _embed(encoder, batch)
-            logits = SCALE * emb @ torch.nn.functional.normalize(head.weight, dim=-1).T
-            loss = loss_fn(logits, y[idx])
+            emb = _top_forward(layers, [states[j] for j in idx])
+            loss = loss_fn(SCALE * emb @ torch.nn.functional.normalize(head.weight, dim=-1).T, y[idx])
             optim.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
             sched.step()
             value = float(loss.item())
@@ -97,8 +133,8 @@ def train_encoder(texts: list[str], labels: list[int], n_classes: int, out_dir: 
     tok.save_pretrained(str(out_dir))
     for name in ("tokenizer.json", "config.json"):
         if not (out_dir / name).is_file():
-            shutil.copy2(base_model_dir() / name, out_dir / name)
-    return {"epochs": EPOCHS, "steps": steps, "final_loss": round(last, 4)}
+            shutil.copy2(src / name, out_dir / name)
+    return {"epochs": EPOCHS, "steps": steps, "trained_layers": TRAIN_LAYERS, "final_loss": round(last, 4)}
 
 
 def finetuned_encoder(ds: Dataset, folder: Path, cache_root: Path, *, step: Step) -> Path:

@@ -83,11 +83,13 @@ def _build_classifier(ds: Dataset, folder: Path, cfg: Config, *, strong: bool, s
     return info
 
 
-def _build(ds: Dataset, folder: Path, cfg: Config, student: str, step: Step) -> dict[str, Any]:
+def _build(
+    ds: Dataset, folder: Path, cfg: Config, student: str, step: Step, base_model: Path | None = None
+) -> dict[str, Any]:
     if student == "lora":
         from insource.distill.lora import train_lora
 
-        return train_lora(ds, folder, step=step)
+        return train_lora(ds, folder, base_model=base_model, step=step)
     return _build_classifier(ds, folder, cfg, strong=student == "classifier-strong", step=step)
 
 
@@ -99,6 +101,7 @@ def distill(
     dataset: Path | None = None,
     store: Any = None,
     step: Step | None = None,
+    base_model: Path | None = None,
 ) -> dict[str, Any]:
     """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`."""
     check_task_name(task)
@@ -116,7 +119,7 @@ def distill(
     started = time.perf_counter()
 
     def build(folder: Path) -> dict[str, Any]:
-        info = _build(ds, folder, cfg, student, say)
+        info = _build(ds, folder, cfg, student, say, base_model)
         info["metrics"] = {**info.get("metrics", {}), "train_seconds": round(time.perf_counter() - started, 2)}
         info.update(
             student=student,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,9 @@ def test_lora_distill_saves_adapter_and_merged_model(tmp_path: Path) -> None:
     # the merged weights equal base + adapter: what vLLM / llama.cpp would serve is what was trained
     ids = torch.tensor([[2, 5, 6, 7, 8]])
     merged = AutoModelForCausalLM.from_pretrained(str(folder / "merged")).eval()
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(folder / "adapter"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # a transformers deprecation notice inside peft
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(folder / "adapter"))
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapted.eval()(ids).logits, atol=1e-4)
     info = json.loads((folder / "model.json").read_text())

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,10 +142,16 @@ def _train(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, epo
 def train_lora(ds: Dataset, folder: Path, *, base_model: Path | None, epochs: int = DEFAULT_EPOCHS,
                step: Step) -> dict[str, Any]:
     """LoRA SFT of `base_model` on the dataset; writes adapter/ and merged/ into `folder`."""
-    import torch
-
     if base_model is None:
         raise NotReady("the lora student needs --base-model DIR (a Hugging Face causal LM folder)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers/peft deprecation notices, not our errors
+        return _train_lora(ds, folder, base_model, epochs, step)
+
+
+def _train_lora(ds: Dataset, folder: Path, base_model: Path, epochs: int, step: Step) -> dict[str, Any]:
+    import torch
+
     torch.manual_seed(SEED)
     torch.set_num_threads(os.cpu_count() or 1)
     model, tok = _load_base(base_model)

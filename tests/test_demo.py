@@ -17,8 +17,8 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     folder = tmp_path / "insource-demo"
     assert Path(summary["folder"]) == folder and (folder / "insource.toml").exists()
-    assert summary["before"]["insourced"] == 0 and summary["before"]["requests"] == 900
-    assert summary["after"]["requests"] == 400 and summary["after"]["insourced"] > 0
+    assert summary["before"]["insourced"] == 0 and summary["before"]["requests"] == 1500
+    assert summary["after"]["requests"] == 500 and summary["after"]["insourced"] > 0
     assert summary["after"]["avoided_usd"] > 0
     assert summary["projected_monthly_savings_usd"] > 0
     assert summary["after"]["agreement"] > 0.9
@@ -30,4 +30,4 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     assert [m["name"] for m in models] == [summary["model"]]
     spend = json.loads(subprocess.run([sys.executable, "-m", "insource", "spend", "--by", "task", "--json",
                                        "--config", config], capture_output=True, text=True, check=True).stdout)
-    assert spend[0]["task"] == "support-intent" and spend[0]["requests"] >= 1300
+    assert spend[0]["task"] == "support-intent" and spend[0]["requests"] >= 2000

@@ -70,7 +70,7 @@ def encode_examples(tok: Any, chats: list[list[dict[str, str]]]) -> list[tuple[l
     return out
 
 
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
     import torch
 
     width = max(len(ids) for ids, _ in batch)
@@ -81,7 +81,7 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
         ids[row, : len(x)] = torch.tensor(x)
         labels[row, : len(y)] = torch.tensor(y)
         mask[row, : len(x)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int) -> float | None:
@@ -92,7 +92,7 @@ def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int)
     losses = []
     with torch.no_grad():
         for i in range(0, len(data), BATCH):
-            losses.append(float(model(**_collate(data[i : i + BATCH], pad_id)).loss.item()))
+            losses.append(float(model(**_collate(data[i : i + BATCH], pad_id, model.device)).loss.item()))
     return sum(losses) / len(losses)
 
 
@@ -104,7 +104,12 @@ def _load_base(base: Path) -> tuple[Any, Any]:
     tok = AutoTokenizer.from_pretrained(str(base))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(base))
+    import torch
+
+    if torch.cuda.is_available():  # the real (GPU) run: bf16 on the first visible GPU
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16).to("cuda")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(base))
     return model, tok
 
 
@@ -128,7 +133,7 @@ def _train(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, epo
         order = list(range(len(data)))
         rng.shuffle(order)
         for i in range(0, len(order), BATCH):
-            loss = model(**_collate([data[j] for j in order[i : i + BATCH]], pad_id)).loss
+            loss = model(**_collate([data[j] for j in order[i : i + BATCH]], pad_id, model.device)).loss
             optim.zero_grad()
             loss.backward()
             optim.step()

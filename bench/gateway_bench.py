@@ -600,7 +600,7 @@ def compare(args: argparse.Namespace) -> str:
         got: dict[tuple[str, str, int], list[Row]] = collections.defaultdict(list)
         for rep in range(args.repeat):
             for stream in (False, True):
-                for conc in args.concurrency:
+                for conc in args.compare_concurrency:
                     names = ["baseline", "candidate"] if rep % 2 == 0 else ["candidate", "baseline"]
                     for name in names:
                         _, row = gateway_run(envs[name], envs[name].key, chat_body(stream), conc, args)
@@ -618,7 +618,7 @@ def compare(args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in ("json", "stream"):
-        for conc in args.concurrency:
+        for conc in args.compare_concurrency:
             b, c = got[("baseline", mode, conc)], got[("candidate", mode, conc)]
 
             def med(rows: list[Row], attr: str) -> float:
@@ -789,6 +789,7 @@ def render(
     args: argparse.Namespace,
     profile: str | None,
     ablated: list[tuple[str, Row]],
+    compared: str | None = None,
 ) -> str:
     lines = [
         "# Gateway overhead: insource vs. direct to the upstream",
@@ -844,6 +845,8 @@ def render(
             ABL_RULE,
             *[f"| {name} | {fmt_row(r)[2:]}" for name, r in ablated],
         ]
+    if compared:
+        lines += ["", "## A/B: this gateway vs. a patched copy of src/ (`--compare`)", "", compared]
     if profile:
         lines += ["", "## Profile of the gateway under load (py-spy)", "", "```", profile.rstrip(), "```"]
     return "\n".join(lines) + "\n"
@@ -1001,6 +1004,9 @@ def main() -> None:
     p.add_argument("--src", type=Path, help="run the gateway from this copy of src/ (PYTHONPATH), to try a patch")
     p.add_argument("--compare", type=Path, help="A/B: the baseline against this copy of src/ (not written)")
     p.add_argument("--repeat", type=int, default=3, help="alternating runs per variant with --compare")
+    p.add_argument(
+        "--compare-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16], metavar="LIST"
+    )
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(REPO)}")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = p.parse_args()
@@ -1047,15 +1053,17 @@ def main() -> None:
                 print(f"kept {env.workdir}")
             else:
                 shutil.rmtree(env.workdir, ignore_errors=True)
+    compared = None
     if args.compare is not None:
-        print(compare(args))
+        compared = compare(args)
+        print(compared)
     if "ablation" in parts:
         print("\nAblation (concurrency 16):")
         print(ABL_HEADER)
         print(ABL_RULE)
         ablated = ablation(args)
     if "main" in parts:
-        text = render(rows, extra, machine_facts(args.workers), args, profile, ablated)
+        text = render(rows, extra, machine_facts(args.workers), args, profile, ablated, compared)
         if not args.no_write:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(text)

@@ -63,11 +63,13 @@ def serve(
     """Run the OpenAI-compatible gateway."""
     import uvicorn
 
+    from insource.capture.redact import check_redactors
     from insource.metering.prices import resolve_prices
     from insource.server.app import create_app
 
     cfg = get_config(config)
     resolve_prices(cfg)  # refuse to start with an unpriced model
+    check_redactors(cfg.capture.redactors)  # a typo must fail here, not silently in the writer
     get_store(cfg)  # create and migrate before workers start
     common: dict[str, Any] = {
         "host": host,

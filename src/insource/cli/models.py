@@ -54,9 +54,7 @@ def distill(
             progress.update(bar, description=f"{task}: {message}")
             progress.advance(bar)
 
-        result = run_distill(
-            cfg, task, student=student, dataset=dataset, store=store, step=step, base_model=base_model
-        )
+        result = run_distill(cfg, task, student=student, dataset=dataset, store=store, step=step, base_model=base_model)
         progress.update(bar, description=f"{task}: registered {result['model']}")
     if json_out:
         print_json(result)

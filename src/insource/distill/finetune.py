@@ -62,8 +62,9 @@ def _lower_states(encoder: Any, tok: Any, texts: list[str], split: int, step: St
             if i % 1024 == 0:
                 step(f"fine-tuning the encoder: frozen layers {i}/{len(texts)}")
             chunk = order[i : i + 64]
-            batch = tok([texts[j] for j in chunk], truncation=True, max_length=MAX_LEN, padding=True,
-                        return_tensors="pt")
+            batch = tok(
+                [texts[j] for j in chunk], truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt"
+            )
             hidden = encoder(**batch, output_hidden_states=True).hidden_states[split]
             for row, n in enumerate(batch["attention_mask"].sum(1).tolist()):
                 states[chunk[row]] = hidden[row, :n].clone()
@@ -105,8 +106,9 @@ def train_encoder(texts: list[str], labels: list[int], n_classes: int, out_dir: 
     layers = list(encoder.encoder.layer[split:])
     head = torch.nn.Linear(encoder.config.hidden_size, n_classes, bias=False)
     params = [p for layer in layers for p in layer.parameters()]
-    optim = torch.optim.AdamW([{"params": params, "lr": LR_ENCODER}, {"params": head.parameters(), "lr": LR_HEAD}],
-                              weight_decay=0.01)
+    optim = torch.optim.AdamW(
+        [{"params": params, "lr": LR_ENCODER}, {"params": head.parameters(), "lr": LR_HEAD}], weight_decay=0.01
+    )
     steps = EPOCHS * math.ceil(len(texts) / BATCH)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * (1 - s / steps))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -146,8 +148,7 @@ def finetuned_encoder(ds: Dataset, folder: Path, cache_root: Path, *, step: Step
     index = {label: i for i, label in enumerate(labels)}
     with tempfile.TemporaryDirectory(prefix=".finetune-", dir=folder) as tmp:
         hf_dir = Path(tmp)
-        info = train_encoder([ex.input for ex in train], [index[ex.output] for ex in train], len(labels), hf_dir,
-                             step)
+        info = train_encoder([ex.input for ex in train], [index[ex.output] for ex in train], len(labels), hf_dir, step)
         step("exporting the fine-tuned encoder to int8 ONNX")
         export = export_encoder(hf_dir, folder)
     export["finetune"] = info

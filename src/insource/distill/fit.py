@@ -16,7 +16,7 @@ import numpy.typing as npt
 from insource.distill.head import Head, Matrix, softmax
 
 IntArray = npt.NDArray[np.int64]
-C_GRID = (4.0, 16.0, 64.0)
+C_GRID = (16.0,)  # chosen on Banking77 val (4 and 64 were worse); one fit keeps retraining fast
 KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 OOD_QUANTILE = 0.005
 OOD_MARGIN = 0.03

@@ -40,7 +40,7 @@ def read_chat(path: Path) -> list[list[dict[str, str]]]:
         try:
             messages = json.loads(line)["messages"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise NotReady(f"corrupt dataset: {path.name} line {lineno} needs {{\"messages\": [...]}}") from None
+            raise NotReady(f'corrupt dataset: {path.name} line {lineno} needs {{"messages": [...]}}') from None
         if not messages or messages[-1].get("role") != "assistant":
             raise NotReady(f"corrupt dataset: {path.name} line {lineno} must end with the assistant's answer")
         out.append(messages)
@@ -116,8 +116,9 @@ def _load_base(base: Path) -> tuple[Any, Any]:
 def _lora(model: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, cfg)
 
 
@@ -144,8 +145,9 @@ def _train(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, epo
     return steps
 
 
-def train_lora(ds: Dataset, folder: Path, *, base_model: Path | None, epochs: int = DEFAULT_EPOCHS,
-               step: Step) -> dict[str, Any]:
+def train_lora(
+    ds: Dataset, folder: Path, *, base_model: Path | None, epochs: int = DEFAULT_EPOCHS, step: Step
+) -> dict[str, Any]:
     """LoRA SFT of `base_model` on the dataset; writes adapter/ and merged/ into `folder`."""
     if base_model is None:
         raise NotReady("the lora student needs --base-model DIR (a Hugging Face causal LM folder)")
@@ -174,8 +176,13 @@ def _train_lora(ds: Dataset, folder: Path, base_model: Path, epochs: int, step: 
     tok.save_pretrained(str(folder / "adapter"))
     return {
         "labels": [],
-        "metrics": {"loss_before": round(before or 0.0, 5), "loss_after": round(after or 0.0, 5), "steps": steps,
-                    "train_examples": len(train), "loss_split": "val" if val else "train"},
+        "metrics": {
+            "loss_before": round(before or 0.0, 5),
+            "loss_after": round(after or 0.0, 5),
+            "steps": steps,
+            "train_examples": len(train),
+            "loss_split": "val" if val else "train",
+        },
         "runtime": {"serving": "vLLM or llama.cpp (docs/lora.md)", "adapter": "adapter/", "merged": "merged/"},
         "base_model": str(base_model),
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": "all-linear", "lr": LR, "epochs": epochs},

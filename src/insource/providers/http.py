@@ -156,7 +156,9 @@ class HttpClient:
             resp.release()
             if 300 <= resp.status < 400:
                 raise UpstreamError(f"upstream '{self.name}' answered with a redirect; redirects are never followed")
-            raise map_status_error(self.name, resp.status, data, {k.lower(): v for k, v in resp.headers.items()}, self.secret)
+            raise map_status_error(
+                self.name, resp.status, data, {k.lower(): v for k, v in resp.headers.items()}, self.secret
+            )
         return resp
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:

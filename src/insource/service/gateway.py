@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from insource.capture.record import CaptureRaw
+from insource.capture.redact import check_redactors
 from insource.config import Config
 from insource.errors import ModelNotFound
 from insource.metering.budgets import Ledger, RateLimiter
@@ -30,6 +31,7 @@ class Gateway:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.prices: dict[str, ModelPrice] = resolve_prices(cfg)
+        check_redactors(cfg.capture.redactors)
         self.store = open_store(cfg)
         self.secret = server_secret(cfg, self.store)
         self.keys = KeyCache(self.store, self.secret)

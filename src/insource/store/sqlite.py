@@ -104,17 +104,21 @@ class Store:
         return len(rows)
 
     def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
-        """Insert a mixed batch of (table, row, ignore_duplicates) in one transaction."""
+        """Insert a mixed batch of (table, row, ignore_duplicates) in one transaction.
+
+        Rows with the same table, columns and conflict rule go through one `executemany`, in order of
+        first appearance (so blobs land before the captures that point at them).
+        """
+        groups: dict[tuple[str, tuple[str, ...], bool], list[tuple[Any, ...]]] = {}
+        for table, row, ignore in batch:
+            cols = tuple(row)
+            groups.setdefault((table, cols, ignore), []).append(tuple(row.values()))
         db = self.conn()
         db.execute("BEGIN")
         try:
-            for table, row, ignore in batch:
-                cols = list(row)
+            for (table, cols, ignore), values in groups.items():
                 verb = "INSERT OR IGNORE" if ignore else "INSERT"
-                db.execute(
-                    f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    tuple(row[c] for c in cols),
-                )
+                db.executemany(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -54,21 +54,24 @@ async def replay(base_url: str, key: str, pairs: list[tuple[str, str]], concurre
             async with limit:
                 t0 = time.perf_counter()
                 raw = await client.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini", metadata={"task": TASK},
+                    model="gpt-4o-mini",
+                    metadata={"task": TASK},
                     messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
                 )
                 ms = (time.perf_counter() - t0) * 1000
                 answer = raw.parse().choices[0].message.content or ""
-                out.append({"gold": gold, "answer": answer.strip(), "served_by": raw.headers["x-insource-served-by"],
-                            "ms": ms})
+                out.append(
+                    {"gold": gold, "answer": answer.strip(), "served_by": raw.headers["x-insource-served-by"], "ms": ms}
+                )
 
         await asyncio.gather(*(one(t, g) for t, g in pairs))
     return out
 
 
 def cli(config: Path, *args: str) -> Any:
-    proc = subprocess.run([sys.executable, "-m", "insource", *args, "--config", str(config), "--json"],
-                          stdout=subprocess.PIPE, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "insource", *args, "--config", str(config), "--json"], stdout=subprocess.PIPE, check=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -85,9 +88,11 @@ def main() -> None:
     handle = run_server(fake)
     folder = Path(tempfile.mkdtemp(prefix="b77-cascade-"))
     config = folder / "insource.toml"
-    config.write_text(f'[store]\nurl = "sqlite:///./insource.db"\n[providers.teacher]\nkind = "openai"\n'
-                      f'base_url = "{handle.url}/v1"\nterms = "self-hosted"\n'
-                      f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n')
+    config.write_text(
+        f'[store]\nurl = "sqlite:///./insource.db"\n[providers.teacher]\nkind = "openai"\n'
+        f'base_url = "{handle.url}/v1"\nterms = "self-hosted"\n'
+        f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
+    )
     gw = start_gateway(config)
     try:
         key = gw.key("bench")["key"]
@@ -99,12 +104,33 @@ def main() -> None:
         t1 = time.perf_counter()
         cli(config, "dataset", "build", "--task", TASK, "--out", str(folder / "ds"))
         model = cli(config, "distill", "--task", TASK, "--dataset", str(folder / "ds"))["model"]
-        ev = cli(config, "eval", "--task", TASK, "--model", model, "--dataset", str(folder / "ds"),
-                 "--target-agreement", str(args.target))
+        ev = cli(
+            config,
+            "eval",
+            "--task",
+            TASK,
+            "--model",
+            model,
+            "--dataset",
+            str(folder / "ds"),
+            "--target-agreement",
+            str(args.target),
+        )
         learn_s = time.perf_counter() - t1
         threshold = ev["threshold"] if ev["threshold"] is not None else 1.0
-        cli(config, "route", "set", "--task", TASK, "--model", model, "--mode", "cascade",
-            "--threshold", f"{threshold:.6f}")
+        cli(
+            config,
+            "route",
+            "set",
+            "--task",
+            TASK,
+            "--model",
+            model,
+            "--mode",
+            "cascade",
+            "--threshold",
+            f"{threshold:.6f}",
+        )
         teacher_only = asyncio.run(replay(gw.base_url, key, test[:300], concurrency=1))  # latency baseline
         time.sleep(1.2)
         results = asyncio.run(replay(gw.base_url, key, test))
@@ -115,8 +141,16 @@ def main() -> None:
     report(results, single, teacher_only, ev, model, replay_s, learn_s, len(train))
 
 
-def report(results: list[dict[str, Any]], single: list[dict[str, Any]], teacher_only: list[dict[str, Any]],
-           ev: dict[str, Any], model: str, replay_s: float, learn_s: float, n_train: int) -> None:
+def report(
+    results: list[dict[str, Any]],
+    single: list[dict[str, Any]],
+    teacher_only: list[dict[str, Any]],
+    ev: dict[str, Any],
+    model: str,
+    replay_s: float,
+    learn_s: float,
+    n_train: int,
+) -> None:
     student = [r for r in results if r["served_by"] == model]
     share = len(student) / len(results)
     agreement = sum(r["answer"] == r["gold"] for r in results) / len(results)
@@ -124,8 +158,11 @@ def report(results: list[dict[str, Any]], single: list[dict[str, Any]], teacher_
     teacher_per_req = ev["teacher_cost_per_1k_usd"] / 1000
     student_per_req = ev["cost_per_1k_usd"] / 1000
     cascade_cost = len(student) * student_per_req + (len(results) - len(student)) * teacher_per_req
-    p50_student = statistics.median(r["ms"] for r in single if r["served_by"] == model) if any(
-        r["served_by"] == model for r in single) else float("nan")
+    p50_student = (
+        statistics.median(r["ms"] for r in single if r["served_by"] == model)
+        if any(r["served_by"] == model for r in single)
+        else float("nan")
+    )
     p50_teacher = statistics.median(r["ms"] for r in teacher_only)
     lines = [
         f"Banking77 cascade benchmark ({time.strftime('%Y-%m-%d')}, 2 cores, no GPU)",

@@ -46,8 +46,9 @@ def build_dataset(folder: Path, n_val: int) -> Path:
     train, test = rows("train.csv"), rows("test.csv")
     random.Random(0).shuffle(train)
     # teacher cost per request: a ~150-token classification prompt on a gpt-4o-mini class model
-    return write_dataset(folder, "banking77", {"train": train[n_val:], "val": train[:n_val], "test": test},
-                         cost_usd=0.00003)
+    return write_dataset(
+        folder, "banking77", {"train": train[n_val:], "val": train[:n_val], "test": test}, cost_usd=0.00003
+    )
 
 
 def run_student(cfg: Any, dataset: Path, student: str) -> dict[str, Any]:
@@ -58,14 +59,30 @@ def run_student(cfg: Any, dataset: Path, student: str) -> dict[str, Any]:
     t2 = time.perf_counter()
     first = evals[TARGETS[0]]
     out: dict[str, Any] = {
-        "model": reg["model"], "student": student, "distill_s": round(t1 - t0, 1), "eval_s": round(t2 - t1, 1),
-        "wall_s": round(t2 - t0, 1), "test_agreement": first["agreement"], "ece": first["ece"],
-        "answers_per_s_per_core": first["answers_per_s_per_core"], "latency_ms_p50": first["latency_ms_p50"],
-        "cost_per_1k_usd": first["cost_per_1k_usd"], "teacher_cost_per_1k_usd": first["teacher_cost_per_1k_usd"],
+        "model": reg["model"],
+        "student": student,
+        "distill_s": round(t1 - t0, 1),
+        "eval_s": round(t2 - t1, 1),
+        "wall_s": round(t2 - t0, 1),
+        "test_agreement": first["agreement"],
+        "ece": first["ece"],
+        "answers_per_s_per_core": first["answers_per_s_per_core"],
+        "latency_ms_p50": first["latency_ms_p50"],
+        "cost_per_1k_usd": first["cost_per_1k_usd"],
+        "teacher_cost_per_1k_usd": first["teacher_cost_per_1k_usd"],
     }
     for t, e in evals.items():
-        out[f"at_{t:g}"] = {k: e[k] for k in ("threshold", "coverage_at_threshold", "agreement_at_threshold",
-                                              "meets_target", "end_to_end_agreement", "val_coverage_at_threshold")}
+        out[f"at_{t:g}"] = {
+            k: e[k]
+            for k in (
+                "threshold",
+                "coverage_at_threshold",
+                "agreement_at_threshold",
+                "meets_target",
+                "end_to_end_agreement",
+                "val_coverage_at_threshold",
+            )
+        }
     return out
 
 
@@ -75,14 +92,20 @@ def report(r: dict[str, Any]) -> None:
     for t in TARGETS:
         a = r[f"at_{t:g}"]
         agr = a["agreement_at_threshold"]
-        print(f"target {t:.0%}: insourced {a['coverage_at_threshold']:.1%} of test traffic "
-              f"(goal {GOALS[t]:.0%}, baseline {BASELINE[t]:.0%}), test agreement "
-              f"{'n/a' if agr is None else f'{agr:.4f}'} -> {'MEETS' if a['meets_target'] else 'MISSES'} target; "
-              f"end-to-end with teacher fallback {a['end_to_end_agreement']:.4f}; threshold {a['threshold']}")
-    print(f"wall time 10k examples -> evaluated student: {r['wall_s']} s (distill {r['distill_s']} s, "
-          f"eval {r['eval_s']} s)")
-    print(f"answers/s per core {r['answers_per_s_per_core']} (p50 {r['latency_ms_p50']} ms); cost per 1k "
-          f"${r['cost_per_1k_usd']:.6f} vs teacher ${r['teacher_cost_per_1k_usd']:.4f}")
+        print(
+            f"target {t:.0%}: insourced {a['coverage_at_threshold']:.1%} of test traffic "
+            f"(goal {GOALS[t]:.0%}, baseline {BASELINE[t]:.0%}), test agreement "
+            f"{'n/a' if agr is None else f'{agr:.4f}'} -> {'MEETS' if a['meets_target'] else 'MISSES'} target; "
+            f"end-to-end with teacher fallback {a['end_to_end_agreement']:.4f}; threshold {a['threshold']}"
+        )
+    print(
+        f"wall time 10k examples -> evaluated student: {r['wall_s']} s (distill {r['distill_s']} s, "
+        f"eval {r['eval_s']} s)"
+    )
+    print(
+        f"answers/s per core {r['answers_per_s_per_core']} (p50 {r['latency_ms_p50']} ms); cost per 1k "
+        f"${r['cost_per_1k_usd']:.6f} vs teacher ${r['teacher_cost_per_1k_usd']:.4f}"
+    )
 
 
 def main() -> int:

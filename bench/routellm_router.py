@@ -34,9 +34,17 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routellm" / "gsm8k_responses.csv"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 QUALITY = 0.95
-_OPS: dict[type, Any] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-                         ast.Div: operator.truediv, ast.Pow: operator.pow, ast.USub: operator.neg,
-                         ast.UAdd: operator.pos, ast.Mod: operator.mod, ast.FloorDiv: operator.floordiv}
+_OPS: dict[type, Any] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Mod: operator.mod,
+    ast.FloorDiv: operator.floordiv,
+}
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _NUM = re.compile(r"-?\d[\d,]*\.?\d*")
 _HEDGES = ("however", "assum", "approximately", "round", "can't have", "cannot have", "not possible", "but since")
@@ -93,10 +101,15 @@ def answer_features(response: str) -> list[float]:
     final = _number(final_text)
     lower = response.lower()
     return [
-        float(len(calcs)), float(wrong), float(wrong > 0), float("####" in response),
+        float(len(calcs)),
+        float(wrong),
+        float(wrong > 0),
+        float("####" in response),
         float(final is not None and last_value is not None and abs(final - last_value) < 1e-6),
-        float(final is not None and final != int(final)), float(sum(lower.count(h) for h in _HEDGES)),
-        float(np.log1p(len(response))), float(response.count("\n")),
+        float(final is not None and final != int(final)),
+        float(sum(lower.count(h) for h in _HEDGES)),
+        float(np.log1p(len(response))),
+        float(response.count("\n")),
     ]
 
 
@@ -162,10 +175,17 @@ def evaluate_router(x: np.ndarray, weak: np.ndarray, strong: np.ndarray, folds: 
         off[te] = _fit_predict(x[tr], weak[tr], x[te]) >= t
     accuracy = float(np.where(off, weak, strong).mean())
     oof = _oof(x, weak, folds, seed=2)
-    curve_best = max((float((oof >= t).mean()) for t in set(oof.tolist())
-                      if routed_accuracy(oof, t, weak, strong) >= floor), default=0.0)
-    return {"share_off_strong": float(off.mean()), "accuracy": accuracy, "quality_vs_strong": accuracy / strong.mean(),
-            "meets_quality": accuracy >= floor, "best_share_on_curve": curve_best}
+    curve_best = max(
+        (float((oof >= t).mean()) for t in set(oof.tolist()) if routed_accuracy(oof, t, weak, strong) >= floor),
+        default=0.0,
+    )
+    return {
+        "share_off_strong": float(off.mean()),
+        "accuracy": accuracy,
+        "quality_vs_strong": accuracy / strong.mean(),
+        "meets_quality": accuracy >= floor,
+        "best_share_on_curve": curve_best,
+    }
 
 
 def main() -> int:
@@ -186,7 +206,9 @@ def main() -> int:
         a = embed([r[f"{WEAK}_response"][:2000] for r in rows], cache)
     feats = np.array([answer_features(r[f"{WEAK}_response"]) for r in rows])
     results = {
-        "n": len(rows), "strong_accuracy": float(strong.mean()), "weak_accuracy": float(weak.mean()),
+        "n": len(rows),
+        "strong_accuracy": float(strong.mean()),
+        "weak_accuracy": float(weak.mean()),
         "random_share_at_quality": float((strong.mean() - QUALITY * strong.mean()) / (strong.mean() - weak.mean())),
         "question": evaluate_router(q, weak, strong, args.folds),
         "cascade": evaluate_router(np.hstack([q, a, feats]), weak, strong, args.folds),
@@ -195,15 +217,19 @@ def main() -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    print(f"GSM8K n={results['n']}: GPT-4 {results['strong_accuracy']:.3f}, Mixtral {results['weak_accuracy']:.3f}; "
-          f"floor = 95% of GPT-4 = {QUALITY * results['strong_accuracy']:.3f}; random routing keeps "
-          f"{results['random_share_at_quality']:.1%} off GPT-4")
+    print(
+        f"GSM8K n={results['n']}: GPT-4 {results['strong_accuracy']:.3f}, Mixtral {results['weak_accuracy']:.3f}; "
+        f"floor = 95% of GPT-4 = {QUALITY * results['strong_accuracy']:.3f}; random routing keeps "
+        f"{results['random_share_at_quality']:.1%} off GPT-4"
+    )
     for name in ("question", "cascade_checks_only", "cascade"):
         r = results[name]
-        print(f"{name:>20}: {r['share_off_strong']:.1%} of traffic kept off GPT-4 (nested CV), accuracy "
-              f"{r['accuracy']:.3f} = {r['quality_vs_strong']:.1%} of GPT-4 "
-              f"({'meets' if r['meets_quality'] else 'MISSES'} 95%); best point on the CV curve "
-              f"{r['best_share_on_curve']:.1%}  (RouteLLM ~35%, target ≥ 40%)")
+        print(
+            f"{name:>20}: {r['share_off_strong']:.1%} of traffic kept off GPT-4 (nested CV), accuracy "
+            f"{r['accuracy']:.3f} = {r['quality_vs_strong']:.1%} of GPT-4 "
+            f"({'meets' if r['meets_quality'] else 'MISSES'} 95%); best point on the CV curve "
+            f"{r['best_share_on_curve']:.1%}  (RouteLLM ~35%, target ≥ 40%)"
+        )
     return 0
 
 

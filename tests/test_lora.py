@@ -31,12 +31,22 @@ def tiny_llama(folder: Path, corpus: list[str]) -> Path:
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     fast.save_pretrained(str(folder))
     return folder
@@ -52,13 +62,30 @@ def test_lora_distill_saves_adapter_and_merged_model(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     ds = chat_dataset(tmp_path / "ds")
-    corpus = [json.loads(line)["messages"][0]["content"] + " " + json.loads(line)["messages"][1]["content"]
-              for line in (ds / "train.jsonl").read_text().splitlines()]
+    corpus = [
+        json.loads(line)["messages"][0]["content"] + " " + json.loads(line)["messages"][1]["content"]
+        for line in (ds / "train.jsonl").read_text().splitlines()
+    ]
     base = tiny_llama(tmp_path / "base", [*corpus, "<|user|> <|assistant|>"])
     config = tmp_path / "insource.toml"
     config.write_text('[registry]\npath = "models"\n')
-    res = runner.invoke(app, ["distill", "--task", "gen", "--student", "lora", "--dataset", str(ds),
-                              "--base-model", str(base), "--json", "--config", str(config)])
+    res = runner.invoke(
+        app,
+        [
+            "distill",
+            "--task",
+            "gen",
+            "--student",
+            "lora",
+            "--dataset",
+            str(ds),
+            "--base-model",
+            str(base),
+            "--json",
+            "--config",
+            str(config),
+        ],
+    )
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["model"] == "gen@v1" and out["student"] == "lora"
@@ -84,7 +111,8 @@ def test_lora_needs_a_base_model(tmp_path: Path) -> None:
     ds = chat_dataset(tmp_path / "ds")
     config = tmp_path / "insource.toml"
     config.write_text('[registry]\npath = "models"\n')
-    res = runner.invoke(app, ["distill", "--task", "gen", "--student", "lora", "--dataset", str(ds),
-                              "--config", str(config)])
+    res = runner.invoke(
+        app, ["distill", "--task", "gen", "--student", "lora", "--dataset", str(ds), "--config", str(config)]
+    )
     assert res.exit_code != 0 and "--base-model" in res.stderr
     assert not (tmp_path / "models").exists() or not [p for p in (tmp_path / "models").iterdir()]

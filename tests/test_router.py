@@ -215,3 +215,38 @@ def test_broken_student_falls_back_to_teacher(trained: Trained, tmp_path: Path) 
         assert served == "teacher:gpt-4o-mini" and answer
     finally:
         shutil.rmtree(registry / broken_name)
+
+
+def test_cascade_target_agreement_uses_the_threshold_eval_found(trained: Trained) -> None:
+    missing = trained.gw.cli(
+        "route",
+        "set",
+        "--task",
+        TASK,
+        "--model",
+        trained.model,
+        "--mode",
+        "cascade",
+        "--target-agreement",
+        "0.777",
+        check=False,
+    )
+    assert missing.returncode != 0 and "insource eval" in missing.stderr
+    folder = trained.gw.config.parent
+    ev = json.loads(
+        trained.gw.cli(
+            "eval",
+            "--task",
+            TASK,
+            "--model",
+            trained.model,
+            "--dataset",
+            str(folder / "ds"),
+            "--target-agreement",
+            "0.9",
+            "--json",
+        ).stdout
+    )
+    assert ev["threshold"] is not None
+    set_route(trained, "--mode", "cascade", "--target-agreement", "0.9")
+    assert route_row(trained)["threshold"] == pytest.approx(ev["threshold"])

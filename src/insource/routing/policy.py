@@ -9,7 +9,6 @@ from typing import Literal
 
 Mode = Literal["shadow", "canary", "cascade", "full"]
 MODES: tuple[str, ...] = ("shadow", "canary", "cascade", "full")
-DEFAULT_THRESHOLD = 0.9
 
 
 class Answerer(Enum):

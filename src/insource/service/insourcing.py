@@ -21,7 +21,7 @@ import orjson
 
 from insource.errors import InsourceError
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
-from insource.routing.policy import DEFAULT_THRESHOLD, Answerer, RoutePolicy, decide, needs_prediction, should_roll_back
+from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction, should_roll_back
 from insource.service.chat import SERVED_BY, Reply, StreamReply
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
@@ -31,6 +31,7 @@ from insource.service.students import StudentPool
 
 log = logging.getLogger("insource.router")
 STUDENT_TIMEOUT_S = 2.0
+NEVER_SURE = 1.01  # a cascade without a resolved threshold never lets the student answer
 
 
 class InsourcingRouter:
@@ -79,7 +80,7 @@ class InsourcingRouter:
     async def _predict(self, policy: RoutePolicy, body: dict[str, Any]) -> tuple[Any, float, float]:
         started = time.perf_counter()
         try:
-            student = await self.pool.get(policy.model)
+            await self.pool.get(policy.model)
             text = self.pool.extract(policy.model, body["messages"])
             async with asyncio.timeout(STUDENT_TIMEOUT_S):
                 pred = await self.pool.predict(policy.model, text)
@@ -87,14 +88,7 @@ class InsourcingRouter:
             self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
             log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
             return None, 1.0, 0.0
-        threshold = policy.threshold
-        if threshold is None:
-            found = (student.thresholds or {}).get(str(policy.target_agreement)) if policy.target_agreement else None
-            threshold = (
-                float(found)
-                if found is not None
-                else float((student.thresholds or {}).get("default", DEFAULT_THRESHOLD))
-            )
+        threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
         return pred, threshold, time.perf_counter() - started
 
     def _answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from pathlib import Path
@@ -10,15 +11,15 @@ from typing import Any
 import orjson
 
 from insource.config import Config
-from insource.errors import BadRequest, NotFound
+from insource.errors import BadRequest, InsourceError, NotFound
 from insource.routing.policy import MODES, RoutePolicy, wilson_lower
 from insource.store import Store
 
 AGREEMENT_WINDOW = 500
 
 
-def _check_model(registry: Path, task: str, model: str) -> None:
-    from insource.distill.registry import list_models
+def _check_model(registry: Path, task: str, model: str) -> Path:
+    from insource.distill.registry import list_models, resolve
 
     entries = {m.get("name"): m for m in list_models(registry)}
     entry = entries.get(model)
@@ -28,6 +29,26 @@ def _check_model(registry: Path, task: str, model: str) -> None:
         raise BadRequest(f"model {model!r} is broken: {entry['error']}", param="model")
     if entry.get("task") != task:
         raise BadRequest(f"model {model!r} was trained for task {entry.get('task')!r}, not {task!r}", param="model")
+    return resolve(registry, model)
+
+
+def _cascade_threshold(folder: Path, policy: RoutePolicy) -> float:
+    """The explicit threshold, or the one `insource eval` found for the target agreement."""
+    from insource.distill.registry import read_thresholds
+
+    if policy.threshold is not None:
+        return policy.threshold
+    if policy.target_agreement is None:
+        raise BadRequest("cascade needs --threshold T or --target-agreement A", param="threshold")
+    found = read_thresholds(folder).get(f"{policy.target_agreement:g}")
+    if found is None:
+        raise BadRequest(
+            f"no threshold reaches agreement {policy.target_agreement:g} for {policy.model}: run "
+            f"`insource eval --task {policy.task} --model {policy.model} --target-agreement "
+            f"{policy.target_agreement:g}` first, or give --threshold",
+            param="target_agreement",
+        )
+    return float(found)
 
 
 def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
@@ -44,7 +65,9 @@ def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
             raise BadRequest(f"--{name} must be within [0, 1], got {value}", param=name)
     if not 0.0 <= policy.percent <= 100.0:
         raise BadRequest(f"--percent must be within [0, 100], got {policy.percent}", param="percent")
-    _check_model(cfg.registry_path(), policy.task, policy.model)
+    folder = _check_model(cfg.registry_path(), policy.task, policy.model)
+    if policy.mode == "cascade":
+        policy = dataclasses.replace(policy, threshold=_cascade_threshold(folder, policy))
     now = time.time()
     store.execute(
         "INSERT INTO routes (task, model, mode, percent, threshold, target_agreement, audit_rate, floor, active,"
@@ -82,10 +105,16 @@ def deactivate(store: Store, task: str, reason: dict[str, Any]) -> None:
 
 def load_policies(cfg: Config, store: Store) -> dict[str, RoutePolicy]:
     """Config routes, overridden by routes set live (stored)."""
-    policies = {
-        task: RoutePolicy(task, r.model, r.mode, r.percent, r.threshold, r.target_agreement, r.audit_rate, r.floor)
-        for task, r in cfg.routes.items()
-    }
+    policies = {}
+    for task, r in cfg.routes.items():
+        policy = RoutePolicy(task, r.model, r.mode, r.percent, r.threshold, r.target_agreement, r.audit_rate, r.floor)
+        if policy.mode == "cascade" and policy.threshold is None:
+            try:
+                found = _cascade_threshold(_check_model(cfg.registry_path(), task, r.model), policy)
+            except InsourceError:  # unresolved: the router treats a missing threshold as "never sure"
+                found = None
+            policy = dataclasses.replace(policy, threshold=found)
+        policies[task] = policy
     for row in store.query("SELECT * FROM routes"):
         policies[row["task"]] = RoutePolicy(
             row["task"],

@@ -85,12 +85,23 @@ def run_cli(
     return result
 
 
-def start_gateway(config: Path, env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(config: Path, env: dict[str, str] | None = None, workers: int = 1) -> Gateway:
     port = free_port()
     log = config.parent / f"gateway-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "insource", "serve", "--config", str(config), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "insource",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

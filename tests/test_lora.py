@@ -20,7 +20,7 @@ pytest.importorskip("peft")
 
 _register()
 runner = CliRunner()
-WORDS = "refund card lost transfer pending top up exchange rate balance pin blocked".split()
+WORDS = ["refund", "card", "lost", "transfer", "pending", "top", "up", "exchange", "rate", "balance", "pin", "blocked"]
 
 
 def tiny_llama(folder: Path, corpus: list[str]) -> Path:
@@ -103,7 +103,7 @@ def test_lora_distill_saves_adapter_and_merged_model(tmp_path: Path) -> None:
         assert torch.allclose(merged(ids).logits, adapted.eval()(ids).logits, atol=1e-4)
     info = json.loads((folder / "model.json").read_text())
     assert info["student"] == "lora" and info["base_model"] == str(base)
-    with pytest.raises(NotReady, match="vLLM or llama.cpp"):
+    with pytest.raises(NotReady, match=r"vLLM or llama\.cpp"):
         load_student(tmp_path / "models", "gen@v1")
 
 

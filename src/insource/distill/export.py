@@ -98,6 +98,11 @@ def _export_fp32(model_dir: Path, out: Path) -> Any:
     return ref
 
 
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _optimize_quantize(fp32: Path, out: Path, model_dir: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -115,13 +120,18 @@ def _optimize_quantize(fp32: Path, out: Path, model_dir: Path) -> None:
             opt_level=1,
         )
         opt.save_model_to_file(str(opt_path))
-        quantize_dynamic(
-            str(opt_path),
-            str(out),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        quiet = _DropAdvice()
+        logging.getLogger().addFilter(quiet)  # onnxruntime logs 'consider pre-processing' on the root logger
+        try:
+            quantize_dynamic(
+                str(opt_path),
+                str(out),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        finally:
+            logging.getLogger().removeFilter(quiet)
 
 
 def export_encoder(model_dir: Path, out_dir: Path) -> dict[str, Any]:

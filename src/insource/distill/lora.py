@@ -107,7 +107,8 @@ def _load_base(base: Path) -> tuple[Any, Any]:
     import torch
 
     if torch.cuda.is_available():  # the real (GPU) run: bf16 on the first visible GPU
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16).to("cuda")
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16)
+        model = model.cuda()
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base))
     return model, tok

@@ -79,7 +79,12 @@ def list_models(root: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": folder.name, "task": task, "version": version, "path": str(folder)}
         try:
             info = read_model_info(folder)
-            row.update(student=info["student"], created_at=info.get("created_at"), metrics=info.get("metrics", {}))
+            metrics = info.get("metrics")
+            row.update(
+                student=info["student"],
+                created_at=info.get("created_at"),
+                metrics=metrics if isinstance(metrics, dict) else {},
+            )
         except NotReady as exc:
             row.update(student=None, created_at=None, metrics={}, error=exc.message)
         rows.append(row)

@@ -218,14 +218,34 @@ targets = ["local:text-embedding-3-small"]
 """
 
 
+def redirector(target: str) -> ServerHandle:
+    """An 'upstream' that redirects every request elsewhere: insource must never follow it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    async def bounce(request: Request) -> RedirectResponse:
+        return RedirectResponse(target + request.url.path, status_code=307)
+
+    return run_server(Starlette(routes=[Route("/{path:path}", bounce, methods=["GET", "POST"])]))
+
+
 @pytest.fixture(scope="session")
 def gateway(upstream: tuple[FakeUpstream, ServerHandle], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("gw")
     config = folder / "insource.toml"
-    config.write_text(gateway_config(upstream[1].url, f"http://127.0.0.1:{free_port()}"))
+    bouncer = redirector(upstream[1].url)
+    text = gateway_config(upstream[1].url, f"http://127.0.0.1:{free_port()}")
+    text += (
+        f'[providers.bouncer]\nkind = "openai"\nbase_url = "{bouncer.url}/v1"\nmax_retries = 0\n'
+        '[models."bounce-mini"]\ntargets = ["bouncer:gpt-4o-mini"]\nfree = true\n'
+    )
+    config.write_text(text)
     env = {"LOCAL_UPSTREAM_KEY": UPSTREAM_KEY, "WRONG_UPSTREAM_KEY": "sk-wrong-Secret-778", "TEST_ADMIN_KEY": "adm-1"}
     os.environ.update(env)
     gw = start_gateway(config, env)
     yield gw
     stop_gateway(gw)
+    bouncer.stop()
     shutil.rmtree(folder, ignore_errors=True)

@@ -11,7 +11,10 @@ from pathlib import Path
 def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "insource", "demo", "--quick", "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout)
@@ -25,9 +28,21 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     assert "insourced" in result.stderr and "savings" in result.stderr and "SIMULATED" in result.stderr
     # everything it made stays inspectable with ordinary commands
     config = str(folder / "insource.toml")
-    models = json.loads(subprocess.run([sys.executable, "-m", "insource", "models", "list", "--json", "--config",
-                                        config], capture_output=True, text=True, check=True).stdout)
+    models = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "insource", "models", "list", "--json", "--config", config],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert [m["name"] for m in models] == [summary["model"]]
-    spend = json.loads(subprocess.run([sys.executable, "-m", "insource", "spend", "--by", "task", "--json",
-                                       "--config", config], capture_output=True, text=True, check=True).stdout)
+    spend = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "insource", "spend", "--by", "task", "--json", "--config", config],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert spend[0]["task"] == "support-intent" and spend[0]["requests"] >= 2000

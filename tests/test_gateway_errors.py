@@ -178,3 +178,10 @@ def test_circuit_breaker_opens_then_half_opens(gateway: Gateway, fake: FakeUpstr
 def test_unknown_path_and_method(gateway: Gateway) -> None:
     assert_error(httpx.get(gateway.url + "/v2/nothing"), 404)
     assert_error(httpx.get(gateway.url + CHAT), 405)
+
+
+def test_upstream_redirects_are_never_followed(gateway: Gateway, fake: FakeUpstream) -> None:
+    key = gateway.key()["key"]
+    err = assert_error(post(gateway, key, {"model": "bounce-mini", "messages": MSG}), 502)
+    assert "redirect" in str(err["message"])
+    assert fake.requests == []  # the redirect target was never called

@@ -1,9 +1,10 @@
 """Classifier students: sentence embeddings (int8 ONNX MiniLM) + a calibrated linear head.
 
 `classifier` uses the frozen base encoder (exported once, cached beside the registry). `classifier-strong`
-first fine-tunes the encoder on the teacher's answers (see `finetune.py`), exports it, and mixes in
-nearest-neighbour evidence when that measurably helps on validation. Training embeddings come from the
-same int8 ONNX encoder that serves, so evaluation measures exactly what will answer traffic.
+first fine-tunes the encoder's top layers on the teacher's answers (see `finetune.py`) and exports it. Both
+fit a logistic-regression head, temperature-scale it on validation and mix in nearest-neighbour evidence
+when that lowers the validation risk–coverage area. Training embeddings come from the same int8 ONNX
+encoder (one input per run) that serves, so evaluation measures exactly what will answer traffic.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from insource.distill.dataset import Dataset
 from insource.errors import NotReady
@@ -108,7 +108,7 @@ def _load_base(base: Path) -> tuple[Any, Any]:
 
     if torch.cuda.is_available():  # the real (GPU) run: bf16 on the first visible GPU
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16)
-        model = model.cuda()
+        model = cast(Any, model).to("cuda")
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base))
     return model, tok

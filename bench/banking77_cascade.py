@@ -167,7 +167,8 @@ def report(
     lines = [
         f"Banking77 cascade benchmark ({time.strftime('%Y-%m-%d')}, 2 cores, no GPU)",
         f"teacher traffic replayed through the gateway: {n_train} requests in {replay_s:.1f} s",
-        f"dataset + distill + eval: {learn_s:.1f} s -> {model}, threshold {ev['threshold']} (target {ev['target_agreement']})",
+        f"dataset + distill + eval: {learn_s:.1f} s -> {model}, threshold {ev['threshold']} "
+        f"(target {ev['target_agreement']})",
         f"eval (test split of captured traffic): coverage {ev['coverage_at_threshold']:.3f}, "
         f"agreement there {ev['agreement_at_threshold']}",
         f"cascade on Banking77 test ({len(results)} requests): insourced {share:.1%}, "

@@ -14,8 +14,8 @@ from typing import Any
 
 import openai
 import pytest
-
 from tests.conftest import SHARED_DATA, Gateway, start_gateway, stop_gateway
+
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import run_server
 
@@ -82,7 +82,8 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway
         f'[providers.teacher]\nkind = "openai"\nbase_url = "{handle.url}/v1"\nterms = "self-hosted"\n'
         f'[providers.az]\nkind = "openai"\nbase_url = "{handle.url}/v1"\nterms = "azure-openai"\n'
         f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
-        f'[models."az-mini"]\ntargets = ["az:gpt-4o-mini"]\nprice = {{ input_per_mtok = 0.15, output_per_mtok = 0.6 }}\n'
+        f'[models."az-mini"]\ntargets = ["az:gpt-4o-mini"]\n'
+        "price = { input_per_mtok = 0.15, output_per_mtok = 0.6 }\n"
     )
     gw = start_gateway(config)
     key = gw.key("bank")["key"]

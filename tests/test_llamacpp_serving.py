@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from tests.conftest import Gateway, free_port, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.slow

@@ -153,7 +153,7 @@ def test_cascade_student_answers_when_sure_without_audits(trained: Trained) -> N
 
 def test_cascade_streams_student_answers(trained: Trained) -> None:
     set_route(trained, "--mode", "cascade", "--threshold", "0.0")
-    text, gold = fresh(1, 104)[0]
+    text, _gold = fresh(1, 104)[0]
     answer, served = ask(trained, text, stream=True)
     assert served == trained.model and answer in demo_data.INTENTS
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import Gateway, start_gateway, stop_gateway
+
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import run_server
 

@@ -245,7 +245,8 @@ def _refused(config: Path, dataset: Path, needle: str) -> None:
     registry = load_config(config).registry_path()
     before = sorted(p.name for p in registry.iterdir()) if registry.exists() else []
     res = cli("distill", "--task", "intent", "--dataset", str(dataset), "--config", str(config))
-    assert res.exit_code != 0
+    assert res.exit_code == 2, res.stderr  # a handled error, not a crash
+    assert res.exception is None or isinstance(res.exception, SystemExit)
     assert needle in res.stderr, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     after = sorted(p.name for p in registry.iterdir()) if registry.exists() else []

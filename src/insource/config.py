@@ -47,6 +47,17 @@ class ServerConfig(Strict):
 
     _check_secret = field_validator("secret", "admin_key")(_secret_ref)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(ENV_PREFIX):
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must be redis://HOST:PORT/DB or env::NAME")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("a redis_url with a password must be referenced as env::NAME")
+        return value
+
 
 class StoreConfig(Strict):
     url: str = "sqlite:///./insource.db"

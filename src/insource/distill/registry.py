@@ -251,5 +251,7 @@ def load_student(root: Path, name: str, *, workers: int = 1) -> Student:
         return cached
     student = _load(folder, workers)
     with _cache_lock:
+        for stale in [k for k in _cache if k[0] == key[0] and k[1] == workers]:
+            del _cache[stale]  # an older eval.json's thresholds
         _cache[key] = student
     return student

@@ -70,7 +70,7 @@ def validate_embeddings(body: dict[str, Any]) -> None:
         raise BadRequest("'input' must be a string or a non-empty array of strings or token arrays.", param="input")
 
 
-def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len: int) -> ModelPrice:
+async def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len: int) -> ModelPrice:
     """Resolve the model, then check rate limits and reserve the estimated cost on every budget."""
     price = gw.model_for(ctx.key, body.get("model"))
     ctx.model = body["model"]
@@ -81,7 +81,7 @@ def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len: int)
         completion = 0
     prompt = estimate_prompt_tokens(body_len)
     ctx.est_tokens = prompt + completion if ctx.key.tpm is not None else 0
-    retry = gw.limiter.check(ctx.key.id, ctx.key.rpm, ctx.key.tpm, prompt + completion)
+    retry = await gw.limits.check_rate(ctx.key.id, ctx.key.rpm, ctx.key.tpm, prompt + completion)
     if retry is not None:
         raise RateLimited(
             "Rate limit reached for this key (requests or tokens per minute). Retry later.",
@@ -90,7 +90,7 @@ def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len: int)
     limits = gw.budget_limits(ctx.key)
     if limits:
         estimate = cost_usd(Usage(prompt, 0, completion, 0), price)
-        ctx.reservation = gw.ledger.reserve(limits, estimate)
+        ctx.reservation = await gw.limits.reserve(limits, estimate)
         if ctx.reservation is None:
             raise BudgetExceeded(
                 "This key's monthly budget is exhausted (or this request's estimated cost would exceed it)."

@@ -82,7 +82,7 @@ async def chat_completion(gw: Gateway, key: KeyInfo, raw: bytes, header_task: st
         ctx.stream = body.get("stream") is True
         ctx.task = take_task(body, header_task)
         validate_chat(body)
-        admit(gw, ctx, body, len(raw))
+        await admit(gw, ctx, body, len(raw))
         if gw.router is not None:
             routed = await gw.router.handle(gw, ctx, body)
             if routed is not None:
@@ -173,7 +173,7 @@ async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | N
         ctx.model = body.get("model") if isinstance(body.get("model"), str) else None
         ctx.task = take_task(body, header_task)
         validate_embeddings(body)
-        admit(gw, ctx, body, len(raw))
+        await admit(gw, ctx, body, len(raw))
         resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.embed(m, body))
     except InsourceError as exc:
         _fail(gw, ctx, exc)

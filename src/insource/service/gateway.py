@@ -11,14 +11,14 @@ from typing import Any
 
 from insource.capture.record import CaptureRaw
 from insource.capture.redact import check_redactors
-from insource.config import Config
-from insource.errors import ModelNotFound
-from insource.metering.budgets import Ledger, RateLimiter
+from insource.config import Config, resolve_secret
+from insource.errors import ConfigError, ModelNotFound
 from insource.metering.prices import ModelPrice, resolve_prices
 from insource.metering.usage import cost_usd
 from insource.providers import build_providers
 from insource.service.context import RequestContext
 from insource.service.keys import KeyCache, KeyInfo, server_secret
+from insource.service.limits import Limits, LocalLimits, RedisLimits
 from insource.service.spend import month_start, month_to_date
 from insource.service.upstream import Upstreams
 from insource.store import open_store
@@ -42,18 +42,27 @@ class Gateway:
             build_providers(cfg),
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
-        self.ledger = Ledger()
-        self.limiter = RateLimiter()
+        self.limits: Limits = self._make_limits(cfg)
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
-        self.ledger.sync_spent(month_to_date(self.store, time.time()), {})
         self._tasks: list[asyncio.Task[None]] = []
         self.router: Any = None  # set by the insourcing router when routes exist
         self._capture_fn: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
+    @staticmethod
+    def _make_limits(cfg: Config) -> Limits:
+        url = cfg.server.redis_url
+        if url is None:
+            return LocalLimits()
+        resolved = resolve_secret(url) if url.startswith("env::") else url
+        if not resolved:
+            raise ConfigError(f"[server] redis_url references {url}, which is not set")
+        return RedisLimits(resolved)
+
     async def start(self) -> None:
+        await self.limits.seed(await asyncio.to_thread(month_to_date, self.store, time.time()))
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
         self._tasks.append(asyncio.create_task(self._sync_spend_loop()))
 
@@ -62,6 +71,7 @@ class Gateway:
             task.cancel()
         for provider in self.upstreams.providers.values():
             await provider.close()
+        await self.limits.close()
         await asyncio.to_thread(self.writer.close)
 
     async def _refresh_keys_loop(self) -> None:
@@ -76,13 +86,13 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0 if self.multi_worker else 30.0)
             month = month_start(time.time())
-            if not self.multi_worker and month == self._month:
+            if not isinstance(self.limits, LocalLimits) or (not self.multi_worker and month == self._month):
                 continue
             self._month = month
             try:
                 await asyncio.to_thread(self.writer.flush, 5.0)
                 stored = await asyncio.to_thread(month_to_date, self.store, time.time())
-                self.ledger.sync_spent(stored, {})
+                self.limits.ledger.sync_spent(stored, {})
             except Exception:  # stale figures until the next sync; logged
                 log.exception("spend sync failed")
 
@@ -121,9 +131,9 @@ class Gateway:
         if price is not None and ctx.served_by and "@" not in ctx.served_by:
             ctx.cost_usd = cost_usd(ctx.usage, price)
         if ctx.reservation is not None:
-            self.ledger.settle(ctx.reservation, ctx.cost_usd)
+            self.limits.settle(ctx.reservation, ctx.cost_usd)
         if ctx.est_tokens:
-            self.limiter.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
+            self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         self.writer.submit("usage", ctx.usage_row())
         if ctx.on_output is not None and ctx.status == 200:
             ctx.on_output(ctx.output)

@@ -486,17 +486,20 @@ def probe_main(spec_json: str) -> None:
 
     spec = json.loads(spec_json)
     out = uvloop.run(_probe(spec))
-    sys.stdout.write(json.dumps(out))
+    Path(spec["out"]).write_text(json.dumps(out))  # a file: a large write to a pipe at exit can be cut short
 
 
 def run_probe(spec: dict[str, Any], pin_cpus: bool) -> list[list[tuple[float, float]]]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_probe", json.dumps(spec)]
-    if pin_cpus:
-        cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
-    out = subprocess.run(cmd, capture_output=True, timeout=spec["seconds"] + 60, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"probe failed: {out.stderr.decode()[-2000:]}")
-    return json.loads(out.stdout)["samples"]
+    with tempfile.TemporaryDirectory(prefix="insource-probe-") as tmp:
+        result = Path(tmp) / "samples.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_probe", json.dumps({**spec, "out": str(result)})]
+        if pin_cpus:
+            cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]
+        out = subprocess.run(cmd, capture_output=True, timeout=spec["seconds"] + 60, check=False)
+        if out.returncode != 0 or not result.exists():
+            raise RuntimeError(f"probe failed ({out.returncode}): {out.stderr.decode()[-2000:]}")
+        samples: list[list[tuple[float, float]]] = json.loads(result.read_text())["samples"]
+        return samples
 
 
 # ----------------------------------------------------------------------------------------------

@@ -168,3 +168,17 @@ def test_healthz_needs_no_key(gateway: Gateway) -> None:
     import httpx
 
     assert httpx.get(gateway.url + "/healthz").json()["status"] == "ok"
+
+
+def test_metrics_endpoint(gateway: Gateway, fake: FakeUpstream) -> None:
+    import httpx
+
+    client(gateway, gateway.key(tenant="metrics-t")["key"]).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    text = httpx.get(gateway.url + "/metrics").text
+    assert (
+        'insource_requests_total{tenant="metrics-t",model="gpt-4o-mini",served_by="local:gpt-4o-mini",status="200"} 1'
+        in text
+    )
+    assert 'insource_writer_records{state="dropped"} 0' in text

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from insource.config import Config, load_config
 from insource.errors import InsourceError, NotFound, PayloadTooLarge, Unauthorized
 from insource.server import admin
+from insource.server.metrics import render as render_metrics
 from insource.server.responses import RawJSON, SSEResponse
 from insource.service import chat
 from insource.service.gateway import Gateway
@@ -94,6 +95,10 @@ async def healthz(request: Request) -> Any:
     return RawJSON(orjson.dumps({"status": "ok", "writer": gw.writer.report()}))
 
 
+async def metrics(request: Request) -> Any:
+    return Response(render_metrics(_gw(request)), media_type="text/plain; version=0.0.4")
+
+
 async def on_insource_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InsourceError)
     return Response(exc.body_bytes(), exc.status, exc.headers, media_type="application/json")
@@ -143,6 +148,7 @@ def create_app(cfg: Config) -> Starlette:
         Route("/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
     ]
     handlers: dict[Any, Any] = {

@@ -47,6 +47,7 @@ class Gateway:
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
         self._tasks: list[asyncio.Task[None]] = []
+        self.counts: dict[tuple[str, str, str, int], list[float]] = {}  # (tenant, model, served_by, status)
         self.router: Any = None  # set by the insourcing router when routes exist
         self._capture_fn: Any = None
 
@@ -134,7 +135,14 @@ class Gateway:
             self.limits.settle(ctx.reservation, ctx.cost_usd)
         if ctx.est_tokens:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
-        self.writer.submit("usage", ctx.usage_row())
+        row = ctx.usage_row()
+        self.writer.submit("usage", row)
+        slot = self.counts.get((ctx.key.tenant, ctx.model or "", ctx.served_by or "", ctx.status))
+        if slot is None:
+            slot = self.counts[(ctx.key.tenant, ctx.model or "", ctx.served_by or "", ctx.status)] = [0, 0.0, 0.0]
+        slot[0] += 1
+        slot[1] += ctx.cost_usd
+        slot[2] += ctx.cost_avoided_usd
         if ctx.on_output is not None and ctx.status == 200:
             ctx.on_output(ctx.output)
         if capture is not None:

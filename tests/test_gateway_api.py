@@ -176,7 +176,8 @@ def test_metrics_endpoint(gateway: Gateway, fake: FakeUpstream) -> None:
     client(gateway, gateway.key(tenant="metrics-t")["key"]).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
     )
-    text = httpx.get(gateway.url + "/metrics").text
+    assert httpx.get(gateway.url + "/metrics").status_code == 401  # an admin key is configured
+    text = httpx.get(gateway.url + "/metrics", headers={"Authorization": "Bearer adm-1"}).text
     assert (
         'insource_requests_total{tenant="metrics-t",model="gpt-4o-mini",served_by="local:gpt-4o-mini",status="200"} 1'
         in text

@@ -17,7 +17,7 @@ from insource.service import keys as keys_service
 from insource.service import spend as spend_service
 
 
-def _check_admin(request: Request) -> Any:
+def check_admin(request: Request) -> Any:
     gw = request.app.state.gateway
     expected = resolve_secret(gw.cfg.server.admin_key)
     if not expected:
@@ -40,12 +40,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 async def keys_list(request: Request) -> RawJSON:
-    gw = _check_admin(request)
+    gw = check_admin(request)
     return RawJSON(orjson.dumps(keys_service.list_keys(gw.store)))
 
 
 async def keys_create(request: Request) -> RawJSON:
-    gw = _check_admin(request)
+    gw = check_admin(request)
     body = await _json_body(request)
     allowed = {"tenant", "budget_usd", "rpm", "tpm", "models", "capture"}
     unknown = set(body) - allowed
@@ -67,14 +67,14 @@ async def keys_create(request: Request) -> RawJSON:
 
 
 async def keys_revoke(request: Request) -> RawJSON:
-    gw = _check_admin(request)
+    gw = check_admin(request)
     keys_service.revoke_key(gw.store, request.path_params["key_id"])
     gw.keys.refresh()
     return RawJSON(orjson.dumps({"id": request.path_params["key_id"], "revoked": True}))
 
 
 async def spend(request: Request) -> RawJSON:
-    gw = _check_admin(request)
+    gw = check_admin(request)
     await asyncio.to_thread(gw.writer.flush, 2.0)
     rows = spend_service.spend(gw.store, request.query_params.get("by", "tenant"), request.query_params.get("since"))
     return RawJSON(orjson.dumps(rows))

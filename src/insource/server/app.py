@@ -96,6 +96,8 @@ async def healthz(request: Request) -> Any:
 
 
 async def metrics(request: Request) -> Any:
+    if _gw(request).cfg.server.admin_key is not None:
+        admin.check_admin(request)  # tenants' names and spend are operators' business
     return Response(render_metrics(_gw(request)), media_type="text/plain; version=0.0.4")
 
 

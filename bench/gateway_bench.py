@@ -849,7 +849,9 @@ def render(
             *[f"| {name} | {fmt_row(r)[2:]}" for name, r in ablated],
         ]
     if compared:
-        lines += ["", "## A/B: this gateway vs. a patched copy of src/ (`--compare`)", "", compared]
+        lines += ["", "## A/B: this gateway vs. a patched copy of src/ (`--compare`)", ""]
+        lines += [args.compare_note, ""] if args.compare_note else []
+        lines += [compared]
     if profile:
         lines += ["", "## Profile of the gateway under load (py-spy)", "", "```", profile.rstrip(), "```"]
     return "\n".join(lines) + "\n"
@@ -1007,6 +1009,7 @@ def main() -> None:
     p.add_argument("--src", type=Path, help="run the gateway from this copy of src/ (PYTHONPATH), to try a patch")
     p.add_argument("--compare", type=Path, help="A/B: the baseline against this copy of src/ (not written)")
     p.add_argument("--repeat", type=int, default=3, help="alternating runs per variant with --compare")
+    p.add_argument("--compare-note", default="", help="what the --compare copy changes (written to the results)")
     p.add_argument(
         "--compare-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16], metavar="LIST"
     )
@@ -1028,6 +1031,7 @@ def main() -> None:
     args.probe_n = 300 if args.quick else 1500
     args.pairs = 300 if args.quick else 2000
 
+    facts = machine_facts(args.workers)  # before the runs: the commit measured, not the one at the end
     rows: list[Row] = []
     extra: dict[str, Any] = {}
     profile = None
@@ -1066,7 +1070,7 @@ def main() -> None:
         print(ABL_RULE)
         ablated = ablation(args)
     if "main" in parts:
-        text = render(rows, extra, machine_facts(args.workers), args, profile, ablated, compared)
+        text = render(rows, extra, facts, args, profile, ablated, compared)
         if not args.no_write:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(text)

@@ -1,1 +1,1 @@
-"""insource.evals."""
+"""Evaluation of students against their teacher: `insource.evals.run.evaluate`, metrics and charts."""

@@ -1,13 +1,19 @@
-"""Shared HTTP plumbing for HTTP upstreams: pooled keep-alive connections, timeouts, error mapping."""
+"""Shared HTTP plumbing for HTTP upstreams: a small pooled HTTP/1.1 client (asyncio protocol + httptools),
+timeouts, error mapping."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
+import zlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 import orjson
 
 from insource.config import ProviderConfig
@@ -74,113 +80,306 @@ def _safe_error_body(body: bytes, secret: str | None) -> bytes:
     return orjson.dumps({"error": out})
 
 
-class SSEStream:
-    """Iterates whole SSE events from an aiohttp response; closes the connection when done."""
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, name: str, total_timeout: float) -> None:
-        self._resp = resp
-        self._name = name
-        self._deadline = asyncio.get_running_loop().time() + total_timeout
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = False
+        self._begin(False)
+
+    def _begin(self, streaming: bool) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.chunks: deque[bytes] = deque()
+        self.streaming = streaming
+        self.keep_alive = True
+        self.eof = False
+        self.got_bytes = False
+        self.error: BaseException | None = None
+        self.head_done: asyncio.Future[None] = self.loop.create_future()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(exc)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.eof:
+            self.fail(exc or ConnectionResetError("the upstream closed the connection"))
+
+    def fail(self, exc: BaseException) -> None:
+        self.keep_alive = False
+        if self.error is None:
+            self.error = exc
+        for fut in (self.head_done, self.done, self.waiter):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: no "never retrieved" warning when nobody awaits it
+
+    def close(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        if not self.head_done.done():
+            self.head_done.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.streaming and self.status < 300:
+            self.chunks.append(body)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.eof = True
+        if not self.done.done():
+            self.done.set_result(None)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # -- use -----------------------------------------------------------------------------------
+    def send(self, data: bytes, streaming: bool) -> None:
+        self._begin(streaming)
+        self.used = True
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def payload(self) -> bytes:
+        data = b"".join(self.body)
+        encoding = self.headers.get("content-encoding")
+        if encoding in ("gzip", "deflate"):
+            data = zlib.decompress(data, 47)
+        return data
+
+
+class _Pool:
+    def __init__(self, scheme: str, host: str, port: int, connect_timeout: float) -> None:
+        self.host, self.port = host, port
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if scheme == "https" else None
+        self.connect_timeout = connect_timeout
+        self.idle: list[_Conn] = []
+
+    async def acquire(self) -> _Conn:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(
+                lambda: _Conn(loop),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None,
+            )
+        return conn
+
+    def release(self, conn: _Conn) -> None:
+        if conn.keep_alive and conn.eof and not conn.closed and len(self.idle) < 1024:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class SSEStream:
+    """Iterates SSE events from an open streamed response: per upstream read, every whole event it
+    completed, joined (one downstream write per read). One timer enforces the total timeout."""
+
+    def __init__(self, client: HttpClient, pool: _Pool, conn: _Conn, total_timeout: float) -> None:
+        self._client = client
+        self._pool = pool
+        self._conn = conn
+        self._expired = False
+        self._timer = conn.loop.call_later(total_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._conn.fail(UpstreamTimeout(f"upstream '{self._client.name}' stream exceeded its total timeout"))
+        self._conn.close()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._events()
 
     async def _events(self) -> AsyncIterator[bytes]:
+        conn = self._conn
         buf = b""
-        content = self._resp.content
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                left = self._deadline - loop.time()
-                if left <= 0:
-                    raise UpstreamTimeout(f"upstream '{self._name}' stream exceeded its total timeout")
-                async with asyncio.timeout(left):
-                    chunk = await content.readany()
-                if not chunk:
-                    if buf.strip():
-                        yield buf + b"\n\n"
-                    return
-                buf += chunk.replace(b"\r\n", b"\n")
-                while (cut := buf.find(b"\n\n")) >= 0:
-                    event, buf = buf[: cut + 2], buf[cut + 2 :]
-                    if event.strip():
-                        yield event
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream '{self._name}' stream exceeded its total timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream '{self._name}' broke the stream ({type(exc).__name__})") from None
+        while True:
+            if conn.chunks:
+                chunk = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(_drain(conn.chunks))
+            elif conn.eof:
+                if buf.strip():
+                    yield buf + b"\n\n"
+                return
+            elif conn.error is not None:
+                if isinstance(conn.error, UpstreamError):
+                    raise conn.error
+                raise UpstreamError(f"upstream '{self._client.name}' broke the stream ({type(conn.error).__name__})")
+            else:
+                conn.waiter = conn.loop.create_future()
+                with contextlib.suppress(OSError, httptools.HttpParserError, UpstreamError):
+                    await conn.waiter  # a failure is also kept in conn.error, handled at the top of the loop
+                conn.waiter = None
+                continue
+            if b"\r" in chunk:
+                chunk = chunk.replace(b"\r\n", b"\n")
+            buf = buf + chunk if buf else chunk
+            cut = buf.rfind(b"\n\n")
+            if cut >= 0:
+                events, buf = buf[: cut + 2], buf[cut + 2 :]
+                if events.strip():
+                    yield events
 
     async def aclose(self) -> None:
-        self._resp.release()
-        self._resp.close()
+        self._timer.cancel()
+        self._pool.release(self._conn)  # reused only when the whole response was read
+
+
+def _drain(chunks: deque[bytes]) -> list[bytes]:
+    out = list(chunks)
+    chunks.clear()
+    return out
 
 
 class HttpClient:
-    """One pooled aiohttp session per provider (created lazily on the running loop)."""
+    """A pool of keep-alive connections per upstream origin. Redirects are never followed."""
 
     def __init__(self, name: str, cfg: ProviderConfig, secret: str | None) -> None:
         self.name = name
         self.cfg = cfg
         self.secret = secret
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0, keepalive_timeout=60, enable_cleanup_closed=True, family=socket.AF_UNSPEC
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, json_serialize=lambda o: orjson.dumps(o).decode()
-            )
-        return self._session
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[_Pool, bytes]] = {}
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for pool in self._pools.values():
+            pool.close()
 
-    async def _open(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.cfg.connect_timeout_s)
-        try:
-            async with asyncio.timeout(self.cfg.ttft_timeout_s):
-                resp = await self.session().post(
-                    url, data=orjson.dumps(body), headers=headers, allow_redirects=False, timeout=timeout
-                )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"upstream '{self.name}' sent no response within {self.cfg.ttft_timeout_s:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream '{self.name}' is unreachable ({type(exc).__name__})") from None
-        if resp.status >= 300:
-            data = await self._read(resp)
-            resp.release()
-            if 300 <= resp.status < 400:
+    def _target(self, url: str, headers: dict[str, str]) -> tuple[_Pool, bytes]:
+        """The pool and the pre-built request head (up to `Content-Length: `) for a URL and header set."""
+        key = (url, tuple(headers.items()))
+        hit = self._heads.get(key)
+        if hit is None:
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
+            port = parts.port or (443 if scheme == "https" else 80)
+            host = parts.hostname or ""
+            origin = (scheme, host, port)
+            pool = self._pools.get(origin)
+            if pool is None:
+                pool = self._pools[origin] = _Pool(scheme, host, port, self.cfg.connect_timeout_s)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}"]
+            lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+            hit = self._heads[key] = (pool, ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1"))
+        return hit
+
+    async def _open(
+        self, url: str, headers: dict[str, str], body: dict[str, Any], streaming: bool
+    ) -> tuple[_Pool, _Conn]:
+        pool, head = self._target(url, headers)
+        data = orjson.dumps(body)
+        request = head + str(len(data)).encode() + b"\r\n\r\n" + data
+        for attempt in (0, 1):
+            try:
+                conn = await pool.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout(f"upstream '{self.name}' did not accept a connection in time") from None
+            except OSError as exc:
+                raise UpstreamError(f"upstream '{self.name}' is unreachable ({type(exc).__name__})") from None
+            reused = conn.used
+            conn.send(request, streaming)
+            try:
+                async with asyncio.timeout(self.cfg.ttft_timeout_s):
+                    await conn.head_done
+            except TimeoutError:
+                conn.close()
+                raise UpstreamTimeout(
+                    f"upstream '{self.name}' sent no response within {self.cfg.ttft_timeout_s:g}s"
+                ) from None
+            except asyncio.CancelledError:
+                conn.close()  # the caller went away mid-request: the connection cannot be reused
+                raise
+            except (OSError, httptools.HttpParserError) as exc:
+                conn.close()
+                if attempt == 0 and reused and not conn.got_bytes:
+                    continue  # a kept-alive connection the upstream had closed: once more, on a new one
+                raise UpstreamError(f"upstream '{self.name}' is unreachable ({type(exc).__name__})") from None
+            break
+        if conn.status >= 300:
+            try:
+                await self._wait_done(conn)
+            finally:
+                pool.release(conn)
+            if 300 <= conn.status < 400:
                 raise UpstreamError(f"upstream '{self.name}' answered with a redirect; redirects are never followed")
-            raise map_status_error(
-                self.name, resp.status, data, {k.lower(): v for k, v in resp.headers.items()}, self.secret
-            )
-        return resp
+            raise map_status_error(self.name, conn.status, conn.payload(), conn.headers, self.secret)
+        return pool, conn
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _wait_done(self, conn: _Conn) -> None:
+        if conn.done.done():
+            conn.done.result()
+            return
         try:
             async with asyncio.timeout(self.cfg.total_timeout_s):
-                return await resp.read()
+                await conn.done
         except TimeoutError:
+            conn.close()
             raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout") from None
-        except aiohttp.ClientError as exc:
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except (OSError, httptools.HttpParserError) as exc:
+            conn.close()
             raise UpstreamError(f"upstream '{self.name}' broke the response ({type(exc).__name__})") from None
 
     async def post_json(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> UpstreamResponse:
-        resp = await self._open(url, headers, body)
-        data = await self._read(resp)
+        pool, conn = await self._open(url, headers, body, False)
+        try:
+            await self._wait_done(conn)
+        finally:
+            pool.release(conn)
+        data = conn.payload()
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"upstream '{self.name}' returned a body that is not JSON") from None
         if not isinstance(parsed, dict):
             raise UpstreamError(f"upstream '{self.name}' returned an unexpected JSON body")
-        return UpstreamResponse(resp.status, data, parsed, {k.lower(): v for k, v in resp.headers.items()})
+        return UpstreamResponse(conn.status, data, parsed, conn.headers)
 
     async def open_stream(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> SSEStream:
-        resp = await self._open(url, headers, body)
-        return SSEStream(resp, self.name, self.cfg.total_timeout_s)
+        pool, conn = await self._open(url, headers, body, True)
+        return SSEStream(self, pool, conn, self.cfg.total_timeout_s)

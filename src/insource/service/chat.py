@@ -150,6 +150,8 @@ async def _relay(
             out = acc.feed(event)
             if out is not None:
                 yield out
+            if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
+                break
         ctx.status = 200
     except UpstreamError as exc:
         ctx.status, ctx.error_code = exc.status, exc.code

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random as _random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +14,9 @@ from insource.service.keys import KeyInfo
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    # random.getrandbits: ~0.2 µs and keeps the GIL; uuid4() calls os.urandom, which releases the GIL, so the
+    # event loop then waits up to sys.getswitchinterval() (5 ms) for the writer thread to hand it back.
+    return f"req_{_random.getrandbits(128):032x}"
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -63,6 +64,12 @@ class Gateway:
         return RedisLimits(resolved)
 
     async def start(self) -> None:
+        # Startup objects go to the permanent generation, so full collections stop re-scanning them (each
+        # took ~40 ms CPU, a stall for every request in flight); request garbage is freed by refcount, so
+        # gen-0 collections can be rarer (measured in bench/gateway_bench.py: -0.05 ms CPU per request).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
         await self.limits.seed(await asyncio.to_thread(month_to_date, self.store, time.time()))
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
         self._tasks.append(asyncio.create_task(self._sync_spend_loop()))

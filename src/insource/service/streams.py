@@ -22,7 +22,20 @@ class StreamAccumulator:
     chunks: int = 0
     done: bool = False
 
-    def feed(self, event: bytes) -> bytes | None:
+    def feed(self, events: bytes) -> bytes | None:
+        """Account for one or more whole SSE events (as one upstream read brought them); returns the bytes to
+        relay (unchanged when possible) or None to drop."""
+        if events.find(b"\n\n") >= len(events) - 2:  # one event: the common case when the upstream is slower
+            return self._feed_one(events)
+        out = []
+        for part in events.split(b"\n\n"):
+            if part.strip():
+                relay = self._feed_one(part + b"\n\n")
+                if relay is not None:
+                    out.append(relay)
+        return b"".join(out) if out else None
+
+    def _feed_one(self, event: bytes) -> bytes | None:
         """Account for one SSE event; returns the bytes to relay (unchanged when possible) or None to drop."""
         if not event.startswith(b"data:"):
             return event

@@ -92,6 +92,9 @@ LIMIT ?
 """
 
 
+_SEARCH_PG = _SEARCH.replace("json_each(c.messages) j", "jsonb_array_elements_text(c.messages::jsonb) AS j(value)")
+
+
 def search_captures(store: Store, task: str, contains: str, limit: int = 20) -> list[dict[str, Any]]:
     """Captures of `task` whose messages or output contain `contains` (case-insensitive for ASCII)."""
     if not contains:
@@ -101,7 +104,7 @@ def search_captures(store: Store, task: str, contains: str, limit: int = 20) -> 
     if task not in known_tasks(store):
         raise NotReady(f"unknown task {task!r}")
     pattern = _like(contains)
-    rows = store.query(_SEARCH, (task, pattern, pattern, limit))
+    rows = store.query(_SEARCH_PG if store.dialect == "postgres" else _SEARCH, (task, pattern, pattern, limit))
     out = []
     for r in rows:
         messages = [orjson.loads(b["data"]) for b in _blobs(store, orjson.loads(r.pop("messages")))]

@@ -134,7 +134,7 @@ def agreement_stats(store: Store, task: str, model: str) -> tuple[int, int]:
     """(agreeing, total) over the most recent window of recorded comparisons."""
     row = store.query_one(
         "SELECT COUNT(*) AS n, COALESCE(SUM(agree), 0) AS ok FROM (SELECT agree FROM agreements"
-        " WHERE task=? AND model=? ORDER BY ts DESC LIMIT ?)",
+        " WHERE task=? AND model=? ORDER BY ts DESC LIMIT ?) AS recent",
         (task, model, AGREEMENT_WINDOW),
     )
     return (int(row["ok"]), int(row["n"])) if row else (0, 0)

@@ -11,10 +11,16 @@ __all__ = ["Row", "Store", "open_store"]
 
 def open_store(cfg: Config) -> Store:
     """Open (creating and migrating when needed) the store named by `[store] url`."""
+    url = cfg.store.url
+    if url.startswith(("postgresql://", "postgres://", "env::")):
+        from insource.config import resolve_secret
+        from insource.store.postgres import PgStore
+
+        resolved = resolve_secret(url) if url.startswith("env::") else url
+        if not resolved:
+            raise ConfigError(f"[store] url references {url}, which is not set")
+        return PgStore(resolved)
     path = cfg.sqlite_path()
     if path is None:
-        raise ConfigError(
-            f"unsupported store url {cfg.store.url!r}: use sqlite:///PATH "
-            "(PostgreSQL support is planned behind the [postgres] extra)"
-        )
+        raise ConfigError(f"unsupported store url {url!r}: use sqlite:///PATH or postgresql://HOST/DB")
     return Store(path)

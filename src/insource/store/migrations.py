@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-Migration = Callable[[sqlite3.Connection], None]
+
+class DB(Protocol):
+    """What a migration may use: DB, or the PostgreSQL store's translating wrapper."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+
+Migration = Callable[[DB], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
 
@@ -14,7 +21,7 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
-def run_script(db: sqlite3.Connection, script: str) -> None:
+def run_script(db: DB, script: str) -> None:
     """Run statements one by one inside the caller's transaction (executescript would commit it)."""
     for statement in script.split(";"):
         if statement.strip():
@@ -22,7 +29,7 @@ def run_script(db: sqlite3.Connection, script: str) -> None:
 
 
 @migration
-def m001_initial(db: sqlite3.Connection) -> None:
+def m001_initial(db: DB) -> None:
     run_script(
         db,
         """
@@ -51,7 +58,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m002_capture(db: sqlite3.Connection) -> None:
+def m002_capture(db: DB) -> None:
     run_script(
         db,
         """
@@ -73,7 +80,7 @@ def m002_capture(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_routing(db: sqlite3.Connection) -> None:
+def m003_routing(db: DB) -> None:
     run_script(
         db,
         """

@@ -18,6 +18,8 @@ Row = dict[str, Any]
 class Store:
     """A thin, thread-safe wrapper over one SQLite database (one connection per thread)."""
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()

@@ -1,0 +1,111 @@
+"""The PostgreSQL store: a real server started by the test, the gateway and the dataset builder on top."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from tests.conftest import Gateway, free_port, start_gateway, stop_gateway
+
+from insource.store.postgres import PgStore, translate
+from insource.testing import demo_data
+from insource.testing.fake_upstream import FakeUpstream
+from insource.testing.server import run_server
+from insource.testing.teacher import SimulatedTeacher
+
+INITDB = shutil.which("initdb")
+pytestmark = pytest.mark.skipif(
+    INITDB is None or importlib.util.find_spec("psycopg") is None or shutil.which("su") is None,
+    reason="PostgreSQL server binaries or psycopg are not installed",
+)
+
+
+def _as_postgres(cmd: str) -> None:
+    subprocess.run(["su", "postgres", "-c", cmd], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    folder = Path(tempfile.mkdtemp(prefix="insource-pg-"))
+    data = folder / "data"
+    shutil.chown(folder, "postgres")
+    port = free_port()
+    _as_postgres(f"initdb -D {data} -A trust --no-sync -U postgres")
+    _as_postgres(f"pg_ctl -D {data} -l {folder}/log -w -o '-c listen_addresses=127.0.0.1 -p {port} -k {folder}' start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        _as_postgres(f"pg_ctl -D {data} -m immediate stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_translate() -> None:
+    assert translate("INSERT OR IGNORE INTO t (a) VALUES (?)") == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
+    assert "to_char" in translate("SELECT strftime('%Y-%m-%d', ts, 'unixepoch') FROM usage")
+    assert translate("CREATE TABLE x (a REAL, b BLOB)", ddl=True) == "CREATE TABLE x (a DOUBLE PRECISION, b TEXT)"
+
+
+def test_store_migrates_writes_and_reads(pg_url: str) -> None:
+    store = PgStore(pg_url)
+    assert PgStore(pg_url).migrate() == []  # idempotent
+    store.write_batch([("meta", {"key": "a", "value": "1"}, False), ("meta", {"key": "a", "value": "2"}, True)])
+    assert store.meta_setdefault("a", "3") == "1"
+    store.execute("DELETE FROM meta WHERE key = ?", ("a",))
+    assert store.meta_get("a") is None
+
+
+async def _traffic(gw: Gateway, key: str, n: int) -> None:
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0) as c:
+        await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=demo_data.build_messages(text),  # type: ignore[arg-type]
+                    metadata={"task": "pg-intent"},
+                )
+                for text, _ in demo_data.generate(n, seed=5, ambiguous_share=0)
+            )
+        )
+
+
+def test_gateway_and_dataset_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    fake = SimulatedTeacher(speed=0, error_rate=0, server_error_rate=0).attach(FakeUpstream())
+    handle = run_server(fake)
+    config = tmp_path / "insource.toml"
+    config.write_text(
+        f'[store]\nurl = "{pg_url}"\n[providers.t]\nkind = "openai"\nbase_url = "{handle.url}/v1"\n'
+        '[models."gpt-4o-mini"]\ntargets = ["t:gpt-4o-mini"]\n'
+    )
+    gw = start_gateway(config)
+    try:
+        created = json.loads(gw.cli("keys", "create", "--tenant", "pg", "--budget-usd", "5", "--json").stdout)
+        asyncio.run(_traffic(gw, created["key"], 200))
+        deadline = time.monotonic() + 5
+        while True:
+            spend = json.loads(gw.cli("spend", "--by", "day", "--json").stdout)
+            if (spend and spend[0]["requests"] == 200) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert spend[0]["requests"] == 200 and isinstance(spend[0]["prompt_tokens"], int)
+        assert len(spend[0]["day"]) == 10
+        time.sleep(0.5)
+        tasks = json.loads(gw.cli("tasks", "--json").stdout)
+        assert tasks[0]["task"] == "pg-intent" and tasks[0]["kind"] == "classification"
+        built = json.loads(
+            gw.cli("dataset", "build", "--task", "pg-intent", "--out", str(tmp_path / "ds"), "--json").stdout
+        )
+        assert 180 <= sum(built["counts"].values()) <= 200  # near-duplicates removed
+        found = json.loads(gw.cli("capture", "search", "--task", "pg-intent", "--contains", "ORDER", "--json").stdout)
+        assert isinstance(found, list)
+    finally:
+        stop_gateway(gw)
+        handle.stop()

@@ -197,6 +197,9 @@ api_key = "env::WRONG_UPSTREAM_KEY"
 targets = ["local:gpt-4o-mini"]
 price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
 
+[tenants.thrifty]
+budget_usd = 0.000001
+
 [models."flaky-mini"]
 targets = ["flaky:gpt-4o-mini"]
 price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}

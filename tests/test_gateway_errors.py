@@ -185,3 +185,21 @@ def test_upstream_redirects_are_never_followed(gateway: Gateway, fake: FakeUpstr
     err = assert_error(post(gateway, key, {"model": "bounce-mini", "messages": MSG}), 502)
     assert "redirect" in str(err["message"])
     assert fake.requests == []  # the redirect target was never called
+
+
+def test_tpm_limit_429(gateway: Gateway) -> None:
+    # admission counts the estimate (prompt + max_tokens); finished requests count their real tokens
+    key = gateway.key(tpm=140)["key"]
+    body = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 100}
+    assert post(gateway, key, body).status_code == 200
+    resp = post(gateway, key, body)
+    assert_error(resp, 429, "rate_limit_exceeded")
+    assert int(resp.headers["retry-after"]) >= 1
+    assert post(gateway, key, {**body, "max_tokens": 20}).status_code == 200  # a smaller request still fits
+
+
+def test_tenant_budget_from_config(gateway: Gateway) -> None:
+    key = gateway.key(tenant="thrifty")["key"]  # [tenants.thrifty] budget_usd = 0.000001
+    assert_error(
+        post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 50}), 429, "budget_exceeded"
+    )

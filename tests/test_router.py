@@ -213,6 +213,10 @@ def test_broken_student_falls_back_to_teacher(trained: Trained, tmp_path: Path) 
         time.sleep(1.1)
         answer, served = ask(trained, fresh(1, 108)[0][0])
         assert served == "teacher:gpt-4o-mini" and answer
+        import httpx
+
+        metrics = httpx.get(trained.gw.url + "/metrics").text
+        assert 'insource_student_failures_total{task="intent"} 1' in metrics  # the failure is counted
     finally:
         shutil.rmtree(registry / broken_name)
 

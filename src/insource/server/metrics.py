@@ -24,6 +24,13 @@ def render(gw: Gateway) -> bytes:
         lines.append(f"insource_requests_total{{{labels}}} {int(n)}")
         cost.append(f"insource_cost_usd_total{{{labels}}} {c!r}")
         avoided.append(f"insource_cost_avoided_usd_total{{{labels}}} {a!r}")
+    router = getattr(gw, "router", None)
+    failures = getattr(router, "failures", {}) or {}
+    tail_students = [
+        "# HELP insource_student_failures_total Student errors and timeouts (the teacher answered).",
+        "# TYPE insource_student_failures_total counter",
+    ]
+    tail_students += [f'insource_student_failures_total{{task="{_label(t)}"}} {n}' for t, n in sorted(failures.items())]
     writer = gw.writer.report()
     tail = [
         "# HELP insource_writer_records Records handled by the background writer.",
@@ -31,4 +38,4 @@ def render(gw: Gateway) -> bytes:
     ]
     for name in ("queued", "submitted", "written", "spooled", "replayed", "failed", "dropped"):
         tail.append(f'insource_writer_records{{state="{name}"}} {writer[name]}')
-    return ("\n".join(lines + cost + avoided + tail) + "\n").encode()
+    return ("\n".join(lines + cost + avoided + tail_students + tail) + "\n").encode()

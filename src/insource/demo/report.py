@@ -107,6 +107,7 @@ def summarise(
         "insourced_share": after.insourced / max(1, after.ok),
         "audited_agreement": live["agreement"] if live else None,
         "audits": live["n"] if live else 0,
+        "rolled_back": bool(live and not live["active"]),
         "monthly_requests": monthly,
         "monthly_cost_before_usd": per_req_before * monthly,
         "monthly_cost_after_usd": per_req_after * monthly,
@@ -147,6 +148,8 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
         f"over {s['audits']} audits.",
         highlight=False,
     )
+    if s["rolled_back"]:
+        console.print("[red]The audits' agreement fell below the floor: the task rolled back to the teacher.[/]")
     if s["simulated_teacher"]:
         console.print("[yellow]The teacher was SIMULATED (no real LLM was called).[/]")
     console.print(

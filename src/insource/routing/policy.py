@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -77,5 +78,19 @@ def wilson_lower(successes: int, n: int, z: float = 1.96) -> float:
     return (centre - margin) / denom
 
 
+@functools.cache
+def min_samples(floor: float, cap: int = 100_000) -> int:
+    """The fewest comparisons whose perfect record has a Wilson lower bound at the floor.
+
+    Before that many, even a flawless student's lower bound sits below the floor, so it cannot be said to
+    have "fallen" below it: judging earlier would roll back every new student.
+    """
+    n = 1
+    while n < cap and wilson_lower(n, n) < floor:
+        n = max(n + 1, int(n * 1.05))
+    return n
+
+
 def should_roll_back(successes: int, n: int, floor: float, min_n: int = 20) -> bool:
-    return n >= min_n and wilson_lower(successes, n) < floor
+    """Roll back when the agreement's Wilson lower bound falls below the floor, once enough is known."""
+    return n >= max(min_n, min_samples(floor)) and wilson_lower(successes, n) < floor

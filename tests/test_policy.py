@@ -1,0 +1,67 @@
+"""Pure routing policies: who answers, the Wilson bound, and when a task rolls back."""
+
+from __future__ import annotations
+
+import pytest
+
+from insource.routing.policy import (
+    Answerer,
+    RoutePolicy,
+    decide,
+    min_samples,
+    needs_prediction,
+    should_roll_back,
+    wilson_lower,
+)
+from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
+
+
+def policy(mode: str, **kw: float) -> RoutePolicy:
+    return RoutePolicy("t", "t@v1", mode, **kw)  # type: ignore[arg-type]
+
+
+def test_wilson_lower_bound_known_values() -> None:
+    assert wilson_lower(0, 0) == 0.0
+    assert wilson_lower(50, 100) == pytest.approx(0.4038, abs=1e-4)
+    assert wilson_lower(20, 20) == pytest.approx(0.8389, abs=1e-4)
+    assert wilson_lower(990, 1000) < 0.99 < 990 / 1000 + 1e-9
+
+
+def test_a_perfect_young_student_is_not_rolled_back() -> None:
+    assert not should_roll_back(21, 21, 0.9)  # its lower bound is 0.85 only because n is small
+    assert min_samples(0.9) == 35 and wilson_lower(35, 35) >= 0.9 > wilson_lower(34, 34)
+    assert should_roll_back(30, 40, 0.9)
+    assert not should_roll_back(400, 400, 0.99) and should_roll_back(380, 400, 0.99)
+
+
+def test_modes() -> None:
+    sure, unsure = (0.95, False), (0.5, False)
+    assert decide(policy("shadow"), 0.9, *sure, (0.0, 0.0)).answerer is Answerer.TEACHER
+    assert decide(policy("shadow"), 0.9, *sure, (0.0, 0.0)).audit  # shadow always compares
+    assert decide(policy("cascade", threshold=0.9), 0.9, *sure, (0.5, 0.5)).answerer is Answerer.STUDENT
+    assert decide(policy("cascade"), 0.9, *unsure, (0.5, 0.5)).answerer is Answerer.TEACHER
+    assert decide(policy("cascade"), 0.9, 0.99, True, (0.5, 0.5)).answerer is Answerer.TEACHER  # out of distribution
+    assert not decide(policy("cascade"), 0.9, *sure, (0.5, 0.5)).audit  # no audits unless audit_rate > 0
+    assert decide(policy("full", audit_rate=0.3), 0.9, *unsure, (0.5, 0.2)).audit
+    assert decide(policy("full"), 0.9, None, False, (0.5, 0.5)).answerer is Answerer.TEACHER  # student failed
+    assert needs_prediction(policy("canary", percent=10), 0.05) and not needs_prediction(
+        policy("canary", percent=10), 0.5
+    )
+    inactive = RoutePolicy("t", "t@v1", "full", active=False)
+    assert decide(inactive, 0.9, *sure, (0.0, 0.0)).answerer is Answerer.TEACHER
+
+
+def test_circuit_breaker_and_retry_budget() -> None:
+    cb = CircuitBreaker(failures=2, reset_s=10)
+    cb.record_failure(now=0)
+    assert cb.allow(now=0)
+    cb.record_failure(now=0)
+    assert not cb.allow(now=5) and cb.state == "open"
+    assert cb.allow(now=10.5) and not cb.allow(now=10.6)  # half-open: one probe
+    cb.record_success()
+    assert cb.state == "closed" and cb.allow()
+    budget = RetryBudget(ratio=0.2, minimum=3, active_requests=100, active_retries=19)
+    assert budget.can_retry()
+    budget.active_retries = 20
+    assert not budget.can_retry()
+    assert 0 <= backoff_s(3) <= 0.4

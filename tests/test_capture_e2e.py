@@ -190,3 +190,17 @@ def test_tasks_json(captured: tuple[Gateway, dict[str, int]]) -> None:
     row = next(r for r in rows if r["task"] == "banking77")
     assert set(row) >= {"task", "requests", "cost_usd", "distinct_outputs", "kind"}
     assert row["kind"] == "classification" and row["requests"] >= 1142 and 50 <= row["distinct_outputs"] <= 78
+
+
+def test_key_opted_out_of_capture_is_never_captured(captured: tuple[Gateway, dict[str, int]]) -> None:
+    gw, _ = captured
+    created = json.loads(gw.cli("keys", "create", "--tenant", "private", "--no-capture", "--json").stdout)
+    secret_text = "opted-out message about my pin 4417"
+    c = openai.OpenAI(base_url=gw.base_url, api_key=created["key"], max_retries=0)
+    c.chat.completions.create(
+        model="gpt-4o-mini", metadata={"task": "banking77"}, messages=[{"role": "user", "content": secret_text}]
+    )
+    assert gw.usage_rows("key_id=?", (created["id"],), wait_for=1)  # metered, but not captured
+    time.sleep(0.3)
+    stored = b"".join(f.read_bytes() for f in gw.config.parent.glob("insource.db*"))
+    assert stored and secret_text.encode() not in stored

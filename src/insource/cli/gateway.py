@@ -98,6 +98,9 @@ def keys_create(
     rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated models this key may use.")] = None,
+    capture: Annotated[
+        bool | None, typer.Option("--capture/--no-capture", help="Capture this key's traffic (default: config).")
+    ] = None,
     config: ConfigOpt = None,
     url: UrlOpt = None,
     json: JsonOpt = False,
@@ -105,7 +108,14 @@ def keys_create(
     """Create a virtual key. The key is printed once; only its HMAC is stored."""
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
     if url:
-        body = {"tenant": tenant, "budget_usd": budget_usd, "rpm": rpm, "tpm": tpm, "models": model_list}
+        body = {
+            "tenant": tenant,
+            "budget_usd": budget_usd,
+            "rpm": rpm,
+            "tpm": tpm,
+            "models": model_list,
+            "capture": capture,
+        }
         created = remote(url, "POST", "/admin/keys", body)
     else:
         from insource.service.keys import create_key, server_secret
@@ -113,7 +123,14 @@ def keys_create(
         cfg = get_config(config)
         store = get_store(cfg)
         created = create_key(
-            store, server_secret(cfg, store), tenant, budget_usd=budget_usd, rpm=rpm, tpm=tpm, models=model_list
+            store,
+            server_secret(cfg, store),
+            tenant,
+            budget_usd=budget_usd,
+            rpm=rpm,
+            tpm=tpm,
+            models=model_list,
+            capture=capture,
         )
     if json:
         print_json(created)

@@ -27,11 +27,13 @@ def test_wilson_lower_bound_known_values() -> None:
     assert wilson_lower(990, 1000) < 0.99 < 990 / 1000 + 1e-9
 
 
-def test_a_perfect_young_student_is_not_rolled_back() -> None:
-    assert not should_roll_back(21, 21, 0.9)  # its lower bound is 0.85 only because n is small
-    assert min_samples(0.9) == 35 and wilson_lower(35, 35) >= 0.9 > wilson_lower(34, 34)
-    assert should_roll_back(30, 40, 0.9)
-    assert not should_roll_back(400, 400, 0.99) and should_roll_back(380, 400, 0.99)
+def test_rollback_waits_until_the_bound_means_something() -> None:
+    assert not should_roll_back(21, 21, 0.9)  # perfect, but its lower bound is 0.85 only because n is small
+    assert not should_roll_back(38, 40, 0.9)  # 95%: one unlucky audit must not roll a good student back
+    n = min_samples(0.9)
+    assert wilson_lower(int(0.95 * n) + 1, n) >= 0.9  # by then a 95% student clears a 0.9 floor
+    assert should_roll_back(150, 200, 0.9) and not should_roll_back(192, 200, 0.9)
+    assert should_roll_back(1140, 1200, 0.99) and not should_roll_back(1200, 1200, 0.99)
 
 
 def test_modes() -> None:

@@ -80,13 +80,16 @@ def wilson_lower(successes: int, n: int, z: float = 1.96) -> float:
 
 @functools.cache
 def min_samples(floor: float, cap: int = 100_000) -> int:
-    """The fewest comparisons whose perfect record has a Wilson lower bound at the floor.
+    """How many comparisons a verdict needs: enough that a student agreeing halfway between the floor and
+    perfect would have its Wilson lower bound clear the floor.
 
-    Before that many, even a flawless student's lower bound sits below the floor, so it cannot be said to
-    have "fallen" below it: judging earlier would roll back every new student.
+    Before that, a sound student's lower bound can sit below the floor from one unlucky disagreement (a
+    noisy teacher makes some), so the bound has not yet "fallen" below anything: judging earlier would roll
+    back good students at random.
     """
+    p = (1.0 + floor) / 2.0
     n = 1
-    while n < cap and wilson_lower(n, n) < floor:
+    while n < cap and wilson_lower(math.ceil(p * n), n) < floor:
         n = max(n + 1, int(n * 1.05))
     return n
 

@@ -21,7 +21,14 @@ import orjson
 
 from insource.errors import InsourceError
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
-from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction, should_roll_back
+from insource.routing.policy import (
+    Answerer,
+    RoutePolicy,
+    decide,
+    min_samples,
+    needs_prediction,
+    should_roll_back,
+)
 from insource.service.chat import SERVED_BY, Reply, StreamReply
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
@@ -148,7 +155,7 @@ class InsourcingRouter:
                 "agree": int(agree),
             },
         )
-        window = self.outcomes.setdefault(policy.task, deque(maxlen=AGREEMENT_WINDOW))
+        window = self.outcomes.setdefault(policy.task, deque(maxlen=max(AGREEMENT_WINDOW, min_samples(policy.floor))))
         window.append(agree)
         current = self.policies.get(policy.task)
         if current is None or not current.active or current.model != policy.model:

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from insource.errors import InsourceError
@@ -44,9 +45,10 @@ def start_gateway(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]
         if proc.poll() is not None:
             raise StepFailed(f"the gateway exited at start; its log: {log}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=0.5) as resp:
+                if resp.status == 200:
+                    return proc
+        except (urllib.error.URLError, OSError):
             time.sleep(0.1)
     proc.kill()
     raise StepFailed(f"the gateway did not start within 60 s; its log: {log}")

@@ -27,15 +27,25 @@ def _fmt(value: Any) -> str:
 @handle_errors
 def distill(
     task: Annotated[str, typer.Option("--task", help="Task to distill.")],
-    student: Annotated[str, typer.Option("--student", help="classifier | classifier-strong | lora")] = "classifier",
+    student: Annotated[
+        str,
+        typer.Option(
+            "--student",
+            help="classifier | classifier-strong | lora | auto (train both classifiers, keep the one that "
+            "insources more of validation at --target-agreement)",
+        ),
+    ] = "classifier",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: newest built).")] = None,
     base_model: Annotated[
         Path | None, typer.Option("--base-model", help="lora only: Hugging Face causal LM folder to adapt.")
     ] = None,
+    target: Annotated[
+        float, typer.Option("--target-agreement", help="auto only: agreement the validation threshold must reach.")
+    ] = 0.99,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a student on a task's dataset and register it as TASK@vN."""
+    """Train a student on a task's dataset and register it as TASK@vN (auto: the better of two)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from insource.distill.service import distill as run_distill
@@ -54,14 +64,39 @@ def distill(
             progress.update(bar, description=f"{task}: {message}")
             progress.advance(bar)
 
-        result = run_distill(cfg, task, student=student, dataset=dataset, store=store, step=step, base_model=base_model)
+        result = run_distill(
+            cfg, task, student=student, dataset=dataset, store=store, step=step, base_model=base_model, target=target
+        )
         progress.update(bar, description=f"{task}: registered {result['model']}")
+    if "candidates" in result:
+        err_console.print(_candidates_table(result))
     if json_out:
         print_json(result)
         return
     for key, value in sorted(result["metrics"].items()):
         console.print(f"{key}: {_fmt(value)}", highlight=False)
     console.print(result["model"], highlight=False)
+
+
+def _candidates_table(result: dict[str, Any]) -> Table:
+    target = result.get("target_agreement")
+    table = Table(
+        title=f"candidates on val at agreement ≥ {_fmt(target)}",
+        caption=f"picked {result['model']}: highest validation coverage (ties go to the default classifier)",
+    )
+    table.add_column("model", no_wrap=True)
+    for col in ("student", "val coverage", "val agreement", "threshold"):
+        table.add_column(col)
+    for cand in result["candidates"]:
+        table.add_row(
+            cand["model"],
+            cand["student"],
+            _fmt(cand["val_coverage_at_target"]),
+            _fmt(cand["val_agreement_at_threshold"]),
+            _fmt(cand["threshold"]),
+            style="bold green" if cand["model"] == result["model"] else None,
+        )
+    return table
 
 
 def _eval_table(result: dict[str, Any]) -> Table:

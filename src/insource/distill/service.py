@@ -14,6 +14,7 @@ from insource.config import Config
 from insource.distill.card import render_card
 from insource.distill.dataset import Dataset, check_trainable, load_dataset
 from insource.distill.registry import check_task_name, register
+from insource.distill.select import AUTO_STUDENTS, check_target, pick, record_choice, val_at_target
 from insource.errors import NotReady
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
@@ -102,11 +103,18 @@ def distill(
     store: Any = None,
     step: Step | None = None,
     base_model: Path | None = None,
+    target: float = 0.99,
 ) -> dict[str, Any]:
-    """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`."""
+    """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`.
+
+    `student="auto"` trains every student of `AUTO_STUDENTS`, registers each, and returns the one with the
+    highest validation coverage at `target` agreement, with all of them under `"candidates"`.
+    """
     check_task_name(task)
-    if student not in STUDENTS:
-        raise NotReady(f"unknown student {student!r}: choose one of {', '.join(STUDENTS)}")
+    if student not in (*STUDENTS, "auto"):
+        raise NotReady(f"unknown student {student!r}: choose one of {', '.join((*STUDENTS, 'auto'))}")
+    if student == "auto":
+        check_target(target)
     say = step or (lambda _msg: None)
     if dataset is None:
         if store is None:
@@ -116,6 +124,14 @@ def distill(
     say("reading the dataset")
     ds = load_dataset(dataset)
     check_trainable(ds, task, classifier=student != "lora")
+    if student == "auto":
+        return _distill_auto(cfg, task, ds, say, target)
+    return _train_and_register(cfg, task, ds, student, say, base_model)
+
+
+def _train_and_register(
+    cfg: Config, task: str, ds: Dataset, student: str, say: Step, base_model: Path | None = None
+) -> dict[str, Any]:
     started = time.perf_counter()
 
     def build(folder: Path) -> dict[str, Any]:
@@ -138,3 +154,36 @@ def distill(
     name, path = register(cfg.registry_path(), task, build, card)
     info = json.loads((path / "model.json").read_text("utf-8"))
     return {"model": name, "path": str(path), "student": student, "metrics": info.get("metrics", {})}
+
+
+def _prefixed(say: Step, prefix: str) -> Step:
+    def step(message: str) -> None:
+        say(prefix + message)
+
+    return step
+
+
+def _distill_auto(cfg: Config, task: str, ds: Dataset, say: Step, target: float) -> dict[str, Any]:
+    """Train and register each auto candidate, score each on validation at `target`, return the winner."""
+    results: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []
+    for i, kind in enumerate(AUTO_STUDENTS, start=1):
+        prefix = f"[{i}/{len(AUTO_STUDENTS)} {kind}] "
+        result = _train_and_register(cfg, task, ds, kind, _prefixed(say, prefix))
+        say(f"{prefix}scoring {result['model']} on validation at agreement {target:g}")
+        stats = val_at_target(Path(result["path"]), cache_root(cfg), ds, target)
+        results.append(result)
+        candidates.append({"model": result["model"], "student": kind, **stats})
+    best = pick(candidates)
+    winner = candidates[best]
+    others = [c for i, c in enumerate(candidates) if i != best]
+    record_choice(Path(results[best]["path"]), winner, others, target)
+    say(f"picked {winner['model']} ({winner['student']}): val coverage {winner['val_coverage_at_target']:.1%}")
+    return {
+        **results[best],
+        "target_agreement": target,
+        "val_coverage_at_target": winner["val_coverage_at_target"],
+        "val_agreement_at_threshold": winner["val_agreement_at_threshold"],
+        "threshold": winner["threshold"],
+        "candidates": candidates,
+    }

@@ -124,7 +124,7 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
         "phase",
         "requests",
         "insourced",
-        "agreement with teacher",
+        "agreement with teacher's labels",
         "spend (USD)",
         "teacher cost avoided",
         title="Before / after insourcing",
@@ -151,7 +151,11 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
     if s["rolled_back"]:
         console.print("[red]The audits' agreement fell below the floor: the task rolled back to the teacher.[/]")
     if s["simulated_teacher"]:
-        console.print("[yellow]The teacher was SIMULATED (no real LLM was called).[/]")
+        console.print(
+            "[yellow]The teacher was SIMULATED (no real LLM was called).[/] Like a real one it makes "
+            "mistakes (wrong labels, ambiguous messages read two ways), so even its own answers agree "
+            "with its labels only ~97-98% of the time."
+        )
     console.print(
         f"Everything stays in {s['folder']}. Inspect it with:\n"
         f"  insource spend --by task --config {config}\n  insource models list --config {config}\n"

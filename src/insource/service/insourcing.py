@@ -85,18 +85,18 @@ class InsourcingRouter:
         return self._answer(gw, ctx, body, policy.model, pred.answer, serve_s)
 
     async def _predict(self, policy: RoutePolicy, body: dict[str, Any]) -> tuple[Any, float, float]:
-        started = time.perf_counter()
+        """(prediction or None, threshold, CPU seconds the answer cost to compute)."""
         try:
             await self.pool.get(policy.model)
             text = self.pool.extract(policy.model, body["messages"])
             async with asyncio.timeout(STUDENT_TIMEOUT_S):
-                pred = await self.pool.predict(policy.model, text)
+                pred, compute_s = await self.pool.predict(policy.model, text)
         except Exception as exc:  # a student failure never reaches the caller: the teacher answers
             self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
             log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
             return None, 1.0, 0.0
         threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
-        return pred, threshold, time.perf_counter() - started
+        return pred, threshold, compute_s
 
     def _answer(
         self, gw: Gateway, ctx: RequestContext, body: dict[str, Any], name: str, answer: str, serve_s: float

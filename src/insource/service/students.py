@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ class Batcher:
         self.running = False
         self._task: asyncio.Task[None] | None = None
 
-    async def predict(self, text: str) -> Any:
+    async def predict(self, text: str) -> tuple[Any, float]:
+        """The prediction for `text`, and the CPU seconds of its share of the batch that computed it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.queue.append((text, future))
@@ -32,21 +34,27 @@ class Batcher:
             self._task = loop.create_task(self._run())
         return await future
 
+    def _timed(self, texts: list[str]) -> tuple[list[Any], float]:
+        started = time.thread_time()
+        preds = self.student.predict(texts)
+        return preds, time.thread_time() - started
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self.queue:
                 batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
                 try:
-                    preds = await loop.run_in_executor(self.executor, self.student.predict, [t for t, _ in batch])
+                    preds, seconds = await loop.run_in_executor(self.executor, self._timed, [t for t, _ in batch])
                 except Exception as exc:  # handed to every waiting request, which falls back to the teacher
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
+                share = seconds / len(batch)  # each answer's part of the compute, not its time in the queue
                 for (_, fut), pred in zip(batch, preds, strict=True):
                     if not fut.done():
-                        fut.set_result(pred)
+                        fut.set_result((pred, share))
         finally:
             self.running = False
 
@@ -92,7 +100,7 @@ class StudentPool:
                 return content if isinstance(content, str) else str(content)
         return ""
 
-    async def predict(self, name: str, text: str) -> Any:
+    async def predict(self, name: str, text: str) -> tuple[Any, float]:
         return await self._batchers[name].predict(text)
 
     def close(self) -> None:

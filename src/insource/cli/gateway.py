@@ -17,6 +17,7 @@ from insource.cli.common import (
     JsonOpt,
     UrlOpt,
     console,
+    err_console,
     fail,
     get_config,
     get_store,
@@ -84,6 +85,13 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return
+    if cfg.server.redis_url is None:
+        err_console.print(
+            "note: with several workers and no [server] redis_url, each worker keeps its own RPM/TPM windows and "
+            "budget reservations (spend is re-synced from the store every second); set redis_url to share them "
+            "exactly.",
+            highlight=False,
+        )
     if config is not None:
         os.environ["INSOURCE_CONFIG"] = str(config.resolve())
     os.environ["INSOURCE_WORKERS"] = str(workers)

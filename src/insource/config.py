@@ -151,7 +151,6 @@ class TenantConfig(Strict):
 
 class InhouseConfig(Strict):
     cpu_usd_per_hour: float = 0.10
-    gpu_usd_per_hour: float = 2.00
 
 
 class Config(Strict):

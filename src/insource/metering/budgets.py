@@ -25,7 +25,6 @@ class Reservation:
 class Ledger:
     spent: dict[Scope, float] = field(default_factory=dict)  # month-to-date, settled
     reserved: dict[Scope, float] = field(default_factory=dict)
-    local_spent: dict[Scope, float] = field(default_factory=dict)  # settled here since the last sync
 
     def reserve(self, limits: list[tuple[Scope, float]], amount: float) -> Reservation | None:
         """Book `amount` on every scope if each stays within its limit; None (nothing booked) otherwise."""
@@ -38,9 +37,6 @@ class Ledger:
             self.reserved[scope] = self.reserved.get(scope, 0.0) + amount
         return Reservation(scopes, amount)
 
-    def remaining(self, scope: Scope, limit: float) -> float:
-        return limit - self.spent.get(scope, 0.0) - self.reserved.get(scope, 0.0)
-
     def settle(self, reservation: Reservation, actual: float) -> None:
         """Release the reservation and book the real cost (idempotent)."""
         if reservation.settled:
@@ -49,14 +45,10 @@ class Ledger:
         for scope in reservation.scopes:
             self.reserved[scope] = max(0.0, self.reserved.get(scope, 0.0) - reservation.amount)
             self.spent[scope] = self.spent.get(scope, 0.0) + actual
-            self.local_spent[scope] = self.local_spent.get(scope, 0.0) + actual
 
-    def sync_spent(self, stored: dict[Scope, float], unflushed: dict[Scope, float]) -> None:
-        """Replace settled spend by the store's month-to-date figures plus what is not yet written."""
-        merged = dict(stored)
-        for scope, value in unflushed.items():
-            merged[scope] = merged.get(scope, 0.0) + value
-        self.spent = merged
+    def sync_spent(self, stored: dict[Scope, float]) -> None:
+        """Replace settled spend by the store's month-to-date figures (written by every worker)."""
+        self.spent = dict(stored)
 
 
 class RateWindow:

@@ -222,11 +222,9 @@ class SSEStream:
         self._client = client
         self._pool = pool
         self._conn = conn
-        self._expired = False
         self._timer = conn.loop.call_later(total_timeout, self._expire)
 
     def _expire(self) -> None:
-        self._expired = True
         self._conn.fail(UpstreamTimeout(f"upstream '{self._client.name}' stream exceeded its total timeout"))
         self._conn.close()
 

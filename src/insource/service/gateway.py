@@ -100,7 +100,7 @@ class Gateway:
             try:
                 await asyncio.to_thread(self.writer.flush, 5.0)
                 stored = await asyncio.to_thread(month_to_date, self.store, time.time())
-                self.limits.ledger.sync_spent(stored, {})
+                self.limits.ledger.sync_spent(stored)
             except Exception:  # stale figures until the next sync; logged
                 log.exception("spend sync failed")
 

@@ -51,7 +51,7 @@ class LocalLimits:
         self.rates.correct_tokens(key_id, delta)
 
     async def seed(self, spent: dict[str, float]) -> None:
-        self.ledger.sync_spent(spent, {})
+        self.ledger.sync_spent(spent)
 
     async def close(self) -> None:
         return None

@@ -35,13 +35,13 @@ class Upstreams:
         """Try each target in order; returns the first success. Raises the last error otherwise."""
         targets = self.targets[alias]
         last: InsourceError = ServiceUnavailable(f"no upstream available for model '{alias}'")
-        for index, (pname, umodel) in enumerate(targets):
+        for pname, umodel in targets:
             breaker = self.breakers[pname]
             if not breaker.allow():
                 last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
                 continue
             try:
-                result = await self._call_target(ctx, pname, umodel, op, has_next=index < len(targets) - 1)
+                result = await self._call_target(ctx, pname, umodel, op)
             except UpstreamError as exc:
                 if not exc.retryable:
                     raise
@@ -51,9 +51,7 @@ class Upstreams:
             return result
         raise last
 
-    async def _call_target(
-        self, ctx: RequestContext, pname: str, umodel: str, op: Operation[T], *, has_next: bool
-    ) -> T:
+    async def _call_target(self, ctx: RequestContext, pname: str, umodel: str, op: Operation[T]) -> T:
         provider = self.providers[pname]
         breaker = self.breakers[pname]
         budget = self.budgets[pname]

@@ -1,0 +1,118 @@
+"""The metered endpoints straight on ASGI: `POST /v1/chat/completions` and `POST /v1/embeddings` skip
+Starlette's Request, router, middleware and exception wrappers (~60 µs a request). Every other path goes to
+the wrapped Starlette app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+
+from insource.errors import InsourceError, NotFound, PayloadTooLarge
+from insource.server.auth import resolve_key
+from insource.server.responses import RawJSON, SSEResponse
+from insource.service import chat
+from insource.service.gateway import Gateway
+from insource.service.keys import KeyInfo
+
+log = logging.getLogger("insource.server")
+
+UseCase = Callable[[Gateway, KeyInfo, bytes, str | None], Awaitable[chat.Reply | chat.StreamReply]]
+USE_CASES: dict[str, UseCase] = {
+    "/v1/chat/completions": chat.chat_completion,
+    "/chat/completions": chat.chat_completion,
+    "/v1/embeddings": chat.embeddings,
+    "/embeddings": chat.embeddings,
+}
+INTERNAL_ERROR = orjson.dumps(
+    {
+        "error": {
+            "message": "Internal error in insource; it has been logged.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body too large: the limit is {limit // (1024 * 1024)} MB.")
+
+
+async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    message = await receive()
+    if message["type"] != "http.request":
+        raise ClientGone
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False) and len(body) <= limit:
+        return body  # the common case: one message
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    if size > limit:
+        raise _too_large(limit)
+    return b"".join(chunks)
+
+
+class FastPath:
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:  # state, routes, ... of the wrapped app
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        use_case = USE_CASES.get(scope["path"]) if scope["type"] == "http" else None
+        if use_case is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if scope["method"] != "POST":
+                raise NotFound(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405)
+            response: Any = await self._handle(use_case, scope, receive)
+        except InsourceError as exc:
+            response = RawJSON(exc.body_bytes(), exc.status, exc.headers)
+        except ClientGone:
+            return
+        except Exception as exc:  # the one boundary for bugs: logged, and an OpenAI-shaped 500
+            log.error("unexpected error on %s: %s", scope["path"], type(exc).__name__, exc_info=exc)
+            response = RawJSON(INTERNAL_ERROR, 500)
+        await response(scope, receive, send)
+
+    async def _handle(self, use_case: UseCase, scope: Any, receive: Any) -> Any:
+        gw: Gateway = self.app.state.gateway
+        auth = api_key = task = None
+        declared: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth = value.decode("latin-1")
+            elif name == b"api-key":
+                api_key = value.decode("latin-1")
+            elif name == b"x-insource-task":
+                task = value.decode("latin-1")
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        key = resolve_key(gw, auth, api_key)
+        raw = await read_body(receive, gw.max_body, declared)
+        result = await use_case(gw, key, raw, task)
+        if isinstance(result, chat.StreamReply):
+            return SSEResponse(result.events, result.headers)
+        return RawJSON(result.body, result.status, result.headers)

@@ -9,22 +9,16 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from insource.config import ProviderConfig, resolve_secret
+from insource.config import ProviderConfig
 from insource.providers.base import UpstreamResponse
-from insource.providers.http import HttpClient, SSEStream
+from insource.providers.http import HttpProvider, SSEStream
 
 
-class AzureProvider:
+class AzureProvider(HttpProvider):
     kind = "azure"
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
-        self.name = name
-        self.config = config
-        key = resolve_secret(config.api_key)
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key:
-            self._headers["api-key"] = key
-        self._http = HttpClient(name, config, key)
+        super().__init__(name, config, "api-key")
         base = config.base_url
         # Tolerate a base_url that already holds the /openai path (a common Azure misconfiguration).
         self._root = base if base.endswith("/openai") else f"{base}/openai"
@@ -44,6 +38,3 @@ class AzureProvider:
 
     async def embed(self, model: str, body: dict[str, Any]) -> UpstreamResponse:
         return await self._http.post_json(self._url(model, "embeddings"), self._headers, self._body(body))
-
-    async def close(self) -> None:
-        await self._http.close()

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httptools
 import orjson
 
-from insource.config import ProviderConfig
+from insource.config import ProviderConfig, resolve_secret
 from insource.errors import UpstreamError, UpstreamTimeout
 from insource.providers.base import UpstreamResponse
 
@@ -381,3 +381,20 @@ class HttpClient:
     async def open_stream(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> SSEStream:
         pool, conn = await self._open(url, headers, body, True)
         return SSEStream(self, pool, conn, self.cfg.total_timeout_s)
+
+
+class HttpProvider:
+    """What every HTTP provider shares: its name and config, the pooled client, and the request headers
+    carrying the resolved credential (`auth_header: prefix + key`)."""
+
+    def __init__(self, name: str, config: ProviderConfig, auth_header: str, prefix: str = "") -> None:
+        self.name = name
+        self.config = config
+        key = resolve_secret(config.api_key)
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:
+            self._headers[auth_header] = prefix + key
+        self._http = HttpClient(name, config, key)
+
+    async def close(self) -> None:
+        await self._http.close()

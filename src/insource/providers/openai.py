@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from insource.config import ProviderConfig, resolve_secret
+from insource.config import ProviderConfig
 from insource.providers.base import UpstreamResponse
-from insource.providers.http import HttpClient, SSEStream
+from insource.providers.http import HttpProvider, SSEStream
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     kind = "openai"
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
-        self.name = name
-        self.config = config
-        key = resolve_secret(config.api_key)
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        self._http = HttpClient(name, config, key)
+        super().__init__(name, config, "Authorization", "Bearer ")
         self._chat = f"{config.base_url}/chat/completions"
         self._embed = f"{config.base_url}/embeddings"
 
@@ -31,6 +25,3 @@ class OpenAIProvider:
 
     async def embed(self, model: str, body: dict[str, Any]) -> UpstreamResponse:
         return await self._http.post_json(self._embed, self._headers, {**body, "model": model})
-
-    async def close(self) -> None:
-        await self._http.close()

@@ -104,8 +104,11 @@ def test_gateway_and_dataset_on_postgres(pg_url: str, tmp_path: Path) -> None:
             gw.cli("dataset", "build", "--task", "pg-intent", "--out", str(tmp_path / "ds"), "--json").stdout
         )
         assert 180 <= sum(built["counts"].values()) <= 200  # near-duplicates removed
-        found = json.loads(gw.cli("capture", "search", "--task", "pg-intent", "--contains", "ORDER", "--json").stdout)
-        assert isinstance(found, list)
+        needle = demo_data.generate(200, seed=5, ambiguous_share=0)[0][0][:24]
+        found = json.loads(
+            gw.cli("capture", "search", "--task", "pg-intent", "--contains", needle.upper(), "--json").stdout
+        )
+        assert found and all(needle.lower() in r["input"].lower() for r in found)  # case-insensitive, as SQLite
     finally:
         stop_gateway(gw)
         handle.stop()

@@ -78,9 +78,10 @@ class StudentPool:
         finally:
             if self._loading.get(name) is not None and self._loading[name].done():
                 self._loading.pop(name, None)
-        self._students[name] = student
-        self._batchers[name] = Batcher(student, self.executor)
-        return student
+        if name not in self._students:  # concurrent first requests share one load and one batcher
+            self._students[name] = student
+            self._batchers[name] = Batcher(student, self.executor)
+        return self._students[name]
 
     def _load(self, name: str) -> Any:
         from insource.capture.slots import Template

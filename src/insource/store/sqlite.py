@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import time
@@ -28,7 +29,14 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the store folder {path.parent}: {exc.strerror}") from None
-        self.migrate()
+        # Opening a new database switches it to WAL and migrates it: SQLite may answer "database is locked" at
+        # once (without waiting) when two processes do that together, so openers take turns on a lock file.
+        with (path.parent / f"{path.name}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.migrate()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- connections -------------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:

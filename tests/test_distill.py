@@ -24,6 +24,7 @@ from insource.config import load_config
 from insource.distill.dataset import write_dataset
 from insource.distill.export import cached_base_encoder
 from insource.distill.registry import list_models, load_student
+from insource.errors import NotReady
 from insource.store import open_store
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
@@ -135,6 +136,29 @@ def test_student_answers_with_teacher_strings_and_is_deterministic(trained: dict
     assert all(0.0 <= p.confidence <= 1.0 for p in preds)
     single = [student.predict([r["input"]])[0] for r in rows[:20]]
     assert single == preds[:20]  # batch and single inputs give identical answers and confidences
+
+
+def test_a_student_with_a_lexical_view_serves_as_it_was_evaluated(
+    trained: dict[str, Any], tmp_path: Path, encoder_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("insource.distill.fit.LEXICAL_WEIGHTS", (0.5,))  # force the mix whatever val prefers
+    config = make_home(tmp_path / "home", encoder_cache)
+    res = cli("distill", "--task", "intent", "--dataset", str(trained["dataset"]), "--json", "--config", str(config))
+    assert res.exit_code == 0, res.stderr
+    registry = load_config(config).registry_path()
+    folder = registry / "intent@v1"
+    assert json.loads((folder / "model.json").read_text())["head"]["lexical_weight"] == 0.5
+    assert (folder / "lexical.npz").is_file()
+    res = cli("eval", "--task", "intent", "--model", "intent@v1", "--json", "--config", str(config))
+    assert res.exit_code == 0, res.stderr
+    evaluated = json.loads(res.stdout)
+    rows = [json.loads(line) for line in (trained["dataset"] / "test.examples.jsonl").read_text().splitlines()]
+    preds = load_student(registry, "intent@v1").predict([r["input"] for r in rows])
+    served = np.mean([p.answer == r["output"] for p, r in zip(preds, rows, strict=True)])
+    assert abs(served - evaluated["agreement"]) < 1e-3 and served > 0.8
+    (folder / "lexical.npz").unlink()
+    with pytest.raises(NotReady, match="lexical view"):
+        load_student(registry, "intent@v1", workers=2)  # another cache key: loads from disk again
 
 
 def test_out_of_distribution_inputs_are_deferred(trained: dict[str, Any]) -> None:

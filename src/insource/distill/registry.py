@@ -180,12 +180,14 @@ class Student:
     thresholds: dict[str, float] = field(default_factory=dict)
     _encoder: Any = None
     _head: Any = None
+    _lexical: Any = None
 
     def predict(self, inputs: list[str]) -> list[Prediction]:
         if not inputs:
             return []
         emb = self._encoder.encode(list(inputs))
-        idx, conf, ood = self._head.predict(emb)
+        lexical = self._lexical.proba(list(inputs)) if self._lexical is not None else None
+        idx, conf, ood = self._head.predict(emb, lexical)
         return [
             Prediction(answer=self.labels[int(i)], confidence=float(c), ood=bool(o))
             for i, c, o in zip(idx, conf, ood, strict=True)
@@ -204,6 +206,7 @@ def read_thresholds(folder: Path) -> dict[str, float]:
 def _load(folder: Path, workers: int) -> Student:
     from insource.distill.encoder import OnnxEncoder
     from insource.distill.head import Head
+    from insource.distill.lexical import Lexical
 
     info = read_model_info(folder)
     if info["student"] not in CLASSIFIER_KINDS:
@@ -214,6 +217,7 @@ def _load(folder: Path, workers: int) -> Student:
     try:
         encoder = OnnxEncoder(folder, workers=workers)
         head = Head.load(folder, serving=True)
+        lexical = Lexical.load(folder) if head.lexical_weight > 0 else None
     except (OSError, ValueError, KeyError) as exc:
         raise NotReady(f"corrupt registry entry {folder.name}: cannot load its weights ({exc})") from None
     except Exception as exc:  # onnxruntime raises its own exception types for a damaged graph
@@ -222,6 +226,8 @@ def _load(folder: Path, workers: int) -> Student:
         raise
     if head.n_classes != len(labels):
         raise NotReady(f"corrupt registry entry {folder.name}: head has {head.n_classes} classes, {len(labels)} labels")
+    if head.lexical_weight > 0 and (lexical is None or lexical.weights.shape != (lexical.n_features, len(labels))):
+        raise NotReady(f"corrupt registry entry {folder.name}: its lexical view is missing or does not fit the head")
     return Student(
         name=str(info["name"]),
         task=str(info["task"]),
@@ -232,6 +238,7 @@ def _load(folder: Path, workers: int) -> Student:
         thresholds=read_thresholds(folder),
         _encoder=encoder,
         _head=head,
+        _lexical=lexical,
     )
 
 

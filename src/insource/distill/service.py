@@ -78,7 +78,7 @@ def _build_classifier(ds: Dataset, folder: Path, cfg: Config, *, strong: bool, s
     else:
         encoder_dir = cached_base_encoder(cache_root(cfg))
         install_encoder(encoder_dir, folder)
-    info = train_head_on(ds, folder, encoder_dir, cache_root(cfg), knn=True, step=step)
+    info = train_head_on(ds, folder, encoder_dir, cache_root(cfg), knn=True, lexical=True, step=step)
     encoder_json = json.loads((folder / "encoder.json").read_text("utf-8"))
     info["runtime"] = {**encoder_json, "serving": "onnxruntime+tokenizers+numpy"}
     return info

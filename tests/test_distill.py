@@ -112,7 +112,8 @@ def test_distill_json_registers_v1_with_metrics(trained: dict[str, Any]) -> None
     assert info["student"] == "classifier" and len(info["labels"]) == N_CLASSES
     assert info["dataset"]["hashes"]["train"] and info["template"] == {"slots": ["input"]}
     assert {"encoder.onnx", "tokenizer.json", "head.npz", "card.md", "model.json"} <= {p.name for p in folder.iterdir()}
-    assert "Data provenance" in (folder / "card.md").read_text()
+    card = (folder / "card.md").read_text()
+    assert "Data provenance" in card and "- Head: logistic regression" in card
 
 
 def test_retraining_hits_the_embedding_cache_and_counts_up(trained: dict[str, Any]) -> None:

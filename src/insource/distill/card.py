@@ -14,6 +14,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _head_lines(head: Any) -> list[str]:
+    """How the classifier's confidence is made (which evidence was mixed in, chosen on validation)."""
+    if not isinstance(head, dict):
+        return []
+    parts = [f"logistic regression (C={_fmt(head.get('C'))}, temperature {_fmt(head.get('temperature'))})"]
+    if head.get("knn_weight"):
+        parts.append(f"nearest-neighbour vote (weight {_fmt(head['knn_weight'])})")
+    if head.get("lexical_weight"):
+        parts.append(f"TF-IDF n-gram view (weight {_fmt(head['lexical_weight'])})")
+    return [f"- Head: {' + '.join(parts)}; out of distribution below cosine {_fmt(head.get('ood_threshold'))}"]
+
+
 def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
     lines = [
         f"# {info.get('name', info.get('task'))}",
@@ -23,6 +35,7 @@ def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
         f"- Created: {info.get('created_at')}",
         f"- Classes: {len(info.get('labels') or [])}",
         f"- Runtime: {_fmt(info.get('runtime', {}))}",
+        *_head_lines(info.get("head")),
         "",
         "## Data provenance",
         "",

@@ -89,3 +89,14 @@ def test_head_mixes_the_lexical_view_and_insists_on_it() -> None:
     assert np.allclose(mixed, 0.5 * plain + 0.5 * lexical)
     with pytest.raises(ValueError, match="lexical"):
         head.predict(emb)
+
+
+def test_two_classes_keep_symmetric_logits() -> None:
+    texts, y = _toy()
+    keep = y < 2
+    lex = fit_lexical([t for t, k in zip(texts, keep, strict=True) if k], y[keep], 2)
+    assert lex.weights.shape == (lex.n_features, 2)
+    probs = lex.proba(["my card was stolen", "euro exchange rate"])
+    assert probs.argmax(axis=1).tolist() == [0, 1]
+    logits = lex.logits(["my card was stolen"])
+    assert abs(float(logits.sum())) < 1e-4  # scikit-learn's one binary row, split into ±half

@@ -53,7 +53,7 @@ def build_dataset(folder: Path, n_val: int) -> Path:
 
 def run_student(cfg: Any, dataset: Path, student: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    reg = distill(cfg, "banking77", student=student, dataset=dataset, step=lambda m: log(f"  {m}"))
+    reg = distill(cfg, "banking77", student=student, dataset=dataset, step=lambda m, **_: log(f"  {m}"))
     t1 = time.perf_counter()
     evals = {t: evaluate(cfg, "banking77", reg["model"], target=t) for t in TARGETS}
     t2 = time.perf_counter()

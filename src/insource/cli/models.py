@@ -46,8 +46,7 @@ def distill(
     config: ConfigOpt = None,
 ) -> None:
     """Train a student on a task's dataset and register it as TASK@vN (auto: the better of two)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
+    from insource.cli.progress import StageProgress
     from insource.distill.service import distill as run_distill
 
     cfg = get_config(config)
@@ -56,18 +55,18 @@ def distill(
         from insource.cli.common import get_store
 
         store = get_store(cfg)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        bar = progress.add_task(f"distilling {task}", total=None)
-
-        def step(message: str) -> None:
-            progress.update(bar, description=f"{task}: {message}")
-            progress.advance(bar)
-
+    with StageProgress(err_console, f"{task}: ") as progress:
         result = run_distill(
-            cfg, task, student=student, dataset=dataset, store=store, step=step, base_model=base_model, target=target
+            cfg,
+            task,
+            student=student,
+            dataset=dataset,
+            store=store,
+            step=progress.step,
+            base_model=base_model,
+            target=target,
         )
-        progress.update(bar, description=f"{task}: registered {result['model']}")
+        progress.say(f"registered {result['model']}")
     if "candidates" in result:
         err_console.print(_candidates_table(result))
     if json_out:

@@ -11,7 +11,6 @@ measures exactly what will answer traffic.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,9 @@ from insource.distill.embed_cache import EmbeddingCache
 from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxEncoder
 from insource.distill.head import Head
 from insource.distill.lexical import LEXICAL_FILE, Lexical
+from insource.distill.progress import Step
 
-Step = Callable[[str], None]
+EMBED_CHUNK = 512
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -40,8 +40,21 @@ def install_encoder(encoder_dir: Path, folder: Path) -> None:
         _link_or_copy(encoder_dir / name, folder / name)
 
 
-def embed_examples(encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example]) -> Matrix:
-    return cache.embed([ex.input for ex in examples], lambda texts: encoder.encode(texts), encoder.dim)
+def embed_examples(
+    encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example], step: Step | None = None
+) -> Matrix:
+    """Embeddings of the examples' inputs; only inputs not in the cache are encoded (in chunks, reported)."""
+
+    def encode(texts: list[str]) -> Matrix:
+        if step is None or len(texts) <= EMBED_CHUNK:
+            return encoder.encode(texts)
+        parts = []
+        for i in range(0, len(texts), EMBED_CHUNK):
+            step(f"embedding {len(texts)} new inputs", done=i, total=len(texts))
+            parts.append(encoder.encode(texts[i : i + EMBED_CHUNK]))
+        return np.concatenate(parts).astype(np.float32)
+
+    return cache.embed([ex.input for ex in examples], encode, encoder.dim)
 
 
 def encoder_cache(cache_root: Path, encoder_dir: Path) -> EmbeddingCache:
@@ -82,8 +95,8 @@ def train_head_on(
     encoder = OnnxEncoder(folder, workers=os.cpu_count() or 1)
     cache = encoder_cache(cache_root, encoder_dir)
     step(f"embedding {len(ds.split('train')) + len(ds.split('val'))} inputs")
-    train_x = embed_examples(encoder, cache, ds.split("train"))
-    val_x = embed_examples(encoder, cache, ds.split("val"))
+    train_x = embed_examples(encoder, cache, ds.split("train"), step)
+    val_x = embed_examples(encoder, cache, ds.split("val"), step)
     train_y, val_y = label_indices(ds.split("train"), index), label_indices(ds.split("val"), index)
     lex, val_lex = train_lexical(ds, index, folder, step) if lexical else (None, None)
     head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, val_lexical=val_lex, step=step)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from insource.distill.head import Head, Matrix, softmax
+from insource.distill.head import Head, Matrix, mix, softmax
 
 IntArray = npt.NDArray[np.int64]
 C_GRID = (16.0,)  # chosen on Banking77 val (4 and 64 were worse); one fit keeps retraining fast
@@ -113,22 +113,26 @@ def fit_head(
         w, b = _fit_lr(train_x, train_y, n_classes, c)
         head = Head(w, b, 1.0, train_x, train_y, 0.0)
         head.temperature = fit_temperature(head.logits(val_x), val_y)
+        logits, sims = head.scores(val_x)
+        base = softmax(logits / head.temperature)
+        knn_probs = head.knn_proba(sims) if knn else None
+        val_best = np.asarray(sims.max(axis=1), dtype=np.float32)
         for kw in KNN_WEIGHTS if knn else (0.0,):
             for lw in lexical_weights:
-                head_k = Head(w, b, head.temperature, train_x, train_y, 0.0, knn_weight=kw, lexical_weight=lw)
-                probs, val_best = head_k.proba(val_x, val_lexical)
-                pred = probs.argmax(axis=1)
-                score = aurc(probs.max(axis=1), pred == val_y)
-                info = {
-                    "C": c,
-                    "temperature": round(head.temperature, 4),
-                    "knn_weight": kw,
-                    "lexical_weight": lw,
-                    "val_aurc": round(score, 5),
-                }
+                probs = mix(base, knn_probs, kw, val_lexical, lw)
+                score = aurc(probs.max(axis=1), probs.argmax(axis=1) == val_y)
                 if best is None or score < best[0]:
-                    head_k.ood_threshold = _ood_threshold(val_best)
-                    info["ood_threshold"] = round(head_k.ood_threshold, 4)
-                    best = (score, head_k, info)
+                    chosen = Head(
+                        w, b, head.temperature, train_x, train_y, _ood_threshold(val_best), kw, lexical_weight=lw
+                    )
+                    info = {
+                        "C": c,
+                        "temperature": round(head.temperature, 4),
+                        "knn_weight": kw,
+                        "lexical_weight": lw,
+                        "val_aurc": round(score, 5),
+                        "ood_threshold": round(chosen.ood_threshold, 4),
+                    }
+                    best = (score, chosen, info)
     assert best is not None
     return best[1], best[2]

@@ -27,6 +27,16 @@ def softmax(z: Matrix) -> Matrix:
     return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
 
 
+def mix(base: Matrix, knn: Matrix | None, knn_weight: float, lexical: Matrix | None, lexical_weight: float) -> Matrix:
+    """The head's probabilities: the linear view, then the kNN vote, then the lexical view, each by its weight."""
+    probs = base
+    if knn is not None and knn_weight > 0:
+        probs = (1 - knn_weight) * probs + knn_weight * knn
+    if lexical is not None and lexical_weight > 0:
+        probs = (1 - lexical_weight) * probs + lexical_weight * lexical
+    return np.asarray(probs, dtype=np.float32)
+
+
 @dataclass
 class Head:
     weights: Matrix  # (classes, dim)
@@ -48,7 +58,7 @@ class Head:
     def logits(self, emb: Matrix) -> Matrix:
         return np.asarray(emb @ self.weights.T + self.bias, dtype=np.float32)
 
-    def _scores(self, emb: Matrix) -> tuple[Matrix, Matrix]:
+    def scores(self, emb: Matrix) -> tuple[Matrix, Matrix]:
         """(logits, cosine similarities to the training inputs).
 
         Served through a one-thread ONNX Runtime session when `head.onnx` is present: numpy's BLAS wakes
@@ -75,14 +85,11 @@ class Head:
 
         `lexical`: the lexical view's probabilities for the same inputs (ignored when `lexical_weight` is 0).
         """
-        logits, sims = self._scores(emb)
-        probs = softmax(logits / self.temperature)
-        if self.knn_weight > 0:
-            probs = (1 - self.knn_weight) * probs + self.knn_weight * self.knn_proba(sims)
-        if self.lexical_weight > 0:
-            if lexical is None:
-                raise ValueError("this head mixes in a lexical view: pass its probabilities")
-            probs = (1 - self.lexical_weight) * probs + self.lexical_weight * lexical
+        if self.lexical_weight > 0 and lexical is None:
+            raise ValueError("this head mixes in a lexical view: pass its probabilities")
+        logits, sims = self.scores(emb)
+        knn = self.knn_proba(sims) if self.knn_weight > 0 else None
+        probs = mix(softmax(logits / self.temperature), knn, self.knn_weight, lexical, self.lexical_weight)
         return probs, np.asarray(sims.max(axis=1), dtype=np.float32)
 
     def predict(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:

@@ -13,14 +13,13 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 from insource.distill.dataset import Dataset
+from insource.distill.progress import Step
 from insource.errors import NotReady
 
-Step = Callable[[str], None]
 LORA_R = 8
 LORA_ALPHA = 16
 LR = 2e-4
@@ -141,7 +140,7 @@ def _train(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, epo
             optim.step()
             steps += 1
             if steps % 10 == 1:
-                step(f"LoRA step {steps}/{total}, loss {float(loss.item()):.3f}")
+                step(f"LoRA training, loss {float(loss.item()):.3f}", done=steps, total=total)
     model.eval()
     return steps
 

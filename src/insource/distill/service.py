@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,12 @@ from typing import Any
 from insource.config import Config
 from insource.distill.card import render_card
 from insource.distill.dataset import Dataset, check_trainable, load_dataset
+from insource.distill.progress import Step, quiet
 from insource.distill.registry import check_task_name, register
 from insource.distill.select import AUTO_STUDENTS, check_target, pick, record_choice, val_at_target
 from insource.errors import NotReady
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
-Step = Callable[[str], None]
 
 
 def cache_root(cfg: Config) -> Path:
@@ -115,7 +114,7 @@ def distill(
         raise NotReady(f"unknown student {student!r}: choose one of {', '.join((*STUDENTS, 'auto'))}")
     if student == "auto":
         check_target(target)
-    say = step or (lambda _msg: None)
+    say = step or quiet
     if dataset is None:
         if store is None:
             raise NotReady("pass --dataset DIR (no store to look up the newest dataset)")
@@ -157,8 +156,8 @@ def _train_and_register(
 
 
 def _prefixed(say: Step, prefix: str) -> Step:
-    def step(message: str) -> None:
-        say(prefix + message)
+    def step(message: str, *, done: int | None = None, total: int | None = None) -> None:
+        say(prefix + message, done=done, total=total)
 
     return step
 

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 
 class StageProgress:
@@ -26,13 +27,14 @@ class StageProgress:
         self.prefix = prefix
         self.progress = Progress(
             SpinnerColumn(finished_text="[green]✓[/]"),
-            TextColumn("{task.description}"),
-            BarColumn(),
+            TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+            BarColumn(bar_width=10),
             TaskProgressColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
             transient=False,
+            expand=True,
         )
         self.current: TaskID | None = None
         self.total: int | None = None

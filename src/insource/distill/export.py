@@ -50,10 +50,18 @@ def weights_hash(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def quiet_transformers() -> None:
+    """Our own progress display reports training: silence transformers' per-load tqdm bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _wrapped(model_dir: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    quiet_transformers()
     base = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
     base.eval()
     tok = AutoTokenizer.from_pretrained(str(model_dir))

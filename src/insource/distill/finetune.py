@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from insource.distill.dataset import Dataset
-from insource.distill.export import base_model_dir, export_encoder
+from insource.distill.export import base_model_dir, export_encoder, quiet_transformers
 from insource.distill.progress import Step
 
 EPOCHS = 4
@@ -92,6 +92,7 @@ def train_encoder(texts: list[str], labels: list[int], n_classes: int, out_dir: 
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    quiet_transformers()
     torch.manual_seed(SEED)
     torch.set_num_threads(torch_threads())
     rng = random.Random(SEED)

@@ -98,6 +98,9 @@ def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int)
 def _load_base(base: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from insource.distill.export import quiet_transformers
+
+    quiet_transformers()
     if not (base / "config.json").is_file():
         raise NotReady(f"--base-model {base} is not a Hugging Face model folder (config.json missing)")
     tok = AutoTokenizer.from_pretrained(str(base))

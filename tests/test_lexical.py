@@ -37,6 +37,7 @@ def test_tfidf_values_match_scikit_learn() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     lex = fit_lexical(TEXTS * 2, np.array([0, 1, 2, 3, 0, 1] * 2), 4)
+    assert lex is not None
     ref = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     matrix = ref.fit_transform(TEXTS * 2)
     names = ref.get_feature_names_out()
@@ -47,6 +48,12 @@ def test_tfidf_values_match_scikit_learn() -> None:
         theirs = {names[c]: matrix[row, c] for c in matrix[row].indices}
         assert ours.keys() == theirs.keys()
         assert all(abs(ours[g] - theirs[g]) < 1e-5 for g in ours)
+
+
+def test_nothing_lexical_to_learn_from_gives_no_view() -> None:
+    assert fit_lexical(["1", "2", "3", "4"], np.array([0, 1, 0, 1]), 2) is None  # no shared n-gram at all
+    texts, _ = _toy()
+    assert fit_lexical(texts, np.zeros(len(texts), dtype=np.int64), 3) is None  # one class only
 
 
 def _toy() -> tuple[list[str], np.ndarray]:
@@ -63,6 +70,7 @@ def _toy() -> tuple[list[str], np.ndarray]:
 def test_fit_predicts_and_round_trips(tmp_path: Path) -> None:
     texts, y = _toy()
     lex = fit_lexical(texts, y, 3)
+    assert lex is not None
     lex.temperature = 0.5
     probs = lex.proba(["I think my card got stolen", "the euro exchange rate please", "top up keeps failing"])
     assert probs.argmax(axis=1).tolist() == [0, 1, 2]
@@ -95,6 +103,7 @@ def test_two_classes_keep_symmetric_logits() -> None:
     texts, y = _toy()
     keep = y < 2
     lex = fit_lexical([t for t, k in zip(texts, keep, strict=True) if k], y[keep], 2)
+    assert lex is not None
     assert lex.weights.shape == (lex.n_features, 2)
     probs = lex.proba(["my card was stolen", "euro exchange rate"])
     assert probs.argmax(axis=1).tolist() == [0, 1]

@@ -69,14 +69,17 @@ def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:
     return np.array([index.get(ex.output, -1) for ex in examples], dtype=np.int64)
 
 
-def train_lexical(ds: Dataset, index: dict[str, int], folder: Path, step: Step) -> tuple[Lexical, Matrix]:
-    """Fit the lexical view on train, temperature-scale it on val, save it; returns it and its val probs."""
+def train_lexical(ds: Dataset, index: dict[str, int], folder: Path, step: Step) -> tuple[Lexical | None, Matrix | None]:
+    """Fit the lexical view on train, temperature-scale it on val, save it; returns it and its val probs
+    (None, None when the inputs give it nothing to learn from)."""
     from insource.distill.fit import fit_temperature
     from insource.distill.lexical import fit_lexical
 
     step("lexical view: TF-IDF n-grams + logistic regression")
     train, val = ds.split("train"), ds.split("val")
     lex = fit_lexical([ex.input for ex in train], label_indices(train, index), len(index))
+    if lex is None:
+        return None, None
     val_texts = [ex.input for ex in val]
     lex.temperature = fit_temperature(lex.logits(val_texts), label_indices(val, index))
     lex.save(folder)

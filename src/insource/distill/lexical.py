@@ -151,14 +151,19 @@ def _sparse(lex: Lexical, texts: list[str]) -> Any:
     return csr_matrix((vals, cols, indptr), shape=(len(texts), lex.n_features), dtype=np.float32)
 
 
-def fit_lexical(texts: list[str], y: npt.NDArray[np.int64], n_classes: int) -> Lexical:
-    """Vocabulary and idf from `texts`, then a multinomial logistic regression (temperature 1: fit later)."""
+def fit_lexical(texts: list[str], y: npt.NDArray[np.int64], n_classes: int) -> Lexical | None:
+    """Vocabulary and idf from `texts`, then a multinomial logistic regression (temperature 1: fit later).
+
+    None when the texts share no n-gram at all (nothing lexical to learn from).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     words = Block.fit([word_grams(t) for t in texts], 1, 0)
     chars = Block.fit([char_grams(t) for t in texts], CHAR_MIN_DF, len(words.vocab))
     lex = Lexical(words, chars, np.zeros((0, n_classes), np.float32), np.zeros(n_classes, np.float32))
+    if lex.n_features == 0 or len(set(y.tolist())) < 2:
+        return None
     x = _sparse(lex, texts)
     clf = LogisticRegression(C=C, max_iter=300)
     with warnings.catch_warnings():

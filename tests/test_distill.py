@@ -157,9 +157,16 @@ def test_a_student_with_a_lexical_view_serves_as_it_was_evaluated(
     preds = load_student(registry, "intent@v1").predict([r["input"] for r in rows])
     served = np.mean([p.answer == r["output"] for p, r in zip(preds, rows, strict=True)])
     assert abs(served - evaluated["agreement"]) < 1e-3 and served > 0.8
+    data = (folder / "lexical.npz").read_bytes()
+    (folder / "lexical.npz").write_bytes(data[:1000])  # truncated: not a readable archive any more
+    with pytest.raises(NotReady, match="corrupt registry entry intent@v1"):
+        load_student(registry, "intent@v1", workers=2)  # another cache key: loads from disk again
+    res = cli("eval", "--task", "intent", "--model", "intent@v1", "--config", str(config))
+    assert res.exit_code != 0 and "corrupt registry entry intent@v1" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
     (folder / "lexical.npz").unlink()
     with pytest.raises(NotReady, match="lexical view"):
-        load_student(registry, "intent@v1", workers=2)  # another cache key: loads from disk again
+        load_student(registry, "intent@v1", workers=3)
 
 
 def test_out_of_distribution_inputs_are_deferred(trained: dict[str, Any]) -> None:

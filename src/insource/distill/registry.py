@@ -203,22 +203,19 @@ def read_thresholds(folder: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)} if isinstance(raw, dict) else {}
 
 
-def _load(folder: Path, workers: int) -> Student:
+def load_parts(folder: Path, labels: list[Any], workers: int) -> tuple[Any, Any, Any]:
+    """(encoder, head, lexical view or None) of a classifier student; a damaged file → NotReady, naming it."""
+    import zipfile
+
     from insource.distill.encoder import OnnxEncoder
     from insource.distill.head import Head
     from insource.distill.lexical import Lexical
 
-    info = read_model_info(folder)
-    if info["student"] not in CLASSIFIER_KINDS:
-        raise NotReady(f"{folder.name} is a {info['student']} student: serve it with vLLM or llama.cpp (docs/lora.md)")
-    labels = info.get("labels")
-    if not isinstance(labels, list) or not labels:
-        raise NotReady(f"corrupt registry entry {folder.name}: model.json has no labels")
     try:
         encoder = OnnxEncoder(folder, workers=workers)
         head = Head.load(folder, serving=True)
         lexical = Lexical.load(folder) if head.lexical_weight > 0 else None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise NotReady(f"corrupt registry entry {folder.name}: cannot load its weights ({exc})") from None
     except Exception as exc:  # onnxruntime raises its own exception types for a damaged graph
         if type(exc).__module__.startswith("onnxruntime"):
@@ -228,6 +225,17 @@ def _load(folder: Path, workers: int) -> Student:
         raise NotReady(f"corrupt registry entry {folder.name}: head has {head.n_classes} classes, {len(labels)} labels")
     if head.lexical_weight > 0 and (lexical is None or lexical.weights.shape != (lexical.n_features, len(labels))):
         raise NotReady(f"corrupt registry entry {folder.name}: its lexical view is missing or does not fit the head")
+    return encoder, head, lexical
+
+
+def _load(folder: Path, workers: int) -> Student:
+    info = read_model_info(folder)
+    if info["student"] not in CLASSIFIER_KINDS:
+        raise NotReady(f"{folder.name} is a {info['student']} student: serve it with vLLM or llama.cpp (docs/lora.md)")
+    labels = info.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise NotReady(f"corrupt registry entry {folder.name}: model.json has no labels")
+    encoder, head, lexical = load_parts(folder, labels, workers)
     return Student(
         name=str(info["name"]),
         task=str(info["task"]),

@@ -45,15 +45,11 @@ class Scored:
 def _score(folder: Path, cache_root: Path, examples: list[Example]) -> Scored:
     """Run the registered encoder + head over `examples` (embeddings through the content-hash cache)."""
     from insource.distill.classifier import embed_examples, encoder_cache
-    from insource.distill.encoder import OnnxEncoder
-    from insource.distill.head import Head
-    from insource.distill.lexical import Lexical
+    from insource.distill.registry import load_parts
 
     labels = [str(x) for x in read_model_info(folder)["labels"]]
-    encoder = OnnxEncoder(folder, workers=os.cpu_count() or 1)
+    encoder, head, lexical = load_parts(folder, labels, os.cpu_count() or 1)
     emb = embed_examples(encoder, encoder_cache(cache_root, folder), examples)
-    head = Head.load(folder, serving=True)
-    lexical = Lexical.load(folder) if head.lexical_weight > 0 else None
     probs = lexical.proba([ex.input for ex in examples]) if lexical is not None else None
     idx, conf, ood = head.predict(emb, probs)
     answers = [labels[int(i)] for i in idx]

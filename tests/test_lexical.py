@@ -42,7 +42,7 @@ def test_tfidf_values_match_scikit_learn() -> None:
     matrix = ref.fit_transform(TEXTS * 2)
     names = ref.get_feature_names_out()
     for row, text in enumerate(TEXTS):
-        cols, vals = lex.words.vector(word_grams(text), 0)
+        cols, vals = lex.words.vector(word_grams(text))
         inverse = {i: g for g, i in lex.words.vocab.items()}
         ours = {inverse[c]: v for c, v in zip(cols, vals, strict=True)}
         theirs = {names[c]: matrix[row, c] for c in matrix[row].indices}

@@ -17,7 +17,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class Block:
 
     vocab: dict[str, int]
     idf: npt.NDArray[np.float32]
+    _entries: dict[str, tuple[int, float]] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, docs: list[list[str]], min_df: int, offset: int) -> Block:
@@ -71,10 +72,19 @@ class Block:
         idf = np.array([math.log((1 + n) / (1 + df[g])) + 1.0 for g in kept], dtype=np.float32)
         return cls({g: offset + i for i, g in enumerate(kept)}, idf)
 
-    def vector(self, grams: list[str], offset: int) -> tuple[list[int], list[float]]:
-        counts = Counter(g for g in grams if g in self.vocab)
-        cols = [self.vocab[g] for g in counts]
-        vals = [(1.0 + math.log(c)) * float(self.idf[self.vocab[g] - offset]) for g, c in counts.items()]
+    def __post_init__(self) -> None:
+        # gram → (column, idf) as plain Python numbers: one dict probe per gram at serving time
+        self._entries = {g: (col, float(v)) for (g, col), v in zip(self.vocab.items(), self.idf.tolist(), strict=True)}
+
+    def vector(self, grams: list[str]) -> tuple[list[int], list[float]]:
+        entries = self._entries
+        cols: list[int] = []
+        vals: list[float] = []
+        for gram, count in Counter(grams).items():
+            entry = entries.get(gram)
+            if entry is not None:
+                cols.append(entry[0])
+                vals.append(entry[1] if count == 1 else (1.0 + math.log(count)) * entry[1])
         norm = math.sqrt(sum(v * v for v in vals)) or 1.0
         return cols, [v / norm for v in vals]
 
@@ -93,10 +103,9 @@ class Lexical:
 
     def rows(self, texts: Iterable[str]) -> list[tuple[list[int], list[float]]]:
         out = []
-        n_words = len(self.words.vocab)
         for text in texts:
-            wc, wv = self.words.vector(word_grams(text), 0)
-            cc, cv = self.chars.vector(char_grams(text), n_words)
+            wc, wv = self.words.vector(word_grams(text))
+            cc, cv = self.chars.vector(char_grams(text))
             out.append((wc + cc, wv + cv))
         return out
 

@@ -58,7 +58,7 @@ def char_grams(text: str) -> list[str]:
 
 @dataclass
 class Block:
-    """One TF-IDF block: vocabulary (gram → column) and idf per column."""
+    """One TF-IDF block: vocabulary (gram → column, columns ascending in insertion order) and idf per column."""
 
     vocab: dict[str, int]
     idf: npt.NDArray[np.float32]

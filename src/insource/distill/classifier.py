@@ -1,7 +1,7 @@
 """Classifier students: sentence embeddings (int8 ONNX MiniLM) + a calibrated linear head.
 
 `classifier` uses the frozen base encoder (exported once, cached beside the registry). `classifier-strong`
-first fine-tunes the encoder's top layers on the teacher's answers (see `finetune.py`) and exports it. Both
+first fine-tunes the encoder on the teacher's answers (see `finetune.py`) and exports it. Both
 fit a logistic-regression head, temperature-scale it on validation and mix in nearest-neighbour evidence
 and a lexical view (TF-IDF n-grams, `lexical.py`) when that lowers the validation risk–coverage area.
 Training embeddings come from the same int8 ONNX encoder (one input per run) that serves, so evaluation
@@ -20,7 +20,7 @@ from insource.distill.dataset import Dataset, Example
 from insource.distill.embed_cache import EmbeddingCache
 from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxEncoder
 from insource.distill.head import Head
-from insource.distill.lexical import LEXICAL_FILE, Lexical
+from insource.distill.lexical import Lexical
 from insource.distill.progress import Step
 
 EMBED_CHUNK = 512
@@ -69,8 +69,8 @@ def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:
     return np.array([index.get(ex.output, -1) for ex in examples], dtype=np.int64)
 
 
-def train_lexical(ds: Dataset, index: dict[str, int], folder: Path, step: Step) -> tuple[Lexical | None, Matrix | None]:
-    """Fit the lexical view on train, temperature-scale it on val, save it; returns it and its val probs
+def train_lexical(ds: Dataset, index: dict[str, int], step: Step) -> tuple[Lexical | None, Matrix | None]:
+    """Fit the lexical view on train and temperature-scale it on val; returns it and its val probs
     (None, None when the inputs give it nothing to learn from)."""
     from insource.distill.fit import fit_temperature
     from insource.distill.lexical import fit_lexical
@@ -82,7 +82,6 @@ def train_lexical(ds: Dataset, index: dict[str, int], folder: Path, step: Step) 
         return None, None
     val_texts = [ex.input for ex in val]
     lex.temperature = fit_temperature(lex.logits(val_texts), label_indices(val, index))
-    lex.save(folder)
     return lex, lex.proba(val_texts)
 
 
@@ -101,10 +100,10 @@ def train_head_on(
     train_x = embed_examples(encoder, cache, ds.split("train"), step)
     val_x = embed_examples(encoder, cache, ds.split("val"), step)
     train_y, val_y = label_indices(ds.split("train"), index), label_indices(ds.split("val"), index)
-    lex, val_lex = train_lexical(ds, index, folder, step) if lexical else (None, None)
+    lex, val_lex = train_lexical(ds, index, step) if lexical else (None, None)
     head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, val_lexical=val_lex, step=step)
-    if lex is not None and head.lexical_weight == 0:
-        (folder / LEXICAL_FILE).unlink()  # validation preferred the embedding view alone
+    if lex is not None and head.lexical_weight > 0:  # kept only when validation chose to mix it in
+        lex.save(folder)
     head.save(folder)
     head.save_onnx(folder)
     metrics = _val_metrics(head, val_x, val_y, val_lex)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from insource.distill.head import Head, Matrix, mix, softmax
+from insource.distill.progress import Step
 
 IntArray = npt.NDArray[np.int64]
 C_GRID = (16.0,)  # chosen on Banking77 val (4 and 64 were worse); one fit keeps retraining fast
@@ -98,7 +98,7 @@ def fit_head(
     *,
     knn: bool = False,
     val_lexical: Matrix | None = None,
-    step: Callable[[str], None] | None = None,
+    step: Step | None = None,
 ) -> tuple[Head, dict[str, Any]]:
     """Fit and calibrate a head; `val_y` is -1 where the teacher's answer never occurs in training.
 

@@ -27,12 +27,12 @@ def check_target(target: float) -> float:
 
 def val_at_target(folder: Path, cache_root: Path, ds: Dataset, target: float) -> dict[str, Any]:
     """Validation coverage and agreement of the registered student in `folder` at its target threshold."""
-    from insource.evals.run import _score
+    from insource.evals.run import score_splits
 
     val = ds.split("val")
     if not val:
         raise NotReady(f"the val split of {ds.path} is empty: --student auto picks on validation")
-    scored = _score(folder, cache_root, val)
+    (scored,) = score_splits(folder, cache_root, val)
     threshold = M.choose_threshold(scored.conf, scored.correct, target)
     coverage, agreement, _answered = M.at_threshold(scored.conf, scored.correct, threshold)
     return {

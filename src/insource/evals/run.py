@@ -42,19 +42,26 @@ class Scored:
     correct: np.ndarray
 
 
-def _score(folder: Path, cache_root: Path, examples: list[Example]) -> Scored:
-    """Run the registered encoder + head over `examples` (embeddings through the content-hash cache)."""
+def score_splits(folder: Path, cache_root: Path, *splits: list[Example]) -> list[Scored]:
+    """Run the registered student over each list of examples (loaded once; embeddings through the content-hash
+    cache, looked up in one pass)."""
     from insource.distill.classifier import embed_examples, encoder_cache
     from insource.distill.registry import load_parts
 
     labels = [str(x) for x in read_model_info(folder)["labels"]]
     encoder, head, lexical = load_parts(folder, labels, os.cpu_count() or 1)
+    examples = [ex for split in splits for ex in split]
     emb = embed_examples(encoder, encoder_cache(cache_root, folder), examples)
     probs = lexical.proba([ex.input for ex in examples]) if lexical is not None else None
     idx, conf, ood = head.predict(emb, probs)
     answers = [labels[int(i)] for i in idx]
     correct = np.array([a == ex.output for a, ex in zip(answers, examples, strict=True)], dtype=bool)
-    return Scored(answers, conf, ood, correct)
+    out, start = [], 0
+    for split in splits:
+        end = start + len(split)
+        out.append(Scored(answers[start:end], conf[start:end], ood[start:end], correct[start:end]))
+        start = end
+    return out
 
 
 def load_gold(path: Path) -> dict[str, str]:
@@ -157,7 +164,7 @@ def evaluate(
     if not examples:
         raise NotReady(f"the {split} split of {ds.path} is empty")
     cache = root / ".cache"
-    scored, val = _score(folder, cache, examples), _score(folder, cache, val_examples)
+    scored, val = score_splits(folder, cache, examples, val_examples)
     latency = measure_latency(root, str(info["name"]), [ex.input for ex in examples])
     result: dict[str, Any] = {
         "model": info["name"],

@@ -21,18 +21,11 @@ import orjson
 
 from insource.errors import InsourceError
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
-from insource.routing.policy import (
-    Answerer,
-    RoutePolicy,
-    decide,
-    min_samples,
-    needs_prediction,
-    should_roll_back,
-)
+from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction, should_roll_back
 from insource.service.chat import SERVED_BY, Reply, StreamReply
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
-from insource.service.routes import AGREEMENT_WINDOW, deactivate, load_policies
+from insource.service.routes import agreement_window, deactivate, load_policies
 from insource.service.streams import output_of
 from insource.service.students import StudentPool
 
@@ -155,7 +148,9 @@ class InsourcingRouter:
                 "agree": int(agree),
             },
         )
-        window = self.outcomes.setdefault(policy.task, deque(maxlen=max(AGREEMENT_WINDOW, min_samples(policy.floor))))
+        window = self.outcomes.get(policy.task)
+        if window is None or window.maxlen != agreement_window(policy.floor):  # new task, or its floor changed
+            window = self.outcomes[policy.task] = deque(window or (), maxlen=agreement_window(policy.floor))
         window.append(agree)
         current = self.policies.get(policy.task)
         if current is None or not current.active or current.model != policy.model:

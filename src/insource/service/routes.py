@@ -12,7 +12,7 @@ import orjson
 
 from insource.config import Config
 from insource.errors import BadRequest, InsourceError, NotFound
-from insource.routing.policy import MODES, RoutePolicy, wilson_lower
+from insource.routing.policy import MODES, RoutePolicy, min_samples, wilson_lower
 from insource.store import Store
 
 AGREEMENT_WINDOW = 500
@@ -130,12 +130,17 @@ def load_policies(cfg: Config, store: Store) -> dict[str, RoutePolicy]:
     return policies
 
 
-def agreement_stats(store: Store, task: str, model: str) -> tuple[int, int]:
+def agreement_window(floor: float) -> int:
+    """How many recent comparisons a task's agreement is judged on: at least enough for a verdict at `floor`."""
+    return max(AGREEMENT_WINDOW, min_samples(floor))
+
+
+def agreement_stats(store: Store, task: str, model: str, floor: float) -> tuple[int, int]:
     """(agreeing, total) over the most recent window of recorded comparisons."""
     row = store.query_one(
         "SELECT COUNT(*) AS n, COALESCE(SUM(agree), 0) AS ok FROM (SELECT agree FROM agreements"
         " WHERE task=? AND model=? ORDER BY ts DESC LIMIT ?) AS recent",
-        (task, model, AGREEMENT_WINDOW),
+        (task, model, agreement_window(floor)),
     )
     return (int(row["ok"]), int(row["n"])) if row else (0, 0)
 
@@ -143,7 +148,7 @@ def agreement_stats(store: Store, task: str, model: str) -> tuple[int, int]:
 def show_routes(cfg: Config, store: Store) -> list[dict[str, Any]]:
     out = []
     for task, p in sorted(load_policies(cfg, store).items()):
-        ok, n = agreement_stats(store, task, p.model)
+        ok, n = agreement_stats(store, task, p.model, p.floor)
         events = [
             {"ts": e["ts"], "kind": e["kind"], "detail": orjson.loads(e["detail"])}
             for e in store.query("SELECT ts, kind, detail FROM route_events WHERE task=? ORDER BY ts", (task,))

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 
 class DB(Protocol):
-    """What a migration may use: DB, or the PostgreSQL store's translating wrapper."""
+    """What a migration may use: a sqlite3 connection, or the PostgreSQL store's translating wrapper."""
 
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from insource.errors import ConfigError
 from insource.store.migrations import MIGRATIONS
-from insource.store.sqlite import Row, Store
+from insource.store.sqlite import Row, Store, group_rows
 
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 _DAY = "strftime('%Y-%m-%d', ts, 'unixepoch')"
@@ -79,12 +79,6 @@ class PgStore(Store):
             self._local.conn = conn
         return conn
 
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
     def migrate(self) -> list[str]:
         applied: list[str] = []
         db = self.conn()
@@ -111,17 +105,9 @@ class PgStore(Store):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self.conn().execute(translate(sql), list(params) or None).rowcount)
 
-    def insert_many(self, table: str, rows: Iterable[Row], *, ignore: bool = False) -> int:
-        rows = list(rows)
-        self.write_batch([(table, row, ignore) for row in rows])
-        return len(rows)
-
     def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
-        groups: dict[tuple[str, tuple[str, ...], bool], list[tuple[Any, ...]]] = {}
-        for table, row, ignore in batch:
-            groups.setdefault((table, tuple(row), ignore), []).append(tuple(row.values()))
         db = self.conn()
         with db.transaction(), db.cursor() as cur:
-            for (table, cols, ignore), values in groups.items():
+            for (table, cols, ignore), values in group_rows(batch).items():
                 sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
                 cur.executemany(sql + (" ON CONFLICT DO NOTHING" if ignore else ""), values)

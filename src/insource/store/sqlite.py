@@ -16,6 +16,16 @@ from insource.store.migrations import MIGRATIONS
 Row = dict[str, Any]
 
 
+def group_rows(
+    batch: Sequence[tuple[str, Row, bool]],
+) -> dict[tuple[str, tuple[str, ...], bool], list[tuple[Any, ...]]]:
+    """(table, columns, ignore_duplicates) → the rows' values, in order of first appearance."""
+    groups: dict[tuple[str, tuple[str, ...], bool], list[tuple[Any, ...]]] = {}
+    for table, row, ignore in batch:
+        groups.setdefault((table, tuple(row), ignore), []).append(tuple(row.values()))
+    return groups
+
+
 class Store:
     """A thin, thread-safe wrapper over one SQLite database (one connection per thread)."""
 
@@ -98,19 +108,8 @@ class Store:
     def insert_many(self, table: str, rows: Iterable[Row], *, ignore: bool = False) -> int:
         """Insert rows (dicts with the same keys) in one transaction."""
         rows = list(rows)
-        if not rows:
-            return 0
-        cols = list(rows[0])
-        verb = "INSERT OR IGNORE" if ignore else "INSERT"
-        sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        db = self.conn()
-        db.execute("BEGIN")
-        try:
-            db.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        if rows:
+            self.write_batch([(table, row, ignore) for row in rows])
         return len(rows)
 
     def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
@@ -119,14 +118,10 @@ class Store:
         Rows with the same table, columns and conflict rule go through one `executemany`, in order of
         first appearance (so blobs land before the captures that point at them).
         """
-        groups: dict[tuple[str, tuple[str, ...], bool], list[tuple[Any, ...]]] = {}
-        for table, row, ignore in batch:
-            cols = tuple(row)
-            groups.setdefault((table, cols, ignore), []).append(tuple(row.values()))
         db = self.conn()
         db.execute("BEGIN")
         try:
-            for (table, cols, ignore), values in groups.items():
+            for (table, cols, ignore), values in group_rows(batch).items():
                 verb = "INSERT OR IGNORE" if ignore else "INSERT"
                 db.executemany(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values)
             db.execute("COMMIT")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import struct
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from insource.distill.fit import fit_temperature, nll
 from insource.distill.head import softmax
@@ -74,3 +77,37 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     t = fit_temperature(sharp, y)
     assert 2.4 < t < 3.6
     assert nll(softmax(sharp / t), y) < nll(softmax(sharp), y)
+
+
+def _result() -> dict[str, object]:
+    rng = np.random.default_rng(4)
+    conf = rng.uniform(0, 1, 500)
+    correct = rng.uniform(0, 1, 500) < conf
+    return {
+        "model": "intent@v1",
+        "split": "test",
+        "n": 500,
+        "ece": M.expected_calibration_error(conf, correct),
+        "curve": M.coverage_curve(conf, correct),
+        "reliability": M.reliability(conf, correct),
+        "target_agreement": 0.9,
+        "threshold": 0.8,
+        "coverage_at_threshold": 0.2,
+        "agreement_at_threshold": 0.91,
+    }
+
+
+def test_chart_png_and_html_are_written_atomically(tmp_path: Path) -> None:
+    from insource.errors import NotReady
+    from insource.evals.chart import write_chart
+
+    png = write_chart(_result(), tmp_path / "out" / "eval.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert (width, height) == (1200, 520)
+    html = write_chart(_result(), tmp_path / "eval.html").read_text()
+    assert "intent@v1 vs teacher" in html and '<script src="https://cdn' not in html  # JS embedded
+    with pytest.raises(NotReady, match=r"\.html or \.png"):
+        write_chart(_result(), tmp_path / "eval.svg")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["eval.html", "eval.png", "out"]

@@ -1,6 +1,6 @@
 """Charts for `insource eval`: reliability diagram and coverage–agreement curve.
 
-HTML (plotly, offline: the JS is embedded) always works; PNG needs plotly's image export (`kaleido`).
+HTML is interactive plotly with its JS embedded (works offline); PNG is drawn by matplotlib (no browser needed).
 """
 
 from __future__ import annotations
@@ -72,29 +72,68 @@ def _figure(result: dict[str, Any]) -> Any:
     return fig
 
 
+def _png_figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; never a GUI backend in a CLI or a server
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5.2), dpi=100)
+    left, right = fig.subplots(1, 2)
+    curve = [p for p in result["curve"] if p["agreement"] is not None]
+    left.plot([p["coverage"] for p in curve], [p["agreement"] for p in curve], marker="o", ms=3, label="student")
+    if result.get("threshold") is not None:
+        left.plot(
+            [result["coverage_at_threshold"]],
+            [result["agreement_at_threshold"]],
+            marker="*",
+            ms=14,
+            ls="",
+            label=f"threshold {result['threshold']:.3f} (chosen on val)",
+        )
+    left.axhline(result["target_agreement"], ls="--", color="grey", label=f"target {result['target_agreement']:g}")
+    left.set(title=f"Coverage–agreement ({result['split']}, n={result['n']})", xlabel="coverage", ylabel="agreement")
+    left.legend(loc="lower left")
+    bins = [b for b in result["reliability"] if b["n"]]
+    right.bar(
+        [(b["lo"] + b["hi"]) / 2 for b in bins],
+        [b["accuracy"] for b in bins],
+        width=[b["hi"] - b["lo"] for b in bins],
+        label="agreement per bin",
+    )
+    right.plot([0, 1], [0, 1], ls=":", color="black", label="perfect calibration")
+    right.set(title=f"Reliability (ECE {result['ece']:.3f})", xlabel="confidence", ylabel="agreement")
+    right.set(xlim=(0, 1), ylim=(0, 1))
+    right.legend(loc="upper left")
+    fig.suptitle(f"{result['model']} vs teacher")
+    return fig
+
+
+def _write(result: dict[str, Any], suffix: str, tmp: str) -> None:
+    if suffix == ".html":
+        try:
+            fig = _figure(result)
+        except ImportError:
+            raise NotReady("HTML charts need plotly: pip install 'insource[student]'") from None
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        return
+    try:
+        png = _png_figure(result)
+    except ImportError:
+        raise NotReady("PNG charts need matplotlib: pip install 'insource[student]'") from None
+    png.savefig(tmp, format="png")
+
+
 def write_chart(result: dict[str, Any], path: Path) -> Path:
-    """Write the chart to `path` (.html or .png), atomically."""
+    """Write the chart to `path` (.html: interactive plotly; .png: matplotlib), atomically."""
     suffix = path.suffix.lower()
     if suffix not in (".html", ".png"):
         raise NotReady(f"--chart must end in .html or .png, got {path.name!r}")
-    try:
-        fig = _figure(result)
-    except ImportError:
-        raise NotReady("charts need plotly: pip install plotly") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        if suffix == ".html":
-            fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-        else:
-            try:
-                fig.write_image(tmp)
-            except (ImportError, ValueError, RuntimeError) as exc:
-                raise NotReady(
-                    f"PNG export needs plotly's image engine (pip install kaleido): {exc}; "
-                    "use --chart FILE.html instead"
-                ) from None
+        _write(result, suffix, tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

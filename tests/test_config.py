@@ -65,6 +65,26 @@ def test_unknown_keys_name_their_path(tmp_path: Path, snippet: str, path: str) -
     assert f"'{path}'" in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("snippet", "path"),
+    [
+        ("[server]\nmax_body_mb = 0\n", "server.max_body_mb"),
+        ("[server]\nmax_body_mb = nan\n", "server.max_body_mb"),
+        ("[providers.local]\nttft_timeout_s = -1\n", "providers.local.ttft_timeout_s"),
+        ("[providers.local]\ntotal_timeout_s = 0\n", "providers.local.total_timeout_s"),
+        ("[models.\"gpt-4o-mini\"]\ntargets = ['local:x']\nprice = { input_per_mtok = inf }\n", "price"),
+    ],
+)
+def test_values_that_would_break_every_request_are_refused(tmp_path: Path, snippet: str, path: str) -> None:
+    base = README_CONFIG.replace("[providers.local]\n", "[providers.local]\n" + snippet.split("\n", 1)[1], 1)
+    text = base if snippet.startswith("[providers.local]") else README_CONFIG + snippet
+    if snippet.startswith("[models."):
+        text = README_CONFIG.split("[models.")[0] + snippet
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert path in err.value.message
+
+
 def test_inline_secret_refused_without_echoing_it(tmp_path: Path) -> None:
     text = "[providers.a]\nkind = 'openai'\nbase_url = 'http://x'\napi_key = 'sk-live-abcdef123456'\n"
     with pytest.raises(ConfigError) as err:

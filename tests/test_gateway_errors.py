@@ -72,10 +72,16 @@ def test_revoked_key_refused_within_a_second(gateway: Gateway) -> None:
     assert_error(post(gateway, created["key"], {"model": "gpt-4o-mini", "messages": MSG}), 401)
 
 
-def test_oversized_body_413(gateway: Gateway) -> None:
-    key = gateway.key()["key"]
+def test_oversized_body_413_is_metered(gateway: Gateway) -> None:
+    created = gateway.key()
     big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (1024 * 1024 + 10)}]}
-    assert_error(post(gateway, key, big), 413)
+    resp = post(gateway, created["key"], big)
+    assert_error(resp, 413)
+    assert resp.headers["x-insource-served-by"] == "insource"  # refused by the gateway itself
+    embed = {"model": "text-embedding-3-small", "input": "x" * (1024 * 1024 + 10)}
+    assert_error(post(gateway, created["key"], embed, path="/v1/embeddings"), 413)
+    rows = gateway.usage_rows("key_id = ?", (created["id"],), wait_for=2)
+    assert [(r["endpoint"], r["status"], r["cost_usd"]) for r in rows] == [("chat", 413, 0), ("embeddings", 413, 0)]
 
 
 def test_rpm_limit_429(gateway: Gateway) -> None:
@@ -128,8 +134,10 @@ def test_upstream_client_error_relayed(gateway: Gateway, fake: FakeUpstream) -> 
             }
         },
     )
-    err = assert_error(post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG}), 400)
+    resp = post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG})
+    err = assert_error(resp, 400)
     assert err["param"] == "temperature" and err["message"] == "bad temperature"
+    assert resp.headers["x-insource-served-by"] == "local:gpt-4o-mini"  # the target that answered
     assert len(fake.requests) == 1  # a client error is not retried
 
 
@@ -138,6 +146,25 @@ def test_upstream_auth_failure_is_502_without_secrets(gateway: Gateway, fake: Fa
     err = assert_error(post(gateway, key, {"model": "badkey-mini", "messages": MSG}), 502)
     assert "credentials" in str(err["message"])
     assert "sk-wrong" not in gateway.log.read_text()
+
+
+def test_upstream_auth_failure_once_is_neither_retried_nor_fallen_back(gateway: Gateway, fake: FakeUpstream) -> None:
+    key = gateway.key()["key"]
+    fake.fail_next(401)  # "flaky" has max_retries = 2: a 5xx would be retried, our own credentials are not
+    err = assert_error(post(gateway, key, {"model": "flaky-mini", "messages": MSG}), 502, "upstream_auth_failed")
+    assert "credentials" in str(err["message"])
+    assert len(fake.requests) == 1
+    fake.fail_next(403)
+    assert_error(post(gateway, key, {"model": "fallback-mini", "messages": MSG}), 502, "upstream_auth_failed")
+    assert len(fake.requests) == 2  # dead (connection refused), then flaky's 403: backup is never tried
+
+
+def test_relayed_upstream_error_never_echoes_the_credential(gateway: Gateway, fake: FakeUpstream) -> None:
+    key = gateway.key()["key"]
+    echo = {"message": f"bad key {UPSTREAM_KEY}", "type": "x", "param": f"Bearer {UPSTREAM_KEY}", "code": UPSTREAM_KEY}
+    fake.fail_next(400, body={"error": echo})
+    err = assert_error(post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG}), 400)  # checks the key is absent
+    assert err["param"] == "Bearer [REDACTED]" and err["code"] == "[REDACTED]"
 
 
 def test_hanging_upstream_times_out_504(gateway: Gateway, fake: FakeUpstream) -> None:
@@ -173,6 +200,18 @@ def test_circuit_breaker_opens_then_half_opens(gateway: Gateway, fake: FakeUpstr
     assert len(fake.requests) == seen  # open: the upstream is not called
     time.sleep(1.1)
     assert post(gateway, key, {"model": "flaky-mini", "messages": MSG}).status_code == 200  # half-open probe
+
+
+def test_circuit_breaker_probe_answered_429_does_not_wedge_it(gateway: Gateway, fake: FakeUpstream) -> None:
+    key = gateway.key()["key"]
+    fake.fail_next(503, count=5)
+    for _ in range(2):
+        assert post(gateway, key, {"model": "flaky-mini", "messages": MSG}).status_code >= 500
+    assert_error(post(gateway, key, {"model": "flaky-mini", "messages": MSG}), 503)  # open
+    time.sleep(1.1)
+    fake.fail_next(429, retry_after=1)
+    assert_error(post(gateway, key, {"model": "flaky-mini", "messages": MSG}), 429)  # the half-open probe
+    assert post(gateway, key, {"model": "flaky-mini", "messages": MSG}).status_code == 200  # answered: closed
 
 
 def test_unknown_path_and_method(gateway: Gateway) -> None:

@@ -167,3 +167,38 @@ def test_admin_api_remote_cli(gateway: Gateway) -> None:
     wrong = run_cli("keys", "list", "--url", gateway.url, env={"INSOURCE_ADMIN_KEY": "nope"}, check=False)
     assert wrong.returncode != 0
     assert httpx.get(gateway.url + "/admin/keys").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("budget_usd", "x"),
+        ("budget_usd", True),
+        ("rpm", 1.5),
+        ("rpm", True),
+        ("tpm", -1),
+        ("models", "abc"),
+        ("models", [1, 2]),
+        ("models", [" ", ""]),
+        ("capture", "no"),
+    ],
+)
+def test_admin_key_fields_are_validated(gateway: Gateway, field: str, value: object) -> None:
+    resp = httpx.post(
+        gateway.url + "/admin/keys",
+        json={"tenant": "typed", field: value},
+        headers={"Authorization": "Bearer adm-1"},
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == field
+
+
+def test_cli_refuses_limits_that_would_mean_no_limit(gateway: Gateway) -> None:
+    from tests.conftest import run_cli
+
+    before = httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer adm-1"}).json()
+    for args in (["--budget-usd", "nan"], ["--budget-usd", "inf"], ["--models", " , "], ["--models", ""]):
+        done = run_cli("keys", "create", "--tenant", "t", "--config", str(gateway.config), *args, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
+    after = httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer adm-1"}).json()
+    assert len(after) == len(before)

@@ -60,6 +60,8 @@ def test_circuit_breaker_and_retry_budget() -> None:
     cb.record_failure(now=0)
     assert not cb.allow(now=5) and cb.state == "open"
     assert cb.allow(now=10.5) and not cb.allow(now=10.6)  # half-open: one probe
+    cb.end_trial()  # the probe was cancelled: the breaker stays open, and the next request may probe
+    assert cb.state == "open" and cb.allow(now=10.7) and not cb.allow(now=10.8)
     cb.record_success()
     assert cb.state == "closed" and cb.allow()
     budget = RetryBudget(ratio=0.2, minimum=3, active_requests=100, active_retries=19)

@@ -20,7 +20,7 @@ DEFAULT_CONFIG_NAME = "insource.toml"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _secret_ref(value: str | None) -> str | None:
@@ -41,8 +41,8 @@ def resolve_secret(ref: str | None) -> str | None:
 class ServerConfig(Strict):
     secret: str | None = None
     admin_key: str | None = None
-    max_body_mb: float = 8.0
-    default_max_tokens: int = 256
+    max_body_mb: float = Field(default=8.0, gt=0)
+    default_max_tokens: int = Field(default=256, ge=1)
     redis_url: str | None = None
 
     _check_secret = field_validator("secret", "admin_key")(_secret_ref)
@@ -73,12 +73,12 @@ class ProviderConfig(Strict):
     api_key: str | None = None
     terms: str = "self-hosted"
     api_version: str = "2024-10-21"
-    ttft_timeout_s: float = 60.0
-    total_timeout_s: float = 600.0
-    connect_timeout_s: float = 10.0
+    ttft_timeout_s: float = Field(default=60.0, gt=0)
+    total_timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     circuit_failures: int = Field(default=5, ge=1)
-    circuit_reset_s: float = 10.0
+    circuit_reset_s: float = Field(default=10.0, gt=0)
 
     _check_key = field_validator("api_key")(_secret_ref)
 
@@ -124,7 +124,7 @@ class CaptureConfig(Strict):
     enabled: bool = True
     redactors: list[str] = ["secrets", "email", "phone", "card", "iban"]
     tenants: dict[str, TenantCapture] = {}
-    queue_size: int = 50_000
+    queue_size: int = Field(default=50_000, ge=1)
 
 
 class TermsProfileConfig(Strict):
@@ -150,7 +150,7 @@ class TenantConfig(Strict):
 
 
 class InhouseConfig(Strict):
-    cpu_usd_per_hour: float = 0.10
+    cpu_usd_per_hour: float = Field(default=0.10, ge=0)
 
 
 class Config(Strict):

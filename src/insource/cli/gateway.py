@@ -114,7 +114,7 @@ def keys_create(
     json: JsonOpt = False,
 ) -> None:
     """Create a virtual key. The key is printed once; only its HMAC is stored."""
-    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
     if url:
         body = {
             "tenant": tenant,

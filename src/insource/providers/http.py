@@ -34,7 +34,7 @@ def map_status_error(name: str, status: int, body: bytes, headers: dict[str, str
             f"upstream '{name}' rejected insource's credentials ({status}); check the provider's api_key",
             status=502,
             code="upstream_auth_failed",
-            retryable=True,
+            retryable=False,  # the same credentials fail again: no retry, no fallback (429/5xx/timeouts only)
         )
     if status == 429:
         retry = headers.get("retry-after")
@@ -71,11 +71,12 @@ def _safe_error_body(body: bytes, secret: str | None) -> bytes:
         err = None
     if not isinstance(err, dict):
         err = {"message": "the upstream refused the request"}
-    out = {
+    param, code = err.get("param"), err.get("code")
+    out = {  # every string field is scrubbed: an upstream may echo our credential in any of them
         "message": _scrub(str(err.get("message") or "the upstream refused the request"), secret),
-        "type": str(err.get("type") or "invalid_request_error"),
-        "param": err.get("param") if isinstance(err.get("param"), str) else None,
-        "code": err.get("code") if isinstance(err.get("code"), str | int) else None,
+        "type": _scrub(str(err.get("type") or "invalid_request_error"), secret),
+        "param": _scrub(param, secret) if isinstance(param, str) else None,
+        "code": _scrub(code, secret) if isinstance(code, str) else code if isinstance(code, int) else None,
     }
     return orjson.dumps({"error": out})
 

@@ -37,6 +37,10 @@ class CircuitBreaker:
         if self.consecutive >= self.failures:
             self.opened_at = time.monotonic() if now is None else now
 
+    def end_trial(self) -> None:
+        """The half-open probe ended without a verdict (cancelled): the next request after `reset_s` may probe."""
+        self.trial_in_flight = False
+
     @property
     def state(self) -> str:
         if self.opened_at is None:

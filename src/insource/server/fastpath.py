@@ -88,8 +88,8 @@ class FastPath:
             if scope["method"] != "POST":
                 raise NotFound(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405)
             response: Any = await self._handle(use_case, scope, receive)
-        except InsourceError as exc:
-            response = RawJSON(exc.body_bytes(), exc.status, exc.headers)
+        except InsourceError as exc:  # refused by insource itself unless a target answered it (set upstream)
+            response = RawJSON(exc.body_bytes(), exc.status, {chat.SERVED_BY: "insource", **exc.headers})
         except ClientGone:
             return
         except Exception as exc:  # the one boundary for bugs: logged, and an OpenAI-shaped 500
@@ -111,7 +111,11 @@ class FastPath:
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
         key = resolve_key(gw, auth, api_key)
-        raw = await read_body(receive, gw.max_body, declared)
+        try:
+            raw = await read_body(receive, gw.max_body, declared)
+        except PayloadTooLarge as exc:
+            chat.refused(gw, key, "embeddings" if scope["path"].endswith("embeddings") else "chat", exc)
+            raise
         result = await use_case(gw, key, raw, task)
         if isinstance(result, chat.StreamReply):
             return SSEResponse(result.events, result.headers)

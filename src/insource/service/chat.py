@@ -17,8 +17,7 @@ from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
 from insource.service.streams import StreamAccumulator, output_of
-
-SERVED_BY = "X-Insource-Served-By"
+from insource.service.upstream import SERVED_BY
 
 
 @dataclass(slots=True)
@@ -184,3 +183,8 @@ async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | N
     ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)
     gw.finish(ctx)
     return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
+
+
+def refused(gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError) -> None:
+    """Meter a request refused after authentication before its body could be read (e.g. too large)."""
+    _fail(gw, RequestContext(key, kind), exc)

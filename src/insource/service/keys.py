@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -58,6 +59,34 @@ def _row_to_info(row: dict[str, Any]) -> KeyInfo:
     )
 
 
+def _check_limits(budget_usd: object, rpm: object, tpm: object) -> None:
+    """Refuse limits that are the wrong type, negative or not finite: a bad limit must never mean no limit."""
+    if budget_usd is not None:
+        if isinstance(budget_usd, bool) or not isinstance(budget_usd, int | float) or not math.isfinite(budget_usd):
+            raise BadRequest("budget_usd must be a finite number of US dollars", param="budget_usd")
+        if budget_usd < 0:
+            raise BadRequest("budget_usd must not be negative", param="budget_usd")
+    for name, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"{name} must be a whole number", param=name)
+        if value < 0:
+            raise BadRequest(f"{name} must not be negative", param=name)
+
+
+def _check_models(models: object) -> list[str] | None:
+    """None allows every model; otherwise a non-empty list of model names (an empty list would fail open)."""
+    if models is None:
+        return None
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise BadRequest("models must be a list of model names", param="models")
+    names = sorted({m.strip() for m in models if m.strip()})
+    if not names:
+        raise BadRequest("models must name at least one model (omit it to allow every model)", param="models")
+    return names
+
+
 def create_key(
     store: Store,
     secret: bytes,
@@ -70,12 +99,13 @@ def create_key(
     capture: bool | None = None,
 ) -> dict[str, str]:
     """Create a key; returns {"id", "key", "tenant"}. The key itself is shown only here."""
-    tenant = tenant.strip()
+    tenant = tenant.strip() if isinstance(tenant, str) else ""
     if not tenant:
         raise BadRequest("a tenant name is required", param="tenant")
-    for name, value in (("budget_usd", budget_usd), ("rpm", rpm), ("tpm", tpm)):
-        if value is not None and value < 0:
-            raise BadRequest(f"{name} must not be negative", param=name)
+    _check_limits(budget_usd, rpm, tpm)
+    models = _check_models(models)
+    if capture is not None and not isinstance(capture, bool):
+        raise BadRequest("capture must be true or false", param="capture")
     key_id = "key_" + secrets.token_hex(6)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     store.execute(
@@ -90,7 +120,7 @@ def create_key(
             budget_usd,
             rpm,
             tpm,
-            orjson.dumps(sorted(models)).decode() if models else None,
+            orjson.dumps(sorted(models)).decode() if models is not None else None,
             None if capture is None else int(capture),
         ),
     )

@@ -13,6 +13,7 @@ from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
 from insource.service.context import RequestContext
 
 T = TypeVar("T")
+SERVED_BY = "X-Insource-Served-By"
 Operation = Callable[[Provider, str], Awaitable[T]]
 
 
@@ -40,13 +41,18 @@ class Upstreams:
             if not breaker.allow():
                 last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
                 continue
+            trial = breaker.opened_at is not None  # allowed while open: this request is the half-open probe
             try:
                 result = await self._call_target(ctx, pname, umodel, op)
             except UpstreamError as exc:
+                exc.headers.setdefault(SERVED_BY, f"{pname}:{umodel}")  # an error a target answered says which
                 if not exc.retryable:
                     raise
                 last = exc
                 continue
+            finally:
+                if trial:
+                    breaker.end_trial()  # a probe that was cancelled or raised oddly must not hold the breaker
             ctx.provider, ctx.upstream_model, ctx.served_by = pname, umodel, f"{pname}:{umodel}"
             return result
         raise last
@@ -66,7 +72,9 @@ class Upstreams:
                     if not exc.retryable:
                         breaker.record_success()  # the upstream is healthy; the request was refused
                         raise
-                    if exc.status != 429:
+                    if exc.status == 429:
+                        breaker.record_success()  # rate limited, not broken: the upstream answered
+                    else:
                         breaker.record_failure()
                     if exc.status == 429 or attempt >= provider.config.max_retries or not budget.can_retry():
                         raise

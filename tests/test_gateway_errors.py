@@ -48,9 +48,12 @@ def test_bad_requests(gateway: Gateway, fake: FakeUpstream) -> None:
     assert_error(post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG, "n": "two"}), 400)
     assert_error(post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG, "stream": "yes"}), 400)
     assert_error(post(gateway, key, {"model": 42, "messages": MSG}), 404, "model_not_found")
+    assert assert_error(post(gateway, key, {"messages": MSG}), 400)["param"] == "model"  # missing, as OpenAI says
     assert_error(post(gateway, key, {"model": "no-such-model", "messages": MSG}), 404, "model_not_found")
     assert_error(post(gateway, key, {"model": "text-embedding-3-small", "input": 5}, path="/v1/embeddings"), 400)
     assert fake.requests == []
+    ok = post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG}, headers={"X-Insource-Task": ""})
+    assert ok.status_code == 200  # an empty task header is no task, not an error
 
 
 def test_auth_failures(gateway: Gateway) -> None:

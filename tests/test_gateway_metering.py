@@ -163,6 +163,10 @@ def test_admin_api_remote_cli(gateway: Gateway) -> None:
     assert any(k["id"] == created["id"] for k in listed)
     assert created["key"] not in json.dumps(listed)
     assert all("hash" not in k for k in listed)
+    since = "2000-01-01T00:00:00+00:00"  # the '+' must reach the gateway intact
+    remote_rows = json.loads(run_cli("spend", "--url", gateway.url, "--since", since, "--json", env=env).stdout)
+    local_rows = json.loads(gateway.cli("spend", "--since", since, "--json").stdout)
+    assert remote_rows and {r["tenant"] for r in remote_rows} == {r["tenant"] for r in local_rows}
     run_cli("keys", "revoke", created["id"], "--url", gateway.url, env=env)
     wrong = run_cli("keys", "list", "--url", gateway.url, env={"INSOURCE_ADMIN_KEY": "nope"}, check=False)
     assert wrong.returncode != 0

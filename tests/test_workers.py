@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,9 +17,14 @@ from insource.testing.server import run_server
 
 
 @pytest.fixture(scope="module")
-def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[Gateway]:
     folder: Path = tmp_path_factory.mktemp("workers")
-    handle = run_server(FakeUpstream())
+    handle = run_server(upstream)
     config = folder / "insource.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///./insource.db"\n[providers.up]\nkind = "openai"\nbase_url = "{handle.url}/v1"\n'
@@ -52,3 +58,37 @@ def test_key_created_and_revoked_agree_on_every_worker(two_workers: Gateway) -> 
     assert set(burst(two_workers, created["key"])) == {401}
     rows = two_workers.usage_rows("key_id=?", (created["id"],), wait_for=24)
     assert len(rows) == 24  # refused requests without a valid key are not recorded
+
+
+async def fire(gw: Gateway, key: str, n: int) -> list[int]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+
+    async def one() -> int:
+        async with httpx.AsyncClient(timeout=60) as c:  # one connection each: spread over both workers
+            resp = await c.post(
+                gw.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            return resp.status_code
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def test_budget_holds_across_workers_without_redis(two_workers: Gateway, upstream: FakeUpstream) -> None:
+    probe = two_workers.key("probe")
+    asyncio.run(fire(two_workers, probe["key"], 1))
+    one = two_workers.usage_rows("key_id=?", (probe["id"],), wait_for=1)[0]["cost_usd"]
+    upstream.delay_s = 0.2
+    key = two_workers.key("budget-no-redis", budget_usd=one * 10)
+    try:
+        codes = asyncio.run(fire(two_workers, key["key"], 120))
+    finally:
+        upstream.delay_s = 0.0
+    assert 1 <= codes.count(200) <= 10 and set(codes) <= {200, 429}
+    rows = two_workers.usage_rows("key_id=?", (key["id"],), wait_for=120)
+    assert sum(r["cost_usd"] for r in rows) <= one * 10 + 1e-12
+
+
+def test_rpm_shared_across_workers_without_redis(two_workers: Gateway) -> None:
+    key = two_workers.key("rpm-no-redis", rpm=5)
+    codes = asyncio.run(fire(two_workers, key["key"], 20))
+    assert codes.count(200) == 5 and codes.count(429) == 15

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -17,7 +20,6 @@ from insource.cli.common import (
     JsonOpt,
     UrlOpt,
     console,
-    err_console,
     fail,
     get_config,
     get_store,
@@ -33,7 +35,7 @@ def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None)
     """Call a remote gateway's admin API (admin key from INSOURCE_ADMIN_KEY)."""
     admin_key = os.environ.get("INSOURCE_ADMIN_KEY")
     if not admin_key:
-        raise fail("--url needs the admin key in the INSOURCE_ADMIN_KEY environment variable")
+        raise fail("--url needs the admin key in the INSOURCE_ADMIN_KEY environment variable", 2)
     req = urllib.request.Request(
         url.rstrip("/") + path,
         method=method,
@@ -48,9 +50,9 @@ def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None)
             message = orjson.loads(exc.read())["error"]["message"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = f"HTTP {exc.code}"
-        raise fail(f"the gateway refused: {message}") from None
+        raise fail(f"the gateway refused: {message}", 2) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+        raise fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}", 2) from None
 
 
 @app.command()
@@ -67,6 +69,7 @@ def serve(
     from insource.capture.redact import check_redactors
     from insource.metering.prices import resolve_prices
     from insource.server.app import create_app
+    from insource.service.host_limits import HOST_LIMITS_ENV
 
     cfg = get_config(config)
     resolve_prices(cfg)  # refuse to start with an unpriced model
@@ -85,17 +88,16 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return
-    if cfg.server.redis_url is None:
-        err_console.print(
-            "note: with several workers and no [server] redis_url, each worker keeps its own RPM/TPM windows and "
-            "budget reservations (spend is re-synced from the store every second); set redis_url to share them "
-            "exactly.",
-            highlight=False,
-        )
     if config is not None:
         os.environ["INSOURCE_CONFIG"] = str(config.resolve())
     os.environ["INSOURCE_WORKERS"] = str(workers)
-    uvicorn.run("insource.server.app:app_factory", factory=True, workers=workers, **common)
+    if cfg.server.redis_url is not None:
+        uvicorn.run("insource.server.app:app_factory", factory=True, workers=workers, **common)
+        return
+    # No Redis: the workers of this host share budgets and rate limits through one private file.
+    with tempfile.TemporaryDirectory(prefix="insource-limits-") as shared:
+        os.environ[HOST_LIMITS_ENV] = str(Path(shared) / "limits.db")
+        uvicorn.run("insource.server.app:app_factory", factory=True, workers=workers, **common)
 
 
 @keys_app.command("create")
@@ -203,7 +205,7 @@ def spend(
 ) -> None:
     """Where the money goes."""
     if url:
-        query = f"?by={by}" + (f"&since={since}" if since else "")
+        query = "?" + urllib.parse.urlencode({"by": by, **({"since": since} if since else {})})
         rows = remote(url, "GET", "/admin/spend" + query)
     else:
         from insource.service.spend import spend as spend_rows

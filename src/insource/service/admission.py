@@ -34,7 +34,7 @@ def take_task(body: dict[str, Any], header_task: str | None) -> str | None:
             body["metadata"] = rest
         else:
             del body["metadata"]
-    if task is None:
+    if task is None and header_task is not None and header_task.strip():  # an empty header means no task
         task = header_task
     if task is not None and (not isinstance(task, str) or not task.strip() or len(task) > 200):
         raise BadRequest("metadata.task must be a non-empty string of at most 200 characters", param="metadata.task")

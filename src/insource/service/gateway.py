@@ -8,16 +8,18 @@ import logging
 import os
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from insource.capture.record import CaptureRaw
 from insource.capture.redact import check_redactors
 from insource.config import Config, resolve_secret
-from insource.errors import ConfigError, ModelNotFound
+from insource.errors import BadRequest, ConfigError, ModelNotFound
 from insource.metering.prices import ModelPrice, resolve_prices
 from insource.metering.usage import cost_usd
 from insource.providers import build_providers
 from insource.service.context import RequestContext
+from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
 from insource.service.keys import KeyCache, KeyInfo, server_secret
 from insource.service.limits import Limits, LocalLimits, RedisLimits
 from insource.service.spend import month_start, month_to_date
@@ -57,7 +59,8 @@ class Gateway:
     def _make_limits(cfg: Config) -> Limits:
         url = cfg.server.redis_url
         if url is None:
-            return LocalLimits()
+            shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
+            return HostLimits(Path(shared)) if shared else LocalLimits()
         resolved = resolve_secret(url) if url.startswith("env::") else url
         if not resolved:
             raise ConfigError(f"[server] redis_url references {url}, which is not set")
@@ -106,6 +109,8 @@ class Gateway:
 
     # -- helpers used by the use cases -------------------------------------------------------
     def model_for(self, key: KeyInfo, alias: Any) -> ModelPrice:
+        if alias is None:
+            raise BadRequest("You must provide a model parameter.", param="model")
         if not isinstance(alias, str) or alias not in self.prices:
             raise ModelNotFound(f"The model '{alias}' does not exist or you do not have access to it.", param="model")
         if key.models is not None and alias not in key.models:

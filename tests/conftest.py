@@ -216,6 +216,10 @@ price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
 targets = ["badkey:gpt-4o-mini"]
 free = true
 
+[models."dated-mini"]
+targets = ["local:gpt-4o-mini@2024-07-18"]   # a dated upstream name, as Vertex AI spells them
+price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+
 [models."text-embedding-3-small"]
 targets = ["local:text-embedding-3-small"]
 """

@@ -206,3 +206,13 @@ def test_cli_refuses_limits_that_would_mean_no_limit(gateway: Gateway) -> None:
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
     after = httpx.get(gateway.url + "/admin/keys", headers={"Authorization": "Bearer adm-1"}).json()
     assert len(after) == len(before)
+
+
+def test_upstream_model_name_with_at_sign_is_priced(gateway: Gateway) -> None:
+    created = gateway.key("dated")
+    c = openai.OpenAI(base_url=gateway.base_url, api_key=created["key"], max_retries=0)
+    c.chat.completions.create(model="dated-mini", messages=[{"role": "user", "content": "same words"}])
+    row = gateway.usage_rows("key_id = ?", (created["id"],), wait_for=1)[0]
+    assert row["served_by"] == "local:gpt-4o-mini@2024-07-18"  # not a student, though it has an '@'
+    expected = (row["prompt_tokens"] * 0.15 + row["completion_tokens"] * 0.60) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected) and expected > 0

@@ -141,7 +141,7 @@ class Gateway:
             return
         ctx.finished = True
         price = self.prices.get(ctx.model or "")
-        if price is not None and ctx.served_by and "@" not in ctx.served_by:
+        if price is not None and ctx.provider is not None:  # an upstream target answered (a student prices itself)
             ctx.cost_usd = cost_usd(ctx.usage, price)
         if ctx.reservation is not None:
             self.limits.settle(ctx.reservation, ctx.cost_usd)

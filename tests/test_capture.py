@@ -172,3 +172,37 @@ def test_terms_profiles_shipped_and_overridable() -> None:
     assert profiles["acme-llm"].clause == "s. 4"
     unknown = resolve(profiles, "mystery-vendor")
     assert unknown.category == "none" and "mystery-vendor" in unknown.summary and not unknown.allows("train")
+
+
+@pytest.mark.parametrize(
+    ("provider", "terms"),
+    [
+        ({"kind": "openai", "base_url": "http://127.0.0.1:8000/v1"}, "undeclared"),  # a local server or a proxy
+        ({"kind": "simulated", "base_url": "http://localhost:9/v1"}, "undeclared"),
+        ({"kind": "openai", "base_url": "https://api.openai.com/v1"}, "openai"),
+        ({"kind": "openai", "base_url": "https://API.OpenAI.com./v1"}, "openai"),
+        ({"kind": "openai", "base_url": "https://api.openai.com.evil.example/v1"}, "undeclared"),
+        ({"kind": "azure", "base_url": "https://gw.internal.example"}, "azure-openai"),
+        ({"kind": "openai", "base_url": "https://acme.openai.azure.com/openai/v1"}, "azure-openai"),
+        ({"kind": "openai", "base_url": "https://api.anthropic.com/v1"}, "anthropic"),
+        ({"kind": "openai", "base_url": "https://generativelanguage.googleapis.com/v1beta/openai"}, "google-gemini"),
+        ({"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "terms": "self-hosted"}, "self-hosted"),
+        ({"kind": "azure", "base_url": "https://x.openai.azure.com", "terms": "acme-contract"}, "acme-contract"),
+    ],
+)
+def test_provider_without_terms_is_strict(provider: dict[str, str], terms: str) -> None:
+    """No `terms` key never means 'trainable': the API host's profile, Azure's for kind azure, else undeclared."""
+    cfg = parse_config({"providers": {"p": provider}}, Path("."))
+    assert cfg.providers["p"].terms == terms
+    profile = resolve(load_profiles(cfg), cfg.providers["p"].terms)
+    if "terms" not in provider:
+        assert profile.category in {"internal", "none"} and not profile.allows("train")
+
+
+def test_undeclared_profile_and_own_terms_on_a_commercial_host() -> None:
+    undeclared = load_profiles()["undeclared"]
+    assert undeclared.category == "none" and "declares no `terms`" in " ".join(undeclared.summary.split())
+    for url, implied in (("https://api.openai.com/v1", "openai"), ("https://a.openai.azure.com", "azure-openai")):
+        for own in ("self-hosted", "in-house"):
+            with pytest.raises(ConfigError, match=f"set terms = '{implied}'"):
+                parse_config({"providers": {"p": {"kind": "openai", "base_url": url, "terms": own}}}, Path("."))

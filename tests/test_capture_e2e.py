@@ -150,7 +150,15 @@ def test_out_folder_not_empty_is_refused(captured: tuple[Gateway, dict[str, int]
     (out / "keep.txt").write_text("mine")
     result = build(gw, out, check=False)
     assert result.returncode != 0 and (out / "keep.txt").read_text() == "mine"
-    assert isinstance(build(gw, out, "--force"), dict)
+    forced = build(gw, out, "--force", check=False)  # --force replaces a previous dataset, never other files
+    assert forced.returncode != 0 and "not a dataset" in forced.stderr and (out / "keep.txt").read_text() == "mine"
+    previous = tmp_path / "previous"
+    build(gw, previous)
+    assert isinstance(build(gw, previous, "--force"), dict) and (previous / "dataset.json").exists()
+    home = gw.config.parent  # holds the config, the store and the registry
+    forced = build(gw, home, "--force", check=False)
+    assert forced.returncode != 0 and "the store, the config or the model registry" in forced.stderr
+    assert gw.config.exists() and (home / "insource.db").exists()
     unknown = gw.cli("dataset", "build", "--task", "nope", "--out", str(tmp_path / "n"), check=False)
     assert unknown.returncode != 0 and not (tmp_path / "n").exists()
 

@@ -63,6 +63,27 @@ def test_store_migrates_writes_and_reads(pg_url: str) -> None:
     assert store.meta_get("a") is None
 
 
+def test_tasks_count_outputs_trimmed_like_the_dataset_builder(pg_url: str) -> None:
+    """SQL TRIM strips only spaces: "label\\n" and "label" must count once on PostgreSQL too (str.strip)."""
+    from insource.capture.inspect import list_tasks
+    from insource.capture.process import process_capture
+    from insource.capture.record import CaptureRaw
+
+    store = PgStore(pg_url)
+    rows = []
+    for i, out in enumerate(["refund", "refund\n", " refund\t", "card\r\n", "card", "\u00a0card"] * 4):
+        raw = CaptureRaw(
+            id=f"pg-trim-{i}", ts=1000.0 + i, tenant="t", key_id="k", task="pg-trim", model="m", provider="p",
+            upstream_model="m", served_by="p:m", terms="self-hosted", consent=True, redact=False, redactors=(),
+            request={"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}, output=out, response=None,
+            upstream_version=None, finish_reason="stop", status=200,
+        )  # fmt: skip
+        rows += process_capture(raw)
+    store.write_batch(rows)
+    task = next(t for t in list_tasks(store) if t["task"] == "pg-trim")
+    assert task["distinct_outputs"] == 2 and task["kind"] == "classification" and task["requests"] == 24
+
+
 async def _traffic(gw: Gateway, key: str, n: int) -> None:
     async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0) as c:
         await asyncio.gather(
@@ -83,7 +104,7 @@ def test_gateway_and_dataset_on_postgres(pg_url: str, tmp_path: Path) -> None:
     config = tmp_path / "insource.toml"
     config.write_text(
         f'[store]\nurl = "{pg_url}"\n[providers.t]\nkind = "openai"\nbase_url = "{handle.url}/v1"\n'
-        '[models."gpt-4o-mini"]\ntargets = ["t:gpt-4o-mini"]\n'
+        'terms = "self-hosted"\n[models."gpt-4o-mini"]\ntargets = ["t:gpt-4o-mini"]\n'
     )
     gw = start_gateway(config)
     try:

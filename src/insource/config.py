@@ -10,8 +10,9 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from insource.errors import ConfigError
 
@@ -67,11 +68,40 @@ class RegistryConfig(Strict):
     path: str | None = None
 
 
+UNDECLARED_TERMS = "undeclared"  # a shipped terms profile of category "none" (capture/terms.toml)
+# Hosts of commercial APIs whose outputs are governed by that provider's terms, whatever the config says.
+_HOST_TERMS = (
+    ("api.openai.com", "openai"),
+    (".openai.azure.com", "azure-openai"),
+    (".cognitiveservices.azure.com", "azure-openai"),
+    (".services.ai.azure.com", "azure-openai"),
+    ("api.anthropic.com", "anthropic"),
+    ("generativelanguage.googleapis.com", "google-gemini"),
+)
+# Profiles saying "no provider's terms apply": never right for a commercial API's host.
+_OWN_TERMS = ("self-hosted", "in-house")
+
+
+def host_terms(base_url: str) -> str | None:
+    """The terms profile a commercial API's host implies (None for any other host)."""
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    for suffix, profile in _HOST_TERMS:
+        if host == suffix.lstrip(".") or (suffix.startswith(".") and host.endswith(suffix)):
+            return profile
+    return None
+
+
+def default_terms(kind: str, base_url: str) -> str:
+    """The terms of a provider that declares none: its API host's profile, Azure's for kind "azure", else
+    "undeclared" (treated as no training until `terms` is set)."""
+    return host_terms(base_url) or ("azure-openai" if kind == "azure" else UNDECLARED_TERMS)
+
+
 class ProviderConfig(Strict):
     kind: Literal["openai", "azure", "simulated"]
     base_url: str
     api_key: str | None = None
-    terms: str = "self-hosted"
+    terms: str = UNDECLARED_TERMS  # filled from kind/base_url when absent: see default_terms
     api_version: str = "2024-10-21"
     ttft_timeout_s: float = Field(default=60.0, gt=0)
     total_timeout_s: float = Field(default=600.0, gt=0)
@@ -88,6 +118,26 @@ class ProviderConfig(Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_terms(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "terms" not in data:
+            kind, url = data.get("kind"), data.get("base_url")
+            if isinstance(kind, str) and isinstance(url, str):
+                return {**data, "terms": default_terms(kind, url)}
+        return data
+
+    @model_validator(mode="after")
+    def _terms_match_host(self) -> ProviderConfig:
+        implied = host_terms(self.base_url)
+        if implied and self.terms in _OWN_TERMS:
+            raise ValueError(
+                f"terms = {self.terms!r} says no provider's terms apply, but base_url is a commercial API whose "
+                f"outputs fall under the {implied!r} profile: set terms = {implied!r} (or a [terms.NAME] profile "
+                "of your own after legal review)"
+            )
+        return self
 
 
 class Price(Strict):

@@ -21,9 +21,9 @@ import orjson
 
 from insource.capture.dataset_io import check_out, write_dataset
 from insource.capture.slots import Template, infer_template
-from insource.capture.stats import normalise, output_kind
+from insource.capture.stats import Kind, answer_key, normalise, output_kind
 from insource.capture.terms import TermsProfile, load_profiles, resolve
-from insource.config import Config
+from insource.config import UNDECLARED_TERMS, Config
 from insource.errors import NotReady
 from insource.store import Store
 
@@ -56,6 +56,7 @@ class BuildOptions:
     force: bool = False
     allow_internal: bool = False
     seed: int = 0
+    kind: Kind | None = None  # --kind: overrides the inferred classification/generation (recorded)
 
 
 @dataclass
@@ -70,13 +71,24 @@ class BuildResult:
 
     def summary(self) -> dict[str, Any]:
         """The exact `--json` contract."""
-        return {
-            "out": str(self.out),
-            "task": self.task,
-            "counts": self.counts,
-            "refused": self.refused,
-            "providers": self.providers,
-        }
+        return json_summary(self.out, self.task, self.counts, self.refused, self.providers)
+
+
+def json_summary(
+    out: Path,
+    task: str,
+    counts: dict[str, int] | None = None,
+    refused: dict[str, dict[str, Any]] | None = None,
+    providers: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`insource dataset build --json`: one object, also when nothing was written (counts zero)."""
+    return {
+        "out": str(out),
+        "task": task,
+        "counts": counts or dict.fromkeys(SPLITS, 0),
+        "refused": refused or {},
+        "providers": providers or {},
+    }
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -96,7 +108,15 @@ def known_tasks(store: Store) -> list[str]:
     return sorted(str(r["task"]) for r in rows)
 
 
-def select_rows(store: Store, opts: BuildOptions) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def opted_out_tenants(cfg: Config) -> frozenset[str]:
+    """Tenants whose capture is switched off (`[capture.tenants.X] enabled = false`): never exported, including
+    what was captured before they opted out."""
+    return frozenset(name for name, tenant in cfg.capture.tenants.items() if not tenant.enabled)
+
+
+def select_rows(
+    store: Store, opts: BuildOptions, opted_out: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Eligible capture rows of the task, and counts of what was left out and why."""
     tasks = known_tasks(store)
     if opts.task not in tasks:
@@ -109,6 +129,8 @@ def select_rows(store: Store, opts: BuildOptions) -> tuple[list[dict[str, Any]],
     for row in store.query(_SELECT, (opts.task, since, until)):
         if not row["consent"]:
             skipped["no_consent"] += 1
+        elif row["tenant"] in opted_out:
+            skipped["tenant_opted_out"] += 1
         elif row["status"] != 200:
             skipped["not_200"] += 1
         elif row["output"] is None or not str(row["output"]).strip():
@@ -184,7 +206,7 @@ def apply_guard(
 
 
 def _reason(profile: TermsProfile) -> str:
-    if profile.origin == "unknown":
+    if profile.origin == "unknown" or profile.name == UNDECLARED_TERMS:
         return profile.summary
     if profile.category == "internal":
         return (
@@ -211,8 +233,13 @@ def refusal_line(name: str, r: dict[str, Any]) -> str:
 
 # -- examples, dedup, split ------------------------------------------------------------------
 def make_examples(
-    rows: list[dict[str, Any]], messages: dict[str, list[dict[str, Any]]], template: Template
+    rows: list[dict[str, Any]],
+    messages: dict[str, list[dict[str, Any]]],
+    template: Template,
+    profiles: dict[str, TermsProfile],
 ) -> list[dict[str, Any]]:
+    """One example per row; each records its terms profile and that profile's category at build time, which
+    `insource distill` checks again (a hand-edited manifest cannot launder eval-only data into training)."""
     examples = []
     for r in rows:
         msgs = messages[r["id"]]
@@ -221,12 +248,13 @@ def make_examples(
                 "id": r["id"],
                 "ts": r["ts"],
                 "input": template.extract(msgs),
-                "output": str(r["output"]).strip(),
+                "output": answer_key(str(r["output"])),
                 "messages": msgs,
                 "teacher_cost_usd": r["cost_usd"],
                 "provider": r["provider"],
                 "upstream_model": r["upstream_model"],
                 "terms": r["terms"],
+                "terms_category": resolve(profiles, r["terms"]).category,
                 "tenant": r["tenant"],
                 "_version": r["upstream_version"],
                 "_redactors": orjson.loads(r["redactors"]),
@@ -316,56 +344,81 @@ def redaction_summary(examples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- the build -------------------------------------------------------------------------------
+def protected_paths(cfg: Config) -> list[Path]:
+    """What `--out --force` must never replace: the config's folder, the SQLite store, the model registry."""
+    paths = [Path(cfg.base_dir), cfg.registry_path()]
+    db = cfg.sqlite_path()
+    return paths if db is None else [*paths, db]
+
+
+def decide_kind(answers: Counter[str], override: Kind | None) -> dict[str, Any]:
+    """The dataset's kind: inferred from the task's answers (as `insource tasks`), unless --kind overrides it."""
+    inferred = output_kind(answers)
+    source = "--kind" if override else "inferred"
+    return {"kind": override or inferred, "kind_inferred": inferred, "kind_source": source}
+
+
 def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
     """Build the dataset described by `opts`; raises NotReady/TermsRefused with a clear message."""
-    check_out(opts.out, opts.force)
+    protected = protected_paths(cfg)
+    check_out(opts.out, opts.force, protected)
     profiles = load_profiles(cfg)
-    rows, skipped = select_rows(store, opts)
+    rows, skipped = select_rows(store, opts, opted_out_tenants(cfg))
     allowed, refused, warnings = apply_guard(rows, profiles, opts)  # warnings: shown by the caller
     if not allowed:
-        record_audit(store, "dataset.refused", opts, {"refused": refused, "selected": len(rows)})
+        record_audit(store, "dataset.refused", opts, {"refused": refused, "selected": len(rows), "skipped": skipped})
         raise TermsRefused(refusal_message(opts.task, refused), refused)
     messages = load_messages(store, allowed)
     template = infer_template([messages[r["id"]] for r in allowed])
-    examples = make_examples(allowed, messages, template)
+    examples = make_examples(allowed, messages, template, profiles)
+    kind = decide_kind(Counter(ex["output"] for ex in examples), opts.kind)
     dup = {"exact": 0, "near": 0}
     if opts.dedup:
         examples, dup = dedup(examples)
     splits = split_examples(examples, opts.split, opts.seed)
-    outputs = Counter(ex["output"] for ex in examples)
-    avg = sum(len(o) * n for o, n in outputs.items()) / max(1, len(examples))
-    kind = output_kind(len(examples), len(outputs), avg)
-    carve_out = _carve_out(examples, profiles, opts)
-    manifest: dict[str, Any] = {
-        "task": opts.task,
-        "purpose": opts.purpose,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "counts": {name: len(part) for name, part in splits.items()},
-        "selected": len(rows),
-        "skipped": skipped,
-        "refused": refused,
-        "providers": provider_summary(examples),
-        "terms": terms_summary(examples, profiles),
-        "carve_out": carve_out,
-        "redaction": redaction_summary(examples),
-        "dedup": dup,
-        "split": opts.split,
-        "seed": opts.seed if opts.split == "random" else None,
-        "window": {"since": opts.since, "until": opts.until},
-        "format": opts.fmt,
-        "template": template.to_dict(),
-        "kind": kind,
-        "labels": sorted(outputs) if kind == "classification" else [],
-        "warnings": warnings,
-    }
-    write_dataset(opts.out, splits, manifest, fmt=opts.fmt, force=opts.force)
+    manifest = _manifest(opts, examples, profiles, kind)
+    manifest.update(
+        counts={name: len(part) for name, part in splits.items()},
+        selected=len(rows),
+        skipped=skipped,
+        opted_out_excluded=skipped.get("tenant_opted_out", 0),  # a count only: opted-out tenants are not named
+        refused=refused,
+        dedup=dup,
+        template=template.to_dict(),
+        warnings=warnings,
+    )
+    write_dataset(opts.out, splits, manifest, fmt=opts.fmt, force=opts.force, protected=protected)
     detail = {k: manifest[k] for k in ("counts", "refused", "dedup", "carve_out", "format", "split", "kind")}
     detail["providers"] = {p: v["count"] for p, v in manifest["providers"].items()}
     detail["files"] = manifest["files"]
+    detail["opted_out_excluded"] = manifest["opted_out_excluded"]
     record_audit(store, "dataset.build", opts, detail)
     result = BuildResult(opts.out, opts.task, manifest["counts"], refused, manifest["providers"], manifest)
     result.warnings = warnings
     return result
+
+
+def _manifest(
+    opts: BuildOptions, examples: list[dict[str, Any]], profiles: dict[str, TermsProfile], kind: dict[str, Any]
+) -> dict[str, Any]:
+    labels = sorted({ex["output"] for ex in examples}) if kind["kind"] == "classification" else []
+    return {
+        "task": opts.task,
+        "purpose": opts.purpose,
+        "training_allowed": opts.purpose == "train",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "providers": provider_summary(examples),
+        "terms": terms_summary(examples, profiles),
+        "terms_categories": dict(Counter(ex["terms_category"] for ex in examples)),
+        "carve_out": _carve_out(examples, profiles, opts),
+        "redaction": redaction_summary(examples),
+        "split": opts.split,
+        "seed": opts.seed if opts.split == "random" else None,
+        "window": {"since": opts.since, "until": opts.until},
+        "format": opts.fmt,
+        **kind,
+        "labels": labels,
+    }
 
 
 def _carve_out(examples: list[dict[str, Any]], profiles: dict[str, TermsProfile], opts: BuildOptions) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,17 +16,43 @@ from insource.errors import NotReady
 
 SPLITS = ("train", "val", "test")
 EXAMPLE_KEYS = (
-    "id", "ts", "input", "output", "messages", "teacher_cost_usd", "provider", "upstream_model", "terms", "tenant",
+    "id", "ts", "input", "output", "messages", "teacher_cost_usd", "provider", "upstream_model", "terms",
+    "terms_category", "tenant",
 )  # fmt: skip
+MANIFEST = "dataset.json"
 
 
-def check_out(out: Path, force: bool) -> None:
-    """Refuse an existing non-empty --out (unless force) and anything that is not a folder."""
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise NotReady(f"--out {out} exists and is not a folder")
-        if any(out.iterdir()) and not force:
-            raise NotReady(f"--out {out} exists and is not empty (use --force to replace it)")
+def _holds(folder: Path, path: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (symlinks resolved)."""
+    folder, path = folder.resolve(), path.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_out(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
+    """Refuse anything but a missing or empty folder; with force, also a previous dataset (it has `dataset.json`).
+
+    Never a folder that holds one of `protected` (the store, the config's folder, the model registry), even
+    when it also looks like a dataset.
+    """
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise NotReady(f"--out {out} exists and is not a folder")
+    for path in protected:
+        if _holds(out, path):
+            raise NotReady(
+                f"--out {out} holds {path} (the store, the config or the model registry): "
+                "choose a new folder for the dataset; nothing was replaced"
+            )
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise NotReady(f"--out {out} exists and is not empty (use --force to replace a previous dataset)")
+    if not (out / MANIFEST).is_file():
+        raise NotReady(
+            f"--out {out} is not empty and is not a dataset (no {MANIFEST}): --force only replaces a previous "
+            "dataset folder; choose a new or empty folder"
+        )
 
 
 @contextmanager
@@ -57,12 +83,13 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    """Move the finished folder into place (replacing an empty or --force'd existing folder)."""
+def _publish(tmp: Path, out: Path, force: bool, protected: Sequence[Path]) -> None:
+    """Move the finished folder into place (replacing an empty folder or, with force, a previous dataset)."""
     old: Path | None = None
+    if out.exists():
+        check_out(out, force, protected)  # again: the folder may have changed while the build ran
     try:
         if out.exists():
-            check_out(out, force)
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
         tmp.rename(out)
@@ -110,6 +137,7 @@ def _parquet(path: Path, examples: list[dict[str, Any]]) -> None:
             ("provider", pa.string()),
             ("upstream_model", pa.string()),
             ("terms", pa.string()),
+            ("terms_category", pa.string()),
             ("tenant", pa.string()),
         ]
     )
@@ -125,7 +153,13 @@ def sha256_file(path: Path) -> str:
 
 
 def write_dataset(
-    out: Path, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any], *, fmt: str, force: bool
+    out: Path,
+    splits: dict[str, list[dict[str, Any]]],
+    manifest: dict[str, Any],
+    *,
+    fmt: str,
+    force: bool,
+    protected: Sequence[Path] = (),
 ) -> None:
     """Write split files, examples, README and manifest (with file hashes), then publish atomically."""
     with _staging(out) as tmp:
@@ -138,8 +172,8 @@ def write_dataset(
             _jsonl(tmp / f"{name}.examples.jsonl", [public_example(ex) for ex in rows])
         (tmp / "README.md").write_text(render_readme(manifest), encoding="utf-8")
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        (tmp / "dataset.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        _publish(tmp, out, force)
+        (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+        _publish(tmp, out, force, protected)
 
 
 def render_readme(m: dict[str, Any]) -> str:
@@ -151,9 +185,12 @@ def render_readme(m: dict[str, Any]) -> str:
         "",
         f"- Examples: train {c['train']}, val {c['val']}, test {c['test']} ({m['split']} split"
         + (", test is strictly later than train)" if m["split"] == "time" else f", seed {m['seed']})"),
-        f"- Kind: {m['kind']}" + (f" ({len(m['labels'])} labels)" if m["labels"] else ""),
+        f"- Kind: {m['kind']}"
+        + (f" ({len(m['labels'])} labels)" if m["labels"] else "")
+        + (f" (set by --kind; inferred: {m['kind_inferred']})" if m["kind_source"] == "--kind" else ""),
         f"- Duplicates removed: {m['dedup']['exact']} exact, {m['dedup']['near']} near",
         f"- Selected captures: {m['selected']}; left out: {m['skipped'] or 'none'}",
+        f"- Captures of opted-out tenants excluded: {m['opted_out_excluded']}",
         "",
         "## Provenance",
         "",

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
 
 from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
-from insource.capture.stats import output_kind
+from insource.capture.stats import answer_key, output_kind
 from insource.errors import NotFound, NotReady
 from insource.store import Store
 
 
+def task_answers(store: Store) -> dict[str, Counter[str]]:
+    """Per task: each distinct teacher/student answer (trimmed like the dataset builder, `str.strip`) and how
+    many status-200 captures got it. Grouped in SQL first, so each distinct raw answer crosses once; trimmed in
+    Python because SQL TRIM strips only spaces (and dialects differ), not newlines or tabs."""
+    answers: dict[str, Counter[str]] = defaultdict(Counter)
+    rows = store.query(
+        "SELECT task, output, COUNT(*) AS n FROM captures "
+        "WHERE task IS NOT NULL AND status = 200 AND output IS NOT NULL GROUP BY task, output"
+    )
+    for r in rows:
+        answers[str(r["task"])][answer_key(str(r["output"]))] += int(r["n"])
+    return answers
+
+
 def list_tasks(store: Store) -> list[dict[str, Any]]:
-    """Per task: requests and spend (usage), distinct teacher outputs and the kind (captures)."""
+    """Per task: requests and spend (usage), distinct outputs and the kind (captures, as the dataset builder)."""
     usage = {
         r["task"]: r
         for r in store.query(
@@ -22,26 +37,17 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
             "FROM usage WHERE task IS NOT NULL GROUP BY task"
         )
     }
-    caps = {
-        r["task"]: r
-        for r in store.query(
-            "SELECT task, COUNT(*) AS n, COUNT(DISTINCT TRIM(output)) AS distinct_outputs, "
-            "AVG(LENGTH(TRIM(output))) AS avg_chars FROM captures "
-            "WHERE task IS NOT NULL AND status = 200 AND output IS NOT NULL GROUP BY task"
-        )
-    }
+    answers = task_answers(store)
     out = []
-    for task in sorted(set(usage) | set(caps)):
-        u, c = usage.get(task), caps.get(task)
-        captured = int(c["n"]) if c else 0
-        distinct = int(c["distinct_outputs"]) if c else 0
+    for task in sorted(set(usage) | set(answers)):
+        u, a = usage.get(task), answers.get(task, Counter())
         out.append(
             {
                 "task": task,
-                "requests": int(u["requests"]) if u else captured,
+                "requests": int(u["requests"]) if u else sum(a.values()),
                 "cost_usd": round(float(u["cost_usd"]), 8) if u else 0.0,
-                "distinct_outputs": distinct,
-                "kind": output_kind(captured, distinct, c["avg_chars"] if c else None),
+                "distinct_outputs": len(a),
+                "kind": output_kind(a),
             }
         )
     return out

@@ -11,7 +11,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from insource.capture.dataset import BuildOptions, TermsRefused, build_dataset, refusal_line
+from insource.capture.dataset import (
+    BuildOptions,
+    BuildResult,
+    TermsRefused,
+    build_dataset,
+    json_summary,
+    refusal_line,
+)
 from insource.capture.inspect import list_audit, list_tasks, search_captures, show_capture
 from insource.cli import app
 from insource.cli.common import ConfigOpt, JsonOpt, console, err_console, fail, get_config, handle_errors, print_json
@@ -38,6 +45,11 @@ class Split(StrEnum):
 class Format(StrEnum):
     openai_jsonl = "openai-jsonl"
     parquet = "parquet"
+
+
+class Kind(StrEnum):
+    classification = "classification"
+    generation = "generation"
 
 
 def store_exists(cfg: Config) -> bool:
@@ -87,7 +99,13 @@ def dataset_build(
     split: Annotated[Split, typer.Option(help="time: test is later traffic than train.")] = Split.time,
     fmt: Annotated[Format, typer.Option("--format", help="Split files format.")] = Format.openai_jsonl,
     seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out when it holds a previous dataset (never anything else).")
+    ] = False,
+    kind: Annotated[
+        Kind | None,
+        typer.Option(help="Override the inferred task kind (recorded in the manifest); default: inferred."),
+    ] = None,
     allow_internal: Annotated[
         bool,
         typer.Option(
@@ -112,20 +130,33 @@ def dataset_build(
         force=force,
         allow_internal=allow_internal,
         seed=seed,
+        kind=kind.value if kind else None,
     )
     store = open_existing_store(cfg)
     try:
         result = build_dataset(store, cfg, opts)
     except TermsRefused as exc:
+        if json:  # still one JSON object on stdout: nothing written, what was refused and why
+            print_json(json_summary(out, task, refused=exc.refused))
         raise fail(exc.message, 3) from None
+    _print_build(result, json)
+
+
+def _print_build(result: BuildResult, json: bool) -> None:
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    excluded = result.manifest["opted_out_excluded"]
+    note = f"excluded {excluded} capture(s) of tenants opted out of capture" if excluded else ""
     if json:
+        if note:
+            err_console.print(f"note: {note}", highlight=False)
         print_json(result.summary())
         return
     c = result.counts
     console.print(f"dataset written to {result.out}", highlight=False)
     console.print(f"  train {c['train']}  val {c['val']}  test {c['test']}  ({result.manifest['kind']})")
+    if note:
+        console.print(f"  {note}", highlight=False)
     for name, p in result.providers.items():
         console.print(f"  from {name}: {p['count']} examples (terms {', '.join(p['terms'])})", highlight=False)
     for name, r in result.refused.items():

@@ -150,8 +150,8 @@ def test_out_folder_not_empty_is_refused(captured: tuple[Gateway, dict[str, int]
     (out / "keep.txt").write_text("mine")
     result = build(gw, out, check=False)
     assert result.returncode != 0 and (out / "keep.txt").read_text() == "mine"
-    forced = build(gw, out, "--force", check=False)  # --force replaces a previous dataset, never other files
-    assert forced.returncode != 0 and "not a dataset" in forced.stderr and (out / "keep.txt").read_text() == "mine"
+    assert isinstance(build(gw, out, "--force"), dict)  # --force replaces the folder, atomically
+    assert not (out / "keep.txt").exists() and (out / "dataset.json").exists()
     previous = tmp_path / "previous"
     build(gw, previous)
     assert isinstance(build(gw, previous, "--force"), dict) and (previous / "dataset.json").exists()

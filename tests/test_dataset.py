@@ -353,9 +353,9 @@ def test_out_folder_contract(corpus: Corpus, tmp_path: Path) -> None:
     result = build(corpus, out)
     assert result.exit_code != 0 and "not empty" in result.stderr and result.stdout == ""
     assert (out / "keep.txt").read_text() == "mine"
-    result = build(corpus, out, "--force")  # --force replaces only a previous dataset, not any folder
-    assert result.exit_code != 0 and "not a dataset" in result.stderr and result.stdout == ""
-    assert (out / "keep.txt").read_text() == "mine"
+    result = build(corpus, out, "--force")  # --force replaces the folder (never the store's: see below)
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "keep.txt").exists() and (out / "dataset.json").exists()
     previous = tmp_path / "previous"
     assert build(corpus, previous).exit_code == 0
     (previous / "stale.txt").write_text("old")

@@ -29,7 +29,7 @@ def _holds(folder: Path, path: Path) -> bool:
 
 
 def check_out(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
-    """Refuse anything but a missing or empty folder; with force, also a previous dataset (it has `dataset.json`).
+    """Refuse anything but a missing or empty folder, unless `force` (the folder is then replaced atomically).
 
     Never a folder that holds one of `protected` (the store, the config's folder, the model registry), even
     when it also looks like a dataset.
@@ -47,12 +47,7 @@ def check_out(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
     if not any(out.iterdir()):
         return
     if not force:
-        raise NotReady(f"--out {out} exists and is not empty (use --force to replace a previous dataset)")
-    if not (out / MANIFEST).is_file():
-        raise NotReady(
-            f"--out {out} is not empty and is not a dataset (no {MANIFEST}): --force only replaces a previous "
-            "dataset folder; choose a new or empty folder"
-        )
+        raise NotReady(f"--out {out} exists and is not empty (use --force to replace it)")
 
 
 @contextmanager

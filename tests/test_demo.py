@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,30 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
         ).stdout
     )
     assert spend[0]["task"] == "support-intent" and spend[0]["requests"] >= 2000
+    # a second run in the same folder starts afresh: the first run's cascade route must not answer "before"
+    again = subprocess.run(
+        [sys.executable, "-m", "insource", "demo", "--quick", "--before", "600", "--after", "100", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    second = json.loads(again.stdout)
+    assert second["before"]["insourced"] == 0 and second["before"]["requests"] == 600
+    assert "Replacing the previous demo run" in again.stderr
+
+
+def test_demo_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "insource", "demo", "--quick", *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+    assert demo("--monthly-requests", "0").returncode == 2
+    (tmp_path / "a-file").write_text("x")
+    not_a_folder = demo("--dir", "a-file")
+    assert not_a_folder.returncode == 2 and "is not a folder" in not_a_folder.stderr
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-unreachable"}
+    down = demo("--teacher", "http://127.0.0.1:9/v1", "--before", "100", "--after", "50", "--dir", "d", env=env)
+    assert down.returncode == 2 and "answered none of 100 requests" in " ".join(down.stderr.split())
+    assert "Traceback" not in down.stderr + not_a_folder.stderr

@@ -25,7 +25,9 @@ def demo(
     teacher_terms: Annotated[str, typer.Option(help="Terms profile of the --teacher provider.")] = "openai",
     before: Annotated[int, typer.Option(min=100, help="Requests answered by the teacher.")] = 3000,
     after: Annotated[int, typer.Option(min=50, help="Requests after switching to cascade.")] = 2000,
-    monthly_requests: Annotated[int, typer.Option(help="Monthly volume for the savings projection.")] = 30_000_000,
+    monthly_requests: Annotated[
+        int, typer.Option(min=1, help="Monthly volume for the savings projection.")
+    ] = 30_000_000,
     json: JsonOpt = False,
 ) -> None:
     """Gateway → capture → dataset → distill → eval → cascade, with a before/after table."""

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -119,17 +120,28 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _share(part: float, whole: float) -> str:
+    return f"{part / whole:.0%}" if whole > 0 else "n/a"
+
+
 def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
+    monthly = f"{s['monthly_requests']:,} requests/month"
     table = Table(
         "phase",
         "requests",
         "insourced",
-        "agreement with teacher's labels",
-        "spend (USD)",
-        "teacher cost avoided",
+        "agreement",
+        "spend",
+        "avoided",
+        "per month",
         title="Before / after insourcing",
+        caption=(
+            "before: the teacher answers all; after: cascade. agreement: with the teacher's labels; "
+            f"avoided: teacher cost not paid; per month: projected at {monthly}"
+        ),
+        box=box.SIMPLE_HEAD,
     )
-    for name, key in (("before: all teacher", "before"), ("after: cascade", "after")):
+    for name, key in (("before", "before"), ("after", "after")):
         p = s[key]
         table.add_row(
             name,
@@ -138,14 +150,15 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
             _pct(p["agreement"]),
             f"${p['cost_usd']:.4f}",
             f"${p['avoided_usd']:.4f}",
+            f"${s[f'monthly_cost_{key}_usd']:,.0f}",
         )
+    saved, before = s["projected_monthly_savings_usd"], s["monthly_cost_before_usd"]
+    table.add_section()
+    table.add_row("savings", "", "", "", "", "", f"[bold green]${saved:,.0f}[/] ({_share(saved, before)})")
     console.print(table)
-    saved = s["projected_monthly_savings_usd"]
-    before = s["monthly_cost_before_usd"]
     console.print(
-        f"Projected monthly savings at {s['monthly_requests']:,} requests/month: [bold green]${saved:,.0f}[/] "
-        f"({saved / before:.0%} of ${before:,.0f}); audited live agreement {_pct(s['audited_agreement'])} "
-        f"over {s['audits']} audits.",
+        f"Projected monthly savings at {monthly}: [bold green]${saved:,.0f}[/] ({_share(saved, before)} of "
+        f"${before:,.0f}); audited live agreement {_pct(s['audited_agreement'])} over {s['audits']} audits.",
         highlight=False,
     )
     if s["rolled_back"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -169,8 +170,34 @@ def _route(s: DemoSettings, config: Path, model: str, evaluated: dict[str, Any],
     time.sleep(1.2)  # every worker picks the route up within a second
 
 
+DEMO_STATE = ("insource.db", "insource.db-wal", "insource.db-shm", "insource.toml", "gateway.log")
+DEMO_FOLDERS = ("models", "datasets", "spool")
+
+
+def prepare_folder(folder: Path, console: Console) -> None:
+    """A demo starts afresh: a previous run's store (its routes, spend, students) is replaced, nothing else."""
+    if folder.exists() and not folder.is_dir():
+        raise StepFailed(f"--dir {folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "insource.db").exists():
+        return
+    console.print(f"Replacing the previous demo run in {folder} (a demo starts from an empty store).")
+    for name in DEMO_STATE:
+        (folder / name).unlink(missing_ok=True)
+    for name in DEMO_FOLDERS:
+        shutil.rmtree(folder / name, ignore_errors=True)
+
+
+def _check_teacher_answered(s: DemoSettings, before: PhaseResult, log: Path) -> None:
+    if before.ok == 0:
+        where = s.teacher_url or "the simulated teacher"
+        raise StepFailed(
+            f"the teacher ({where}) answered none of {before.requests} requests; the gateway's log says why: {log}"
+        )
+
+
 def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
-    s.folder.mkdir(parents=True, exist_ok=True)
+    prepare_folder(s.folder, console)
     if s.teacher_url is not None and not os.environ.get(s.teacher_key_env):
         raise StepFailed(f"--teacher needs its API key in the environment variable {s.teacher_key_env}")
     started = time.time()
@@ -187,6 +214,7 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
             t0 = time.time()
             before = _phase(console, "teacher traffic", base_url, key, demo_data.generate(s.before, s.seed))
             t1 = time.time()
+            _check_teacher_answered(s, before, s.folder / "gateway.log")
             report.wait_for_records(store, t0, t1, before.requests)
             report.print_spend(console, store, t0, t1)
             model, evaluated = _learn_student(s, config, console)

@@ -22,7 +22,7 @@ class PhaseResult:
 
     @property
     def insourced(self) -> int:
-        return sum(n for who, n in self.served.items() if "@" in who)
+        return sum(n for who, n in self.served.items() if "@" in who and ":" not in who)  # TASK@vN, not P:M
 
 
 async def _one(client: openai.AsyncOpenAI, messages: list[dict[str, str]], task: str) -> tuple[str, str]:
@@ -49,7 +49,7 @@ async def send_phase(
     """Send every (text, gold) pair as a chat request, `concurrency` at a time."""
     result = PhaseResult(name)
     limit = asyncio.Semaphore(concurrency)
-    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=2, timeout=60) as client:
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60) as client:
 
         async def run(text: str, gold: str) -> None:
             async with limit:

@@ -12,8 +12,11 @@ from insource.routing.policy import (
     needs_prediction,
     should_roll_back,
     wilson_lower,
+    wilson_upper,
 )
 from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
+from insource.routing.tokens import completion_tokens, prompt_tokens
+from insource.testing import demo_data, wire
 
 
 def policy(mode: str, **kw: float) -> RoutePolicy:
@@ -34,6 +37,52 @@ def test_rollback_waits_until_the_bound_means_something() -> None:
     assert wilson_lower(int(0.95 * n) + 1, n) >= 0.9  # by then a 95% student clears a 0.9 floor
     assert should_roll_back(150, 200, 0.9) and not should_roll_back(192, 200, 0.9)
     assert should_roll_back(1140, 1200, 0.99) and not should_roll_back(1200, 1200, 0.99)
+
+
+def test_a_student_clearly_below_the_floor_rolls_back_after_a_few_dozen_comparisons() -> None:
+    assert wilson_upper(0, 0) == 1.0 and wilson_upper(20, 20) == pytest.approx(1.0)
+    assert wilson_upper(0, 20) == pytest.approx(0.1611, abs=1e-4)
+    for floor in (0.8, 0.9, 0.95, 0.99, 0.999):  # min_samples: 48 ... 13,328 comparisons
+        assert not should_roll_back(0, 19, floor)  # nothing is judged on fewer than 20
+        assert should_roll_back(0, 20, floor)  # a student that never agrees goes at 20, whatever the floor
+        assert should_roll_back(2, 25, floor)  # a drifted teacher: 8% agreement
+    assert should_roll_back(12, 20, 0.9) and should_roll_back(30, 40, 0.95)
+
+
+def false_rollback_chance(p: float, floor: float, until: int) -> float:
+    """Exact chance that a student agreeing with probability `p` is rolled back within `until` comparisons."""
+    alive = [1.0]  # alive[k]: chance of k agreements so far without a rollback
+    gone = 0.0
+    for n in range(1, until + 1):
+        step = [0.0] * (n + 1)
+        for k, mass in enumerate(alive):
+            step[k] += mass * (1 - p)
+            step[k + 1] += mass * p
+        for k in range(n + 1):
+            if step[k] and should_roll_back(k, n, floor):
+                gone, step[k] = gone + step[k], 0.0
+        alive = step
+    return gone
+
+
+def test_a_sound_student_survives_small_samples() -> None:
+    for floor, limit in ((0.8, 0.001), (0.9, 0.001), (0.95, 0.005), (0.99, 0.02)):
+        sound = (1.0 + floor) / 2.0  # the student min_samples protects, judged after every comparison
+        assert false_rollback_chance(sound, floor, min_samples(floor) - 1) < limit, floor
+    assert false_rollback_chance(0.5, 0.9, 30) > 0.99  # while a coin flip goes within 30
+
+
+def test_student_tokens_are_counted_like_the_teacher_counts_them() -> None:
+    text = "hello, I want my money back for order 12345, the blender arrived broken"
+    messages = demo_data.build_messages(text)
+    assert prompt_tokens(messages) == wire.count_prompt_tokens(messages)  # what the fake teacher reports
+    assert prompt_tokens(messages) < len(str(messages)) // 4  # not the request's size
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi there"}, {"type": "image_url"}]}]
+    assert prompt_tokens(parts) == wire.count_prompt_tokens(parts) == 3 + 3 + 2 + 85
+    named = [{"role": "user", "name": "ann", "content": "hi"}]
+    assert prompt_tokens(named) == wire.count_prompt_tokens(named)
+    assert completion_tokens("refund_request") == 1 and completion_tokens("refund_request", 3) == 3
+    assert prompt_tokens(None) == 3
 
 
 def test_modes() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import shutil
 import time
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from tests.conftest import Gateway, start_gateway, stop_gateway
+from openai.types import CompletionUsage
+from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
 from insource.testing import demo_data
 from insource.testing.fake_upstream import FakeUpstream
@@ -158,30 +161,108 @@ def test_cascade_streams_student_answers(trained: Trained) -> None:
     assert served == trained.model and answer in demo_data.INTENTS
 
 
-def test_full_with_audits_then_rollback_on_drift(trained: Trained) -> None:
-    set_route(trained, "--mode", "full", "--audit-rate", "1.0", "--floor", "0.8")
+def rollbacks(t: Trained) -> int:
+    return sum(e["kind"] == "rollback" for e in route_row(t)["events"])  # type: ignore[attr-defined]
+
+
+def drive_until_rollback(t: Trained, seed: int, limit: int = 200) -> int:
+    """Ask until a new rollback event shows in `route show`; returns how many requests that took."""
+    before = rollbacks(t)
+    texts = [text for text, _ in fresh(limit, seed)]
+    for i in range(0, len(texts), 10):
+        for text in texts[i : i + 10]:
+            ask(t, text)
+        time.sleep(0.3)
+        if rollbacks(t) > before:
+            return i + 10
+    raise AssertionError(f"no rollback after {limit} requests: {route_row(t)}")
+
+
+@contextlib.contextmanager
+def drifted(t: Trained) -> Iterator[None]:
+    original = t.fake.responder
+    t.fake.responder = lambda model, messages, body: "speak_to_agent"  # the teacher's answers change
+    try:
+        yield
+    finally:
+        t.fake.responder = original
+
+
+def test_full_with_audits_then_prompt_rollback_on_drift(trained: Trained) -> None:
+    set_route(trained, "--mode", "full", "--audit-rate", "1.0", "--floor", "0.95")
     served = {ask(trained, text)[1] for text, _ in fresh(20, 105)}
     assert served == {trained.model}
     assert trained.fake.wait_for_requests(20, timeout=10)
-    original = trained.fake.responder
-    trained.fake.responder = lambda model, messages, body: "speak_to_agent"  # the teacher drifts
-    try:
-        rolled_back = False
-        texts = [text for text, _ in fresh(200, 106)]
-        for i in range(0, len(texts), 10):
-            for text in texts[i : i + 10]:
-                ask(trained, text)
-            time.sleep(0.3)
-            if any(e["kind"] == "rollback" for e in route_row(trained)["events"]):  # type: ignore[attr-defined]
-                rolled_back = True
-                break
-        assert rolled_back
+    with drifted(trained):
+        sent = drive_until_rollback(trained, 106)
+        assert sent <= 60  # a drifted student goes within a few dozen audits (not 231 at this floor)
         time.sleep(1.1)
         assert {ask(trained, text)[1] for text, _ in fresh(5, 107)} == {"teacher:gpt-4o-mini"}
+    row = route_row(trained)
+    last = row["events"][-1]  # type: ignore[index]
+    assert last["kind"] == "rollback" and last["detail"]["upper_bound"] < 0.95 and not row["active"]
+    set_route(trained, "--mode", "full", "--audit-rate", "1.0", "--floor", "0.8")
+    row = route_row(trained)  # a new policy starts a new window: the drifted comparisons do not count
+    assert row["active"] and row["n"] == 0 and row["agreement"] is None
+    assert {ask(trained, text)[1] for text, _ in fresh(5, 108)} == {trained.model}
+
+
+def test_shadow_rolls_back_on_drift_too(trained: Trained) -> None:
+    set_route(trained, "--mode", "shadow", "--floor", "0.9")
+    with drifted(trained):
+        assert drive_until_rollback(trained, 109) <= 60
         row = route_row(trained)
-        assert row["events"][-1]["kind"] == "rollback"  # type: ignore[index]
+        assert not row["active"] and row["events"][-1]["kind"] == "rollback"  # type: ignore[index]
+        assert isinstance(row["agreement"], float) and row["agreement"] < 0.5
+        time.sleep(1.1)
+        n = row["n"]
+        assert {ask(trained, text)[1] for text, _ in fresh(10, 110)} == {"teacher:gpt-4o-mini"}
+        time.sleep(0.5)
+        assert route_row(trained)["n"] == n  # rolled back: the student no longer predicts
+
+
+def test_two_workers_roll_back_once_on_shared_evidence(trained: Trained) -> None:
+    gw2 = start_gateway(trained.gw.config, workers=2)  # same store, two more workers
+    try:
+        two = dataclasses.replace(trained, gw=gw2)
+        set_route(two, "--mode", "full", "--audit-rate", "1.0", "--floor", "0.95")
+        assert {ask(two, text)[1] for text, _ in fresh(10, 111)} == {trained.model}
+        before = rollbacks(two)
+        with drifted(trained):
+            assert drive_until_rollback(two, 112) <= 60
+            time.sleep(1.5)
+            assert {ask(two, text)[1] for text, _ in fresh(10, 113)} == {"teacher:gpt-4o-mini"}  # every worker
+        assert rollbacks(two) == before + 1  # judged by several workers, recorded once
     finally:
-        trained.fake.responder = original
+        stop_gateway(gw2)
+
+
+def test_student_usage_counts_tokens_like_the_teacher(trained: Trained) -> None:
+    text = "hello, I want my money back for order 12345, the blender arrived broken"
+    c = openai.OpenAI(base_url=trained.gw.base_url, api_key=trained.key, max_retries=0)
+
+    def usage() -> tuple[str, CompletionUsage]:
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=demo_data.build_messages(text),
+            metadata={"task": TASK},  # type: ignore[arg-type]
+        )
+        done = raw.parse()
+        assert done.usage is not None
+        return raw.headers["x-insource-served-by"], done.usage
+
+    set_route(trained, "--mode", "shadow")
+    started = time.time()
+    by_teacher, teacher = usage()
+    set_route(trained, "--mode", "full")
+    by_student, student = usage()
+    assert (by_teacher, by_student) == ("teacher:gpt-4o-mini", trained.model)
+    assert student.prompt_tokens == teacher.prompt_tokens  # counted from the messages, not the JSON's size
+    assert student.completion_tokens == teacher.completion_tokens == 1  # one label
+    rows = trained.gw.usage_rows("endpoint='chat' AND ts>?", (started,), wait_for=2)
+    cost = {r["served_by"]: r for r in rows}
+    assert len(rows) == 2 and set(cost) == {by_teacher, by_student}
+    assert cost[by_student]["cost_avoided_usd"] == pytest.approx(cost[by_teacher]["cost_usd"])
 
 
 def test_route_set_refuses_bad_input(trained: Trained) -> None:
@@ -196,6 +277,61 @@ def test_route_set_refuses_bad_input(trained: Trained) -> None:
         "route", "set", "--task", "other-task", "--model", trained.model, "--mode", "full", check=False
     )
     assert other.returncode != 0 and "trained for task" in other.stderr
+
+
+def test_route_set_refuses_options_that_do_not_fit_the_mode(trained: Trained) -> None:
+    for args, needle in (
+        (["--mode", "cascade", "--threshold", "0.5", "--target-agreement", "0.9"], "not both"),
+        (["--mode", "canary"], "canary needs --percent"),
+        (["--mode", "canary", "--percent", "0"], "canary needs --percent"),
+        (["--mode", "shadow", "--percent", "20"], "--percent applies to canary only"),
+        (["--mode", "shadow", "--threshold", "0.5"], "apply to cascade only"),
+        (["--mode", "full", "--target-agreement", "0.9"], "apply to cascade only"),
+        (["--mode", "shadow", "--audit-rate", "0.5"], "--audit-rate does not apply"),
+    ):
+        result = trained.gw.cli("route", "set", "--task", TASK, "--model", trained.model, *args, check=False)
+        assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, args
+
+
+def write_config(folder: Path, trained: Trained, routes: str) -> Path:
+    """A config with its own store, the trained registry, and `routes`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "insource.toml"
+    registry = trained.gw.config.parent / "models"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "{registry}"\n'
+        f'[providers.teacher]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nterms = "self-hosted"\n'
+        f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n{routes}'
+    )
+    return config
+
+
+def test_config_routes_are_checked_like_route_set(trained: Trained, tmp_path: Path) -> None:
+    from insource.config import load_config
+    from insource.errors import ConfigError
+    from insource.service.routes import check_config_routes
+
+    config = write_config(
+        tmp_path,
+        trained,
+        f'[routes.ghost]\nmodel = "ghost@v3"\nmode = "full"\n'
+        f'[routes.other]\nmodel = "{trained.model}"\nmode = "cascade"\nthreshold = 0.2\n'
+        f'[routes.intent]\nmodel = "{trained.model}"\nmode = "cascade"\ntarget_agreement = 0.777\n',
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_config_routes(load_config(config))
+    message = refused.value.message
+    assert "[routes.ghost]: no model 'ghost@v3'" in message
+    assert f"[routes.other]: model '{trained.model}' was trained for task 'intent', not 'other'" in message
+    assert "[routes.intent]: no threshold is known for agreement 0.777" in message
+    rows = {r["task"]: r for r in json.loads(run_cli("route", "show", "--json", "--config", str(config)).stdout)}
+    assert not any(r["active"] for r in rows.values())  # a route that fails its check is never served
+    assert rows["ghost"]["problem"].startswith("[routes.ghost]: no model")
+    good = write_config(
+        tmp_path / "good", trained, f'[routes.intent]\nmodel = "{trained.model}"\nmode = "full"\naudit_rate = 0.1\n'
+    )
+    check_config_routes(load_config(good))
+    assert json.loads(run_cli("route", "show", "--json", "--config", str(good)).stdout)[0]["active"]
 
 
 def test_broken_student_falls_back_to_teacher(trained: Trained, tmp_path: Path) -> None:
@@ -254,3 +390,16 @@ def test_cascade_target_agreement_uses_the_threshold_eval_found(trained: Trained
     assert ev["threshold"] is not None
     set_route(trained, "--mode", "cascade", "--target-agreement", "0.9")
     assert route_row(trained)["threshold"] == pytest.approx(ev["threshold"])
+    unreachable = json.loads(
+        trained.gw.cli(
+            "eval", "--task", TASK, "--model", trained.model, "--dataset", str(folder / "ds"), "--target-agreement",
+            "1.0", "--json",
+        ).stdout
+    )  # fmt: skip
+    assert unreachable["threshold"] is None  # a Wilson margin never reaches 1.0
+    refused = trained.gw.cli(
+        "route", "set", "--task", TASK, "--model", trained.model, "--mode", "cascade", "--target-agreement", "1",
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "found no threshold reaching agreement 1" in refused.stderr
+    assert "insource eval" not in refused.stderr

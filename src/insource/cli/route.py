@@ -20,13 +20,22 @@ def route_set(
     task: Annotated[str, typer.Option(help="The task to route.")],
     model: Annotated[str, typer.Option(help="The student, NAME@vN.")],
     mode: Annotated[str, typer.Option(help="shadow, canary, cascade or full.")],
-    percent: Annotated[float, typer.Option(help="canary: share of requests the student answers (0-100).")] = 0.0,
-    threshold: Annotated[float | None, typer.Option(help="cascade: confidence the student needs (0-1).")] = None,
-    target_agreement: Annotated[
-        float | None, typer.Option("--target-agreement", help="cascade: use the threshold eval found for this.")
+    percent: Annotated[
+        float, typer.Option(help="canary (required there, only there): share the student answers (0-100].")
+    ] = 0.0,
+    threshold: Annotated[
+        float | None, typer.Option(help="cascade only: confidence the student needs (0-1); or --target-agreement.")
     ] = None,
-    audit_rate: Annotated[float, typer.Option("--audit-rate", help="Share of student answers audited (0-1).")] = 0.0,
-    floor: Annotated[float, typer.Option(help="Roll back when agreement's lower bound falls below (0-1).")] = 0.9,
+    target_agreement: Annotated[
+        float | None,
+        typer.Option("--target-agreement", help="cascade only: use the threshold `insource eval` found for this."),
+    ] = None,
+    audit_rate: Annotated[
+        float, typer.Option("--audit-rate", help="canary, cascade, full: share of student answers audited (0-1).")
+    ] = 0.0,
+    floor: Annotated[
+        float, typer.Option(help="Roll back when the agreement with the teacher is below this (0-1).")
+    ] = 0.9,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -76,3 +85,6 @@ def route_show(config: ConfigOpt = None, json: JsonOpt = False) -> None:
             f"{last['kind']}" if last else "",
         )
     console.print(table)
+    for r in rows:
+        if r.get("problem"):
+            console.print(f"[red]{r['problem']}[/] (the teacher answers {r['task']})", highlight=False)

@@ -2,7 +2,9 @@
 
 Modes: shadow (teacher answers, student compared), canary (P% to the student), cascade (student when
 confident), full (student answers, R% audited by the teacher). Agreement is recorded, and a task whose
-agreement's Wilson lower bound falls below its floor rolls back to the teacher by itself.
+agreement is below its floor (`routing.policy.should_roll_back`) rolls back to the teacher by itself, in any
+mode. Each worker judges twice: at once on its own comparisons, and every refresh on every worker's
+comparisons recorded in the store (so `--workers N` is judged on the same evidence as one worker).
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ from typing import Any
 import orjson
 
 from insource.errors import InsourceError
-from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
-from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction, should_roll_back
+from insource.metering.usage import Usage, cost_usd
+from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction
+from insource.routing.tokens import completion_tokens, prompt_tokens
 from insource.service.chat import SERVED_BY, Reply, StreamReply
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
-from insource.service.routes import agreement_window, deactivate, load_policies
+from insource.service.routes import (
+    agreement_window,
+    config_policies,
+    judge_routes,
+    load_policies,
+    roll_back,
+    rollback_reason,
+)
 from insource.service.streams import output_of
 from insource.service.students import StudentPool
 
@@ -37,7 +47,11 @@ NEVER_SURE = 1.01  # a cascade without a resolved threshold never lets the stude
 class InsourcingRouter:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.policies: dict[str, RoutePolicy] = load_policies(gw.cfg, gw.store)
+        self.configured, problems = config_policies(gw.cfg)
+        for problem in problems.values():
+            log.error("%s: the teacher answers this task", problem)
+        self.policies: dict[str, RoutePolicy] = load_policies(gw.cfg, gw.store, self.configured)
+        self.rolled_back: set[tuple[str, float]] = set()  # (task, since) this worker rolled back
         self.pool = StudentPool(gw.cfg.registry_path())
         self.outcomes: dict[str, deque[bool]] = {}
         self.failures: dict[str, int] = {}
@@ -48,14 +62,19 @@ class InsourcingRouter:
         while True:
             await asyncio.sleep(0.5)
             try:
-                fresh = await asyncio.to_thread(load_policies, self.gw.cfg, self.gw.store)
+                fresh = await asyncio.to_thread(self._load_and_judge)
             except Exception:  # keep the last good policies; logged
                 log.exception("route refresh failed")
                 continue
             for task, policy in fresh.items():
+                if policy.active and (task, policy.since) in self.rolled_back:  # our rollback is being written
+                    fresh[task] = policy = dataclasses.replace(policy, active=False)
                 if self.policies.get(task) != policy:
                     self.outcomes.pop(task, None)
             self.policies = fresh
+
+    def _load_and_judge(self) -> dict[str, RoutePolicy]:
+        return judge_routes(self.gw.store, load_policies(self.gw.cfg, self.gw.store, self.configured))
 
     # -- request path ------------------------------------------------------------------------
     async def handle(self, gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply | StreamReply | None:
@@ -94,9 +113,8 @@ class InsourcingRouter:
     def _answer(
         self, gw: Gateway, ctx: RequestContext, body: dict[str, Any], name: str, answer: str, serve_s: float
     ) -> Reply | StreamReply:
-        prompt = estimate_prompt_tokens(len(orjson.dumps(body.get("messages"))))
         n = int(body.get("n") or 1)
-        ctx.usage = Usage(prompt, 0, (len(answer) // 4 + 1) * n, 0)
+        ctx.usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(answer, n), 0)
         ctx.served_by = ctx.output = None
         ctx.served_by, ctx.output = name, answer
         ctx.mark_first_byte()
@@ -148,23 +166,17 @@ class InsourcingRouter:
                 "agree": int(agree),
             },
         )
-        window = self.outcomes.get(policy.task)
-        if window is None or window.maxlen != agreement_window(policy.floor):  # new task, or its floor changed
-            window = self.outcomes[policy.task] = deque(window or (), maxlen=agreement_window(policy.floor))
-        window.append(agree)
-        current = self.policies.get(policy.task)
-        if current is None or not current.active or current.model != policy.model:
+        if self.policies.get(policy.task) != policy or not policy.active:  # compared under an older policy
             return
-        if should_roll_back(sum(window), len(window), policy.floor) and policy.mode != "shadow":
-            self.policies[policy.task] = dataclasses.replace(current, active=False)
-            reason = {
-                "model": policy.model,
-                "agreement": sum(window) / len(window),
-                "n": len(window),
-                "floor": policy.floor,
-            }
-            log.warning("task %s rolled back to the teacher: %s", policy.task, reason)
-            self._spawn(asyncio.to_thread(deactivate, self.gw.store, policy.task, reason))
+        window = self.outcomes.get(policy.task)
+        if window is None:
+            window = self.outcomes[policy.task] = deque(maxlen=agreement_window(policy.floor))
+        window.append(agree)
+        reason = rollback_reason(policy, sum(window), len(window))
+        if reason is not None:
+            self.policies[policy.task] = dataclasses.replace(policy, active=False)
+            self.rolled_back.add((policy.task, policy.since))
+            self._spawn(asyncio.to_thread(roll_back, self.gw.store, policy, reason))
 
     async def close(self) -> None:
         for task in list(self._tasks):

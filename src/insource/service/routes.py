@@ -1,8 +1,14 @@
-"""Routing state in the store: per-task policies, their events, and recorded agreements."""
+"""Routing state in the store: per-task policies, their events, recorded agreements, and the rollback verdict.
+
+A route set live (`insource route set`) is stored and overrides the config's `[routes.X]` for its task. A
+stored route's `updated_at` is when it was set: its agreement counts only comparisons recorded since then, so
+a new policy is never judged on its predecessor's comparisons. A config route counts them all.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -11,11 +17,47 @@ from typing import Any
 import orjson
 
 from insource.config import Config
-from insource.errors import BadRequest, InsourceError, NotFound
-from insource.routing.policy import MODES, RoutePolicy, min_samples, wilson_lower
+from insource.errors import BadRequest, ConfigError, InsourceError, NotFound
+from insource.routing.policy import MODES, RoutePolicy, min_samples, should_roll_back, wilson_lower, wilson_upper
 from insource.store import Store
 
+log = logging.getLogger("insource.router")
 AGREEMENT_WINDOW = 500
+
+
+def _name(option: str, cli: bool) -> str:
+    """An option as the user wrote it: `--target-agreement` on the command line, `target_agreement` in config."""
+    return "--" + option.replace("_", "-") if cli else option
+
+
+def check_ranges(policy: RoutePolicy, cli: bool = True) -> None:
+    """A known mode, and every option within its range."""
+    if policy.mode not in MODES:
+        raise BadRequest(f"{_name('mode', cli)} must be one of {', '.join(MODES)}, got {policy.mode!r}", param="mode")
+    for option in ("threshold", "target_agreement", "audit_rate", "floor"):
+        value = getattr(policy, option)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise BadRequest(f"{_name(option, cli)} must be within [0, 1], got {value}", param=option)
+    if not 0.0 <= policy.percent <= 100.0:
+        raise BadRequest(f"{_name('percent', cli)} must be within [0, 100], got {policy.percent}", param="percent")
+
+
+def check_fit(policy: RoutePolicy, cli: bool = True) -> None:
+    """Options that fit the mode: each applies to some modes only, and is refused elsewhere (never ignored)."""
+    threshold, target = _name("threshold", cli), _name("target_agreement", cli)
+    if policy.mode == "canary" and policy.percent <= 0:
+        raise BadRequest(f"canary needs {_name('percent', cli)} P (0 < P <= 100): the share the student answers")
+    if policy.mode != "canary" and policy.percent > 0:
+        raise BadRequest(f"{_name('percent', cli)} applies to canary only, not {policy.mode}", param="percent")
+    if policy.mode == "cascade" and policy.threshold is not None and policy.target_agreement is not None:
+        raise BadRequest(f"cascade takes {threshold} T or {target} A, not both", param="threshold")
+    if policy.mode == "cascade" and policy.threshold is None and policy.target_agreement is None:
+        raise BadRequest(f"cascade needs {threshold} T or {target} A", param="threshold")
+    if policy.mode != "cascade" and (policy.threshold is not None or policy.target_agreement is not None):
+        raise BadRequest(f"{threshold} and {target} apply to cascade only, not {policy.mode}", param="threshold")
+    if policy.mode == "shadow" and policy.audit_rate > 0:
+        audit = _name("audit_rate", cli)
+        raise BadRequest(f"shadow compares every request: {audit} does not apply", param="audit_rate")
 
 
 def _check_model(registry: Path, task: str, model: str) -> Path:
@@ -32,42 +74,61 @@ def _check_model(registry: Path, task: str, model: str) -> Path:
     return resolve(registry, model)
 
 
-def _cascade_threshold(folder: Path, policy: RoutePolicy) -> float:
+def _eval_found_none(folder: Path, target: float) -> bool:
+    """Whether an `insource eval` at this target agreement ran and found no threshold reaching it."""
+    from insource.distill.registry import EVAL_FILE, read_json
+
+    try:
+        runs = read_json(folder / EVAL_FILE).get("runs")
+    except InsourceError:  # no eval yet, or a damaged file: nothing known
+        return False
+    if not isinstance(runs, dict):
+        return False
+    return any(
+        isinstance(run, dict) and str(key).endswith(f"@{target:g}") and run.get("threshold") is None
+        for key, run in runs.items()
+    )
+
+
+def _cascade_threshold(folder: Path, policy: RoutePolicy, cli: bool = True) -> float:
     """The explicit threshold, or the one `insource eval` found for the target agreement."""
     from insource.distill.registry import read_thresholds
 
     if policy.threshold is not None:
         return policy.threshold
-    if policy.target_agreement is None:
-        raise BadRequest("cascade needs --threshold T or --target-agreement A", param="threshold")
-    found = read_thresholds(folder).get(f"{policy.target_agreement:g}")
-    if found is None:
+    target = policy.target_agreement
+    if target is None:
+        raise BadRequest(f"cascade needs {_name('threshold', cli)} T or {_name('target_agreement', cli)} A")
+    found = read_thresholds(folder).get(f"{target:g}")
+    if found is not None:
+        return float(found)
+    if _eval_found_none(folder, target):
         raise BadRequest(
-            f"no threshold reaches agreement {policy.target_agreement:g} for {policy.model}: run "
-            f"`insource eval --task {policy.task} --model {policy.model} --target-agreement "
-            f"{policy.target_agreement:g}` first, or give --threshold",
+            f"the evaluation of {policy.model} found no threshold reaching agreement {target:g}: choose a lower "
+            f"{_name('target_agreement', cli)} or give {_name('threshold', cli)}",
             param="target_agreement",
         )
-    return float(found)
+    raise BadRequest(
+        f"no threshold is known for agreement {target:g} with {policy.model}: run `insource eval --task "
+        f"{policy.task} --model {policy.model} --target-agreement {target:g}` first, or give "
+        f"{_name('threshold', cli)}",
+        param="target_agreement",
+    )
+
+
+def resolve_policy(cfg: Config, policy: RoutePolicy, cli: bool = True) -> RoutePolicy:
+    """A policy checked against its mode and the registry, with a cascade's threshold resolved."""
+    check_ranges(policy, cli)
+    folder = _check_model(cfg.registry_path(), policy.task, policy.model)
+    check_fit(policy, cli)
+    if policy.mode == "cascade":
+        policy = dataclasses.replace(policy, threshold=_cascade_threshold(folder, policy, cli))
+    return policy
 
 
 def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
     """Validate and store a task's routing policy; every worker picks it up within a second."""
-    if policy.mode not in MODES:
-        raise BadRequest(f"--mode must be one of {', '.join(MODES)}", param="mode")
-    for name, value in (
-        ("threshold", policy.threshold),
-        ("target-agreement", policy.target_agreement),
-        ("audit-rate", policy.audit_rate),
-        ("floor", policy.floor),
-    ):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise BadRequest(f"--{name} must be within [0, 1], got {value}", param=name)
-    if not 0.0 <= policy.percent <= 100.0:
-        raise BadRequest(f"--percent must be within [0, 100], got {policy.percent}", param="percent")
-    folder = _check_model(cfg.registry_path(), policy.task, policy.model)
-    if policy.mode == "cascade":
-        policy = dataclasses.replace(policy, threshold=_cascade_threshold(folder, policy))
+    policy = resolve_policy(cfg, policy)
     now = time.time()
     store.execute(
         "INSERT INTO routes (task, model, mode, percent, threshold, target_agreement, audit_rate, floor, active,"
@@ -88,33 +149,77 @@ def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
         ),
     )
     detail = {"model": policy.model, "mode": policy.mode, "percent": policy.percent, "threshold": policy.threshold}
-    record_event(store, policy.task, "set", detail)
+    record_event(store, policy.task, "set", detail, ts=now)
 
 
-def record_event(store: Store, task: str, kind: str, detail: dict[str, Any]) -> None:
+def record_event(store: Store, task: str, kind: str, detail: dict[str, Any], ts: float | None = None) -> None:
     store.execute(
         "INSERT INTO route_events (id, ts, task, kind, detail) VALUES (?, ?, ?, ?, ?)",
-        ("evt_" + uuid.uuid4().hex, time.time(), task, kind, orjson.dumps(detail).decode()),
+        ("evt_" + uuid.uuid4().hex, time.time() if ts is None else ts, task, kind, orjson.dumps(detail).decode()),
     )
 
 
-def deactivate(store: Store, task: str, reason: dict[str, Any]) -> None:
-    store.execute("UPDATE routes SET active=0, updated_at=? WHERE task=?", (time.time(), task))
-    record_event(store, task, "rollback", reason)
+def roll_back(store: Store, policy: RoutePolicy, reason: dict[str, Any]) -> bool:
+    """Deactivate `policy` and record the event, once: False when it was already rolled back or replaced.
+
+    A stored route is deactivated only if it is still the one set at `policy.since` (a newer `route set`
+    is never undone by a verdict on its predecessor); a config route gets a stored, inactive row, so it
+    stays rolled back across refreshes and restarts until `insource route set` sets the task again.
+    """
+    if policy.since:
+        changed = store.execute(
+            "UPDATE routes SET active=0 WHERE task=? AND active=1 AND updated_at=?", (policy.task, policy.since)
+        )
+    else:
+        changed = store.execute(
+            "INSERT INTO routes (task, model, mode, percent, threshold, target_agreement, audit_rate, floor,"
+            " active, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0) ON CONFLICT(task) DO NOTHING",
+            (
+                policy.task,
+                policy.model,
+                policy.mode,
+                policy.percent,
+                policy.threshold,
+                policy.target_agreement,
+                policy.audit_rate,
+                policy.floor,
+            ),
+        )
+    if changed:
+        record_event(store, policy.task, "rollback", reason)
+        log.warning("task %s rolled back to the teacher: %s", policy.task, reason)
+    return bool(changed)
 
 
-def load_policies(cfg: Config, store: Store) -> dict[str, RoutePolicy]:
-    """Config routes, overridden by routes set live (stored)."""
-    policies = {}
+def config_policies(cfg: Config) -> tuple[dict[str, RoutePolicy], dict[str, str]]:
+    """The config's routes, checked like `route set` checks them, and the problem of each one that failed
+    (that route is kept inactive: the teacher answers its task)."""
+    policies: dict[str, RoutePolicy] = {}
+    problems: dict[str, str] = {}
     for task, r in cfg.routes.items():
         policy = RoutePolicy(task, r.model, r.mode, r.percent, r.threshold, r.target_agreement, r.audit_rate, r.floor)
-        if policy.mode == "cascade" and policy.threshold is None:
-            try:
-                found = _cascade_threshold(_check_model(cfg.registry_path(), task, r.model), policy)
-            except InsourceError:  # unresolved: the router treats a missing threshold as "never sure"
-                found = None
-            policy = dataclasses.replace(policy, threshold=found)
+        try:
+            policy = resolve_policy(cfg, policy, cli=False)
+        except InsourceError as exc:
+            problems[task] = f"[routes.{task}]: {exc.message}"
+            policy = dataclasses.replace(policy, active=False)
         policies[task] = policy
+    return policies, problems
+
+
+def check_config_routes(cfg: Config) -> None:
+    """Refuse a config whose routes name a missing model, a model of another task, options that do not fit
+    their mode, or a target agreement no evaluation reached (called before `insource serve` starts)."""
+    problems = config_policies(cfg)[1]
+    if problems:
+        raise ConfigError("\n".join(problems[task] for task in sorted(problems)))
+
+
+def load_policies(
+    cfg: Config, store: Store, configured: dict[str, RoutePolicy] | None = None
+) -> dict[str, RoutePolicy]:
+    """Config routes (`configured`: already checked, else checked now), overridden by routes set live."""
+    policies = dict(config_policies(cfg)[0] if configured is None else configured)
     for row in store.query("SELECT * FROM routes"):
         policies[row["task"]] = RoutePolicy(
             row["task"],
@@ -126,6 +231,7 @@ def load_policies(cfg: Config, store: Store) -> dict[str, RoutePolicy]:
             row["audit_rate"],
             row["floor"],
             bool(row["active"]),
+            float(row["updated_at"]),
         )
     return policies
 
@@ -135,20 +241,49 @@ def agreement_window(floor: float) -> int:
     return max(AGREEMENT_WINDOW, min_samples(floor))
 
 
-def agreement_stats(store: Store, task: str, model: str, floor: float) -> tuple[int, int]:
-    """(agreeing, total) over the most recent window of recorded comparisons."""
+def agreement_stats(store: Store, policy: RoutePolicy) -> tuple[int, int]:
+    """(agreeing, total) over the policy's window: its most recent comparisons recorded since it was set."""
     row = store.query_one(
         "SELECT COUNT(*) AS n, COALESCE(SUM(agree), 0) AS ok FROM (SELECT agree FROM agreements"
-        " WHERE task=? AND model=? ORDER BY ts DESC LIMIT ?) AS recent",
-        (task, model, agreement_window(floor)),
+        " WHERE task=? AND model=? AND ts>=? ORDER BY ts DESC LIMIT ?) AS recent",
+        (policy.task, policy.model, policy.since, agreement_window(policy.floor)),
     )
     return (int(row["ok"]), int(row["n"])) if row else (0, 0)
 
 
+def rollback_reason(policy: RoutePolicy, ok: int, n: int) -> dict[str, Any] | None:
+    """The rollback event's detail when `ok` agreements out of `n` put the student below its floor, else None."""
+    if not should_roll_back(ok, n, policy.floor):
+        return None
+    return {
+        "model": policy.model,
+        "mode": policy.mode,
+        "agreement": ok / n,
+        "n": n,
+        "lower_bound": wilson_lower(ok, n),
+        "upper_bound": wilson_upper(ok, n),
+        "floor": policy.floor,
+    }
+
+
+def judge_routes(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:
+    """Roll back every active route whose recorded agreement (all workers' comparisons) is below its floor."""
+    out = dict(policies)
+    for task, policy in policies.items():
+        if not policy.active:
+            continue
+        reason = rollback_reason(policy, *agreement_stats(store, policy))
+        if reason is not None:
+            roll_back(store, policy, reason)  # False when another worker got there first: inactive all the same
+            out[task] = dataclasses.replace(policy, active=False)
+    return out
+
+
 def show_routes(cfg: Config, store: Store) -> list[dict[str, Any]]:
+    configured, problems = config_policies(cfg)
     out = []
-    for task, p in sorted(load_policies(cfg, store).items()):
-        ok, n = agreement_stats(store, task, p.model, p.floor)
+    for task, p in sorted(load_policies(cfg, store, configured).items()):
+        ok, n = agreement_stats(store, p)
         events = [
             {"ts": e["ts"], "kind": e["kind"], "detail": orjson.loads(e["detail"])}
             for e in store.query("SELECT ts, kind, detail FROM route_events WHERE task=? ORDER BY ts", (task,))
@@ -167,6 +302,8 @@ def show_routes(cfg: Config, store: Store) -> list[dict[str, Any]]:
                 "agreement_lower_bound": wilson_lower(ok, n) if n else None,
                 "active": p.active,
                 "target_agreement": p.target_agreement,
+                "since": p.since or None,
+                "problem": problems.get(task) if p == configured.get(task) else None,
                 "events": events,
             }
         )

@@ -327,6 +327,8 @@ def test_config_routes_are_checked_like_route_set(trained: Trained, tmp_path: Pa
     rows = {r["task"]: r for r in json.loads(run_cli("route", "show", "--json", "--config", str(config)).stdout)}
     assert not any(r["active"] for r in rows.values())  # a route that fails its check is never served
     assert rows["ghost"]["problem"].startswith("[routes.ghost]: no model")
+    serve = run_cli("serve", "--config", str(config), "--port", "9", check=False, timeout=60)
+    assert serve.returncode == 2 and "[routes.ghost]: no model" in " ".join(serve.stderr.split())
     good = write_config(
         tmp_path / "good", trained, f'[routes.intent]\nmodel = "{trained.model}"\nmode = "full"\naudit_rate = 0.1\n'
     )

@@ -70,9 +70,11 @@ def serve(
     from insource.metering.prices import resolve_prices
     from insource.server.app import create_app
     from insource.service.host_limits import HOST_LIMITS_ENV
+    from insource.service.routes import check_config_routes
 
     cfg = get_config(config)
     resolve_prices(cfg)  # refuse to start with an unpriced model
+    check_config_routes(cfg)  # ... or a route to a missing model, another task's model, or misfit options
     check_redactors(cfg.capture.redactors)  # a typo must fail here, not silently in the writer
     get_store(cfg)  # create and migrate before workers start
     common: dict[str, Any] = {

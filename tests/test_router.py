@@ -154,6 +154,26 @@ def test_cascade_student_answers_when_sure_without_audits(trained: Trained) -> N
     assert next(r for r in spend if r["task"] == TASK)["cost_avoided_usd"] > 0
 
 
+def test_requests_a_student_cannot_honour_go_to_the_teacher(trained: Trained) -> None:
+    set_route(trained, "--mode", "full", "--audit-rate", "0")
+    c = openai.OpenAI(base_url=trained.gw.base_url, api_key=trained.key, max_retries=0)
+    text, _gold = fresh(1, 110)[0]
+    extras: list[dict[str, object]] = [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+        {"logprobs": True, "top_logprobs": 2},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+    ]
+    for extra in extras:
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=demo_data.build_messages(text),
+            metadata={"task": TASK},  # type: ignore[arg-type]
+            **extra,  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-insource-served-by"] == "teacher:gpt-4o-mini", extra
+    assert ask(trained, text)[1] == trained.model  # a plain request is the student's
+
+
 def test_cascade_streams_student_answers(trained: Trained) -> None:
     set_route(trained, "--mode", "cascade", "--threshold", "0.0")
     text, _gold = fresh(1, 104)[0]

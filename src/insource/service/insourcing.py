@@ -44,6 +44,20 @@ STUDENT_TIMEOUT_S = 2.0
 NEVER_SURE = 1.01  # a cascade without a resolved threshold never lets the student answer
 
 
+def needs_the_teacher(body: dict[str, Any]) -> bool:
+    """What a classifier student cannot honour: tools, structured output, log probabilities, non-text output."""
+    fmt = body.get("response_format")
+    modalities = body.get("modalities")
+    return bool(
+        body.get("tools")
+        or body.get("functions")
+        or body.get("logprobs")
+        or body.get("top_logprobs")
+        or (isinstance(fmt, dict) and fmt.get("type", "text") != "text")
+        or (isinstance(modalities, list) and any(m != "text" for m in modalities))
+    )
+
+
 class InsourcingRouter:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -79,7 +93,7 @@ class InsourcingRouter:
     # -- request path ------------------------------------------------------------------------
     async def handle(self, gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply | StreamReply | None:
         policy = self.policies.get(ctx.task or "")
-        if policy is None or not policy.active or body.get("tools"):
+        if policy is None or not policy.active or needs_the_teacher(body):
             return None
         draws = (self.rng.random(), self.rng.random())
         if not needs_prediction(policy, draws[0]):

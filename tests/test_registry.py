@@ -86,6 +86,7 @@ def test_corrupt_entries_are_listed_with_an_error(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in list_models(root)}
     assert "error" not in rows["intent@v1"]
     assert "unreadable" in rows["intent@v2"]["error"] and "missing" in rows["intent@v3"]["error"]
+    assert [rows[n]["status"] for n in ("intent@v1", "intent@v2", "intent@v3")] == ["ok", "damaged", "damaged"]
     assert resolve(root, "intent@latest").name == "intent@v1"  # latest skips corrupt versions
     from insource.distill.registry import load_student
 

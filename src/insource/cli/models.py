@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from insource.cli import app
@@ -141,6 +142,10 @@ def eval_cmd(
     """Measure a student against its teacher: agreement, calibration, coverage, threshold, latency, cost."""
     from insource.evals.run import evaluate
 
+    if chart is not None:
+        from insource.evals.chart import check_chart_path
+
+        check_chart_path(chart)  # a bad name is refused before anything is evaluated or saved
     cfg = get_config(config)
     with err_console.status(f"evaluating {model} on {split}"):
         result = evaluate(cfg, task, model, split=split, dataset=dataset, target=target, labels_file=labels)
@@ -158,7 +163,7 @@ def eval_cmd(
 @models_app.command("list")
 @handle_errors
 def models_list(json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """Every registered student version (corrupt entries are listed with their error)."""
+    """Every registered student version, with its status (missing or damaged weight files are named)."""
     from insource.distill.registry import list_models
 
     rows = list_models(get_config(config).registry_path())
@@ -169,7 +174,8 @@ def models_list(json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
     for col in ("name", "student", "created_at", "val_agreement", "status"):
         table.add_column(col)
     for row in rows:
-        status = f"[red]{row['error']}[/]" if row.get("error") else "ok"
+        problem = str(row.get("problem", "")).removeprefix(f"corrupt registry entry {row['name']}: ")
+        status = f"[red]damaged: {escape(problem)}[/]" if row["status"] != "ok" else "ok"
         table.add_row(
             row["name"],
             _fmt(row["student"]),
@@ -187,13 +193,20 @@ def models_show(
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """One student: its model.json, thresholds from eval, and model card."""
-    from insource.distill.registry import read_model_info, read_thresholds, resolve
+    """One student: its model.json, status (its weights are loaded to check them), thresholds, model card."""
+    from insource.distill.registry import read_model_info, read_thresholds, resolve, verify_entry
+    from insource.errors import NotReady
 
     folder = resolve(get_config(config).registry_path(), name)
     info = read_model_info(folder)
-    info["thresholds"] = read_thresholds(folder)
-    info["path"] = str(folder)
+    problem = verify_entry(folder)
+    info.update(status="ok" if problem is None else "damaged", path=str(folder))
+    if problem is not None:
+        info["problem"] = problem
+    try:
+        info["thresholds"] = read_thresholds(folder)
+    except NotReady as exc:
+        info.update(thresholds={}, eval_error=f"{exc.message} (run insource eval again to rewrite it)")
     if json_out:
         print_json(info)
         return
@@ -203,3 +216,7 @@ def models_show(
 
         console.print(Markdown(card.read_text("utf-8")))
     console.print(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}", highlight=False)
+    if "eval_error" in info:
+        err_console.print(f"[yellow]{info['eval_error']}[/]")
+    status = "[green]ok[/]" if problem is None else f"[red]damaged: {escape(problem)}[/]"
+    console.print(f"status: {status}")

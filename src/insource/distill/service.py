@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from insource.config import Config
 from insource.distill.card import render_card
 from insource.distill.dataset import Dataset, check_trainable, load_dataset
 from insource.distill.progress import Step, quiet
-from insource.distill.registry import check_task_name, register
+from insource.distill.registry import check_task_name, commit, discard, register, stage
 from insource.distill.select import AUTO_STUDENTS, check_target, pick, record_choice, val_at_target
 from insource.errors import NotReady
 
@@ -75,7 +76,7 @@ def _build_classifier(ds: Dataset, folder: Path, cfg: Config, *, strong: bool, s
 
         encoder_dir = finetuned_encoder(ds, folder, cache_root(cfg), step=step)
     else:
-        encoder_dir = cached_base_encoder(cache_root(cfg))
+        encoder_dir = cached_base_encoder(cache_root(cfg), step)
         install_encoder(encoder_dir, folder)
     info = train_head_on(ds, folder, encoder_dir, cache_root(cfg), knn=True, lexical=True, step=step)
     encoder_json = json.loads((folder / "encoder.json").read_text("utf-8"))
@@ -106,8 +107,9 @@ def distill(
 ) -> dict[str, Any]:
     """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`.
 
-    `student="auto"` trains every student of `AUTO_STUDENTS`, registers each, and returns the one with the
-    highest validation coverage at `target` agreement, with all of them under `"candidates"`.
+    `student="auto"` trains every student of `AUTO_STUDENTS`, registers each (the winner last, so it is the
+    task's latest) and returns the one with the highest validation coverage at `target` agreement, with all
+    of them under `"candidates"`.
     """
     check_task_name(task)
     if student not in (*STUDENTS, "auto"):
@@ -128,9 +130,10 @@ def distill(
     return _train_and_register(cfg, task, ds, student, say, base_model)
 
 
-def _train_and_register(
+def _builder(
     cfg: Config, task: str, ds: Dataset, student: str, say: Step, base_model: Path | None = None
-) -> dict[str, Any]:
+) -> Callable[[Path], dict[str, Any]]:
+    """`build(folder)` for the registry: trains `student` into the folder and returns model.json's content."""
     started = time.perf_counter()
 
     def build(folder: Path) -> dict[str, Any]:
@@ -146,13 +149,27 @@ def _train_and_register(
         info.setdefault("labels", [])
         return info
 
+    return build
+
+
+def _card(ds: Dataset) -> Callable[[Path, dict[str, Any]], None]:
     def card(folder: Path, info: dict[str, Any]) -> None:
         (folder / "card.md").write_text(render_card(info, ds.manifest), "utf-8")
 
-    say("training")
-    name, path = register(cfg.registry_path(), task, build, card)
+    return card
+
+
+def _registered(name: str, path: Path, student: str) -> dict[str, Any]:
     info = json.loads((path / "model.json").read_text("utf-8"))
     return {"model": name, "path": str(path), "student": student, "metrics": info.get("metrics", {})}
+
+
+def _train_and_register(
+    cfg: Config, task: str, ds: Dataset, student: str, say: Step, base_model: Path | None = None
+) -> dict[str, Any]:
+    say("training")
+    name, path = register(cfg.registry_path(), task, _builder(cfg, task, ds, student, say, base_model), _card(ds))
+    return _registered(name, path, student)
 
 
 def _prefixed(say: Step, prefix: str) -> Step:
@@ -163,20 +180,25 @@ def _prefixed(say: Step, prefix: str) -> Step:
 
 
 def _distill_auto(cfg: Config, task: str, ds: Dataset, say: Step, target: float) -> dict[str, Any]:
-    """Train and register each auto candidate, score each on validation at `target`, return the winner."""
-    results: list[dict[str, Any]] = []
+    """Train each auto candidate into a staging folder and score it on validation at `target`; then register
+    the others first and the winner last, so the winner is the task's newest version (`TASK@latest`)."""
+    root = cfg.registry_path()
+    staged: list[Path] = []
     candidates: list[dict[str, Any]] = []
-    for i, kind in enumerate(AUTO_STUDENTS, start=1):
-        prefix = f"[{i}/{len(AUTO_STUDENTS)} {kind}] "
-        result = _train_and_register(cfg, task, ds, kind, _prefixed(say, prefix))
-        say(f"{prefix}scoring {result['model']} on validation at agreement {target:g}")
-        stats = val_at_target(Path(result["path"]), cache_root(cfg), ds, target)
-        results.append(result)
-        candidates.append({"model": result["model"], "student": kind, **stats})
-    best = pick(candidates)
+    try:
+        for i, kind in enumerate(AUTO_STUDENTS, start=1):
+            step = _prefixed(say, f"[{i}/{len(AUTO_STUDENTS)} {kind}] ")
+            step("training")
+            staged.append(stage(root, task, _builder(cfg, task, ds, kind, step)))
+            step(f"scoring on validation at agreement {target:g}")
+            stats = val_at_target(staged[-1], cache_root(cfg), ds, target)
+            candidates.append({"model": None, "student": kind, **stats})
+        best = pick(candidates)
+        results = _register_in_order(root, task, ds, staged, candidates, best, target)
+    finally:
+        for folder in staged:
+            discard(folder)  # a no-op for the registered ones
     winner = candidates[best]
-    others = [c for i, c in enumerate(candidates) if i != best]
-    record_choice(Path(results[best]["path"]), winner, others, target)
     say(f"picked {winner['model']} ({winner['student']}): val coverage {winner['val_coverage_at_target']:.1%}")
     return {
         **results[best],
@@ -186,3 +208,24 @@ def _distill_auto(cfg: Config, task: str, ds: Dataset, say: Step, target: float)
         "threshold": winner["threshold"],
         "candidates": candidates,
     }
+
+
+def _register_in_order(
+    root: Path,
+    task: str,
+    ds: Dataset,
+    staged: list[Path],
+    candidates: list[dict[str, Any]],
+    best: int,
+    target: float,
+) -> dict[int, dict[str, Any]]:
+    """Register the losing candidates, then the winner (noting in its model.json whom it was chosen over)."""
+    results: dict[int, dict[str, Any]] = {}
+    for i in [*(i for i in range(len(staged)) if i != best), best]:
+        if i == best:
+            others = [c for j, c in enumerate(candidates) if j != best]
+            record_choice(staged[i], candidates[i], others, target)
+        name, path = commit(root, task, staged[i], _card(ds))
+        candidates[i]["model"] = name
+        results[i] = _registered(name, path, candidates[i]["student"])
+    return results

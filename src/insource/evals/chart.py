@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from insource.distill.registry import publish_mode
 from insource.errors import NotReady
 
 
@@ -124,16 +125,25 @@ def _write(result: dict[str, Any], suffix: str, tmp: str) -> None:
     png.savefig(tmp, format="png")
 
 
-def write_chart(result: dict[str, Any], path: Path) -> Path:
-    """Write the chart to `path` (.html: interactive plotly; .png: matplotlib), atomically."""
+def check_chart_path(path: Path) -> str:
+    """The chart's format (".html" or ".png") from its name; call before any work is done or saved."""
     suffix = path.suffix.lower()
     if suffix not in (".html", ".png"):
         raise NotReady(f"--chart must end in .html or .png, got {path.name!r}")
+    if path.is_dir():
+        raise NotReady(f"--chart {path} is a folder: give a file name ending in .html or .png")
+    return suffix
+
+
+def write_chart(result: dict[str, Any], path: Path) -> Path:
+    """Write the chart to `path` (.html: interactive plotly; .png: matplotlib), atomically, mode 0666 & ~umask."""
+    suffix = check_chart_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         _write(result, suffix, tmp)
+        publish_mode(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

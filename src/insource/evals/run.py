@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from insource.errors import NotReady
 from insource.evals import metrics as M
 
 LATENCY_SAMPLES = 200
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,9 +48,9 @@ def score_splits(folder: Path, cache_root: Path, *splits: list[Example]) -> list
     """Run the registered student over each list of examples (loaded once; embeddings through the content-hash
     cache, looked up in one pass)."""
     from insource.distill.classifier import embed_examples, encoder_cache
-    from insource.distill.registry import load_parts
+    from insource.distill.registry import load_parts, model_labels
 
-    labels = [str(x) for x in read_model_info(folder)["labels"]]
+    labels = model_labels(folder, read_model_info(folder))
     encoder, head, lexical = load_parts(folder, labels, os.cpu_count() or 1)
     examples = [ex for split in splits for ex in split]
     emb = embed_examples(encoder, encoder_cache(cache_root, folder), examples)
@@ -197,17 +199,36 @@ def _dataset_for(info: dict[str, Any], dataset: Path | None) -> Dataset:
         if not recorded:
             raise NotReady(f"{info['name']} records no dataset: pass --dataset DIR")
         dataset = Path(recorded)
-    return load_dataset(dataset)
+    ds = load_dataset(dataset)
+    if ds.task and ds.task != info["task"]:
+        raise NotReady(
+            f"dataset {ds.path} is for task {ds.task!r}, but {info['name']} was trained for {info['task']!r}: "
+            f"pass a dataset of task {info['task']!r}"
+        )
+    return ds
+
+
+def _previous_eval(path: Path) -> dict[str, Any]:
+    """The eval.json being updated; a damaged one is replaced (its earlier runs are lost), with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        return read_json(path)
+    except NotReady as exc:
+        log.warning("%s: replacing it with this run's results", exc.message)
+        return {}
 
 
 def _save(folder: Path, result: dict[str, Any]) -> None:
     path = folder / EVAL_FILE
-    previous = read_json(path) if path.is_file() else {}
-    thresholds = dict(previous.get("thresholds") or {})
+    previous = _previous_eval(path)
+    thresholds = previous.get("thresholds")
+    thresholds = dict(thresholds) if isinstance(thresholds, dict) else {}
     if result["threshold"] is not None:
         thresholds[f"{result['target_agreement']:g}"] = result["threshold"]
     else:
         thresholds.pop(f"{result['target_agreement']:g}", None)
-    runs = dict(previous.get("runs") or {})
+    runs = previous.get("runs")
+    runs = dict(runs) if isinstance(runs, dict) else {}
     runs[f"{result['split']}@{result['target_agreement']:g}"] = {k: v for k, v in result.items() if k != "curve"}
     write_json_atomic(path, {"thresholds": thresholds, "latest": result, "runs": runs})

@@ -364,10 +364,10 @@ def test_broken_student_falls_back_to_teacher(trained: Trained, tmp_path: Path) 
     info = json.loads((registry / broken_name / "model.json").read_text())
     info.update({"name": broken_name, "version": 90})
     (registry / broken_name / "model.json").write_text(json.dumps(info))
-    for onnx in (registry / broken_name).glob("*.onnx"):
-        onnx.write_bytes(b"not a model")
     try:
         trained.gw.cli("route", "set", "--task", TASK, "--model", broken_name, "--mode", "full")
+        for onnx in (registry / broken_name).glob("*.onnx"):  # damaged after the route was set
+            onnx.write_bytes(b"not a model")
         time.sleep(1.1)
         answer, served = ask(trained, fresh(1, 108)[0][0])
         assert served == "teacher:gpt-4o-mini" and answer
@@ -375,6 +375,8 @@ def test_broken_student_falls_back_to_teacher(trained: Trained, tmp_path: Path) 
 
         metrics = httpx.get(trained.gw.url + "/metrics").text
         assert 'insource_student_failures_total{task="intent"} 1' in metrics  # the failure is counted
+        refused = trained.gw.cli("route", "set", "--task", TASK, "--model", broken_name, "--mode", "full", check=False)
+        assert refused.returncode == 2 and "damaged" in refused.stderr  # a damaged model is never routed to
     finally:
         shutil.rmtree(registry / broken_name)
 

@@ -69,6 +69,8 @@ def _check_model(registry: Path, task: str, model: str) -> Path:
         raise NotFound(f"no model {model!r} in the registry {registry}", param="model", code="model_not_found")
     if entry.get("error"):
         raise BadRequest(f"model {model!r} is broken: {entry['error']}", param="model")
+    if entry.get("status") == "damaged":
+        raise BadRequest(f"model {model!r} is damaged: {entry.get('problem')}", param="model")
     if entry.get("task") != task:
         raise BadRequest(f"model {model!r} was trained for task {entry.get('task')!r}, not {task!r}", param="model")
     return resolve(registry, model)

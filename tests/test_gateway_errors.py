@@ -245,3 +245,38 @@ def test_tenant_budget_from_config(gateway: Gateway) -> None:
     assert_error(
         post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 50}), 429, "budget_exceeded"
     )
+
+
+def test_hostile_shapes_are_400s_that_release_the_budget(gateway: Gateway, fake: FakeUpstream) -> None:
+    created = gateway.key(budget_usd=0.001)
+    key = created["key"]
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    err = assert_error(post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG, "tools": deep}), 400)
+    assert "nested too deeply" in str(err["message"])
+    for task in ("a\x00b", "line\nbreak", "\x1b[31mred"):
+        body = {"model": "gpt-4o-mini", "messages": MSG, "metadata": {"task": task}}
+        assert assert_error(post(gateway, key, body), 400)["param"] == "metadata.task"
+    assert post(gateway, key, {"model": "gpt-4o-mini", "messages": MSG}).status_code == 200  # budget intact
+    assert fake.requests and all(r.body.get("tools") is None for r in fake.requests)
+    rows = gateway.usage_rows("key_id = ?", (created["id"],), wait_for=5)
+    assert [r["status"] for r in rows] == [400, 400, 400, 400, 200]
+
+
+def test_client_chosen_model_names_are_bounded(gateway: Gateway) -> None:
+    created = gateway.key()
+    long_name = "m" * 100_000
+    assert_error(post(gateway, created["key"], {"model": long_name, "messages": MSG}), 404, "model_not_found")
+    row = gateway.usage_rows("key_id = ?", (created["id"],), wait_for=1)[0]
+    assert row["model"] == "m" * 200 and row["status"] == 404
+    metrics = httpx.get(gateway.url + "/metrics", headers={"Authorization": "Bearer adm-1"}).text
+    assert "mmmmmmmmmm" not in metrics and "(unknown)" in metrics  # client-chosen names are not labels
+
+
+def test_no_redirect_built_from_the_host_header(gateway: Gateway) -> None:
+    for path in ("/admin/keys/", "/v1/models/"):
+        resp = httpx.get(gateway.url + path, headers={"Host": "evil.example"})
+        assert resp.status_code in (401, 404) and "location" not in resp.headers
+    health = httpx.get(gateway.url + "/healthz").json()
+    assert health["status"] == "ok" and "errors" not in health["writer"]  # counts only, without a key

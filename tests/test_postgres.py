@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from tests.conftest import Gateway, free_port, start_gateway, stop_gateway
@@ -130,6 +131,39 @@ def test_gateway_and_dataset_on_postgres(pg_url: str, tmp_path: Path) -> None:
             gw.cli("capture", "search", "--task", "pg-intent", "--contains", needle.upper(), "--json").stdout
         )
         assert found and all(needle.lower() in r["input"].lower() for r in found)  # case-insensitive, as SQLite
+    finally:
+        stop_gateway(gw)
+        handle.stop()
+
+
+def test_nul_characters_never_stop_usage_records(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL text cannot hold NUL: one such request must not poison the writer's batches."""
+    fake = SimulatedTeacher(speed=0, error_rate=0, server_error_rate=0).attach(FakeUpstream())
+    handle = run_server(fake)
+    config = tmp_path / "insource.toml"
+    config.write_text(
+        f'[store]\nurl = "{pg_url}"\n[providers.t]\nkind = "openai"\nbase_url = "{handle.url}/v1"\n'
+        'terms = "self-hosted"\n[models."gpt-4o-mini"]\ntargets = ["t:gpt-4o-mini"]\n'
+    )
+    gw = start_gateway(config)
+    try:
+        created = json.loads(gw.cli("keys", "create", "--tenant", "nul", "--json").stdout)
+        auth = {"Authorization": f"Bearer {created['key']}"}
+        bodies = [
+            {"model": "x\u0000y", "messages": [{"role": "user", "content": "hi"}]},  # unknown model: 404, recorded
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a\u0000b"}], "metadata": {"task": "n"}},
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "plain"}]},
+        ]
+        statuses = [httpx.post(gw.base_url + "/chat/completions", json=b, headers=auth).status_code for b in bodies]
+        assert statuses == [404, 200, 200]
+        deadline = time.monotonic() + 5
+        while True:
+            spend = json.loads(gw.cli("spend", "--by", "tenant", "--json").stdout)
+            row = next((r for r in spend if r["tenant"] == "nul"), None)
+            if (row and row["requests"] == 3) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert row is not None and row["requests"] == 3
     finally:
         stop_gateway(gw)
         handle.stop()

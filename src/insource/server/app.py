@@ -48,7 +48,8 @@ async def models(request: Request) -> Any:
 
 async def healthz(request: Request) -> Any:
     gw = _gw(request)
-    return RawJSON(orjson.dumps({"status": "ok", "writer": gw.writer.report()}))
+    writer = {k: v for k, v in gw.writer.report().items() if k != "errors"}  # no key: counts, never messages
+    return RawJSON(orjson.dumps({"status": "ok", "writer": writer}))
 
 
 async def metrics(request: Request) -> Any:
@@ -103,7 +104,9 @@ def create_app(cfg: Config) -> Any:
         405: on_http_error,
         Exception: on_unexpected,
     }
-    return FastPath(Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app.router.redirect_slashes = False  # a 307 built from the client's Host header is an open redirect
+    return FastPath(app)
 
 
 def app_factory() -> Any:

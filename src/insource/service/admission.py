@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -12,6 +13,10 @@ from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
 
+MAX_DEPTH = 254  # what orjson can re-encode when forwarding
+MAX_NAME = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
@@ -20,7 +25,18 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest("We could not parse the JSON body of your request. Send valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # cheap pre-check; only deep-looking bodies are re-checked
+        try:
+            orjson.dumps(body)  # the encoder refuses what it could not forward (nesting deeper than 254)
+        except TypeError:
+            raise BadRequest(f"The JSON body is nested too deeply (more than {MAX_DEPTH} levels).") from None
     return body
+
+
+def model_name(body: dict[str, Any]) -> str | None:
+    """The requested model as recorded (bounded: an unknown name comes from the client)."""
+    model = body.get("model")
+    return model[:MAX_NAME] if isinstance(model, str) else None
 
 
 def take_task(body: dict[str, Any], header_task: str | None) -> str | None:
@@ -36,8 +52,10 @@ def take_task(body: dict[str, Any], header_task: str | None) -> str | None:
             del body["metadata"]
     if task is None and header_task is not None and header_task.strip():  # an empty header means no task
         task = header_task
-    if task is not None and (not isinstance(task, str) or not task.strip() or len(task) > 200):
+    if task is not None and (not isinstance(task, str) or not task.strip() or len(task) > MAX_NAME):
         raise BadRequest("metadata.task must be a non-empty string of at most 200 characters", param="metadata.task")
+    if task is not None and _CONTROL.search(task):
+        raise BadRequest("metadata.task must not contain control characters", param="metadata.task")
     return task.strip() if isinstance(task, str) else None
 
 

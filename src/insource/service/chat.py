@@ -12,7 +12,14 @@ from insource.capture.record import CaptureRaw
 from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
 from insource.providers import Provider
-from insource.service.admission import admit, parse_body, take_task, validate_chat, validate_embeddings
+from insource.service.admission import (
+    admit,
+    model_name,
+    parse_body,
+    take_task,
+    validate_chat,
+    validate_embeddings,
+)
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
@@ -77,7 +84,7 @@ async def chat_completion(gw: Gateway, key: KeyInfo, raw: bytes, header_task: st
     ctx = RequestContext(key, "chat")
     try:
         body = parse_body(raw)
-        ctx.model = body.get("model") if isinstance(body.get("model"), str) else None
+        ctx.model = model_name(body)
         ctx.stream = body.get("stream") is True
         ctx.task = take_task(body, header_task)
         validate_chat(body)
@@ -171,7 +178,7 @@ async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | N
     ctx = RequestContext(key, "embeddings")
     try:
         body = parse_body(raw)
-        ctx.model = body.get("model") if isinstance(body.get("model"), str) else None
+        ctx.model = model_name(body)
         ctx.task = take_task(body, header_task)
         validate_embeddings(body)
         await admit(gw, ctx, body, len(raw))

@@ -149,9 +149,10 @@ class Gateway:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         row = ctx.usage_row()
         self.writer.submit("usage", row)
-        slot = self.counts.get((ctx.key.tenant, ctx.model or "", ctx.served_by or "", ctx.status))
+        model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels
+        slot = self.counts.get((ctx.key.tenant, model, ctx.served_by or "", ctx.status))
         if slot is None:
-            slot = self.counts[(ctx.key.tenant, ctx.model or "", ctx.served_by or "", ctx.status)] = [0, 0.0, 0.0]
+            slot = self.counts[(ctx.key.tenant, model, ctx.served_by or "", ctx.status)] = [0, 0.0, 0.0]
         slot[0] += 1
         slot[1] += ctx.cost_usd
         slot[2] += ctx.cost_avoided_usd

@@ -46,6 +46,11 @@ class _MigrationDB:
         return self._conn.execute(translate(sql, ddl=True).replace("%%", "%"), params or None)
 
 
+def _text_safe(values: Sequence[Any]) -> list[Any]:
+    """PostgreSQL text cannot hold NUL (SQLite can): it becomes U+FFFD instead of failing a whole batch."""
+    return [v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for v in values]
+
+
 def _numeric(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
@@ -95,19 +100,19 @@ class PgStore(Store):
         return applied
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        rows = self.conn().execute(translate(sql), list(params) or None).fetchall()
+        rows = self.conn().execute(translate(sql), _text_safe(params) or None).fetchall()
         return [{k: _numeric(v) for k, v in row.items()} for row in rows]
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        row = self.conn().execute(translate(sql), list(params) or None).fetchone()
+        row = self.conn().execute(translate(sql), _text_safe(params) or None).fetchone()
         return None if row is None else {k: _numeric(v) for k, v in row.items()}
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return int(self.conn().execute(translate(sql), list(params) or None).rowcount)
+        return int(self.conn().execute(translate(sql), _text_safe(params) or None).rowcount)
 
     def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
         db = self.conn()
         with db.transaction(), db.cursor() as cur:
             for (table, cols, ignore), values in group_rows(batch).items():
                 sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
-                cur.executemany(sql + (" ON CONFLICT DO NOTHING" if ignore else ""), values)
+                cur.executemany(sql + (" ON CONFLICT DO NOTHING" if ignore else ""), [_text_safe(v) for v in values])

@@ -15,6 +15,7 @@ from insource.capture.record import CaptureRaw
 from insource.capture.terms import load_profiles, resolve
 from insource.config import parse_config
 from insource.errors import ConfigError
+from insource.service.streams import StreamAccumulator, output_of
 from insource.store import Store
 from insource.store.writer import BatchWriter
 
@@ -206,3 +207,62 @@ def test_undeclared_profile_and_own_terms_on_a_commercial_host() -> None:
         for own in ("self-hosted", "in-house"):
             with pytest.raises(ConfigError, match=f"set terms = '{implied}'"):
                 parse_config({"providers": {"p": {"kind": "openai", "base_url": url, "terms": own}}}, Path("."))
+
+
+TOOLS_SECRETS = {
+    "password": "S3cr3t-Passw0rd-99",
+    "api_key": "Zx81kq0PqWabc123XYZ",
+    "pem": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----",
+    "contact": "mail bob.jones@example.com",
+}
+
+
+def _tool_call_outputs() -> list[str]:
+    """The captured `output` of a tool-call answer, as the gateway builds it for plain and streamed answers."""
+    arguments = orjson.dumps(TOOLS_SECRETS).decode()
+    call = {"id": "call_1", "type": "function", "function": {"name": "login", "arguments": arguments}}
+    plain, _ = output_of({"choices": [{"message": {"role": "assistant", "tool_calls": [call]}}]})
+    acc = StreamAccumulator(client_wants_usage=False)
+    first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "login", "arguments": ""}}
+    for delta in (first, {"index": 0, "function": {"arguments": arguments[:40]}}):
+        acc.feed(b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}) + b"\n\n")
+    rest = {"index": 0, "function": {"arguments": arguments[40:]}}
+    done = {"choices": [{"index": 0, "delta": {"tool_calls": [rest]}, "finish_reason": "tool_calls"}]}
+    acc.feed(b"data: " + orjson.dumps(done) + b"\n\n")
+    streamed = acc.output()
+    assert plain is not None and streamed is not None
+    return [plain, streamed]
+
+
+@pytest.mark.parametrize("which", ["plain", "streamed"])
+def test_tool_call_outputs_are_redacted_like_request_tool_calls(which: str) -> None:
+    output = _tool_call_outputs()[0 if which == "plain" else 1]
+    cap = process_capture(raw(6, output=output, finish_reason="tool_calls"))[-1][1]
+    for secret in ("S3cr3t-Passw0rd-99", "Zx81kq0PqWabc123XYZ", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "bob.jones"):
+        assert secret not in cap["output"]
+    calls = orjson.loads(cap["output"])
+    assert calls[0]["id"] == "call_1" and calls[0]["function"]["name"] == "login"
+    args = orjson.loads(calls[0]["function"]["arguments"])
+    assert args == {"password": "[SECRET]", "api_key": "[SECRET]", "pem": "[SECRET]", "contact": "mail [EMAIL]"}
+    # exactly what the same tool call gets when it comes back in a request's messages
+    message = {"role": "assistant", "content": None, "tool_calls": calls}
+    request = {"messages": [{"role": "assistant", "content": None, "tool_calls": orjson.loads(output)}]}
+    blob = process_capture(raw(7, request=request, output=None))[0][1]
+    assert orjson.loads(blob["data"]) == message
+    assert orjson.loads(cap["redactions"])["secrets"] == 3 + 1  # + the api_key field of raw()'s request
+
+
+def test_data_urls_and_dict_keys_cannot_carry_personal_data_past_redaction() -> None:
+    text = "data:text/plain;base64, card 4111 1111 1111 1111, mail bob.jones@example.com, key sk-proj-AbCdEfGh12345678"
+    png = (  # a 1x1 PNG
+        "data:image/png;base64,"
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    )
+    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": png}}]
+    request = {"metadata": {"alice.smith@example.com": "vip"}, "messages": [{"role": "user", "content": content}]}
+    rows = process_capture(raw(8, request=request))
+    stored = "".join(str(r) for _, r, _ in rows)
+    for leaked in ("4111 1111", "bob.jones", "sk-proj-AbCd", "alice.smith"):
+        assert leaked not in stored
+    assert png in stored  # a genuine image is kept as sent
+    assert orjson.loads(rows[-1][1]["params"])["metadata"] == {"[EMAIL]": "vip"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 
 from insource.capture.redact import (
@@ -37,6 +38,20 @@ def red(text: str, names: tuple[str, ...] | None = None) -> tuple[str, dict[str,
         "xoxb-123456789012-abcdefghij",
         "AIzaSyA1234567890abcdefghijklmnopqrstuv",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "isk-cYTBXDAG_UHp5raqBupAzUoNU964ABthIQgojhUR928",  # insource's own virtual keys
+        "sk_live_51HxYzAbCdEfGhIjKlMnOpQr",
+        "rk_live_51HxYzAbCdEfGhIjKlMnOpQr",
+        "sk_test_51HxYzAbCdEfGhIjKlMnOpQr",
+        "rk_test_51HxYzAbCdEfGhIjKlMnOpQr",
+        "whsec_AbCdEfGhIjKlMnOpQrStUvWx1234",
+        "hf_AbCdEfGhIjKlMnOpQrStUvWxYz12345678",
+        "glpat-AbCdEfGh1234567890Xy",
+        "gsk_AbCdEfGhIjKlMnOpQrStUvWxYz1234567890abcdefGHIJ",
+        "xai-AbCdEfGhIjKlMnOpQrStUvWxYz1234567890abcdefGHIJ",
+        "npm_AbCdEfGhIjKlMnOpQrStUvWxYz1234567890",
+        "SK0123456789abcdef0123456789abcdef",  # Twilio
+        "SG.AbCdEfGhIjKlMnOpQrStUv.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890abcdefg",  # SendGrid
+        "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----",  # escaped \\n
     ],
 )
 def test_known_secret_formats(secret: str) -> None:
@@ -149,20 +164,32 @@ def test_long_repeated_strings_give_the_same_counts_each_time() -> None:
     assert first == second and first[1] == {"email": 1}
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "a" * 100_000 + " b@c.io",
-        "x@" + "a" * 100_000,
-        "key=" * 25_000,
-        "eyJ" * 30_000,
-        "-----BEGIN RSA PRIVATE KEY-----" * 3_000,
-        "1" * 100_000,
-        "AB12" * 25_000,
-        "token is " * 10_000,
-    ],
-    ids=["local-part", "domain", "key=", "jwt", "pem", "digits", "iban-ish", "token-is"],
-)
+ADVERSARIAL = {
+    "local-part": "a" * 100_000 + " b@c.io",
+    "domain": "x@" + "a" * 100_000,
+    "key=": "key=" * 25_000,
+    "jwt": "eyJ" * 30_000,
+    "pem": "-----BEGIN RSA PRIVATE KEY-----" * 3_000,
+    "digits": "1" * 100_000,
+    "iban-ish": "AB12" * 25_000,
+    "token-is": "token is " * 10_000,
+    "url-password": "://a:" + "b" * 100_000,
+    "url-dense": "://:" * 25_000,
+    "sendgrid": "SG." + "a" * 100_000,
+    "hex": "key " + "a1" * 50_000,
+    "base64": "Ab1+" * 25_000,
+    "base64-39": ("Ab1/" * 10)[:39].join([" "] * 2_500),
+    "isk": "isk-" * 25_000,
+    "aws-pair": "AKIAIOSFODNN7EXAMPLE:" + "A" * 100_000,
+    "bare-phone": "call 4155552671 " * 6_000,
+    "iban-lower": "de89 " * 20_000,
+    "card-dots": "4111." * 20_000,
+    "escaped-password": 'password\\": \\"' * 7_000,
+    "pem-escaped": "-----BEGIN PRIVATE KEY-----" + "\\n" * 50_000,
+}
+
+
+@pytest.mark.parametrize("text", list(ADVERSARIAL.values()), ids=list(ADVERSARIAL))
 def test_long_adversarial_inputs_stay_linear(text: str) -> None:
     """The writer thread must not stall on crafted input (quadratic regex backtracking)."""
     start = time.perf_counter()
@@ -176,3 +203,132 @@ def test_pem_with_headers_and_jwt_are_redacted_whole() -> None:
         "MIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
     )
     assert red(f"x {pem} y") == ("x [SECRET] y", {"secrets": 1})
+
+
+def test_vendor_prefixes_are_found_from_their_first_letter() -> None:
+    """`isk-`/`gsk_` hold `sk` after a letter; the key is still redacted whole, the word before it is not."""
+    key = "isk-cYTBXDAG_UHp5raqBupAzUoNU964ABthIQgojhUR928"
+    assert red(f"Authorization header value {key}.") == ("Authorization header value [SECRET].", {"secrets": 1})
+    assert red(f'{{"key":"{key}"}}')[0] == '{"key":"[SECRET]"}'
+    assert red("keyXsk-proj-AbCdEfGhIjKlMnOpQrStUvWx1234567890") == ("keyX[SECRET]", {"secrets": 1})
+    for word in ("disk-partition-table-for-the-main-cluster", "risk-assessment-for-the-quarter-2024", "ask_test_x"):
+        assert red(f"the {word} is done") == (f"the {word} is done", {})
+
+
+def test_aws_secret_access_keys() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    assert red(f"AKIAIOSFODNN7EXAMPLE {secret}") == ("[SECRET] [SECRET]", {"secrets": 2})
+    assert red(f"AKIAIOSFODNN7EXAMPLE,{secret}")[0] == "[SECRET],[SECRET]"
+    assert red(f"here it is: {secret} thanks") == ("here it is: [SECRET] thanks", {"secrets": 1})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "commit 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 fixed it",  # SHA-1 (hex, one case)
+        "see ThisIsAVeryLongCamelCaseIdentifierName12 in the code",  # words
+        "path /home/User/Projects/MyApp/src/Main1/Tests/x",
+        "blob iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk",  # longer base64 run
+        "AbstractSingletonProxyFactoryBean2Factor is a class",
+    ],
+)
+def test_forty_character_tokens_that_are_not_aws_secrets(text: str) -> None:
+    assert red(text) == (text, {})
+
+
+def test_azure_keys_near_a_keyword_and_passwords_in_urls() -> None:
+    hexkey = "0123456789abcdef0123456789abcdef"
+    assert red(f"Ocp-Apim-Subscription-Key: {hexkey}")[0] == "Ocp-Apim-Subscription-Key: [SECRET]"
+    assert red(f"the Azure OpenAI key for westeurope: {hexkey}")[0] == "the Azure OpenAI key for westeurope: [SECRET]"
+    assert red(f"request id {hexkey} failed") == (f"request id {hexkey} failed", {})  # no keyword near it
+    assert red("postgresql://app:S3cr3tPassw0rd@db:5432/prod") == (
+        "postgresql://app:[SECRET]@db:5432/prod",
+        {"secrets": 1},
+    )
+    assert red("redis://:redispassw0rdXYZ@127.0.0.1:6399/0")[0] == "redis://:[SECRET]@127.0.0.1:6399/0"
+    text = "see https://example.com:8080/docs and https://bob@example.com/x"
+    assert red(text, ("secrets",)) == (text, {})
+    text = "AccountName=x;AccountKey=AbCdEf0123456789AbCdEf0123456789AbCdEf01==;"
+    assert red(text)[0] == "AccountName=x;AccountKey=[SECRET];"
+
+
+def test_keyword_values_inside_escaped_json() -> None:
+    """JSON inside a JSON string: quotes are `\\"`; the value goes, the escaping around it stays intact."""
+    text = r"{\"password\": \"hunter2\", \"api_key\": \"Zx81kq0PqWabc123XYZ\", \"user\": \"bob\"}"
+    assert red(text) == (
+        r"{\"password\": \"[SECRET]\", \"api_key\": \"[SECRET]\", \"user\": \"bob\"}",
+        {"secrets": 2},
+    )
+    assert red(r"login --password=\"S3cr3t-Passw0rd-99\" now")[0] == r"login --password=\"[SECRET]\" now"
+
+
+def test_phone_formats() -> None:
+    for number in ("415 555 2671", "415.555.2671", "0044 20 7946 0958", "06 12 34 56 78", "+1-415-555-2671"):
+        assert red(f"call me at {number} please") == ("call me at [PHONE] please", {"phone": 1}), number
+    assert red("call me at 4155552671 please") == ("call me at [PHONE] please", {"phone": 1})
+    assert red("my mobile: 0612345678") == ("my mobile: [PHONE]", {"phone": 1})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4155552671 has not arrived",  # ten bare digits without a phone word: an order number
+        "Ref 2024011512 still pending",
+        "transaction 1700000000 at noon, call it a day",  # starts with 1: never a North American number
+        "I paid 1 234 567 890 in total",
+        "call about order 12345678901234",  # too many digits
+    ],
+)
+def test_bare_digits_that_are_not_phone_numbers(text: str) -> None:
+    assert red(text) == (text, {})
+
+
+def test_ibans_any_case_or_dashes_and_dotted_cards() -> None:
+    for iban in ("gb82west12345698765432", "de89 3704 0044 0532 0130 00", "DE89-3704-0044-0532-0130-00"):
+        assert red(f"IBAN {iban} ok") == ("IBAN [IBAN] ok", {"iban": 1}), iban
+    assert red("id de89370400440532013000x1 and ab12cdefghijklmnopqr") == (
+        "id de89370400440532013000x1 and ab12cdefghijklmnopqr",
+        {},
+    )  # wrong length for DE; AB is no IBAN country
+    assert red("card 4111.1111.1111.1111 exp") == ("card [CARD] exp", {"card": 1})
+    assert red("card 4111.1111.1111.1112 exp") == ("card 4111.1111.1111.1112 exp", {})  # Luhn fails
+    assert red("pi is 3.14159265358979323846") == ("pi is 3.14159265358979323846", {})
+
+
+PNG = (  # a 1x1 PNG
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+def test_only_genuine_media_data_urls_skip_redaction() -> None:
+    png = PNG
+    counts: dict[str, int] = {}
+    assert redact_value(png, ALL, counts) is png and counts == {}
+    for text in (
+        "data:text/plain;base64, card 4111 1111 1111 1111, mail bob.jones@example.com",
+        "data:image/png;base64, card 4111 1111 1111 1111, mail bob.jones@example.com",  # not base64
+        "data:image/png;name=x;base64,QUJD mail bob.jones@example.com",
+    ):
+        counts = {}
+        out = redact_value(text, ALL, counts)
+        assert "bob.jones" not in out and "[EMAIL]" in out and counts["email"] == 1, text
+
+
+def test_dict_keys_are_redacted_and_stay_distinct() -> None:
+    counts: dict[str, int] = {}
+    value = {"metadata": {"alice@example.com": "vip", "bob@example.com": 1, "temperature": 0.2}}
+    out = redact_value(value, ALL, counts)
+    assert out == {"metadata": {"[EMAIL]": "vip", "[EMAIL]#2": 1, "temperature": 0.2}}
+    assert counts == {"email": 2}
+    assert redact_value({"a@b.io": 1, "[EMAIL]": 2}, ALL, {}) == {"[EMAIL]": 1, "[EMAIL]#2": 2}  # nothing lost
+
+
+def test_tool_call_arguments_with_escapes_are_redacted_like_values() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+    arguments = orjson.dumps({"pem": pem, "note": "line one\nmail a@b.io", "to": "c@d.io"}).decode()
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    counts: dict[str, int] = {}
+    out = redact_value({"tool_calls": [call]}, ALL, counts)
+    args = orjson.loads(out["tool_calls"][0]["function"]["arguments"])
+    assert args == {"pem": "[SECRET]", "note": "line one\nmail [EMAIL]", "to": "[EMAIL]"}
+    assert counts == {"secrets": 1, "email": 2}

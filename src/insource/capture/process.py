@@ -15,7 +15,15 @@ from typing import Any
 import orjson
 
 from insource.capture.record import CaptureRaw
-from insource.capture.redact import CACHE_MAX, CACHE_MIN, Redactor, get_redactors, redact_text, redact_value
+from insource.capture.redact import (
+    CACHE_MAX,
+    CACHE_MIN,
+    Redactor,
+    get_redactors,
+    redact_json_text,
+    redact_text,
+    redact_value,
+)
 
 WriteItem = tuple[str, dict[str, Any], bool]
 
@@ -58,6 +66,15 @@ def _message(message: Any, redactors: tuple[Redactor, ...], counts: dict[str, in
     return message_blob(redact_value(message, redactors, counts))
 
 
+def redact_output(output: str, redactors: tuple[Redactor, ...], counts: dict[str, int]) -> str:
+    """Redact the captured answer. Tool calls are captured as the JSON of the calls (`[{"id", "type",
+    "function": {"name", "arguments"}}]`, plain and streamed alike), so their arguments are JSON inside JSON:
+    they are parsed and redacted exactly as a request's tool-call arguments are, then serialised again."""
+    if redactors and output.startswith('[{"') and '"function"' in output:
+        return redact_json_text(output, redactors, counts)
+    return redact_text(output, redactors, counts)
+
+
 @lru_cache(maxsize=64)
 def _names_json(redactors: tuple[Redactor, ...]) -> str:
     return orjson.dumps([r.name for r in redactors]).decode()
@@ -86,7 +103,7 @@ def process_capture(raw: CaptureRaw) -> list[WriteItem]:
                 seen.add(digest)
                 rows.append(("blobs", {"hash": digest, "data": data}, True))
     params = redact_value({k: v for k, v in request.items() if k != "messages"}, redactors, counts)
-    output = redact_text(raw.output, redactors, counts) if raw.output is not None else None
+    output = redact_output(raw.output, redactors, counts) if raw.output is not None else None
     rows.append(
         (
             "captures",

@@ -344,11 +344,22 @@ def redaction_summary(examples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- the build -------------------------------------------------------------------------------
+def spool_path(cfg: Config) -> Path:
+    """The folder where the gateway's writer spools records it could not save yet (as service/gateway.py)."""
+    return (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
+
+
 def protected_paths(cfg: Config) -> list[Path]:
-    """What `--out --force` must never replace: the config's folder, the SQLite store, the model registry."""
-    paths = [Path(cfg.base_dir), cfg.registry_path()]
+    """What `--out --force` must never replace: the config's folder, the SQLite store, the model registry and
+    the writer's spool (records not yet saved)."""
+    paths = [Path(cfg.base_dir), cfg.registry_path(), spool_path(cfg)]
     db = cfg.sqlite_path()
     return paths if db is None else [*paths, db]
+
+
+def sealed_paths(cfg: Config) -> list[Path]:
+    """Folders a dataset may not be written into either: the model registry and the spool."""
+    return [cfg.registry_path(), spool_path(cfg)]
 
 
 def decide_kind(answers: Counter[str], override: Kind | None) -> dict[str, Any]:
@@ -360,8 +371,8 @@ def decide_kind(answers: Counter[str], override: Kind | None) -> dict[str, Any]:
 
 def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
     """Build the dataset described by `opts`; raises NotReady/TermsRefused with a clear message."""
-    protected = protected_paths(cfg)
-    check_out(opts.out, opts.force, protected)
+    protected, sealed = protected_paths(cfg), sealed_paths(cfg)
+    check_out(opts.out, opts.force, protected, sealed)
     profiles = load_profiles(cfg)
     rows, skipped = select_rows(store, opts, opted_out_tenants(cfg))
     allowed, refused, warnings = apply_guard(rows, profiles, opts)  # warnings: shown by the caller
@@ -387,7 +398,7 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
         template=template.to_dict(),
         warnings=warnings,
     )
-    write_dataset(opts.out, splits, manifest, fmt=opts.fmt, force=opts.force, protected=protected)
+    write_dataset(opts.out, splits, manifest, fmt=opts.fmt, force=opts.force, protected=protected, sealed=sealed)
     detail = {k: manifest[k] for k in ("counts", "refused", "dedup", "carve_out", "format", "split", "kind")}
     detail["providers"] = {p: v["count"] for p, v in manifest["providers"].items()}
     detail["files"] = manifest["files"]

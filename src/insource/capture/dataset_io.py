@@ -23,27 +23,34 @@ MANIFEST = "dataset.json"
 
 
 def _holds(folder: Path, path: Path) -> bool:
-    """Whether `path` is `folder` or lies inside it (symlinks resolved)."""
+    """Whether `path` is `folder` or lies inside it (symlinks resolved; either may not exist yet)."""
     folder, path = folder.resolve(), path.resolve()
     return path == folder or folder in path.parents
 
 
-def check_out(out: Path, force: bool, protected: Sequence[Path] = ()) -> None:
+def check_out(out: Path, force: bool, protected: Sequence[Path] = (), sealed: Sequence[Path] = ()) -> None:
     """Refuse anything but a missing or empty folder, unless `force` (the folder is then replaced atomically).
 
-    Never a folder that holds one of `protected` (the store, the config's folder, the model registry), even
-    when it also looks like a dataset.
+    Never a folder that is or holds one of `protected` (the store, the config's folder, the model registry,
+    the writer's spool), nor one that is or lies inside one of `sealed` (the registry, the spool), even
+    when it also looks like a dataset and even when the protected path does not exist yet.
     """
+    for path in protected:
+        if _holds(out, path):
+            raise NotReady(
+                f"--out {out} holds {path} (the store, the config or the model registry, or the writer's spool): "
+                "choose a new folder for the dataset; nothing was replaced"
+            )
+    for path in sealed:
+        if _holds(path, out):
+            raise NotReady(
+                f"--out {out} lies inside {path} (the model registry or the writer's spool): "
+                "choose a folder outside it; nothing was written"
+            )
     if not (out.exists() or out.is_symlink()):
         return
     if not out.is_dir():
         raise NotReady(f"--out {out} exists and is not a folder")
-    for path in protected:
-        if _holds(out, path):
-            raise NotReady(
-                f"--out {out} holds {path} (the store, the config or the model registry): "
-                "choose a new folder for the dataset; nothing was replaced"
-            )
     if not any(out.iterdir()):
         return
     if not force:
@@ -78,11 +85,10 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _publish(tmp: Path, out: Path, force: bool, protected: Sequence[Path]) -> None:
+def _publish(tmp: Path, out: Path, force: bool, protected: Sequence[Path], sealed: Sequence[Path]) -> None:
     """Move the finished folder into place (replacing an empty folder or, with force, a previous dataset)."""
     old: Path | None = None
-    if out.exists():
-        check_out(out, force, protected)  # again: the folder may have changed while the build ran
+    check_out(out, force, protected, sealed)  # again: the folder may have changed while the build ran
     try:
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -155,6 +161,7 @@ def write_dataset(
     fmt: str,
     force: bool,
     protected: Sequence[Path] = (),
+    sealed: Sequence[Path] = (),
 ) -> None:
     """Write split files, examples, README and manifest (with file hashes), then publish atomically."""
     with _staging(out) as tmp:
@@ -168,7 +175,7 @@ def write_dataset(
         (tmp / "README.md").write_text(render_readme(manifest), encoding="utf-8")
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        _publish(tmp, out, force, protected)
+        _publish(tmp, out, force, protected, sealed)
 
 
 def render_readme(m: dict[str, Any]) -> str:

@@ -1,9 +1,18 @@
-"""Shared CLI plumbing: the --config option, JSON output, and clean error exits."""
+"""Shared CLI plumbing: the --config option, JSON output, clean error exits, and showing stored text safely.
+
+Anything that comes from traffic, the store, a remote gateway or the command line is shown with `literal`
+(a rich Text: never parsed as markup) or `shown` (escaped for a markup string), both of which make control
+characters visible, so a tenant's task name can neither crash a table nor send escape sequences to the
+operator's terminal.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import math
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -12,9 +21,10 @@ import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from insource.config import Config, load_config
-from insource.errors import InsourceError
+from insource.errors import BadRequest, InsourceError
 from insource.store import Store, open_store
 
 P = ParamSpec("P")
@@ -34,6 +44,66 @@ UrlOpt = Annotated[
 ]
 
 
+# C0 controls, DEL, C1 controls, bidirectional overrides/isolates and line/paragraph separators: shown as
+# escapes (\x1b, \u202e), never passed to the terminal.
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
+_CONTROLS = (*range(0x00, 0x20), *range(0x7F, 0xA0), *_BIDI)
+_VISIBLE = {cp: (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}") for cp in _CONTROLS}
+_VISIBLE.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+_MULTILINE = {cp: esc for cp, esc in _VISIBLE.items() if cp not in (0x09, 0x0A)}  # tabs, newlines kept
+
+MAX_LIMIT = 100_000  # --limit options: more rows than anyone reads in a terminal
+MAX_SEED = 2**32 - 1
+_LAST_TS = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+
+def visible(value: object, *, multiline: bool = False) -> str:
+    """`value` as text with every control character shown as an escape (tabs/newlines kept if multiline)."""
+    return str(value).translate(_MULTILINE if multiline else _VISIBLE)
+
+
+def literal(value: object, *, multiline: bool = False, style: str = "") -> Text:
+    """Stored or user-supplied text to print or put in a table: shown exactly, never read as markup."""
+    return Text(visible("" if value is None else value, multiline=multiline), style=style)
+
+
+def shown(value: object) -> str:
+    """The same, for use inside a markup string (f"[bold]{shown(task)}[/]")."""
+    return escape(visible("" if value is None else value))
+
+
+def finite(value: float | None) -> float | None:
+    """A typer callback for float options: NaN and infinities are refused (exit code 2)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def parse_when(value: str | None, option: str) -> float | None:
+    """A unix timestamp, an ISO date (UTC midnight) or an ISO date-time (naive means UTC), up to year 9999."""
+    if value is None:
+        return None
+    try:
+        ts = float(value)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(f"invalid {option} {value!r}: use YYYY-MM-DD, an ISO date-time or a unix time") from None
+        ts = (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+    if not (math.isfinite(ts) and 0 <= ts <= _LAST_TS):
+        raise BadRequest(f"invalid {option} {value!r}: the time must lie between 1970 and the year 9999")
+    return ts
+
+
+def check_url(url: str) -> str:
+    """--url must be an http(s) address of a host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"--url must be an http:// or https:// address, got {url!r}")
+    return url
+
+
 def get_config(path: Path | None) -> Config:
     return load_config(path)
 
@@ -48,7 +118,7 @@ def print_json(value: Any) -> None:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print("[bold red]error:[/] ", literal(message, multiline=True), sep="", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +20,20 @@ from insource.capture.dataset import (
 )
 from insource.capture.inspect import list_audit, list_tasks, search_captures, show_capture
 from insource.cli import app
-from insource.cli.common import ConfigOpt, JsonOpt, console, err_console, fail, get_config, handle_errors, print_json
+from insource.cli.common import (
+    MAX_LIMIT,
+    MAX_SEED,
+    ConfigOpt,
+    JsonOpt,
+    console,
+    err_console,
+    fail,
+    get_config,
+    handle_errors,
+    literal,
+    parse_when,
+    print_json,
+)
 from insource.config import Config
 from insource.errors import NotReady
 from insource.store import Store, open_store
@@ -64,23 +76,6 @@ def open_existing_store(cfg: Config) -> Store:
     return open_store(cfg)
 
 
-def parse_when(value: str | None, option: str) -> float | None:
-    """A unix timestamp, an ISO date (UTC midnight) or an ISO date-time (naive means UTC)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise NotReady(f"invalid {option} {value!r}: use YYYY-MM-DD, an ISO date-time or a unix time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
-
-
 def _iso(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
@@ -98,7 +93,7 @@ def dataset_build(
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Remove exact and near duplicates.")] = True,
     split: Annotated[Split, typer.Option(help="time: test is later traffic than train.")] = Split.time,
     fmt: Annotated[Format, typer.Option("--format", help="Split files format.")] = Format.openai_jsonl,
-    seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the random split.")] = 0,
     force: Annotated[
         bool, typer.Option("--force", help="Replace --out when it holds a previous dataset (never anything else).")
     ] = False,
@@ -144,7 +139,7 @@ def dataset_build(
 
 def _print_build(result: BuildResult, json: bool) -> None:
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print("[yellow]warning:[/] ", literal(warning, multiline=True), sep="", highlight=False)
     excluded = result.manifest["opted_out_excluded"]
     note = f"excluded {excluded} capture(s) of tenants opted out of capture" if excluded else ""
     if json:
@@ -153,14 +148,14 @@ def _print_build(result: BuildResult, json: bool) -> None:
         print_json(result.summary())
         return
     c = result.counts
-    console.print(f"dataset written to {result.out}", highlight=False)
-    console.print(f"  train {c['train']}  val {c['val']}  test {c['test']}  ({result.manifest['kind']})")
+    console.print(literal(f"dataset written to {result.out}"))
+    console.print(literal(f"  train {c['train']}  val {c['val']}  test {c['test']}  ({result.manifest['kind']})"))
     if note:
         console.print(f"  {note}", highlight=False)
     for name, p in result.providers.items():
-        console.print(f"  from {name}: {p['count']} examples (terms {', '.join(p['terms'])})", highlight=False)
+        console.print(literal(f"  from {name}: {p['count']} examples (terms {', '.join(p['terms'])})"))
     for name, r in result.refused.items():
-        console.print("refused:" + refusal_line(name, r).removeprefix("  -"), highlight=False, markup=False)
+        console.print(literal("refused:" + refusal_line(name, r).removeprefix("  -")))
 
 
 @app.command("tasks")
@@ -174,7 +169,8 @@ def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
         return
     table = Table("task", "requests", "cost (USD)", "distinct outputs", "kind")
     for r in rows:
-        table.add_row(r["task"], str(r["requests"]), f"{r['cost_usd']:.4f}", str(r["distinct_outputs"]), r["kind"])
+        cost = f"{r['cost_usd']:.4f}"
+        table.add_row(literal(r["task"]), str(r["requests"]), cost, str(r["distinct_outputs"]), literal(r["kind"]))
     console.print(table)
 
 
@@ -182,7 +178,7 @@ def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
 @handle_errors
 def audit_cmd(
     task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
-    limit: Annotated[int, typer.Option(help="Most recent N entries.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="Most recent N entries.")] = 100,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -196,7 +192,8 @@ def audit_cmd(
     for r in rows:
         d: dict[str, Any] = r["detail"] or {}
         summary = d.get("counts") or {k: v.get("count") for k, v in (d.get("refused") or {}).items()}
-        table.add_row(_iso(r["ts"]), r["action"], r["task"] or "", r["purpose"] or "", r["target"] or "", str(summary))
+        cells = (r["action"], r["task"], r["purpose"], r["target"], summary)
+        table.add_row(_iso(r["ts"]), *(literal(v) for v in cells))
     console.print(table)
 
 
@@ -212,17 +209,22 @@ def capture_show(
     if json:
         print_json(row)
         return
-    console.print(f"[bold]{row['id']}[/]  {_iso(row['ts'])}  task={row['task']}  status={row['status']}")
     console.print(
-        f"tenant={row['tenant']} provider={row['provider']} model={row['upstream_model']} "
-        f"version={row['upstream_version']} terms={row['terms']} redactions={row['redactions']}",
-        highlight=False,
+        literal(row["id"], style="bold"),
+        literal(f"  {_iso(row['ts'])}  task={row['task']}  status={row['status']}"),
+        sep="",
+    )
+    console.print(
+        literal(
+            f"tenant={row['tenant']} provider={row['provider']} model={row['upstream_model']} "
+            f"version={row['upstream_version']} terms={row['terms']} redactions={row['redactions']}"
+        )
     )
     for m in row["messages"]:
-        console.print(f"[cyan]{m.get('role', '?')}:[/] ", end="")
-        console.print(str(m.get("content")), markup=False, highlight=False)
-    console.print("[green]output:[/] ", end="")
-    console.print(str(row["output"]), markup=False, highlight=False)
+        console.print(
+            literal(f"{m.get('role', '?')}: ", style="cyan"), literal(m.get("content"), multiline=True), sep=""
+        )
+    console.print(literal("output: ", style="green"), literal(row["output"], multiline=True), sep="")
 
 
 @capture_app.command("search")
@@ -230,7 +232,7 @@ def capture_show(
 def capture_search(
     task: Annotated[str, typer.Option("--task", help="Task name.")],
     contains: Annotated[str, typer.Option("--contains", help="Text to find in messages or output.")],
-    limit: Annotated[int, typer.Option(help="At most N results (newest first).")] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="At most N results (newest first).")] = 20,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -241,5 +243,6 @@ def capture_search(
         return
     table = Table("id", "when (UTC)", "provider", "input", "output")
     for r in rows:
-        table.add_row(r["id"], _iso(r["ts"]), r["provider"] or "", r["input"][:80], (r["output"] or "")[:40])
+        cells = (r["id"], _iso(r["ts"]), r["provider"], (r["input"] or "")[:80], (r["output"] or "")[:40])
+        table.add_row(*(literal(v) for v in cells))
     console.print(table)

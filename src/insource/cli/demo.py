@@ -23,10 +23,10 @@ def demo(
     teacher_key_env: Annotated[str, typer.Option(help="Env var holding the --teacher API key.")] = "OPENAI_API_KEY",
     teacher_model: Annotated[str, typer.Option(help="Upstream model name for --teacher.")] = "gpt-4o-mini",
     teacher_terms: Annotated[str, typer.Option(help="Terms profile of the --teacher provider.")] = "openai",
-    before: Annotated[int, typer.Option(min=100, help="Requests answered by the teacher.")] = 3000,
-    after: Annotated[int, typer.Option(min=50, help="Requests after switching to cascade.")] = 2000,
+    before: Annotated[int, typer.Option(min=100, max=1_000_000, help="Requests answered by the teacher.")] = 3000,
+    after: Annotated[int, typer.Option(min=50, max=1_000_000, help="Requests after switching to cascade.")] = 2000,
     monthly_requests: Annotated[
-        int, typer.Option(min=1, help="Monthly volume for the savings projection.")
+        int, typer.Option(min=1, max=10**15, help="Monthly volume for the savings projection.")
     ] = 30_000_000,
     json: JsonOpt = False,
 ) -> None:

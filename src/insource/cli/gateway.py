@@ -19,20 +19,36 @@ from insource.cli.common import (
     ConfigOpt,
     JsonOpt,
     UrlOpt,
+    check_url,
     console,
     fail,
+    finite,
     get_config,
     get_store,
     handle_errors,
+    literal,
     print_json,
+    shown,
 )
 
 keys_app = typer.Typer(help="Tenants' virtual keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are never followed: the admin key must not travel to another address."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+MAX_RATE = 10**12  # --rpm / --tpm: far beyond any real limit, within a 64-bit integer column
+
+
 def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """Call a remote gateway's admin API (admin key from INSOURCE_ADMIN_KEY)."""
+    """Call a remote gateway's admin API (admin key from INSOURCE_ADMIN_KEY); redirects are refused."""
+    check_url(url)
     admin_key = os.environ.get("INSOURCE_ADMIN_KEY")
     if not admin_key:
         raise fail("--url needs the admin key in the INSOURCE_ADMIN_KEY environment variable", 2)
@@ -43,14 +59,19 @@ def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None)
         headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with _OPENER.open(req, timeout=30) as resp:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location") or "an unnamed address"
+            raise fail(f"the gateway answered with a redirect to {where}; not followed", 2) from None
         try:
             message = orjson.loads(exc.read())["error"]["message"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = f"HTTP {exc.code}"
         raise fail(f"the gateway refused: {message}", 2) from None
+    except orjson.JSONDecodeError:
+        raise fail(f"the gateway at {url} did not answer with JSON", 2) from None
     except (urllib.error.URLError, OSError) as exc:
         raise fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}", 2) from None
 
@@ -60,8 +81,8 @@ def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None)
 def serve(
     config: ConfigOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8700,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8700,
+    workers: Annotated[int, typer.Option(min=1, max=1024, help="Worker processes.")] = 1,
 ) -> None:
     """Run the OpenAI-compatible gateway."""
     import uvicorn
@@ -86,7 +107,7 @@ def serve(
         "http": "httptools",
         "timeout_graceful_shutdown": 30,
     }
-    console.print(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", style="bold", highlight=False)
+    console.print(literal(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", style="bold"))
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return
@@ -106,9 +127,11 @@ def serve(
 @handle_errors
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
-    budget_usd: Annotated[float | None, typer.Option("--budget-usd", help="Monthly budget in USD.")] = None,
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", min=0, callback=finite, help="Monthly budget in USD.")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option(min=0, max=MAX_RATE, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=0, max=MAX_RATE, help="Tokens per minute.")] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated models this key may use.")] = None,
     capture: Annotated[
         bool | None, typer.Option("--capture/--no-capture", help="Capture this key's traffic (default: config).")
@@ -147,7 +170,9 @@ def keys_create(
     if json:
         print_json(created)
         return
-    console.print(f"created key [bold]{created['id']}[/] for tenant [bold]{created['tenant']}[/]:", highlight=False)
+    console.print(
+        f"created key [bold]{shown(created['id'])}[/] for tenant [bold]{shown(created['tenant'])}[/]:", highlight=False
+    )
     print(created["key"])
     console.print("[dim]Store it now: it will not be shown again.[/]")
 
@@ -168,13 +193,13 @@ def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = Fals
     table = Table("id", "tenant", "prefix", "budget_usd", "rpm", "tpm", "models", "revoked")
     for r in rows:
         table.add_row(
-            r["id"],
-            r["tenant"],
-            r["prefix"] + "…",
-            str(r["budget_usd"] or "-"),
-            str(r["rpm"] or "-"),
-            str(r["tpm"] or "-"),
-            ",".join(r["models"] or []) or "all",
+            literal(r["id"]),
+            literal(r["tenant"]),
+            literal(f"{r['prefix']}…"),
+            literal(r["budget_usd"] or "-"),
+            literal(r["rpm"] or "-"),
+            literal(r["tpm"] or "-"),
+            literal(",".join(r["models"] or []) or "all"),
             "yes" if r["revoked"] else "",
         )
     console.print(table)
@@ -185,7 +210,7 @@ def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = Fals
 def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False) -> None:
     """Revoke a key: refused on every worker within a second."""
     if url:
-        remote(url, "DELETE", f"/admin/keys/{key_id}")
+        remote(url, "DELETE", "/admin/keys/" + urllib.parse.quote(key_id, safe=""))
     else:
         from insource.service.keys import revoke_key
 
@@ -193,7 +218,7 @@ def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json:
     if json:
         print_json({"id": key_id, "revoked": True})
     else:
-        console.print(f"revoked {key_id}")
+        console.print("revoked ", literal(key_id), sep="")
 
 
 @app.command()
@@ -206,6 +231,9 @@ def spend(
     json: JsonOpt = False,
 ) -> None:
     """Where the money goes."""
+    from insource.service.spend import parse_since
+
+    parse_since(since)  # a bad date is refused here, before any store or gateway is asked
     if url:
         query = "?" + urllib.parse.urlencode({"by": by, **({"since": since} if since else {})})
         rows = remote(url, "GET", "/admin/spend" + query)
@@ -216,11 +244,11 @@ def spend(
     if json:
         print_json(rows)
         return
-    table = Table(by, "requests", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
+    table = Table(shown(by), "requests", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
     for r in rows:
         table.add_row(
-            str(r[by]),
-            str(r["requests"]),
+            literal(r[by]),
+            literal(r["requests"]),
             str(r["prompt_tokens"]),
             str(r["cached_tokens"]),
             str(r["completion_tokens"]),

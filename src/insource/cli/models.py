@@ -6,11 +6,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from insource.cli import app
-from insource.cli.common import ConfigOpt, JsonOpt, console, err_console, get_config, handle_errors, print_json
+from insource.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    console,
+    err_console,
+    finite,
+    get_config,
+    handle_errors,
+    literal,
+    print_json,
+    shown,
+    visible,
+)
 
 models_app = typer.Typer(help="The registry of distilled students.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -41,7 +53,10 @@ def distill(
         Path | None, typer.Option("--base-model", help="lora only: Hugging Face causal LM folder to adapt.")
     ] = None,
     target: Annotated[
-        float, typer.Option("--target-agreement", help="auto only: agreement the validation threshold must reach.")
+        float,
+        typer.Option(
+            "--target-agreement", callback=finite, help="auto only: agreement the validation threshold must reach."
+        ),
     ] = 0.99,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
@@ -74,33 +89,33 @@ def distill(
         print_json(result)
         return
     for key, value in sorted(result["metrics"].items()):
-        console.print(f"{key}: {_fmt(value)}", highlight=False)
-    console.print(result["model"], highlight=False)
+        console.print(literal(f"{key}: {_fmt(value)}"))
+    console.print(literal(result["model"]))
 
 
 def _candidates_table(result: dict[str, Any]) -> Table:
     target = result.get("target_agreement")
     table = Table(
-        title=f"candidates on val at agreement ≥ {_fmt(target)}",
-        caption=f"picked {result['model']}: highest validation coverage (ties go to the default classifier)",
+        title=literal(f"candidates on val at agreement ≥ {_fmt(target)}"),
+        caption=literal(f"picked {result['model']}: highest validation coverage (ties go to the default classifier)"),
     )
     table.add_column("model", no_wrap=True)
     for col in ("student", "val coverage", "val agreement", "threshold"):
         table.add_column(col)
     for cand in result["candidates"]:
         table.add_row(
-            cand["model"],
-            cand["student"],
-            _fmt(cand["val_coverage_at_target"]),
-            _fmt(cand["val_agreement_at_threshold"]),
-            _fmt(cand["threshold"]),
+            literal(cand["model"]),
+            literal(cand["student"]),
+            literal(_fmt(cand["val_coverage_at_target"])),
+            literal(_fmt(cand["val_agreement_at_threshold"])),
+            literal(_fmt(cand["threshold"])),
             style="bold green" if cand["model"] == result["model"] else None,
         )
     return table
 
 
 def _eval_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"{result['model']} on {result['split']} (n={result['n']})")
+    table = Table(title=literal(f"{result['model']} on {result['split']} (n={result['n']})"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     keys = (
@@ -122,7 +137,7 @@ def _eval_table(result: dict[str, Any]) -> Table:
     )
     for key in keys:
         if key in result:
-            table.add_row(key, _fmt(result[key]))
+            table.add_row(key, literal(_fmt(result[key])))
     return table
 
 
@@ -133,7 +148,9 @@ def eval_cmd(
     model: Annotated[str, typer.Option("--model", help="TASK@vN or TASK@latest.")],
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: the model's).")] = None,
-    target: Annotated[float, typer.Option("--target-agreement", help="Agreement the threshold must reach.")] = 0.99,
+    target: Annotated[
+        float, typer.Option("--target-agreement", callback=finite, help="Agreement the threshold must reach.")
+    ] = 0.99,
     labels: Annotated[Path | None, typer.Option("--labels", help="Gold labels file (id,label).")] = None,
     chart: Annotated[Path | None, typer.Option("--chart", help="Write a chart (.html or .png).")] = None,
     json_out: JsonOpt = False,
@@ -147,13 +164,13 @@ def eval_cmd(
 
         check_chart_path(chart)  # a bad name is refused before anything is evaluated or saved
     cfg = get_config(config)
-    with err_console.status(f"evaluating {model} on {split}"):
+    with err_console.status(literal(f"evaluating {model} on {split}")):
         result = evaluate(cfg, task, model, split=split, dataset=dataset, target=target, labels_file=labels)
     if chart is not None:
         from insource.evals.chart import write_chart
 
         write_chart(result, chart)
-        err_console.print(f"chart written to {chart}")
+        err_console.print(literal(f"chart written to {chart}"))
     if json_out:
         print_json(result)
         return
@@ -175,12 +192,12 @@ def models_list(json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
         table.add_column(col)
     for row in rows:
         problem = str(row.get("problem", "")).removeprefix(f"corrupt registry entry {row['name']}: ")
-        status = f"[red]damaged: {escape(problem)}[/]" if row["status"] != "ok" else "ok"
+        status = literal(f"damaged: {problem}", style="red") if row["status"] != "ok" else Text("ok")
         table.add_row(
-            row["name"],
-            _fmt(row["student"]),
-            _fmt(row["created_at"]),
-            _fmt(row["metrics"].get("val_agreement")),
+            literal(row["name"]),
+            literal(_fmt(row["student"])),
+            literal(_fmt(row["created_at"])),
+            literal(_fmt(row["metrics"].get("val_agreement"))),
             status,
         )
     console.print(table)
@@ -214,9 +231,9 @@ def models_show(
     if card.is_file():
         from rich.markdown import Markdown
 
-        console.print(Markdown(card.read_text("utf-8")))
-    console.print(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}", highlight=False)
+        console.print(Markdown(visible(card.read_text("utf-8", errors="replace"), multiline=True)))
+    console.print(literal(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}"))
     if "eval_error" in info:
-        err_console.print(f"[yellow]{info['eval_error']}[/]")
-    status = "[green]ok[/]" if problem is None else f"[red]damaged: {escape(problem)}[/]"
+        err_console.print(literal(info["eval_error"], style="yellow"))
+    status = "[green]ok[/]" if problem is None else f"[red]damaged: {shown(problem)}[/]"
     console.print(f"status: {status}")

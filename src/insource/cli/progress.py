@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Column
 
+from insource.cli.common import visible
+
 
 class StageProgress:
     """Use as a context manager; pass `step` wherever a `insource.distill.progress.Step` is expected."""
@@ -27,7 +29,9 @@ class StageProgress:
         self.prefix = prefix
         self.progress = Progress(
             SpinnerColumn(finished_text="[green]✓[/]"),
-            TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+            TextColumn(  # descriptions hold task names: shown literally, never read as markup
+                "{task.description}", markup=False, table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")
+            ),
             BarColumn(bar_width=10),
             TaskProgressColumn(),
             TimeElapsedColumn(),
@@ -59,7 +63,7 @@ class StageProgress:
             self.current = None
 
     def step(self, message: str, *, done: int | None = None, total: int | None = None) -> None:
-        description = f"{self.prefix}{message}"
+        description = visible(f"{self.prefix}{message}")
         same_loop = total is not None and total == self.total and (done or 0) >= self.done
         if self.current is not None and same_loop:
             self.progress.update(self.current, description=description, completed=done or 0)
@@ -71,6 +75,6 @@ class StageProgress:
     def say(self, message: str) -> None:
         """A last line (e.g. what was registered), shown as finished."""
         self._finish()
-        task = self.progress.add_task(f"{self.prefix}{message}", total=1)
+        task = self.progress.add_task(visible(f"{self.prefix}{message}"), total=1)
         self.progress.update(task, completed=1)  # (Rich marks a task finished on update, not on add)
         self.progress.stop_task(task)

@@ -8,7 +8,18 @@ import typer
 from rich.table import Table
 
 from insource.cli import app
-from insource.cli.common import ConfigOpt, JsonOpt, console, get_config, get_store, handle_errors, print_json
+from insource.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    console,
+    finite,
+    get_config,
+    get_store,
+    handle_errors,
+    literal,
+    print_json,
+    shown,
+)
 
 route_app = typer.Typer(help="Per-task insourcing policies (shadow, canary, cascade, full).", no_args_is_help=True)
 app.add_typer(route_app, name="route")
@@ -21,20 +32,29 @@ def route_set(
     model: Annotated[str, typer.Option(help="The student, NAME@vN.")],
     mode: Annotated[str, typer.Option(help="shadow, canary, cascade or full.")],
     percent: Annotated[
-        float, typer.Option(help="canary (required there, only there): share the student answers (0-100].")
+        float,
+        typer.Option(callback=finite, help="canary (required there, only there): share the student answers (0-100]."),
     ] = 0.0,
     threshold: Annotated[
-        float | None, typer.Option(help="cascade only: confidence the student needs (0-1); or --target-agreement.")
+        float | None,
+        typer.Option(callback=finite, help="cascade only: confidence the student needs (0-1); or --target-agreement."),
     ] = None,
     target_agreement: Annotated[
         float | None,
-        typer.Option("--target-agreement", help="cascade only: use the threshold `insource eval` found for this."),
+        typer.Option(
+            "--target-agreement",
+            callback=finite,
+            help="cascade only: use the threshold `insource eval` found for this.",
+        ),
     ] = None,
     audit_rate: Annotated[
-        float, typer.Option("--audit-rate", help="canary, cascade, full: share of student answers audited (0-1).")
+        float,
+        typer.Option(
+            "--audit-rate", callback=finite, help="canary, cascade, full: share of student answers audited (0-1)."
+        ),
     ] = 0.0,
     floor: Annotated[
-        float, typer.Option(help="Roll back when the agreement with the teacher is below this (0-1).")
+        float, typer.Option(callback=finite, help="Roll back when the agreement with the teacher is below this (0-1).")
     ] = 0.9,
     config: ConfigOpt = None,
     json: JsonOpt = False,
@@ -51,7 +71,7 @@ def route_set(
     if json:
         print_json(row)
     else:
-        console.print(f"task [bold]{task}[/] → {model} in [bold]{mode}[/] mode", highlight=False)
+        console.print(f"task [bold]{shown(task)}[/] → {shown(model)} in [bold]{shown(mode)}[/] mode", highlight=False)
 
 
 @route_app.command("show")
@@ -72,9 +92,9 @@ def route_show(config: ConfigOpt = None, json: JsonOpt = False) -> None:
         agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
         last = r["events"][-1] if r["events"] else None
         table.add_row(
-            r["task"],
-            r["model"],
-            r["mode"],
+            literal(r["task"]),
+            literal(r["model"]),
+            literal(r["mode"]),
             "yes" if r["active"] else "[red]rolled back[/]",
             "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
             f"{r['percent']:g}",
@@ -82,9 +102,9 @@ def route_show(config: ConfigOpt = None, json: JsonOpt = False) -> None:
             f"{r['floor']:g}",
             agreement,
             str(r["n"]),
-            f"{last['kind']}" if last else "",
+            literal(last["kind"] if last else ""),
         )
     console.print(table)
     for r in rows:
         if r.get("problem"):
-            console.print(f"[red]{r['problem']}[/] (the teacher answers {r['task']})", highlight=False)
+            console.print(literal(r["problem"], style="red"), literal(f"(the teacher answers {r['task']})"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from insource.capture.terms import load_profiles
+from insource.cli.common import literal
 from insource.config import load_config
 from insource.demo import report
 from insource.demo.steps import StepFailed, cli_json, start_gateway, stop_gateway
 from insource.demo.workload import PhaseResult, send_phase
+from insource.errors import ConfigError
 from insource.service.keys import create_key, server_secret
 from insource.store import open_store
 from insource.testing import demo_data
@@ -56,16 +62,65 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# What --teacher-model and --teacher-key-env may be: model names as providers spell them (gpt-4o-mini,
+# meta-llama/Llama-3.1-8B-Instruct, llama3.1:8b, models/gemini-2.0-flash), environment variable names.
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,199}")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_URL_RE = re.compile(r"https?://[^\s\x00-\x1f\x7f\"\\]+", re.IGNORECASE)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        return _URL_RE.fullmatch(url) is not None and bool(urllib.parse.urlsplit(url).hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+
+
+def check_settings(s: DemoSettings) -> None:
+    """Refuse a --teacher URL, model, key variable or terms profile that is not plainly one (exit code 2)."""
+    if s.teacher_url is not None and not _is_http_url(s.teacher_url):
+        raise ConfigError(f"--teacher must be an http:// or https:// base URL, got {s.teacher_url!r}")
+    if not _MODEL_RE.fullmatch(s.teacher_model):
+        raise ConfigError(f"--teacher-model must be a plain model name (like gpt-4o-mini), got {s.teacher_model!r}")
+    if not _ENV_RE.fullmatch(s.teacher_key_env):
+        raise ConfigError(f"--teacher-key-env must be an environment variable name, got {s.teacher_key_env!r}")
+    profiles = load_profiles()
+    if s.teacher_terms not in profiles:
+        raise ConfigError(
+            f"--teacher-terms must be a shipped terms profile ({', '.join(sorted(profiles))}), got {s.teacher_terms!r}"
+        )
+
+
+_TOML_ESCAPES = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r", 0x22: '\\"', 0x5C: "\\\\"}
+
+
+def toml_str(value: str) -> str:
+    """`value` as a TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in value:
+        cp = ord(ch)
+        if cp in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[cp])
+        elif cp < 0x20 or cp == 0x7F:
+            out.append(f"\\u{cp:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def write_config(s: DemoSettings, teacher_base: str) -> Path:
+    """The demo's config; every value from the command line is checked, then written as a TOML string."""
+    check_settings(s)
     simulated = s.teacher_url is None
-    key_line = "" if simulated else f'api_key = "env::{s.teacher_key_env}"\n'
+    key_line = "" if simulated else f"api_key = {toml_str('env::' + s.teacher_key_env)}\n"
+    terms = "self-hosted" if simulated else s.teacher_terms
     text = (
         "# Written by `insource demo`. Inspect with: insource spend / models list / route show --config THIS\n"
         '[store]\nurl = "sqlite:///./insource.db"\n\n'
-        f'[providers.teacher]\nkind = "openai"\nbase_url = "{teacher_base}"\n{key_line}'
-        f'terms = "{"self-hosted" if simulated else s.teacher_terms}"\n'
+        f'[providers.teacher]\nkind = "openai"\nbase_url = {toml_str(teacher_base)}\n{key_line}'
+        f"terms = {toml_str(terms)}\n"
         f"ttft_timeout_s = 30\ntotal_timeout_s = 120\n\n"
-        f'[models."gpt-4o-mini"]\ntargets = ["teacher:{s.teacher_model}"]\n'
+        f'[models."gpt-4o-mini"]\ntargets = [{toml_str("teacher:" + s.teacher_model)}]\n'
     )
     config = s.folder / "insource.toml"
     config.write_text(text)
@@ -75,7 +130,8 @@ def write_config(s: DemoSettings, teacher_base: str) -> Path:
 @contextmanager
 def simulated_teacher(s: DemoSettings, console: Console) -> Iterator[tuple[str, Any]]:
     if s.teacher_url is not None:
-        console.print(f"Teacher: the real upstream at [bold]{s.teacher_url}[/] (model {s.teacher_model}).")
+        url, model = escape(s.teacher_url), escape(s.teacher_model)
+        console.print(f"Teacher: the real upstream at [bold]{url}[/] (model {model}).", highlight=False)
         yield s.teacher_url.rstrip("/"), None
         return
     from insource.testing.fake_upstream import FakeUpstream
@@ -108,7 +164,7 @@ def _learn_student(s: DemoSettings, config: Path, console: Console) -> tuple[str
         console.print("Internal-classifier carve-out: the student is an internal classifier, not a competing model.")
         build.append("--allow-internal")
     dataset = cli_json(config, *build)
-    console.print(f"dataset {dataset['out']}: {dataset['counts']}")
+    console.print(literal(f"dataset {dataset['out']}: {dataset['counts']}"))
     console.rule("Distill: a classifier student the company owns")
     distilled = cli_json(config, "distill", "--task", TASK, "--dataset", str(data_dir))
     model = str(distilled["model"])
@@ -166,7 +222,7 @@ def _route(s: DemoSettings, config: Path, model: str, evaluated: dict[str, Any],
         "--floor",
         "0.9",
     )
-    console.print(f"{TASK} → {model}, threshold {float(threshold):.3f}, audit rate {s.audit_rate:g}")
+    console.print(f"{TASK} → {escape(model)}, threshold {float(threshold):.3f}, audit rate {s.audit_rate:g}")
     time.sleep(1.2)  # every worker picks the route up within a second
 
 
@@ -181,7 +237,7 @@ def prepare_folder(folder: Path, console: Console) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "insource.db").exists():
         return
-    console.print(f"Replacing the previous demo run in {folder} (a demo starts from an empty store).")
+    console.print(literal(f"Replacing the previous demo run in {folder} (a demo starts from an empty store)."))
     for name in DEMO_STATE:
         (folder / name).unlink(missing_ok=True)
     for name in DEMO_FOLDERS:
@@ -197,6 +253,7 @@ def _check_teacher_answered(s: DemoSettings, before: PhaseResult, log: Path) -> 
 
 
 def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
+    check_settings(s)  # before anything in --dir is replaced
     prepare_folder(s.folder, console)
     if s.teacher_url is not None and not os.environ.get(s.teacher_key_env):
         raise StepFailed(f"--teacher needs its API key in the environment variable {s.teacher_key_env}")

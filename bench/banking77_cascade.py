@@ -75,6 +75,53 @@ def cli(config: Path, *args: str) -> Any:
     return json.loads(proc.stdout)
 
 
+def write_config(folder: Path, teacher_url: str) -> Path:
+    config = folder / "insource.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///./insource.db"\n[providers.teacher]\nkind = "openai"\n'
+        f'base_url = "{teacher_url}/v1"\nterms = "self-hosted"\n'
+        f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
+    )
+    return config
+
+
+def learn(config: Path, folder: Path, target: float) -> tuple[str, dict[str, Any], float]:
+    """Dataset from the captured traffic, a distilled student and its eval: (model, eval report, seconds)."""
+    t1 = time.perf_counter()
+    cli(config, "dataset", "build", "--task", TASK, "--out", str(folder / "ds"))
+    model = cli(config, "distill", "--task", TASK, "--dataset", str(folder / "ds"))["model"]
+    ev = cli(
+        config,
+        "eval",
+        "--task",
+        TASK,
+        "--model",
+        model,
+        "--dataset",
+        str(folder / "ds"),
+        "--target-agreement",
+        str(target),
+    )
+    return model, ev, time.perf_counter() - t1
+
+
+def set_cascade(config: Path, model: str, ev: dict[str, Any]) -> None:
+    threshold = ev["threshold"] if ev["threshold"] is not None else 1.0
+    cli(
+        config,
+        "route",
+        "set",
+        "--task",
+        TASK,
+        "--model",
+        model,
+        "--mode",
+        "cascade",
+        "--threshold",
+        f"{threshold:.6f}",
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", type=int, default=10003)
@@ -87,12 +134,7 @@ def main() -> None:
     fake = FakeUpstream(responder=lambda model, messages, body: gold.get(messages[-1]["content"], "unknown"))
     handle = run_server(fake)
     folder = Path(tempfile.mkdtemp(prefix="b77-cascade-"))
-    config = folder / "insource.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///./insource.db"\n[providers.teacher]\nkind = "openai"\n'
-        f'base_url = "{handle.url}/v1"\nterms = "self-hosted"\n'
-        f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
-    )
+    config = write_config(folder, handle.url)
     gw = start_gateway(config)
     try:
         key = gw.key("bench")["key"]
@@ -101,36 +143,8 @@ def main() -> None:
         asyncio.run(replay(gw.base_url, key, train))
         replay_s = time.perf_counter() - t0
         time.sleep(1.0)
-        t1 = time.perf_counter()
-        cli(config, "dataset", "build", "--task", TASK, "--out", str(folder / "ds"))
-        model = cli(config, "distill", "--task", TASK, "--dataset", str(folder / "ds"))["model"]
-        ev = cli(
-            config,
-            "eval",
-            "--task",
-            TASK,
-            "--model",
-            model,
-            "--dataset",
-            str(folder / "ds"),
-            "--target-agreement",
-            str(args.target),
-        )
-        learn_s = time.perf_counter() - t1
-        threshold = ev["threshold"] if ev["threshold"] is not None else 1.0
-        cli(
-            config,
-            "route",
-            "set",
-            "--task",
-            TASK,
-            "--model",
-            model,
-            "--mode",
-            "cascade",
-            "--threshold",
-            f"{threshold:.6f}",
-        )
+        model, ev, learn_s = learn(config, folder, args.target)
+        set_cascade(config, model, ev)
         teacher_only = asyncio.run(replay(gw.base_url, key, test[:300], concurrency=1))  # latency baseline
         time.sleep(1.2)
         results = asyncio.run(replay(gw.base_url, key, test))

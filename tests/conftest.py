@@ -146,6 +146,11 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
 
 
 def gateway_config(up_url: str, dead_url: str) -> str:
+    """The shared gateway's config: providers on the fake upstream (and a dead port), then the models."""
+    return _gateway_providers(up_url, dead_url) + _GATEWAY_MODELS
+
+
+def _gateway_providers(up_url: str, dead_url: str) -> str:
     return f"""
 [store]
 url = "sqlite:///./insource.db"
@@ -193,24 +198,27 @@ kind = "openai"
 base_url = "{up_url}/v1"
 api_key = "env::WRONG_UPSTREAM_KEY"
 
-[models."gpt-4o-mini"]
+"""
+
+
+_GATEWAY_MODELS = """[models."gpt-4o-mini"]
 targets = ["local:gpt-4o-mini"]
-price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 
 [tenants.thrifty]
 budget_usd = 0.000001
 
 [models."flaky-mini"]
 targets = ["flaky:gpt-4o-mini"]
-price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 
 [models."fallback-mini"]
 targets = ["dead:gpt-4o-mini", "flaky:gpt-4o-mini", "backup:gpt-4o-mini"]
-price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 
 [models."azure-mini"]
 targets = ["az:mini-deploy"]
-price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 
 [models."badkey-mini"]
 targets = ["badkey:gpt-4o-mini"]
@@ -218,7 +226,7 @@ free = true
 
 [models."dated-mini"]
 targets = ["local:gpt-4o-mini@2024-07-18"]   # a dated upstream name, as Vertex AI spells them
-price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
 
 [models."text-embedding-3-small"]
 targets = ["local:text-embedding-3-small"]

@@ -1,35 +1,22 @@
-"""FakeUpstream, run_server, demo data and the simulated teacher, exercised through the official openai SDK."""
+"""FakeUpstream's wire formats (OpenAI chat, streaming, tools, embeddings; Azure), through the official openai SDK.
+
+Errors and injected faults: tests/test_fake_upstream_faults.py; run_server, fast mode, the standalone CLI, demo data
+and the simulated teacher: tests/test_fake_upstream_standalone.py."""
 
 from __future__ import annotations
 
 import base64
-import collections
 import json
 import math
-import os
-import socket
-import statistics
 import struct
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
+from tests._fake_upstream_helpers import API_VERSION, AZ_KEY, KEY, MODELS, MSGS, chat, make_upstream, raw_post
 
-from insource.testing import FakeUpstream, SimulatedTeacher, demo_data, run_server
-from insource.testing.teacher import customer_text, keyword_label
-
-KEY = "sk-test-123"
-AZ_KEY = "azure-key-456"
-MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4o-2024-11-20", "text-embedding-3-small"]
-DEPLOYMENTS = {"chat-prod": "gpt-4o-mini", "embed": "text-embedding-3-small"}
-API_VERSION = "2024-10-21"
-MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there, how are you?"}]
+from insource.testing import FakeUpstream, run_server
 
 
 def fn_tool(name: str, props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -44,7 +31,7 @@ TIME_TOOL = fn_tool("get_time", {"tz": {"type": "string"}})
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[FakeUpstream, str]]:
-    up = FakeUpstream(api_key=KEY, azure_api_key=AZ_KEY, models=MODELS, azure_deployments=DEPLOYMENTS)
+    up = make_upstream()
     with run_server(up) as handle:
         yield up, handle.url
 
@@ -72,11 +59,6 @@ def azure(url: str) -> Iterator[openai.AzureOpenAI]:
         yield c
 
 
-def chat(c: Any, **kw: Any) -> Any:
-    """chat.completions.create with the default model and messages."""
-    return c.chat.completions.create(**{"model": "gpt-4o-mini", "messages": MSGS, **kw})
-
-
 def sse_events(text: str) -> list[Any]:
     """Parse an SSE body into JSON events; the literal [DONE] marker is kept as the string."""
     assert text.endswith("\n\n")
@@ -86,12 +68,6 @@ def sse_events(text: str) -> list[Any]:
         payload = block[len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
-
-
-def raw_post(url: str, path: str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-    hdrs = {"Authorization": f"Bearer {KEY}"} if headers is None else headers
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(url + path, content=data, headers={"content-type": "application/json", **hdrs})
 
 
 # ---------------------------------------------------------------- OpenAI chat
@@ -343,265 +319,3 @@ def test_azure_errors(url: str) -> None:
     ):
         az.chat.completions.create(model="no-such-deployment", messages=MSGS)
     assert err.value.code == "DeploymentNotFound"
-
-
-# ---------------------------------------------------------------- errors and faults
-
-
-def test_invalid_requests(url: str, client: openai.OpenAI) -> None:
-    r = raw_post(url, "/v1/chat/completions", {"model": "gpt-4o-mini"})
-    assert r.status_code == 400
-    error = r.json()["error"]
-    assert (error["param"], error["code"]) == ("messages", "missing_required_parameter")
-    assert error["type"] == "invalid_request_error"
-    assert raw_post(url, "/v1/chat/completions", b"{not json").status_code == 400
-    bad_role = {"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "x"}]}
-    assert raw_post(url, "/v1/chat/completions", bad_role).json()["error"]["param"] == "messages[0].role"
-    with pytest.raises(openai.BadRequestError) as err:
-        chat(client, n=0)
-    assert err.value.param == "n"
-    with pytest.raises(openai.NotFoundError) as nf:
-        client.chat.completions.create(model="gpt-9", messages=MSGS)
-    assert nf.value.code == "model_not_found"
-    with pytest.raises(openai.BadRequestError):
-        client.embeddings.create(model="text-embedding-3-small", input="")
-    unknown = raw_post(url, "/v1/nothing", {})
-    assert unknown.status_code == 404 and "Invalid URL" in unknown.json()["error"]["message"]
-
-
-def test_fail_next_and_custom_body(up: FakeUpstream, client: openai.OpenAI) -> None:
-    up.fail_next(500, count=2)
-    up.fail_next(503, body={"error": {"message": "custom", "type": "server_error", "param": None, "code": "x"}})
-    assert up.pending_faults == 3
-    for _ in range(2):
-        with pytest.raises(openai.InternalServerError) as err:
-            chat(client)
-        assert err.value.status_code == 500
-    with pytest.raises(openai.InternalServerError) as err:
-        client.embeddings.create(model="text-embedding-3-small", input="x")
-    assert err.value.status_code == 503 and err.value.code == "x" and "custom" in err.value.message
-    assert chat(client).choices
-    assert len(up.requests) == 4 and up.pending_faults == 0
-
-
-def test_rate_limit_retry_after(up: FakeUpstream, url: str, client: openai.OpenAI) -> None:
-    up.fail_next(429, retry_after=7)
-    with pytest.raises(openai.RateLimitError) as err:
-        chat(client)
-    assert err.value.response.headers["retry-after"] == "7" and err.value.code == "rate_limit_exceeded"
-    up.fail_next(429, retry_after=0.3)
-    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=1) as retrying:
-        t0 = time.perf_counter()
-        r = chat(retrying)
-        elapsed = time.perf_counter() - t0
-    assert r.choices and len(up.requests) == 3 and 0.3 <= elapsed < 2.0
-
-
-def test_error_rate_is_seeded(up: FakeUpstream, client: openai.OpenAI) -> None:
-    def outcomes() -> list[bool]:
-        up.error_rate, up.error_status = 0.3, 503
-        out = []
-        for _ in range(40):
-            try:
-                client.embeddings.create(model="text-embedding-3-small", input="x")
-                out.append(True)
-            except openai.InternalServerError as exc:
-                assert exc.status_code == 503
-                out.append(False)
-        return out
-
-    first = outcomes()
-    up.reset()
-    assert outcomes() == first and 4 <= first.count(False) <= 22
-
-
-def test_delay_hang_and_timeouts(up: FakeUpstream, url: str) -> None:
-    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=0.2) as quick:
-        up.delay_s = 0.6
-        t0 = time.perf_counter()
-        with pytest.raises(openai.APITimeoutError):
-            chat(quick)
-        assert time.perf_counter() - t0 < 0.55
-        up.delay_s = 0.1
-        t0 = time.perf_counter()
-        chat(quick)
-        assert time.perf_counter() - t0 >= 0.1
-        up.delay_s = 0.0
-        up.hang = True
-        with pytest.raises(openai.APITimeoutError):
-            chat(quick)
-    results: list[str] = []
-    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=5) as patient:
-
-        def call() -> None:
-            r = chat(patient)
-            results.append(r.choices[0].message.content or "")
-
-        before = len(up.requests)
-        worker = threading.Thread(target=call)
-        worker.start()
-        assert up.wait_for_requests(before + 1, timeout=3)
-        time.sleep(0.05)
-        assert not results
-        up.release()
-        worker.join(3)
-    assert len(results) == 1
-
-
-def test_token_pacing_and_ttft(up: FakeUpstream, client: openai.OpenAI) -> None:
-    up.delay_s, up.token_delay_s = 0.15, 0.02
-    t0 = time.perf_counter()
-    arrivals = []
-    stream = chat(client, stream=True)
-    for _ in stream:
-        arrivals.append(time.perf_counter() - t0)
-    assert arrivals[0] >= 0.15
-    assert arrivals[-1] - arrivals[0] >= 0.02 * (len(arrivals) - 1) * 0.9
-    assert arrivals[-1] < 0.15 + 0.02 * len(arrivals) + 0.5
-
-
-def test_stream_break_drops_connection(up: FakeUpstream, client: openai.OpenAI) -> None:
-    up.stream_break_after = 3
-    got = 0
-    with pytest.raises(openai.APIConnectionError):  # the SDK's wrapper for a peer that closed mid-body
-        for _ in chat(client, stream=True):
-            got += 1
-    assert got == 3
-    up.stream_break_after = None
-    assert len(list(chat(client, stream=True))) > 3
-
-
-# ---------------------------------------------------------------- server lifecycle, fast mode, CLI
-
-
-def test_run_server_starts_and_stops_fast_even_with_a_hung_request() -> None:
-    up = FakeUpstream()
-    t0 = time.perf_counter()
-    handle = run_server(up)
-    started = time.perf_counter() - t0
-    up.hang = True
-
-    def hung_call() -> None:
-        with pytest.raises(httpx.TransportError):  # the server drops it on stop
-            httpx.post(f"{handle.url}/v1/embeddings", json={"model": "m", "input": "x"}, timeout=5)
-
-    worker = threading.Thread(target=hung_call, daemon=True)
-    worker.start()
-    assert up.wait_for_requests(1, timeout=3)
-    t0 = time.perf_counter()
-    handle.stop()
-    stopped = time.perf_counter() - t0
-    worker.join(2)
-    assert started < 1.0 and stopped < 1.0 and not handle.running and not worker.is_alive()
-    with pytest.raises(ConnectionRefusedError), socket.create_connection((handle.host, handle.port), timeout=1):
-        pass
-
-
-def test_fast_mode_replays_preserialised_answers() -> None:
-    up = FakeUpstream(fast=True)
-    with run_server(up) as handle, openai.OpenAI(base_url=f"{handle.url}/v1", api_key="k", max_retries=0) as c:
-        a = chat(c)
-        b = chat(c, messages=[{"role": "user", "content": "other"}])
-        assert a.id == b.id and a.choices[0].message.content == b.choices[0].message.content
-        s1 = "".join(x.choices[0].delta.content or "" for x in chat(c, stream=True) if x.choices)
-        s2 = "".join(x.choices[0].delta.content or "" for x in chat(c, stream=True) if x.choices)
-        assert s1 == s2 == a.choices[0].message.content
-        up.fail_next(500)
-        with pytest.raises(openai.InternalServerError):
-            chat(c)
-        assert len(up.requests) == 3  # first chat, first stream, the fault: replays are not recorded
-
-
-def test_standalone_cli() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    env = {**os.environ, "FAKE_KEY": "sk-cli"}
-    cmd = [sys.executable, "-m", "insource.testing.fake_upstream", "--port", str(port), "--api-key-env", "FAKE_KEY"]
-    proc = subprocess.Popen([*cmd, "--delay-ms", "5"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "standalone server did not start"
-                time.sleep(0.05)
-        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-cli", max_retries=0) as c:
-            assert chat(c).choices
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
-    assert "simulated" in err and "Traceback" not in err and "Warning" not in err
-    missing = subprocess.run([*cmd[:-1], "NOT_SET_ANYWHERE"], capture_output=True, text=True, timeout=30, env=env)
-    assert missing.returncode == 2 and "NOT_SET_ANYWHERE" in missing.stderr and "Traceback" not in missing.stderr
-
-
-# ---------------------------------------------------------------- demo data and teacher
-
-
-def test_demo_data_is_deterministic_and_diverse() -> None:
-    a = demo_data.generate(1500, seed=7)
-    assert a == demo_data.generate(1500, seed=7) and a != demo_data.generate(1500, seed=8)
-    assert demo_data.generate(100, seed=7) == a[:100]
-    texts = [t for t, _ in a]
-    counts = collections.Counter(label for _, label in a)
-    assert 12 <= len(demo_data.INTENTS) <= 16 and set(counts) == set(demo_data.INTENTS)
-    assert len(set(texts)) / len(texts) >= 0.97
-    assert max(counts.values()) / len(a) < 0.25 and min(counts.values()) >= 30
-    ambiguous = [t for t in texts if demo_data.ambiguous_alternative(t)]
-    assert 0.02 <= len(ambiguous) / len(a) <= 0.07
-    assert statistics.mean(len(t.split()) for t in texts) > 6
-    assert demo_data.generate(0, 1) == []
-    with pytest.raises(ValueError):
-        demo_data.generate(-1, 1)
-
-
-def test_system_prompt_and_messages() -> None:
-    for intent in demo_data.INTENTS:
-        assert f"- {intent}:" in demo_data.SYSTEM_PROMPT
-    assert demo_data.SYSTEM_PROMPT.rstrip().endswith("Answer with the intent label only.")
-    msgs = demo_data.build_messages("Where is my order #123?")
-    assert [m["role"] for m in msgs] == ["system", "user"] and customer_text(msgs) == "Where is my order #123?"
-    assert customer_text([{"role": "user", "content": 'Customer message: "cancel it"'}]) == "cancel it"
-
-
-def test_teacher_accuracy_and_mistakes() -> None:
-    pairs = demo_data.generate(3000, seed=11)
-    teacher = SimulatedTeacher(error_rate=0.01, ambiguous_flip_rate=0.3, seed=3, speed=0)
-    plain = [(t, g) for t, g in pairs if demo_data.ambiguous_alternative(t) is None]
-    wrong = sum(teacher.classify(t) != g for t, g in plain)
-    assert 0.003 <= wrong / len(plain) <= 0.02 and wrong == teacher.injected_errors
-    amb = [(t, g) for t, g in pairs if demo_data.ambiguous_alternative(t) is not None]
-    agree = sum(teacher.classify(t) == g for t, g in amb) / len(amb)
-    assert 0.5 <= agree <= 0.9
-    perfect = SimulatedTeacher(error_rate=0, ambiguous_flip_rate=0, speed=0)
-    assert all(perfect.classify(t) == g for t, g in pairs)
-    fresh = demo_data.generate(2000, seed=12)
-    kw = sum(keyword_label(t) == g for t, g in fresh if demo_data.ambiguous_alternative(t) is None)
-    assert kw / sum(1 for t, _ in fresh if demo_data.ambiguous_alternative(t) is None) >= 0.9
-    learned = SimulatedTeacher(error_rate=0, use_registry=False)
-    learned.learn([("zzz unknown text", "invoice_request")])
-    assert learned.classify("zzz unknown text") == "invoice_request"
-
-
-def test_teacher_latency_model() -> None:
-    t = SimulatedTeacher(seed=5)
-    samples = [t.sample_latency() for _ in range(4000)]
-    assert abs(statistics.mean(samples) - 0.25) < 0.015 and statistics.stdev(samples) > 0.05
-    assert SimulatedTeacher(speed=0).sample_latency() == 0.0
-    assert abs(statistics.mean(SimulatedTeacher(speed=0.1).sample_latency() for _ in range(500)) - 0.025) < 0.005
-
-
-def test_teacher_behind_fake_upstream() -> None:
-    teacher = SimulatedTeacher(speed=0.02, error_rate=0.0, server_error_rate=0.0, ambiguous_flip_rate=0.0)
-    up = teacher.attach(FakeUpstream(api_key=KEY))
-    assert up.error_rate == 0.0 and up.delay_fn is not None
-    assert SimulatedTeacher().attach(FakeUpstream()).error_rate == 0.005
-    pairs = demo_data.generate(20, seed=99)
-    with run_server(up) as handle, openai.OpenAI(base_url=f"{handle.url}/v1", api_key=KEY, max_retries=0) as c:
-        answers = [chat(c, messages=demo_data.build_messages(text)) for text, _ in pairs]
-    assert all(a.system_fingerprint == "fp_insource_simulated" for a in answers)
-    assert [a.choices[0].message.content for a in answers] == [label for _, label in pairs]
-    assert "SIMULATED" in teacher.describe() and "gpt-4o-mini" in teacher.describe()

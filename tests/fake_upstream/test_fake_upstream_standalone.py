@@ -15,7 +15,7 @@ import time
 import httpx
 import openai
 import pytest
-from tests._fake_upstream_helpers import KEY, chat
+from tests.fake_upstream.helpers import KEY, chat
 
 from insource.testing import FakeUpstream, SimulatedTeacher, demo_data, run_server
 from insource.testing.teacher import customer_text, keyword_label

@@ -5,38 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import openai
 import pytest
-from tests._fake_upstream_helpers import KEY, MSGS, chat, make_upstream, raw_post
+from tests.fake_upstream.helpers import KEY, MSGS, chat, raw_post
 
-from insource.testing import FakeUpstream, run_server
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeUpstream, str]]:
-    up = make_upstream()
-    with run_server(up) as handle:
-        yield up, handle.url
-
-
-@pytest.fixture
-def up(server: tuple[FakeUpstream, str]) -> FakeUpstream:
-    server[0].reset()
-    return server[0]
-
-
-@pytest.fixture
-def url(server: tuple[FakeUpstream, str], up: FakeUpstream) -> str:
-    return server[1]
-
-
-@pytest.fixture
-def client(url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0) as c:
-        yield c
-
+from insource.testing import FakeUpstream
 
 # ---------------------------------------------------------------- errors and faults
 

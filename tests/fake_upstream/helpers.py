@@ -1,5 +1,5 @@
-"""Shared helpers for the FakeUpstream tests (tests/test_fake_upstream*.py): credentials, models, the upstream
-behind each module's `server` fixture, the default chat call and a raw JSON POST."""
+"""Shared helpers for the FakeUpstream tests in this folder: credentials, models, the upstream behind the `server`
+fixture (conftest.py), the default chat call and a raw JSON POST."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """FakeUpstream's wire formats (OpenAI chat, streaming, tools, embeddings; Azure), through the official openai SDK.
 
-Errors and injected faults: tests/test_fake_upstream_faults.py; run_server, fast mode, the standalone CLI, demo data
-and the simulated teacher: tests/test_fake_upstream_standalone.py."""
+Errors and injected faults: test_fake_upstream_faults.py; run_server, fast mode, the standalone CLI, demo data and
+the simulated teacher: test_fake_upstream_standalone.py (both in this folder)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import openai
 import pytest
-from tests._fake_upstream_helpers import API_VERSION, AZ_KEY, KEY, MODELS, MSGS, chat, make_upstream, raw_post
+from tests.fake_upstream.helpers import API_VERSION, AZ_KEY, KEY, MODELS, MSGS, chat, raw_post
 
-from insource.testing import FakeUpstream, run_server
+from insource.testing import FakeUpstream
 
 
 def fn_tool(name: str, props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -27,30 +27,6 @@ def fn_tool(name: str, props: dict[str, Any], required: list[str] | None = None)
 UNIT = {"type": "string", "enum": ["celsius", "f"]}
 WEATHER_TOOL = fn_tool("get_weather", {"location": {"type": "string"}, "unit": UNIT}, ["location", "unit"])
 TIME_TOOL = fn_tool("get_time", {"tz": {"type": "string"}})
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[FakeUpstream, str]]:
-    up = make_upstream()
-    with run_server(up) as handle:
-        yield up, handle.url
-
-
-@pytest.fixture
-def up(server: tuple[FakeUpstream, str]) -> FakeUpstream:
-    server[0].reset()
-    return server[0]
-
-
-@pytest.fixture
-def url(server: tuple[FakeUpstream, str], up: FakeUpstream) -> str:
-    return server[1]
-
-
-@pytest.fixture
-def client(url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0) as c:
-        yield c
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from insource.testing import demo_data
 TASK = "support-intent"
 FALLBACK_TARGETS = (0.97, 0.95)
 WORTHWHILE_COVERAGE = 0.5  # of validation traffic, for the demo to settle on a target
+DEMO_MARKER = "# Written by `insource demo`."  # the first line of its config: how a previous run is recognised
 
 
 @dataclass
@@ -115,7 +116,7 @@ def write_config(s: DemoSettings, teacher_base: str) -> Path:
     key_line = "" if simulated else f"api_key = {toml_str('env::' + s.teacher_key_env)}\n"
     terms = "self-hosted" if simulated else s.teacher_terms
     text = (
-        "# Written by `insource demo`. Inspect with: insource spend / models list / route show --config THIS\n"
+        f"{DEMO_MARKER} Inspect with: insource spend / models list / route show --config THIS\n"
         '[store]\nurl = "sqlite:///./insource.db"\n\n'
         f'[providers.teacher]\nkind = "openai"\nbase_url = {toml_str(teacher_base)}\n{key_line}'
         f"terms = {toml_str(terms)}\n"
@@ -230,11 +231,29 @@ DEMO_STATE = ("insource.db", "insource.db-wal", "insource.db-shm", "insource.tom
 DEMO_FOLDERS = ("models", "datasets", "spool")
 
 
+def _written_by_the_demo(config: Path) -> bool:
+    try:
+        with config.open("rb") as fh:
+            return fh.readline().startswith(DEMO_MARKER.encode())
+    except OSError:
+        return False
+
+
 def prepare_folder(folder: Path, console: Console) -> None:
-    """A demo starts afresh: a previous run's store (its routes, spend, students) is replaced, nothing else."""
+    """A demo starts afresh: a previous run's store (its routes, spend, students) is replaced, nothing else.
+
+    A folder holding insource state the demo did not write (a gateway's own config, store or registry) is
+    refused, never replaced: `--dir` must be a new folder or a previous demo's.
+    """
     if folder.exists() and not folder.is_dir():
         raise StepFailed(f"--dir {folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
+    found = [name for name in (*DEMO_STATE, *DEMO_FOLDERS) if (folder / name).exists()]
+    if found and not _written_by_the_demo(folder / "insource.toml"):
+        raise StepFailed(
+            f"--dir {folder} holds insource state the demo did not write ({', '.join(found)}): the demo replaces "
+            "its folder's store, config and registry, so give it a new folder (or a previous demo's)"
+        )
     if not (folder / "insource.db").exists():
         return
     console.print(literal(f"Replacing the previous demo run in {folder} (a demo starts from an empty store)."))

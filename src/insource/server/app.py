@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from insource.config import Config, load_config
-from insource.errors import InsourceError, NotFound
+from insource.errors import InsourceError, ModelNotFound, NotFound
 from insource.server import admin
 from insource.server.auth import resolve_key
 from insource.server.fastpath import INTERNAL_ERROR, FastPath
@@ -44,6 +44,16 @@ async def models(request: Request) -> Any:
     key = authenticate(gw, request)
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "insource"} for m in gw.visible_models(key)]
     return RawJSON(orjson.dumps({"object": "list", "data": data}))
+
+
+async def model(request: Request) -> Any:
+    """`GET /v1/models/{model}` (the SDK's `models.retrieve`): 404 `model_not_found` for a model the key cannot use."""
+    gw = _gw(request)
+    key = authenticate(gw, request)
+    name = request.path_params["model"]
+    if name not in gw.visible_models(key):
+        raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+    return RawJSON(orjson.dumps({"id": name, "object": "model", "created": 0, "owned_by": "insource"}))
 
 
 async def healthz(request: Request) -> Any:
@@ -94,6 +104,7 @@ def create_app(cfg: Config) -> Any:
 
     routes = [
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),

@@ -6,7 +6,10 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from insource.capture.slots import Template
 
 
 class Batcher:
@@ -59,6 +62,17 @@ class Batcher:
             self.running = False
 
 
+def input_template(raw: dict[str, Any]) -> Template | None:
+    """The prompt template a student was trained through (`insource dataset build` infers one), or None when
+    its inputs were the last user message's text: no template, or the `{"slots": ["input"]}` that
+    `distill.dataset.write_dataset` records for datasets written from (input, answer) pairs."""
+    from insource.capture.slots import Template
+
+    if not raw or "version" not in raw:
+        return None
+    return Template.from_dict(raw)
+
+
 class StudentPool:
     def __init__(self, registry: Path) -> None:
         self.registry = registry
@@ -84,22 +98,20 @@ class StudentPool:
         return self._students[name]
 
     def _load(self, name: str) -> Any:
-        from insource.capture.slots import Template
         from insource.distill.registry import load_student
 
         student = load_student(self.registry, name)
-        self._templates[name] = Template.from_dict(student.template) if student.template else None
+        self._templates[name] = input_template(student.template)
         return student
 
     def extract(self, name: str, messages: list[Any]) -> str:
+        """The student's input: the template's varying part, else the last user message's text (as trained)."""
+        from insource.capture.slots import last_user_text
+
         template = self._templates.get(name)
         if template is not None:
             return str(template.extract(messages))
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                return content if isinstance(content, str) else str(content)
-        return ""
+        return last_user_text(messages).strip()
 
     async def predict(self, name: str, text: str) -> tuple[Any, float]:
         return await self._batchers[name].predict(text)

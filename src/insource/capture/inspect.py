@@ -33,7 +33,8 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
     usage = {
         r["task"]: r
         for r in store.query(
-            "SELECT task, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost_usd "
+            "SELECT task, SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END) AS requests,"
+            " COALESCE(SUM(cost_usd), 0) AS cost_usd "
             "FROM usage WHERE task IS NOT NULL GROUP BY task"
         )
     }

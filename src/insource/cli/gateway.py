@@ -244,11 +244,12 @@ def spend(
     if json:
         print_json(rows)
         return
-    table = Table(shown(by), "requests", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
+    table = Table(shown(by), "requests", "audits", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
     for r in rows:
         table.add_row(
             literal(r[by]),
             literal(r["requests"]),
+            literal(r.get("audits", 0)),
             str(r["prompt_tokens"]),
             str(r["cached_tokens"]),
             str(r["completion_tokens"]),

@@ -17,6 +17,11 @@ GROUPS = {
     "served_by": "served_by",
 }
 
+# Teacher audits of student answers are usage records of their own (endpoint 'audit'): their cost is real spend,
+# but they are not requests callers sent, so `requests` leaves them out and `audits` counts them.
+CALLER_REQUESTS = "SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END)"
+AUDITS = "SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END)"
+
 
 def parse_since(since: str | None) -> float:
     if not since:
@@ -35,7 +40,8 @@ def spend(store: Store, by: str = "tenant", since: str | None = None) -> list[di
         raise BadRequest(f"--by must be one of {', '.join(GROUPS)}, got {by!r}", param="by")
     expr = GROUPS[by]
     rows = store.query(
-        f"SELECT {expr} AS grp, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt_tokens,"
+        f"SELECT {expr} AS grp, {CALLER_REQUESTS} AS requests, {AUDITS} AS audits,"
+        " SUM(prompt_tokens) AS prompt_tokens,"
         " SUM(cached_tokens) AS cached_tokens, SUM(completion_tokens) AS completion_tokens,"
         " SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_usd) AS cost_usd,"
         " SUM(cost_avoided_usd) AS cost_avoided_usd FROM usage WHERE ts >= ?"
@@ -47,7 +53,8 @@ def spend(store: Store, by: str = "tenant", since: str | None = None) -> list[di
         out.append(
             {
                 by: row["grp"],
-                "requests": int(row["requests"]),
+                "requests": int(row["requests"] or 0),
+                "audits": int(row["audits"] or 0),
                 "prompt_tokens": int(row["prompt_tokens"] or 0),
                 "cached_tokens": int(row["cached_tokens"] or 0),
                 "completion_tokens": int(row["completion_tokens"] or 0),

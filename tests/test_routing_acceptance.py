@@ -213,3 +213,25 @@ def test_models_retrieve_and_unknown_model(gateway: Gateway) -> None:
         c2.models.retrieve("flaky-mini")  # exists, but not for this key
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=gateway.base_url, api_key="isk-wrong", max_retries=0).models.retrieve("gpt-4o-mini")
+
+
+def test_route_set_pins_latest_to_the_version_it_names_now(home: Home) -> None:
+    for name in (f"{TASK}@latest", TASK):
+        out = home.gw.cli("route", "set", "--task", TASK, "--model", name, "--mode", "shadow", "--json").stdout
+        assert json.loads(out)["model"] == home.model
+        (row,) = [r for r in json.loads(home.gw.cli("route", "show", "--json").stdout) if r["task"] == TASK]
+        assert row["model"] == home.model and row["events"][-1]["detail"]["model"] == home.model
+    missing = run_cli(
+        "route",
+        "set",
+        "--task",
+        "nothing",
+        "--model",
+        "nothing@latest",
+        "--mode",
+        "shadow",
+        "--config",
+        str(home.gw.config),
+        check=False,
+    )
+    assert missing.returncode != 0 and "no usable model registered for task 'nothing'" in missing.stderr

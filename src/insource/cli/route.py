@@ -71,7 +71,9 @@ def route_set(
     if json:
         print_json(row)
     else:
-        console.print(f"task [bold]{shown(task)}[/] → {shown(model)} in [bold]{shown(mode)}[/] mode", highlight=False)
+        console.print(
+            f"task [bold]{shown(task)}[/] → {shown(row['model'])} in [bold]{shown(mode)}[/] mode", highlight=False
+        )
 
 
 @route_app.command("show")

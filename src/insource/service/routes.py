@@ -134,8 +134,18 @@ def resolve_policy(cfg: Config, policy: RoutePolicy, cli: bool = True) -> RouteP
     return policy
 
 
+def pin_model(registry: Path, model: str) -> str:
+    """`TASK@latest` (or a bare `TASK`) named in `route set`: the version it is now, so that a route always names
+    one version and a later `insource distill` never changes what answers without a new `route set`."""
+    from insource.distill.registry import resolve
+
+    _task, sep, version = model.partition("@")
+    return resolve(registry, model).name if not sep or version == "latest" else model
+
+
 def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
     """Validate and store a task's routing policy; every worker picks it up within a second."""
+    policy = dataclasses.replace(policy, model=pin_model(cfg.registry_path(), policy.model))
     policy = resolve_policy(cfg, policy)
     now = time.time()
     store.execute(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -34,6 +39,25 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+@contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """SIGTERM (`kill`, a CI or container timeout) unwinds like Ctrl-C, so the half-built staging folder is
+    removed instead of being left in the registry; exit code 143 as for a plain SIGTERM."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (an embedding program): keep its handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @app.command()
@@ -71,7 +95,7 @@ def distill(
         from insource.cli.common import get_store
 
         store = get_store(cfg)
-    with StageProgress(err_console, f"{task}: ") as progress:
+    with _terminate_cleanly(), StageProgress(err_console, f"{task}: ") as progress:
         result = run_distill(
             cfg,
             task,
@@ -89,8 +113,8 @@ def distill(
         print_json(result)
         return
     for key, value in sorted(result["metrics"].items()):
-        console.print(literal(f"{key}: {_fmt(value)}"))
-    console.print(literal(result["model"]))
+        console.print(literal(f"{key}: {_fmt(value)}"), soft_wrap=True)
+    console.print(literal(result["model"]), soft_wrap=True)  # never wrapped: scripts read the last line
 
 
 def _candidates_table(result: dict[str, Any]) -> Table:
@@ -141,6 +165,24 @@ def _eval_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _no_threshold_note(result: dict[str, Any]) -> str:
+    """Why eval found no threshold, and what would give one."""
+    target, n = float(result["target_agreement"]), int(result.get("val_n") or 0)
+    note = (
+        f"no confidence threshold reaches agreement {target:g} on validation with its safety margin "
+        "(Wilson lower bound, z = 1): at this target the teacher keeps answering everything"
+    )
+    if target >= 1.0:
+        return note + "; the bound never reaches 1: choose a --target-agreement below 1"
+    needed = math.ceil(target / (1.0 - target) - 1e-9)  # a perfect student's bound is n / (n + 1)
+    if n < needed:
+        note += (
+            f"; with {n} validation examples even a perfect student's bound is {n / (n + 1):.3f}: "
+            f"capture more traffic (at least {needed} validation examples) or lower --target-agreement"
+        )
+    return note
+
+
 @app.command("eval")
 @handle_errors
 def eval_cmd(
@@ -171,6 +213,8 @@ def eval_cmd(
 
         write_chart(result, chart)
         err_console.print(literal(f"chart written to {chart}"))
+    if result.get("threshold") is None:
+        err_console.print(literal(_no_threshold_note(result), style="yellow"), soft_wrap=True)
     if json_out:
         print_json(result)
         return
@@ -232,7 +276,10 @@ def models_show(
         from rich.markdown import Markdown
 
         console.print(Markdown(visible(card.read_text("utf-8", errors="replace"), multiline=True)))
-    console.print(literal(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}"))
+    if info["student"] == "lora":
+        console.print("thresholds: none (a generative student has no confidence threshold)")
+    else:
+        console.print(literal(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}"))
     if "eval_error" in info:
         err_console.print(literal(info["eval_error"], style="yellow"))
     status = "[green]ok[/]" if problem is None else f"[red]damaged: {shown(problem)}[/]"

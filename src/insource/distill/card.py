@@ -26,14 +26,30 @@ def _head_lines(head: Any) -> list[str]:
     return [f"- Head: {' + '.join(parts)}; out of distribution below cosine {_fmt(head.get('ood_threshold'))}"]
 
 
+_CLASSIFIER_NOTE = [
+    "The student's answers are the teacher's exact answer strings seen in training; inputs unlike the",
+    "training traffic are flagged out-of-distribution and deferred to the teacher.",
+]
+_CLASSIFIER_NEXT = "Run `insource eval` for test-split agreement, the coverage–agreement curve and thresholds."
+_GENERATIVE_NOTE = [
+    "A generative student: it writes its own answers (a LoRA adapter in `adapter/`, merged into the base model",
+    "in `merged/`). Serve it with vLLM or llama.cpp (docs/lora.md) and declare it as a provider.",
+]
+_GENERATIVE_NEXT = "Measure it against the teacher through its serving endpoint (`insource eval` measures classifiers)."
+
+
 def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
+    generative = info.get("student") == "lora"
+    kind_lines = (
+        [f"- Base model: `{info.get('base_model')}`"] if generative else [f"- Classes: {len(info.get('labels') or [])}"]
+    )
     lines = [
         f"# {info.get('name', info.get('task'))}",
         "",
         f"- Task: `{info.get('task')}`",
         f"- Student: `{info.get('student')}`",
         f"- Created: {info.get('created_at')}",
-        f"- Classes: {len(info.get('labels') or [])}",
+        *kind_lines,
         f"- Runtime: {_fmt(info.get('runtime', {}))}",
         *_head_lines(info.get("head")),
         "",
@@ -46,8 +62,7 @@ def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
         f"- Refused by the terms guard: {_fmt(manifest.get('refused', {}))}",
         f"- Purpose: {manifest.get('purpose', 'train')}",
         "",
-        "The student's answers are the teacher's exact answer strings seen in training; inputs unlike the",
-        "training traffic are flagged out-of-distribution and deferred to the teacher.",
+        *(_GENERATIVE_NOTE if generative else _CLASSIFIER_NOTE),
         "",
         "## Metrics (validation split)",
         "",
@@ -55,5 +70,5 @@ def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted((info.get("metrics") or {}).items())]
-    lines += ["", "Run `insource eval` for test-split agreement, the coverage–agreement curve and thresholds.", ""]
+    lines += ["", _GENERATIVE_NEXT if generative else _CLASSIFIER_NEXT, ""]
     return "\n".join(lines)

@@ -103,17 +103,26 @@ def _load_base(base: Path) -> tuple[Any, Any]:
     quiet_transformers()
     if not (base / "config.json").is_file():
         raise NotReady(f"--base-model {base} is not a Hugging Face model folder (config.json missing)")
-    tok = AutoTokenizer.from_pretrained(str(base))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(base))
+    except (OSError, ValueError) as exc:  # no or unreadable tokenizer files, a damaged config.json
+        raise NotReady(f"--base-model {base}: its tokenizer cannot be loaded ({_one_line(exc)})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     import torch
 
-    if torch.cuda.is_available():  # the real (GPU) run: bf16 on the first visible GPU
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16)
-        model = cast(Any, model).to("cuda")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(base))
-    return model, tok
+    gpu = torch.cuda.is_available()  # the real (GPU) run: bf16 on the first visible GPU
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base), **({"dtype": torch.bfloat16} if gpu else {}))
+    except (OSError, ValueError) as exc:  # no weights, a damaged file, a config no causal LM class reads
+        raise NotReady(f"--base-model {base}: its causal LM weights cannot be loaded ({_one_line(exc)})") from None
+    return (cast(Any, model).to("cuda") if gpu else model), tok
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's (often multi-line) error message on one line, at most 300 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _lora(model: Any) -> Any:
@@ -156,7 +165,8 @@ def train_lora(
         raise NotReady("the lora student needs --base-model DIR (a Hugging Face causal LM folder)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers/peft deprecation notices, not our errors
-        return _train_lora(ds, folder, base_model, epochs, step)
+        # an absolute path in model.json and the card: the provenance must not depend on the cwd of distill
+        return _train_lora(ds, folder, Path(os.path.abspath(base_model.expanduser())), epochs, step)
 
 
 def _train_lora(ds: Dataset, folder: Path, base_model: Path, epochs: int, step: Step) -> dict[str, Any]:

@@ -44,6 +44,7 @@ _ROLES = {
     "lexical.npz": "the lexical view",
 }
 CLASSIFIER_KINDS = ("classifier", "classifier-strong")
+STUDENT_KINDS = (*CLASSIFIER_KINDS, "lora")
 _NAME_RE = re.compile(r"^(?P<task>[A-Za-z0-9][A-Za-z0-9_.\-]*)@v(?P<version>[0-9]+)$")
 _TASK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -57,7 +58,12 @@ class Prediction:
 
 def check_task_name(task: str) -> str:
     if not _TASK_RE.match(task):
-        raise NotReady(f"invalid task name {task!r}: use letters, digits, '.', '_' or '-'")
+        hint = re.sub(r"[^A-Za-z0-9_.\-]+", "-", task).strip("-._")
+        example = f" (e.g. {hint!r})" if hint and _TASK_RE.match(hint) else ""
+        raise NotReady(
+            f"invalid task name {task!r}: a student's name (TASK@vN) uses letters, digits, '.', '_' or '-'; "
+            f"tag the task's traffic with such a name{example} to distill it"
+        )
     return task
 
 
@@ -74,10 +80,23 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_model_info(folder: Path) -> dict[str, Any]:
+    """model.json of an entry (or a staging folder), checked: its keys, a known student kind, and for a
+    version folder that it describes that very version (a hand-copied or hand-edited entry is corrupt)."""
     info = read_json(folder / MODEL_FILE)
     for key in ("name", "task", "version", "student"):
         if key not in info:
             raise NotReady(f"corrupt registry entry {folder.name}: model.json has no {key!r}")
+    if info["student"] not in STUDENT_KINDS:
+        raise NotReady(
+            f"corrupt registry entry {folder.name}: model.json names an unknown student kind {info['student']!r} "
+            f"(known: {', '.join(STUDENT_KINDS)})"
+        )
+    m = _NAME_RE.match(folder.name)
+    if m and (info["name"], info["task"], info["version"]) != (folder.name, m["task"], int(m["version"])):
+        raise NotReady(
+            f"corrupt registry entry {folder.name}: its model.json describes {info['name']!r} "
+            f"(task {info['task']!r}, version {info['version']!r}), not this folder"
+        )
     return info
 
 
@@ -114,7 +133,11 @@ def _recorded_files(info: dict[str, Any]) -> dict[str, int | None]:
 
 
 def file_problem(folder: Path, info: dict[str, Any]) -> str | None:
-    """Cheap check (stat only) that the weight files are there, non-empty and of their registered size."""
+    """Cheap check (stat only) that the weight files are there, non-empty and of their registered size (and
+    that a classifier has the labels it answers with)."""
+    labels = info.get("labels")
+    if info.get("student") in CLASSIFIER_KINDS and (not isinstance(labels, list) or not labels):
+        return f"corrupt registry entry {folder.name}: model.json has no labels"
     for name, size in sorted(_recorded_files(info).items()):
         what = _ROLES.get(name, "a weight file")
         where = f"corrupt registry entry {folder.name}: {name} ({what})"

@@ -116,6 +116,8 @@ def distill(
         raise NotReady(f"unknown student {student!r}: choose one of {', '.join((*STUDENTS, 'auto'))}")
     if student == "auto":
         check_target(target)
+    if base_model is not None and student != "lora":
+        raise NotReady(f"--base-model is for --student lora only (not {student}): add --student lora, or drop it")
     say = step or quiet
     if dataset is None:
         if store is None:

@@ -127,6 +127,7 @@ def _threshold_block(val: Scored, test: Scored, target: float) -> dict[str, Any]
         "meets_target": agreement is not None and agreement >= target,
         "val_coverage_at_threshold": round(val_cov, 5),
         "val_agreement_at_threshold": None if val_agr is None else round(val_agr, 5),
+        "val_n": len(val.correct),
         "end_to_end_agreement": round((hits + deferred_ok) / n, 5) if n else None,
     }
 
@@ -199,6 +200,11 @@ def _dataset_for(info: dict[str, Any], dataset: Path | None) -> Dataset:
         if not recorded:
             raise NotReady(f"{info['name']} records no dataset: pass --dataset DIR")
         dataset = Path(recorded)
+        if not (dataset / "dataset.json").is_file():
+            raise NotReady(
+                f"{info['name']} was trained on the dataset {dataset}, which is no longer there: "
+                f"pass --dataset DIR (a dataset of task {info['task']!r})"
+            )
     ds = load_dataset(dataset)
     if ds.task and ds.task != info["task"]:
         raise NotReady(

@@ -264,3 +264,21 @@ def gateway(upstream: tuple[FakeUpstream, ServerHandle], tmp_path_factory: pytes
     stop_gateway(gw)
     bouncer.stop()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def encoder_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base encoder exported to int8 ONNX once per test session (outside the repo)."""
+    root = tmp_path_factory.getbasetemp() / "insource-encoder-cache"
+    from insource.distill.export import cached_base_encoder
+
+    cached_base_encoder(root)
+    return root
+
+
+def make_home(base: Path, encoder_cache: Path) -> Path:
+    """A config + empty registry whose cache already holds the exported encoder."""
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "insource.toml").write_text('[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n')
+    shutil.copytree(encoder_cache / "encoders", base / "models" / ".cache" / "encoders")
+    return base / "insource.toml"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import shutil
 import time
 import uuid
 from collections import defaultdict
@@ -17,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.conftest import make_home
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
 from insource.config import load_config
 from insource.distill.dataset import write_dataset
-from insource.distill.export import cached_base_encoder
 from insource.distill.registry import list_models, load_student
 from insource.errors import NotReady
 from insource.store import open_store
@@ -68,22 +67,6 @@ def banking_subset(folder: Path, **kwargs: Any) -> Path:
 
 def cli(*args: str) -> Any:
     return runner.invoke(app, list(args))
-
-
-@pytest.fixture(scope="session")
-def encoder_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The base encoder exported to int8 ONNX once per test session (outside the repo)."""
-    root = tmp_path_factory.getbasetemp() / "insource-encoder-cache"
-    cached_base_encoder(root)
-    return root
-
-
-def make_home(base: Path, encoder_cache: Path) -> Path:
-    """A config + empty registry whose cache already holds the exported encoder."""
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "insource.toml").write_text('[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n')
-    shutil.copytree(encoder_cache / "encoders", base / "models" / ".cache" / "encoders")
-    return base / "insource.toml"
 
 
 @pytest.fixture(scope="module")

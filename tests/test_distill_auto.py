@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_distill import DATA, banking_subset, cli, make_home
+from tests.conftest import make_home
+from tests.test_distill import DATA, banking_subset, cli
 
 from insource.config import load_config
 from insource.distill.export import cached_base_encoder

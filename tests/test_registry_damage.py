@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_distill import DATA, banking_subset, cli, make_home
+from tests.conftest import make_home
+from tests.test_distill import DATA, banking_subset, cli
 from tests.test_eval_metrics import _result as chart_result
 from tests.test_registry import _builder
 

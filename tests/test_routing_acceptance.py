@@ -25,7 +25,6 @@ from rich.console import Console
 from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
 from insource.distill.dataset import write_dataset
-from insource.distill.export import cached_base_encoder
 from insource.service.students import StudentPool
 from insource.testing import demo_data
 from insource.testing.fake_upstream import FakeUpstream
@@ -44,7 +43,7 @@ class Home:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+def home(tmp_path_factory: pytest.TempPathFactory, encoder_cache: Path) -> Iterator[Home]:
     """A gateway whose registry holds a student distilled from a `write_dataset` dataset (no prompt template)."""
     base = tmp_path_factory.mktemp("routing-acceptance")
     teacher = SimulatedTeacher(speed=0, error_rate=0, server_error_rate=0, ambiguous_flip_rate=0)
@@ -55,8 +54,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
         f'base_url = "{handle.url}/v1"\nterms = "self-hosted"\n[models."gpt-4o-mini"]\n'
         f'targets = ["teacher:gpt-4o-mini"]\n'
     )
-    encoders = cached_base_encoder(base / "export").parent
-    shutil.copytree(encoders, base / "models" / ".cache" / "encoders")
+    shutil.copytree(encoder_cache / "encoders", base / "models" / ".cache" / "encoders")
     pairs = demo_data.generate(260, seed=23, ambiguous_share=0)
     dataset = write_dataset(base / "ds", TASK, {"train": pairs[:200], "val": pairs[200:230], "test": pairs[230:]})
     distilled = run_cli("distill", "--task", TASK, "--dataset", str(dataset), "--config", str(config), "--json")

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import make_home
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
 from insource.distill.card import render_card
 from insource.distill.dataset import write_dataset
-from insource.distill.export import cached_base_encoder
 from insource.distill.registry import resolve
 from insource.testing import demo_data
 
@@ -56,24 +56,9 @@ def _dataset(folder: Path, task: str = TASK) -> Path:
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("encoder-cache")
-    cached_base_encoder(root)
-    return root
-
-
-def _home(base: Path, encoders: Path) -> Path:
-    """A config whose registry (`models/`) already holds the exported encoder in its cache."""
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "insource.toml").write_text('[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n')
-    shutil.copytree(encoders / "encoders", base / "models" / ".cache" / "encoders")
-    return base / "insource.toml"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, encoders: Path) -> dict[str, Any]:
+def trained(tmp_path_factory: pytest.TempPathFactory, encoder_cache: Path) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("students")
-    config = _home(base / "home", encoders)
+    config = make_home(base / "home", encoder_cache)
     dataset = _dataset(base / "ds")
     res = cli("distill", "--task", TASK, "--dataset", str(dataset), "--json", "--config", str(config))
     assert res.exit_code == 0, res.stderr
@@ -108,8 +93,12 @@ def test_sigterm_during_distill_removes_the_staging_folder(trained: dict[str, An
     config, registry = _copy_home(trained, tmp_path)
     before = sorted(p.name for p in registry.iterdir())
     markers = sorted(p.name for p in (registry / ".versions").iterdir())
-    proc = subprocess.Popen(
-        [*INSOURCE, "distill", "--task", TASK, "--dataset", str(trained["dataset"]), "--config", str(config)],
+    pairs = demo_data.generate(3000, seed=77)  # new texts: seconds of embedding inside the build, so the
+    dataset = write_dataset(
+        tmp_path / "big", TASK, {"train": pairs[:2000], "val": pairs[2000:2500], "test": pairs[2500:]}
+    )
+    proc = subprocess.Popen(  # signal below lands in the build however loaded the machine is
+        [*INSOURCE, "distill", "--task", TASK, "--dataset", str(dataset), "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -111,10 +111,14 @@ class FastPath:
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
         key = resolve_key(gw, auth, api_key)
+        kind = "embeddings" if scope["path"].endswith("embeddings") else "chat"
         try:
             raw = await read_body(receive, gw.max_body, declared)
         except PayloadTooLarge as exc:
-            chat.refused(gw, key, "embeddings" if scope["path"].endswith("embeddings") else "chat", exc)
+            chat.refused(gw, key, kind, exc)
+            raise
+        except ClientGone:
+            chat.gone(gw, key, kind)
             raise
         result = await use_case(gw, key, raw, task)
         if isinstance(result, chat.StreamReply):

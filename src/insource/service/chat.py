@@ -45,6 +45,12 @@ def _fail(gw: Gateway, ctx: RequestContext, exc: InsourceError) -> None:
     gw.finish(ctx)
 
 
+def _cancelled(gw: Gateway, ctx: RequestContext) -> None:
+    """The request's task was cancelled before an answer (e.g. shutdown's grace period ran out): still metered."""
+    ctx.status, ctx.error_code = 499, "cancelled"
+    gw.finish(ctx)
+
+
 def _capture(
     gw: Gateway,
     ctx: RequestContext,
@@ -98,6 +104,9 @@ async def chat_completion(gw: Gateway, key: KeyInfo, raw: bytes, header_task: st
         return await _complete(gw, ctx, body)
     except InsourceError as exc:
         _fail(gw, ctx, exc)
+        raise
+    except asyncio.CancelledError:
+        _cancelled(gw, ctx)
         raise
 
 
@@ -186,6 +195,9 @@ async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | N
     except InsourceError as exc:
         _fail(gw, ctx, exc)
         raise
+    except asyncio.CancelledError:
+        _cancelled(gw, ctx)
+        raise
     ctx.mark_first_byte()
     ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)
     gw.finish(ctx)
@@ -195,3 +207,10 @@ async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | N
 def refused(gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError) -> None:
     """Meter a request refused after authentication before its body could be read (e.g. too large)."""
     _fail(gw, RequestContext(key, kind), exc)
+
+
+def gone(gw: Gateway, key: KeyInfo, kind: str) -> None:
+    """Meter a request whose client disconnected after authentication, before its body arrived (499)."""
+    ctx = RequestContext(key, kind)
+    ctx.status = 499
+    gw.finish(ctx)

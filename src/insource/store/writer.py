@@ -1,42 +1,62 @@
 """Batched background writer: requests never wait on the database.
 
-Items are queued in a bounded buffer and written in batches by one thread (flush on size or time).
-When the buffer is full, items are spooled to disk as JSON lines and replayed later: never dropped
-silently. Items may be rows, or deferred functions that produce rows in the writer thread (so costly
-work such as redaction stays off the request path).
+Items are queued in a bounded buffer and written in batches by one thread (flush on size or time). Items may be
+rows, or deferred functions that produce rows in the writer thread (so costly work such as redaction stays off
+the request path). Nothing is dropped silently; what cannot be written yet goes to the spool on disk
+(`spool.py`) and is written later, by this writer or, when it is gone, by the next one that starts:
+
+- the buffer is full: the item is spooled at once;
+- a batch fails: its rows are spooled;
+- the store stalls (a write has taken longer than `stall_s`, e.g. a lock held elsewhere): a guard thread spools a
+  copy of the batch being written and then, every `stall_s / 4`, the buffer, so memory holds only the last
+  moments (replays ignore rows already written, so a copy whose write did end is harmless);
+- closing: what cannot be written (a stalled store) is spooled instead of waited for; items submitted after
+  closing are spooled at once; at interpreter exit without `close` (a forced quit) the buffer is spooled.
+
+A row the store refuses on its own (while the rows around it are written) is set aside in a `rejected-` file and
+counted as failed, so it cannot hold back the others. An unreadable spool line (a crash in mid-write) is skipped
+and counted as dropped. Only a crash (SIGKILL, power loss) loses rows uncounted: those only in memory, i.e. the
+last `interval_s` and the batch being written, or during a stall the last `stall_s / 4`.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
-import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from insource.errors import ConfigError
+from insource.store.spool import Spool, decode
 from insource.store.sqlite import Row, Store
 
 log = logging.getLogger("insource.store")
 
 WriteItem = tuple[str, Row, bool]  # table, row, ignore duplicates
 Deferred = Callable[[], list[WriteItem]]
+_LIVE: weakref.WeakSet[BatchWriter] = weakref.WeakSet()
 
 
 @dataclass
 class WriterStats:
-    submitted: int = 0
-    written: int = 0
+    submitted: int = 0  # items: a usage row, or a deferred capture (which becomes several rows)
+    written: int = 0  # rows, as are all the counts below
     spooled: int = 0
     replayed: int = 0
     failed: int = 0
     dropped: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def _store_down(exc: BaseException) -> bool:
+    """The store cannot take anything now (locked, unreachable): unlike a row it refuses, this passes."""
+    return isinstance(exc, ConfigError | OSError) or type(exc).__name__ == "OperationalError"
 
 
 class BatchWriter:
@@ -48,21 +68,38 @@ class BatchWriter:
         max_queue: int = 50_000,
         batch_size: int = 1000,
         interval_s: float = 0.05,
+        stall_s: float = 1.0,
+        replay_every_s: float = 1.0,
+        adopt_every_s: float = 5.0,
     ) -> None:
         self.store = store
         self.spool_dir = spool_dir
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.interval_s = interval_s
+        self.stall_s = stall_s
+        self.replay_every_s = replay_every_s
+        self.adopt_every_s = adopt_every_s
         self.stats = WriterStats()
+        self._spool = Spool(spool_dir)
         self._queue: deque[WriteItem | Deferred] = deque()
         self._cond = threading.Condition()
-        self._busy = False
+        self._stats_lock = threading.Lock()
+        self._busy = True  # until the start-up replay is done
         self._stop = False
-        self._spool_lock = threading.Lock()
-        self._spool_file = spool_dir / f"spool-{uuid.uuid4().hex}.jsonl"
+        self._closed = False
+        self._released = False
+        self._write_started: float | None = None  # monotonic start of the store write in progress
+        self._inflight: list[WriteItem] = []  # the batch being built or written
+        self._inflight_on_disk = False  # a copy of it was spooled (the store stalled)
+        self._replay_due = 0.0
+        self._adopt_due = 0.0
+        self._guard_stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="insource-writer", daemon=True)
+        self._guard = threading.Thread(target=self._guard_run, name="insource-writer-guard", daemon=True)
+        _LIVE.add(self)
         self._thread.start()
+        self._guard.start()
 
     # -- producer side (hot path) -------------------------------------------------------------
     def submit(self, table: str, row: Row, *, ignore: bool = False) -> None:
@@ -73,31 +110,92 @@ class BatchWriter:
 
     def _put(self, item: WriteItem | Deferred) -> None:
         self.stats.submitted += 1
+        if self._closed:  # e.g. a request finished during shutdown: straight to disk
+            self._spool_items([item])
+            if self._released:
+                self._spool.release()  # the file is any writer's to replay at once
+            return
         if len(self._queue) >= self.max_queue:
-            self._spool(item)
+            self._spool_items([item])
             return
         self._queue.append(item)
         if len(self._queue) >= self.batch_size:
             with self._cond:
                 self._cond.notify()
 
-    def _spool(self, item: WriteItem | Deferred) -> None:
+    # -- spooling ------------------------------------------------------------------------------
+    def _count(self, name: str, n: int) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    def _spool_items(self, items: list[WriteItem | Deferred]) -> None:
+        rows: list[WriteItem] = []
+        for item in items:
+            rows.extend(self._run_deferred(item) if callable(item) else [item])
+        self._spool_rows(rows)
+
+    def _spool_rows(self, rows: list[WriteItem]) -> None:
         try:
-            rows = item() if callable(item) else [item]
-            data = b"".join(orjson.dumps([t, r, i]) + b"\n" for t, r, i in rows)
-            with self._spool_lock:
-                self.spool_dir.mkdir(parents=True, exist_ok=True)
-                with self._spool_file.open("ab") as fh:
-                    fh.write(data)
-            self.stats.spooled += len(rows)
-        except (OSError, TypeError, ValueError) as exc:
-            self.stats.dropped += 1
-            log.error("writer: could not spool a record (%s); counted as dropped", type(exc).__name__)
+            self._spool.append(rows)
+            self._count("spooled", len(rows))
+            return
+        except (TypeError, ValueError):  # a row JSON cannot hold: spool the others one by one
+            pass
+        except OSError as exc:
+            self._count("dropped", len(rows))
+            self._note_error(f"could not spool {len(rows)} rows: {exc}")
+            log.error("writer: could not spool %d rows (%s); counted as dropped", len(rows), exc)
+            return
+        for row in rows:
+            try:
+                self._spool.append([row])
+                self._count("spooled", 1)
+            except (OSError, TypeError, ValueError) as exc:
+                self._count("dropped", 1)
+                log.error("writer: could not spool a record (%s); counted as dropped", type(exc).__name__)
+
+    def _take(self, limit: int) -> list[WriteItem | Deferred]:
+        items: list[WriteItem | Deferred] = []
+        while len(items) < limit:
+            try:
+                items.append(self._queue.popleft())
+            except IndexError:
+                break
+        return items
+
+    def _spool_inflight(self) -> None:
+        """Put a copy of the batch being written on disk (once): if the write never ends, the copy is replayed;
+        if it ends, the replay ignores the rows it finds already written."""
+        if self._inflight_on_disk or not self._inflight:
+            return
+        self._inflight_on_disk = True
+        rows = list(self._inflight)
+        log.warning("writer: the store stalls; spooling a copy of the %d rows being written", len(rows))
+        self._spool_rows(rows)
+
+    def _spool_queue(self) -> None:
+        """Move the buffer to disk (the guard, while the store stalls; and closing)."""
+        while items := self._take(self.batch_size):
+            self._spool_items(items)
+
+    # -- the guard: a stalled store must not keep rows only in memory --------------------------
+    def _stalled(self) -> bool:
+        started = self._write_started
+        return started is not None and time.monotonic() - started >= self.stall_s
+
+    def _guard_run(self) -> None:
+        while not self._guard_stop.wait(max(self.stall_s / 4, 0.01)):
+            try:
+                if self._stalled():
+                    self._spool_inflight()
+                    self._spool_queue()
+            except Exception as exc:  # the guard must outlive any error; counted where it happened
+                self._note_error(f"guard: {type(exc).__name__}: {exc}")
+                log.exception("writer guard failed")
 
     # -- consumer side -----------------------------------------------------------------------
     def _run(self) -> None:
-        self._replay_spool()
-        last_replay = time.monotonic()
+        self._step()  # first of all, replay what earlier writers left behind
         while True:
             with self._cond:
                 if not self._queue and not self._stop:
@@ -105,102 +203,166 @@ class BatchWriter:
                 if self._stop and not self._queue:
                     return
                 self._busy = True
-            try:
-                self._drain()
-                if time.monotonic() - last_replay > 5.0:
-                    self._replay_spool()
-                    last_replay = time.monotonic()
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            self._step()
+
+    def _step(self) -> None:
+        try:
+            self._drain()
+            self._replay()
+        except Exception as exc:  # the writer thread must never die: it is the only one writing
+            self._note_error(f"writer: {type(exc).__name__}: {exc}")
+            log.exception("writer: unexpected error")
+            time.sleep(self.interval_s)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
     def _drain(self) -> None:
         while self._queue:
-            batch: list[WriteItem] = []
-            while self._queue and len(batch) < self.batch_size:
-                item = self._queue.popleft()
-                if callable(item):
-                    batch.extend(self._run_deferred(item))
-                else:
-                    batch.append(item)
+            batch = self._inflight = []
+            self._inflight_on_disk = False
+            for item in self._take(self.batch_size):
+                batch.extend(self._run_deferred(item) if callable(item) else [item])
             self._write(batch)
+            self._inflight = []
 
     def _run_deferred(self, fn: Deferred) -> list[WriteItem]:
         try:
             return fn()
         except Exception as exc:  # a bug in a producer must not kill the writer; it is counted
-            self.stats.failed += 1
+            self._count("failed", 1)
             self._note_error(f"deferred record failed: {type(exc).__name__}: {exc}")
             log.exception("writer: a deferred record failed")
             return []
+
+    def _store_write(self, rows: list[WriteItem]) -> None:
+        self._write_started = time.monotonic()
+        try:
+            self.store.write_batch(rows)
+        finally:
+            self._write_started = None
 
     def _write(self, batch: list[WriteItem]) -> None:
         if not batch:
             return
         try:
-            self.store.write_batch(batch)
-            self.stats.written += len(batch)
+            self._store_write(batch)
+            self._count("written", len(batch))
         except Exception as exc:  # database trouble: keep the rows on disk instead of losing them
             self._note_error(f"batch write failed: {type(exc).__name__}: {exc}")
             log.error("writer: batch write failed (%s); spooling %d rows", exc, len(batch))
-            for item in batch:
-                self._spool(item)
+            if not self._inflight_on_disk:  # else the guard spooled it already
+                self._spool_rows(batch)
 
     def _note_error(self, text: str) -> None:
         self.stats.errors = [*self.stats.errors[-9:], text]
 
-    def _replay_spool(self) -> None:
-        if not self.spool_dir.exists():
-            return
-        with self._spool_lock:
-            files = sorted(self.spool_dir.glob("spool-*.jsonl"))
-            for file in files:
-                claimed = file.with_suffix(".replaying")
-                try:
-                    file.rename(claimed)
-                except OSError:
-                    continue
-                self._replay_file(claimed)
+    # -- replay ------------------------------------------------------------------------------
+    def _replay(self) -> None:
+        now = time.monotonic()
+        if now >= self._replay_due:
+            self._replay_due = now + self.replay_every_s
+            for file in self._spool.rotate():
+                if not self._replay_file(file):
+                    break
+        if now >= self._adopt_due:
+            self._adopt_due = now + self.adopt_every_s
+            self._adopt()
 
-    def _replay_file(self, file: Path) -> None:
-        rows: list[WriteItem] = []
-        for line in file.read_bytes().splitlines():
-            if line.strip():
-                table, row, _ignore = orjson.loads(line)
-                rows.append((table, row, True))
+    def _adopt(self) -> None:
+        """Replay the files of writers that are gone (crashed, killed, or closed with rows left)."""
+        for owner in self._spool.gone_owners():
+            with self._spool.adopt(owner) as files:
+                for file in files:
+                    if not self._replay_file(file):
+                        return
+
+    def _replay_file(self, file: Path) -> bool:
+        """Write one spool file's rows (duplicates ignored) and delete it. False when the store is down."""
         try:
-            for start in range(0, len(rows), self.batch_size):
-                self.store.write_batch(rows[start : start + self.batch_size])
-            self.stats.replayed += len(rows)
-            file.unlink()
-        except Exception as exc:  # leave the file for the next attempt
-            self._note_error(f"spool replay failed: {exc}")
-            file.rename(file.with_suffix(".jsonl"))
+            rows, bad = decode(file.read_bytes())
+        except FileNotFoundError:
+            return True
+        for start in range(0, len(rows), self.batch_size):
+            if not self._replay_rows(rows[start : start + self.batch_size]):
+                return False
+        if bad:
+            self._count("dropped", bad)
+            self._note_error(f"{bad} unreadable lines in {file.name}")
+            log.error("writer: %d unreadable lines in %s (a crash in mid-write); counted as dropped", bad, file.name)
+        self._count("replayed", len(rows))
+        file.unlink(missing_ok=True)
+        return True
+
+    def _replay_rows(self, rows: list[WriteItem]) -> bool:
+        try:
+            self._store_write(rows)
+            return True
+        except Exception as exc:
+            if _store_down(exc):
+                self._note_error(f"spool replay failed: {type(exc).__name__}: {exc}")
+                return False
+        return self._replay_one_by_one(rows)
+
+    def _replay_one_by_one(self, rows: list[WriteItem]) -> bool:
+        """A batch the store refused: write its rows singly and set aside the ones it refuses (when it took
+        others: refusing them all is the store's trouble, not the rows')."""
+        rejected: list[WriteItem] = []
+        for row in rows:
+            try:
+                self._store_write([row])
+            except Exception as exc:
+                if _store_down(exc):
+                    return False
+                rejected.append(row)
+                self._note_error(f"row refused by the store: {type(exc).__name__}: {exc}")
+        if len(rejected) > 1 and len(rejected) == len(rows):
+            return False
+        if rejected:
+            self._count("failed", len(rejected))
+            log.error("writer: the store refused %d spooled rows; kept in a rejected- file", len(rejected))
+            self._spool.append_rejected(rejected)
+        return True
 
     # -- control -----------------------------------------------------------------------------
     def pending(self) -> int:
         return len(self._queue)
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued so far is written. True when drained."""
-        deadline = time.monotonic() + timeout
+        """Wait until everything queued so far is written (or spooled). True when drained."""
+        return self._wait_drained(time.monotonic() + timeout, give_up_on_stall=False)
+
+    def _wait_drained(self, deadline: float, *, give_up_on_stall: bool) -> bool:
         with self._cond:
             self._cond.notify_all()
             while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if time.monotonic() >= deadline or (give_up_on_stall and self._stalled()):
                     return False
-                self._cond.wait(min(left, 0.05))
+                self._cond.wait(0.05)
                 self._cond.notify_all()
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        self.flush(timeout)
+        """Write what is queued; when the store stalls or time runs out, spool the rest instead. Never drops."""
+        self._closed = True
+        drained = self._wait_drained(time.monotonic() + timeout, give_up_on_stall=True)
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if not drained:
+            self._abandon()
+        self._thread.join(timeout if drained else min(timeout, 1.0))
+        self._guard_stop.set()
+        self._guard.join(1.0)
+        self._spool.release()
+        self._released = True
+        _LIVE.discard(self)
+
+    def _abandon(self) -> None:
+        """The store is stalled: a copy of the batch being written, and the queue, go to disk."""
+        self._spool_inflight()
+        self._spool_queue()
 
     def report(self) -> dict[str, Any]:
         s = self.stats
@@ -212,5 +374,15 @@ class BatchWriter:
             "replayed": s.replayed,
             "failed": s.failed,
             "dropped": s.dropped,
+            "stalled": self._stalled(),
             "errors": list(s.errors),
         }
+
+
+@atexit.register
+def _spool_at_exit() -> None:
+    """A forced quit skips `close`: what is still queued goes to disk rather than vanishing with the process."""
+    for writer in list(_LIVE):
+        if not writer._closed:
+            writer._closed = True
+            writer._abandon()

@@ -20,8 +20,15 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+# No request is billed 2^31 tokens: a larger count from an upstream is a bug, clamped so the usage record still
+# fits every store's INTEGER column (PostgreSQL's is 32-bit) instead of being refused and lost.
+MAX_TOKENS = 2**31 - 1
+
+
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return 0
+    return min(value, MAX_TOKENS)
 
 
 def parse_usage(raw: Any) -> Usage | None:

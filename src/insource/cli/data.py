@@ -95,7 +95,10 @@ def dataset_build(
     fmt: Annotated[Format, typer.Option("--format", help="Split files format.")] = Format.openai_jsonl,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the random split.")] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace --out when it holds a previous dataset (never anything else).")
+        bool,
+        typer.Option(
+            "--force", help="Replace a non-empty --out (never one holding the store, config, registry or spool)."
+        ),
     ] = False,
     kind: Annotated[
         Kind | None,

@@ -1,13 +1,18 @@
 """Azure OpenAI: deployment names in the path, `api-version` in the query, the `api-key` header.
 
-Azure's stream quirks (a first chunk with empty `choices`, content-filter-only chunks) are relayed
-unchanged; the service layer's stream reader tolerates them.
+Azure's stream quirks (a first chunk with empty `choices`, content-filter-only chunks) are relayed; the
+service layer's stream reader tolerates them (and gives a content-filter-only choice the empty `delta`
+OpenAI clients require).
+
+`base_url` may be what the portal shows: the resource, its `/openai` path, a deployment's path or a whole
+request URL. Only the resource root is kept (the deployment comes from the model's target); an `api-version`
+in its query is used unless `api_version` is set.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from insource.config import ProviderConfig
 from insource.providers.base import UpstreamResponse
@@ -19,12 +24,13 @@ class AzureProvider(HttpProvider):
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config, "api-key")
-        base = config.base_url
-        # Tolerate a base_url that already holds the /openai path (a common Azure misconfiguration).
-        self._root = base if base.endswith("/openai") else f"{base}/openai"
+        root, version = azure_root(config.base_url)
+        self._root = f"{root}/openai"
+        explicit = "api_version" in config.model_fields_set
+        self._version = config.api_version if explicit or version is None else version
 
     def _url(self, deployment: str, op: str) -> str:
-        return f"{self._root}/deployments/{quote(deployment, safe='')}/{op}?api-version={self.config.api_version}"
+        return f"{self._root}/deployments/{quote(deployment, safe='')}/{op}?api-version={quote(self._version)}"
 
     @staticmethod
     def _body(body: dict[str, Any]) -> dict[str, Any]:
@@ -38,3 +44,15 @@ class AzureProvider(HttpProvider):
 
     async def embed(self, model: str, body: dict[str, Any]) -> UpstreamResponse:
         return await self._http.post_json(self._url(model, "embeddings"), self._headers, self._body(body))
+
+
+def azure_root(base_url: str) -> tuple[str, str | None]:
+    """The resource root of an Azure `base_url` (everything from its `/openai` segment on dropped, and the
+    query), and the `api-version` its query names, if any."""
+    parts = urlsplit(base_url)
+    segments = parts.path.split("/")
+    if "openai" in segments:
+        segments = segments[: segments.index("openai")]
+    root = urlunsplit((parts.scheme, parts.netloc, "/".join(segments).rstrip("/"), "", ""))
+    versions = parse_qs(parts.query).get("api-version")
+    return root, (versions[0] if versions else None)

@@ -14,8 +14,11 @@ class OpenAIProvider(HttpProvider):
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config, "Authorization", "Bearer ")
-        self._chat = f"{config.base_url}/chat/completions"
-        self._embed = f"{config.base_url}/embeddings"
+        base = config.base_url
+        for op in ("/chat/completions", "/embeddings"):  # a base_url holding a whole endpoint's URL
+            base = base.removesuffix(op)
+        self._chat = f"{base}/chat/completions"
+        self._embed = f"{base}/embeddings"
 
     async def complete(self, model: str, body: dict[str, Any]) -> UpstreamResponse:
         return await self._http.post_json(self._chat, self._headers, {**body, "model": model})

@@ -53,9 +53,14 @@ class StreamAccumulator:
         self.model = data.get("model") or self.model
         self.response_id = data.get("id") or self.response_id
         choices = data.get("choices") or []
+        changed = False
         for choice in choices:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                self._take_choice(choice)
+            if isinstance(choice, dict):
+                if choice.get("index", 0) == 0:
+                    self._take_choice(choice)
+                if "delta" not in choice:  # Azure's content-filter-only choice: OpenAI clients require a delta
+                    choice["delta"] = {}
+                    changed = True
         raw_usage = data.get("usage")
         if raw_usage:
             self.usage = parse_usage(raw_usage)
@@ -63,8 +68,8 @@ class StreamAccumulator:
                 if not choices:
                     return None
                 data.pop("usage", None)
-                return b"data: " + orjson.dumps(data) + b"\n\n"
-        return event
+                changed = True
+        return b"data: " + orjson.dumps(data) + b"\n\n" if changed else event
 
     def _take_choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}

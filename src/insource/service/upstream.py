@@ -14,6 +14,7 @@ from insource.service.context import RequestContext
 
 T = TypeVar("T")
 SERVED_BY = "X-Insource-Served-By"
+NO_CLIENT_RETRY = {"x-should-retry": "false"}  # honoured by the OpenAI SDKs, which retry 5xx twice by default
 Operation = Callable[[Provider, str], Awaitable[T]]
 
 
@@ -47,6 +48,7 @@ class Upstreams:
             except UpstreamError as exc:
                 exc.headers.setdefault(SERVED_BY, f"{pname}:{umodel}")  # an error a target answered says which
                 if not exc.retryable:
+                    exc.headers.update(NO_CLIENT_RETRY)  # the same request fails again
                     raise
                 last = exc
                 continue
@@ -55,6 +57,8 @@ class Upstreams:
                     breaker.end_trial()  # a probe that was cancelled or raised oddly must not hold the breaker
             ctx.provider, ctx.upstream_model, ctx.served_by = pname, umodel, f"{pname}:{umodel}"
             return result
+        if ctx.attempts > 1:  # insource already retried or fell back: a client's retries would multiply its attempts
+            last.headers.update(NO_CLIENT_RETRY)
         raise last
 
     async def _call_target(self, ctx: RequestContext, pname: str, umodel: str, op: Operation[T]) -> T:

@@ -1,10 +1,15 @@
 """The metered endpoints straight on ASGI: `POST /v1/chat/completions` and `POST /v1/embeddings` skip
 Starlette's Request, router, middleware and exception wrappers (~60 µs a request). Every other path goes to
-the wrapped Starlette app."""
+the wrapped Starlette app.
+
+Apps written for Azure OpenAI (the `AzureOpenAI` SDK client, REST calls) reach the same use cases by changing
+only their endpoint: `POST /openai/deployments/{DEPLOYMENT}/chat/completions?api-version=...` (and
+`/embeddings`) is the model alias DEPLOYMENT, whatever `model` the body names; `api-version` is accepted as is."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +32,7 @@ USE_CASES: dict[str, UseCase] = {
     "/v1/embeddings": chat.embeddings,
     "/embeddings": chat.embeddings,
 }
+AZURE_PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)")
 INTERNAL_ERROR = orjson.dumps(
     {
         "error": {
@@ -72,6 +78,28 @@ async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:
     return b"".join(chunks)
 
 
+def route(path: str) -> tuple[UseCase | None, str | None]:
+    """The use case of a path, and the model alias an Azure-style path names (its deployment)."""
+    use_case = USE_CASES.get(path)
+    if use_case is not None or not path.startswith("/openai/"):
+        return use_case, None
+    match = AZURE_PATH.fullmatch(path)
+    return (USE_CASES["/" + match[2]], match[1]) if match else (None, None)
+
+
+def with_model(raw: bytes, model: str) -> bytes:
+    """The request body with `model` set to an Azure path's deployment (a body that is not a JSON object is left
+    for the use case to refuse as usual)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(body, dict):
+        return raw
+    body["model"] = model
+    return orjson.dumps(body)
+
+
 class FastPath:
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -80,14 +108,14 @@ class FastPath:
         return getattr(self.app, name)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        use_case = USE_CASES.get(scope["path"]) if scope["type"] == "http" else None
+        use_case, deployment = route(scope["path"]) if scope["type"] == "http" else (None, None)
         if use_case is None:
             await self.app(scope, receive, send)
             return
         try:
             if scope["method"] != "POST":
                 raise NotFound(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405)
-            response: Any = await self._handle(use_case, scope, receive)
+            response: Any = await self._handle(use_case, scope, receive, deployment)
         except InsourceError as exc:  # refused by insource itself unless a target answered it (set upstream)
             response = RawJSON(exc.body_bytes(), exc.status, {chat.SERVED_BY: "insource", **exc.headers})
         except ClientGone:
@@ -97,7 +125,7 @@ class FastPath:
             response = RawJSON(INTERNAL_ERROR, 500)
         await response(scope, receive, send)
 
-    async def _handle(self, use_case: UseCase, scope: Any, receive: Any) -> Any:
+    async def _handle(self, use_case: UseCase, scope: Any, receive: Any, deployment: str | None) -> Any:
         gw: Gateway = self.app.state.gateway
         auth = api_key = task = None
         declared: int | None = None
@@ -120,6 +148,8 @@ class FastPath:
         except ClientGone:
             chat.gone(gw, key, kind)
             raise
+        if deployment is not None:
+            raw = with_model(raw, deployment)
         result = await use_case(gw, key, raw, task)
         if isinstance(result, chat.StreamReply):
             return SSEResponse(result.events, result.headers)

@@ -93,7 +93,7 @@ def test_distill_json_registers_v1_with_metrics(trained: dict[str, Any]) -> None
     folder = trained["registry"] / "intent@v1"
     info = json.loads((folder / "model.json").read_text())
     assert info["student"] == "classifier" and len(info["labels"]) == N_CLASSES
-    assert info["dataset"]["hashes"]["train"] and info["template"] == {"slots": ["input"]}
+    assert info["dataset"]["hashes"]["train"] and info["template"] == {}
     assert {"encoder.onnx", "tokenizer.json", "head.npz", "card.md", "model.json"} <= {p.name for p in folder.iterdir()}
     card = (folder / "card.md").read_text()
     assert "Data provenance" in card and "- Head: logistic regression" in card

@@ -25,7 +25,7 @@ from rich.console import Console
 from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
 from insource.distill.dataset import write_dataset
-from insource.service.students import StudentPool
+from insource.service.students import StudentPool, input_template
 from insource.testing import demo_data
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
@@ -82,7 +82,7 @@ def ask(h: Home, content: Any) -> tuple[str, str]:
 
 def test_a_student_distilled_from_pairs_is_served(home: Home) -> None:
     info = json.loads((home.gw.config.parent / "models" / home.model / "model.json").read_text())
-    assert info["template"] == {"slots": ["input"]}  # what write_dataset records: no inferred prompt template
+    assert info["template"] == {}  # what write_dataset records: no inferred prompt template
     home.gw.cli("route", "set", "--task", TASK, "--model", home.model, "--mode", "full")
     time.sleep(1.1)  # every worker applies a route within a second
     started = time.time()
@@ -106,6 +106,12 @@ def test_a_student_distilled_from_pairs_is_served(home: Home) -> None:
     rows = home.gw.usage_rows("ts>=?", (started,), wait_for=len(texts) + 2)
     assert len(rows) == len(texts) + 2 and {r["served_by"] for r in rows} == {home.model}
     assert all(r["cost_avoided_usd"] > r["cost_usd"] > 0 for r in rows)
+
+
+def test_registries_from_before_read_the_pairs_template_as_none() -> None:
+    assert input_template({"slots": ["input"]}) is None and input_template({}) is None
+    inferred = input_template({"version": 1, "constant": [], "slot": 0, "n_messages": 1})
+    assert inferred is not None and inferred.slot == 0
 
 
 def test_the_student_input_is_the_text_of_the_last_user_message() -> None:

@@ -11,7 +11,7 @@ from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
 from insource.capture.stats import answer_key, output_kind
 from insource.errors import NotFound, NotReady
-from insource.store import Store
+from insource.store import CALLER_REQUESTS_SQL, Store
 
 
 def task_answers(store: Store) -> dict[str, Counter[str]]:
@@ -33,7 +33,7 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
     usage = {
         r["task"]: r
         for r in store.query(
-            "SELECT task, SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END) AS requests,"
+            f"SELECT task, {CALLER_REQUESTS_SQL} AS requests,"
             " COALESCE(SUM(cost_usd), 0) AS cost_usd "
             "FROM usage WHERE task IS NOT NULL GROUP BY task"
         )

@@ -271,7 +271,7 @@ def write_dataset(
         "kind": "classification",
         "labels": labels,
         "purpose": purpose,
-        "template": template or {"slots": ["input"]},
+        "template": template,  # None: the student's input is the last user message's text
         "counts": {name: len(splits.get(name, [])) for name in SPLITS},
         "providers": {"teacher": sum(len(p) for p in splits.values())},
         "terms": {"self-hosted": {"count": sum(len(p) for p in splits.values()), "category": "any"}},

@@ -25,7 +25,8 @@ from insource.service.keys import KeyInfo
 
 log = logging.getLogger("insource.server")
 
-UseCase = Callable[[Gateway, KeyInfo, bytes, str | None], Awaitable[chat.Reply | chat.StreamReply]]
+# (gateway, key, body, X-Insource-Task, the model an Azure-style path names)
+UseCase = Callable[[Gateway, KeyInfo, bytes, str | None, str | None], Awaitable[chat.Reply | chat.StreamReply]]
 USE_CASES: dict[str, UseCase] = {
     "/v1/chat/completions": chat.chat_completion,
     "/chat/completions": chat.chat_completion,
@@ -78,6 +79,10 @@ async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:
     return b"".join(chunks)
 
 
+def _kind(scope: Any) -> str:
+    return "embeddings" if scope["path"].endswith("embeddings") else "chat"
+
+
 def route(path: str) -> tuple[UseCase | None, str | None]:
     """The use case of a path, and the model alias an Azure-style path names (its deployment)."""
     use_case = USE_CASES.get(path)
@@ -85,19 +90,6 @@ def route(path: str) -> tuple[UseCase | None, str | None]:
         return use_case, None
     match = AZURE_PATH.fullmatch(path)
     return (USE_CASES["/" + match[2]], match[1]) if match else (None, None)
-
-
-def with_model(raw: bytes, model: str) -> bytes:
-    """The request body with `model` set to an Azure path's deployment (a body that is not a JSON object is left
-    for the use case to refuse as usual)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw
-    if not isinstance(body, dict):
-        return raw
-    body["model"] = model
-    return orjson.dumps(body)
 
 
 class FastPath:
@@ -139,18 +131,15 @@ class FastPath:
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
         key = resolve_key(gw, auth, api_key)
-        kind = "embeddings" if scope["path"].endswith("embeddings") else "chat"
         try:
             raw = await read_body(receive, gw.max_body, declared)
         except PayloadTooLarge as exc:
-            chat.refused(gw, key, kind, exc)
+            chat.refused(gw, key, _kind(scope), exc)
             raise
         except ClientGone:
-            chat.gone(gw, key, kind)
+            chat.gone(gw, key, _kind(scope))
             raise
-        if deployment is not None:
-            raw = with_model(raw, deployment)
-        result = await use_case(gw, key, raw, task)
+        result = await use_case(gw, key, raw, task, deployment)
         if isinstance(result, chat.StreamReply):
             return SSEResponse(result.events, result.headers)
         return RawJSON(result.body, result.status, result.headers)

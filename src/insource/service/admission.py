@@ -18,7 +18,8 @@ MAX_NAME = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def parse_body(raw: bytes, model: str | None = None) -> dict[str, Any]:
+    """The request's JSON object; `model`, when given (an Azure-style path's deployment), replaces its model."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -30,6 +31,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             orjson.dumps(body)  # the encoder refuses what it could not forward (nesting deeper than 254)
         except TypeError:
             raise BadRequest(f"The JSON body is nested too deeply (more than {MAX_DEPTH} levels).") from None
+    if model is not None:
+        body["model"] = model
     return body
 
 

@@ -86,10 +86,12 @@ def _capture(
     )
 
 
-async def chat_completion(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None) -> Reply | StreamReply:
+async def chat_completion(
+    gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None, path_model: str | None = None
+) -> Reply | StreamReply:
     ctx = RequestContext(key, "chat")
     try:
-        body = parse_body(raw)
+        body = parse_body(raw, path_model)
         ctx.model = model_name(body)
         ctx.stream = body.get("stream") is True
         ctx.task = take_task(body, header_task)
@@ -183,10 +185,12 @@ async def _relay(
         gw.finish(ctx, capture if ctx.status == 200 else None)
 
 
-async def embeddings(gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None) -> Reply:
+async def embeddings(
+    gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None, path_model: str | None = None
+) -> Reply:
     ctx = RequestContext(key, "embeddings")
     try:
-        body = parse_body(raw)
+        body = parse_body(raw, path_model)
         ctx.model = model_name(body)
         ctx.task = take_task(body, header_task)
         validate_embeddings(body)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from insource.errors import BadRequest
-from insource.store import Store
+from insource.store import AUDITS_SQL, CALLER_REQUESTS_SQL, Store
 
 GROUPS = {
     "tenant": "tenant",
@@ -16,11 +16,6 @@ GROUPS = {
     "key": "key_id",
     "served_by": "served_by",
 }
-
-# Teacher audits of student answers are usage records of their own (endpoint 'audit'): their cost is real spend,
-# but they are not requests callers sent, so `requests` leaves them out and `audits` counts them.
-CALLER_REQUESTS = "SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END)"
-AUDITS = "SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END)"
 
 
 def parse_since(since: str | None) -> float:
@@ -40,7 +35,7 @@ def spend(store: Store, by: str = "tenant", since: str | None = None) -> list[di
         raise BadRequest(f"--by must be one of {', '.join(GROUPS)}, got {by!r}", param="by")
     expr = GROUPS[by]
     rows = store.query(
-        f"SELECT {expr} AS grp, {CALLER_REQUESTS} AS requests, {AUDITS} AS audits,"
+        f"SELECT {expr} AS grp, {CALLER_REQUESTS_SQL} AS requests, {AUDITS_SQL} AS audits,"
         " SUM(prompt_tokens) AS prompt_tokens,"
         " SUM(cached_tokens) AS cached_tokens, SUM(completion_tokens) AS completion_tokens,"
         " SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_usd) AS cost_usd,"

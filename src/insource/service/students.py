@@ -63,14 +63,12 @@ class Batcher:
 
 
 def input_template(raw: dict[str, Any]) -> Template | None:
-    """The prompt template a student was trained through (`insource dataset build` infers one), or None when
-    its inputs were the last user message's text: no template, or the `{"slots": ["input"]}` that
-    `distill.dataset.write_dataset` records for datasets written from (input, answer) pairs."""
+    """The prompt template a student was trained through (`insource dataset build` infers one), or None when its
+    inputs were the last user message's text (datasets written from (input, answer) pairs record none; registries
+    from before that recorded `{"slots": ["input"]}`, which is read the same way)."""
     from insource.capture.slots import Template
 
-    if not raw or "version" not in raw:
-        return None
-    return Template.from_dict(raw)
+    return Template.from_dict(raw) if raw and "version" in raw else None
 
 
 class StudentPool:

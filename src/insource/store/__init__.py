@@ -6,7 +6,12 @@ from insource.config import Config
 from insource.errors import ConfigError
 from insource.store.sqlite import Row, Store
 
-__all__ = ["Row", "Store", "open_store"]
+__all__ = ["AUDITS_SQL", "CALLER_REQUESTS_SQL", "Row", "Store", "open_store"]
+
+# Usage records of teacher audits (endpoint 'audit') are spend, but not requests a caller sent: reports count them
+# apart with these aggregates over the usage table.
+CALLER_REQUESTS_SQL = "SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END)"
+AUDITS_SQL = "SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END)"
 
 
 def open_store(cfg: Config) -> Store:

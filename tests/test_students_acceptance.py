@@ -245,3 +245,16 @@ def test_a_task_name_the_registry_cannot_hold_says_how_to_distill_it(trained: di
     _clean_failure(res, "invalid task name 'support intent'")
     assert "tag the task's traffic with such a name (e.g. 'support-intent')" in " ".join(res.stderr.split())
     assert sorted(p.name for p in registry.iterdir()) == before
+
+
+def test_sigterm_turned_into_another_error_on_the_way_up_still_exits_143() -> None:
+    """The signal may land inside a native module's import, which reports it as an ImportError (onnxruntime)."""
+    from insource.cli.models import _terminate_cleanly
+
+    with pytest.raises(SystemExit) as stopped, _terminate_cleanly():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at the next bytecode
+        except SystemExit as exc:
+            raise ImportError("initialization failed") from exc
+    assert stopped.value.code == 143

@@ -44,9 +44,13 @@ def _fmt(value: Any) -> str:
 @contextmanager
 def _terminate_cleanly() -> Iterator[None]:
     """SIGTERM (`kill`, a CI or container timeout) unwinds like Ctrl-C, so the half-built staging folder is
-    removed instead of being left in the registry; exit code 143 as for a plain SIGTERM."""
+    removed instead of being left in the registry; exit code 143 as for a plain SIGTERM. The exit is raised
+    where the signal lands, which may be inside a native module's import (onnxruntime turns it into an
+    ImportError): whatever it became on the way up, the command still ends with that exit code, no traceback."""
+    received: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         raise SystemExit(128 + signum)
 
     try:
@@ -56,6 +60,10 @@ def _terminate_cleanly() -> Iterator[None]:
         return
     try:
         yield
+    except BaseException:
+        if received:
+            raise SystemExit(128 + received[0]) from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 

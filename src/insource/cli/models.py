@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import signal
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from insource.cli.common import (
     shown,
     visible,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, fit_table, print_table
 
 models_app = typer.Typer(help="The registry of distilled students.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -146,31 +148,30 @@ def _candidates_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _eval_table(result: dict[str, Any]) -> Table:
-    table = Table(title=literal(f"{result['model']} on {result['split']} (n={result['n']})"))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    keys = (
-        "agreement",
-        "ece",
-        "ood_rate",
-        "target_agreement",
-        "threshold",
-        "coverage_at_threshold",
-        "agreement_at_threshold",
-        "meets_target",
-        "end_to_end_agreement",
-        "gold_agreement",
-        "teacher_gold_agreement",
-        "latency_ms_p50",
-        "answers_per_s_per_core",
-        "cost_per_1k_usd",
-        "teacher_cost_per_1k_usd",
-    )
-    for key in keys:
-        if key in result:
-            table.add_row(key, literal(_fmt(result[key])))
-    return table
+_EVAL_KEYS = (
+    "agreement",
+    "ece",
+    "ood_rate",
+    "target_agreement",
+    "threshold",
+    "coverage_at_threshold",
+    "agreement_at_threshold",
+    "meets_target",
+    "end_to_end_agreement",
+    "gold_agreement",
+    "teacher_gold_agreement",
+    "latency_ms_p50",
+    "answers_per_s_per_core",
+    "cost_per_1k_usd",
+    "teacher_cost_per_1k_usd",
+)
+EVAL_COLUMNS = (Col("metric", "id"), Col("value", "num"))
+
+
+def _eval_table(result: dict[str, Any], width: int) -> Table:
+    rows: list[list[Cell]] = [[key, literal(_fmt(result[key]))] for key in _EVAL_KEYS if key in result]
+    title = literal(f"{result['model']} on {result['split']} (n={result['n']})")
+    return fit_table(EVAL_COLUMNS, rows, width=width, title=title)
 
 
 def _no_threshold_note(result: dict[str, Any]) -> str:
@@ -226,33 +227,49 @@ def eval_cmd(
     if json_out:
         print_json(result)
         return
-    console.print(_eval_table(result))
+    console.print(_eval_table(result, console.width))
 
 
 @models_app.command("list")
 @handle_errors
-def models_list(json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+def models_list(json_out: JsonOpt = False, csv: CsvOpt = False, config: ConfigOpt = None) -> None:
     """Every registered student version, with its status (missing or damaged weight files are named)."""
     from insource.distill.registry import list_models
 
     rows = list_models(get_config(config).registry_path())
-    if json_out:
-        print_json(rows)
+    if emit(rows, json=json_out, csv=csv, empty="No students registered yet: run `insource distill --task TASK`"):
         return
-    table = Table(title="students")
-    for col in ("name", "student", "created_at", "val_agreement", "status"):
-        table.add_column(col)
-    for row in rows:
-        problem = str(row.get("problem", "")).removeprefix(f"corrupt registry entry {row['name']}: ")
-        status = literal(f"damaged: {problem}", style="red") if row["status"] != "ok" else Text("ok")
-        table.add_row(
-            literal(row["name"]),
-            literal(_fmt(row["student"])),
-            literal(_fmt(row["created_at"])),
-            literal(_fmt(row["metrics"].get("val_agreement"))),
-            status,
-        )
-    console.print(table)
+    print_table(MODEL_COLUMNS, [_model_cells(r) for r in rows], title="students")
+
+
+MODEL_COLUMNS = (
+    Col("name"),
+    Col("student"),
+    Col("created (UTC)", "id", short="created", drop=1),
+    Col("val_agreement", "num", short="val agr."),
+    Col("status"),
+)
+
+
+def _when(created_at: Any) -> str:
+    """model.json's ISO time as `YYYY-MM-DD HH:MM` UTC (as stored when it is something else)."""
+    try:
+        when = dt.datetime.fromisoformat(str(created_at))
+    except ValueError:
+        return _fmt(created_at)
+    return (when.astimezone(dt.UTC) if when.tzinfo else when).strftime("%Y-%m-%d %H:%M")
+
+
+def _model_cells(row: dict[str, Any]) -> list[Cell]:
+    problem = str(row.get("problem", "")).removeprefix(f"corrupt registry entry {row['name']}: ")
+    status = literal(f"damaged: {problem}", style="red") if row["status"] != "ok" else Text("ok")
+    return [
+        literal(row["name"]),
+        literal(_fmt(row["student"])),
+        literal(_when(row["created_at"])),
+        literal(_fmt(row["metrics"].get("val_agreement"))),
+        status,
+    ]
 
 
 @models_app.command("show")

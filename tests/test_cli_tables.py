@@ -1,0 +1,281 @@
+"""Issue 10 items 7 and 9: tables that fit 80 columns with no header word or number cut, --json and --csv on every
+listing (CSV matching JSON), spend next to each key's budget, capture search that skips a shared system prompt,
+and one line naming what is empty (and what to run next) instead of an empty table.
+
+Every command runs through the real CLI (`python -m insource`, COLUMNS=80) on a real SQLite store holding long
+names and big numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from rich.console import Console
+
+from insource.capture.process import process_capture
+from insource.capture.record import CaptureRaw
+from insource.cli.tables import Col, csv_value, fit_table
+from insource.config import load_config
+from insource.service.keys import create_key, server_secret
+from insource.store import Store
+from tests.conftest import run_cli
+
+TASK = "customer-support-intent-classification-enterprise-tier"
+TENANT = "acme-international-holdings-enterprise-division"
+SYSTEM = "You are the support assistant of Acme. Classify the refund request and answer with one label only."
+BIG_TOKENS = 123_456_789
+BIG_COST = 98_765.432109
+BUDGET = 987_654_321.5
+N_CAPTURES = 6
+
+
+def _raw(i: int) -> CaptureRaw:
+    return CaptureRaw(
+        id=f"req-{i:04d}-0123456789abcdef",
+        ts=time.time() - 100 + i,
+        tenant=TENANT,
+        key_id="",
+        task=TASK,
+        model="gpt-4o-mini",
+        provider="openai-enterprise-eu-west",
+        upstream_model="gpt-4o-mini-2024-07-18",
+        served_by="openai-enterprise-eu-west:gpt-4o-mini",
+        terms="self-hosted",
+        consent=True,
+        redact=True,
+        redactors=("secrets",),
+        request={
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"parcel {i} is late"}],
+        },
+        output="card_arrival" if i % 2 else "refund_not_showing_up",
+        response=None,
+        upstream_version="v1",
+        finish_reason="stop",
+        status=200,
+        cost_usd=0.001,
+    )
+
+
+def _usage(raw: CaptureRaw, key_id: str) -> dict[str, Any]:
+    return {
+        "id": raw.id,
+        "ts": raw.ts,
+        "tenant": raw.tenant,
+        "key_id": key_id,
+        "model": raw.model,
+        "served_by": raw.served_by,
+        "task": raw.task,
+        "status": 200,
+        "endpoint": "chat.completions",
+        "prompt_tokens": BIG_TOKENS,
+        "cached_tokens": BIG_TOKENS // 3,
+        "completion_tokens": BIG_TOKENS // 7,
+        "cost_usd": BIG_COST / N_CAPTURES,
+        "cost_avoided_usd": 0.0,
+    }
+
+
+def _seed_routes(store: Store) -> None:
+    now = time.time()
+    store.execute(
+        "INSERT INTO routes (task, model, mode, percent, threshold, target_agreement, audit_rate, floor, active,"
+        " updated_at) VALUES (?, ?, 'cascade', 0, 0.87654, 0.99, 0.05, 0.9, 1, ?)",
+        (TASK, f"{TASK}@v12", now - 50),
+    )
+    store.write_batch(
+        [("agreements", {"id": f"a{i}", "ts": now - 40 + i / 1000, "task": TASK, "model": f"{TASK}@v12",
+                         "source": "audit", "agree": int(i % 50 != 0)}, False) for i in range(1500)]
+        + [("route_events", {"id": "e1", "ts": now - 45, "task": TASK, "kind": "set", "detail": "{}"}, False)]
+    )  # fmt: skip
+
+
+def _seed_registry(root: Path) -> None:
+    for version, files in ((11, {"weights.bin": 3}), (12, {"weights.bin": 3})):
+        folder = root / f"{TASK}@v{version}"
+        folder.mkdir(parents=True)
+        info = {"name": folder.name, "task": TASK, "version": version, "student": "lora", "files": files}
+        info["created_at"] = "2026-12-06T21:00:00+00:00"
+        info["metrics"] = {"val_agreement": 0.987654}
+        (folder / "model.json").write_text(json.dumps(info))
+        if version == 12:
+            (folder / "weights.bin").write_bytes(b"abc")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tables")
+    config = folder / "insource.toml"
+    config.write_text('[store]\nurl = "sqlite:///insource.db"\n')
+    store = Store(folder / "insource.db")
+    cfg = load_config(config)
+    secret = server_secret(cfg, store)
+    key = create_key(store, secret, TENANT, budget_usd=BUDGET, rpm=1_000_000, tpm=250_000_000, models=["gpt-4o-mini"])
+    create_key(store, secret, "small")
+    rows: list[tuple[str, dict[str, Any], bool]] = []
+    for raw in map(_raw, range(N_CAPTURES)):
+        rows += process_capture(raw)
+        rows.append(("usage", _usage(raw, key["id"]), False))
+    detail = {"counts": {"train": 1_234_567, "val": 234_567, "test": 34_567}}
+    audit = {"id": "au1", "ts": time.time(), "action": "dataset.build", "task": TASK, "purpose": "train"}
+    rows.append(("audit", {**audit, "target": str(folder / "datasets" / TASK), "detail": orjson.dumps(detail)}, False))
+    store.write_batch(rows)
+    _seed_routes(store)
+    store.close()
+    _seed_registry(folder / "models")
+    return config
+
+
+def cli(config: Path, *args: str, check: bool = True) -> Any:
+    return run_cli(*args, "--config", str(config), env={"COLUMNS": "80"}, check=check)
+
+
+def _header_words(cols: tuple[Col, ...] | list[Col]) -> set[str]:
+    return {w for c in cols for h in (c.header, c.short or "") for w in h.split()}
+
+
+def _check_table(out: str, cols: tuple[Col, ...] | list[Col], numbers: list[str]) -> None:
+    """Fits 80 columns; every word above the header rule is a whole header word; every number is whole."""
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), out
+    rule = next(i for i, line in enumerate(lines) if set(line.strip()) <= {"─", " "} and line.strip())
+    header = " ".join(lines[:rule]).split()
+    known = _header_words(cols) | {"students"}  # models list has a title
+    assert header and set(header) <= known, (set(header) - known, out)
+    for number in numbers:
+        assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d.])", out), (number, out)
+
+
+def _csv_matches_json(config: Path, *args: str) -> list[dict[str, Any]]:
+    rows = json.loads(cli(config, *args, "--json").stdout)
+    parsed = list(csv.DictReader(io.StringIO(cli(config, *args, "--csv").stdout)))
+    assert rows and len(parsed) == len(rows)
+    for want, got in zip(rows, parsed, strict=True):
+        assert set(got) >= set(want)
+        assert {k: got[k] for k in want} == {k: csv_value(v) for k, v in want.items()}
+    return rows
+
+
+# -- item 7: tables that fit ------------------------------------------------------------------------------------
+def test_spend_fits_80_columns_with_whole_numbers(project: Path) -> None:
+    from insource.cli.gateway import _spend_columns
+
+    for by in ("tenant", "task", "key"):
+        out = cli(project, "spend", "--by", by).stdout
+        _check_table(out, _spend_columns(by), [str(N_CAPTURES), f"{BIG_COST:.6f}", str(BIG_TOKENS // 7 * 6)])
+        assert "not shown at this width:" in out  # 8 columns of big numbers cannot all fit: named, not cut
+    wide = run_cli("spend", "--config", str(project), env={"COLUMNS": "200"}).stdout
+    assert "not shown" not in wide and str(BIG_TOKENS * N_CAPTURES) in wide
+
+
+def test_tasks_and_audit_fit_80_columns(project: Path) -> None:
+    from insource.cli.data import AUDIT_COLUMNS, TASK_COLUMNS
+
+    out = cli(project, "tasks").stdout
+    _check_table(out, TASK_COLUMNS, [str(N_CAPTURES), f"{BIG_COST:.4f}", "2"])
+    assert "classification" in out
+    _check_table(cli(project, "audit").stdout, AUDIT_COLUMNS, ["1234567", "234567", "34567"])
+
+
+def test_keys_list_fits_and_shows_spend_next_to_budget(project: Path) -> None:
+    from insource.cli.gateway import KEY_COLUMNS
+
+    rows = json.loads(cli(project, "keys", "list", "--json").stdout)
+    big = next(r for r in rows if r["tenant"] == TENANT)
+    assert big["budget_usd"] == BUDGET and big["spent_usd"] == pytest.approx(BIG_COST)
+    assert next(r for r in rows if r["tenant"] == "small")["spent_usd"] == 0
+    out = cli(project, "keys", "list").stdout
+    _check_table(out, KEY_COLUMNS, [f"{BUDGET:.2f}", f"{BIG_COST:.6f}", big["id"]])
+    assert "spent" in out
+
+
+def test_capture_search_route_show_and_models_list_fit(project: Path) -> None:
+    from insource.cli.data import SEARCH_COLUMNS
+    from insource.cli.models import MODEL_COLUMNS
+    from insource.cli.route import ROUTE_COLUMNS
+
+    out = cli(project, "capture", "search", "--task", TASK, "--contains", "parcel").stdout
+    _check_table(out, SEARCH_COLUMNS, ["req-0005-0123456789abcdef"])
+    n = json.loads(cli(project, "route", "show", "--json").stdout)[0]["n"]
+    _check_table(cli(project, "route", "show").stdout, ROUTE_COLUMNS, ["0.877", "0.980", str(n)])
+    out = cli(project, "models", "list").stdout
+    _check_table(out, MODEL_COLUMNS, ["0.9877", "2026-12-06 21:00"])
+    assert "damaged" in out and "ok" in out
+
+
+def test_every_listing_has_csv_matching_json(project: Path) -> None:
+    assert len(_csv_matches_json(project, "spend", "--by", "task")) == 1
+    assert _csv_matches_json(project, "tasks")[0]["task"] == TASK
+    assert len(_csv_matches_json(project, "keys", "list")) == 2
+    assert len(_csv_matches_json(project, "audit")) == 1
+    assert len(_csv_matches_json(project, "capture", "search", "--task", TASK, "--contains", "late")) == N_CAPTURES
+    assert _csv_matches_json(project, "route", "show")[0]["n"] >= 100
+    assert len(_csv_matches_json(project, "models", "list")) == 2
+    both = cli(project, "tasks", "--json", "--csv", check=False)
+    assert both.returncode == 2 and "--json" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_fit_table_wraps_then_abbreviates_then_drops() -> None:
+    cols = [Col("name"), Col("completion_tokens", "num", short="compl."), Col("other", "num", drop=1)]
+    rows: list[list[Any]] = [["x" * 30, "1234567", "89"]]
+
+    def render(width: int) -> str:
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(fit_table(cols, rows, width=width))
+        text = console.export_text()
+        assert "1234567" in text and all(len(line) <= width for line in text.splitlines()), text
+        return text
+
+    assert "x" * 30 in render(80) and "completion_tokens" in render(80)  # fits: one line each
+    assert "x" * 30 not in render(40) and "completion_tokens" in render(40) and "89" in render(40)  # wrapped
+    assert "completion_tokens" not in render(30) and "compl." in render(30) and "89" in render(30)  # abbreviated
+    narrow = render(20).replace("\n", " ")
+    assert "compl." in narrow and "89" not in narrow and "not shown at this width: other" in " ".join(narrow.split())
+
+
+# -- item 9: capture search looks where the user's text is --------------------------------------------------------
+def test_capture_search_skips_the_shared_system_prompt_by_default(project: Path) -> None:
+    def ids(*args: str) -> list[str]:
+        return [r["id"] for r in json.loads(cli(project, "capture", "search", "--task", TASK, *args, "--json").stdout)]
+
+    assert ids("--contains", "support assistant") == []
+    assert len(ids("--contains", "support assistant", "--in", "system")) == N_CAPTURES
+    assert len(ids("--contains", "support assistant", "--in", "all")) == N_CAPTURES
+    assert ids("--contains", "parcel 3") == ["req-0003-0123456789abcdef"]
+    assert ids("--contains", "parcel 3", "--in", "answer") == []
+    assert len(ids("--contains", "CARD_arrival")) == N_CAPTURES // 2
+    assert ids("--contains", "card_arrival", "--in", "user") == []
+    out = cli(project, "capture", "search", "--task", TASK, "--contains", "support assistant").stdout
+    assert out.count("\n") == 1 and "No capture" in out and "--in all" in out
+    bad = cli(project, "capture", "search", "--task", TASK, "--contains", "x", "--in", "nowhere", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+# -- item 9: empty listings say what is empty and what to run next ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "says", "next_step"),
+    [
+        (("keys", "list"), "No keys", "insource keys create --tenant"),
+        (("spend",), "No usage", "insource serve"),
+        (("tasks",), "No tasks", "insource serve"),
+        (("audit",), "No dataset exports", "insource dataset build"),
+        (("route", "show"), "No routes", "insource route set"),
+        (("models", "list"), "No students", "insource distill"),
+    ],
+)
+def test_empty_listings_print_one_line_and_the_next_step(
+    tmp_path: Path, args: tuple[str, ...], says: str, next_step: str
+) -> None:
+    config = tmp_path / "insource.toml"
+    config.write_text('[store]\nurl = "sqlite:///insource.db"\n')
+    Store(tmp_path / "insource.db").close()
+    result = cli(config, *args)
+    assert result.stdout.count("\n") == 1 and says in result.stdout and next_step in result.stdout, result.stdout
+    assert json.loads(cli(config, *args, "--json").stdout) == []

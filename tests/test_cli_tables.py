@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from rich.console import Console
+from tests.conftest import run_cli
 
 from insource.capture.process import process_capture
 from insource.capture.record import CaptureRaw
@@ -25,7 +26,6 @@ from insource.cli.tables import Col, csv_value, fit_table
 from insource.config import load_config
 from insource.service.keys import create_key, server_secret
 from insource.store import Store
-from tests.conftest import run_cli
 
 TASK = "customer-support-intent-classification-enterprise-tier"
 TENANT = "acme-international-holdings-enterprise-division"
@@ -238,6 +238,33 @@ def test_fit_table_wraps_then_abbreviates_then_drops() -> None:
     assert "completion_tokens" not in render(30) and "compl." in render(30) and "89" in render(30)  # abbreviated
     narrow = render(20).replace("\n", " ")
     assert "compl." in narrow and "89" not in narrow and "not shown at this width: other" in " ".join(narrow.split())
+
+
+def test_eval_and_distill_candidate_tables_fit_80_columns() -> None:
+    """These two need a trained student through the CLI (tested in test_distill_auto / test_students_acceptance);
+    here their tables are laid out at 80 columns from results shaped like the commands' JSON."""
+    from insource.cli.models import CANDIDATE_COLUMNS, EVAL_COLUMNS, _candidates_table, _eval_table
+
+    def render(table: Any) -> str:
+        console = Console(width=80, record=True, file=io.StringIO())
+        console.print(table)
+        return console.export_text()
+
+    model = f"{TASK}@v123"
+    cands = [
+        {"model": model, "student": "classifier-strong", "val_coverage_at_target": 0.912345,
+         "val_agreement_at_threshold": 0.993456, "threshold": 0.876543},
+        {"model": f"{TASK}@v122", "student": "classifier", "val_coverage_at_target": 0.8,
+         "val_agreement_at_threshold": 0.990001, "threshold": 0.912345},
+    ]  # fmt: skip
+    out = render(_candidates_table({"model": model, "target_agreement": 0.99, "candidates": cands}, 80))
+    _check_table(out.split("\n", 1)[1], CANDIDATE_COLUMNS, ["0.9123", "0.9935", "0.8765", "0.99"])
+    assert "classifier-strong" in out  # the 59-character model names wrap: nothing can be left out
+    result = {"model": model, "split": "test", "n": 123456, "agreement": 0.987654, "latency_ms_p50": 1234.56789}
+    result |= {"answers_per_s_per_core": 98765.4321, "teacher_cost_per_1k_usd": 12345.678}
+    out = render(_eval_table(result, 80))
+    _check_table(out[out.index("metric") :], EVAL_COLUMNS, ["0.9877", "1235", "9.877e+04", "1.235e+04"])
+    assert "answers_per_s_per_core" in out and "teacher_cost_per_1k_usd" in out
 
 
 # -- item 9: capture search looks where the user's text is --------------------------------------------------------

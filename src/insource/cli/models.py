@@ -118,7 +118,7 @@ def distill(
         )
         progress.say(f"registered {result['model']}")
     if "candidates" in result:
-        err_console.print(_candidates_table(result))
+        err_console.print(_candidates_table(result, err_console.width))
     if json_out:
         print_json(result)
         return
@@ -127,27 +127,31 @@ def distill(
     console.print(literal(result["model"]), soft_wrap=True)  # never wrapped: scripts read the last line
 
 
-def _candidates_table(result: dict[str, Any]) -> Table:
-    target = result.get("target_agreement")
-    table = Table(
-        title=literal(f"candidates on val at agreement ≥ {_fmt(target)}"),
+CANDIDATE_COLUMNS = (
+    Col("model", "id"),
+    Col("student"),
+    Col("val coverage", "num", short="coverage"),
+    Col("val agreement", "num", short="agreement"),
+    Col("threshold", "num", short="thr."),
+)
+
+
+def _candidates_table(result: dict[str, Any], width: int) -> Table:
+    rows: list[list[Cell]] = []
+    for cand in result["candidates"]:
+        style = "bold green" if cand["model"] == result["model"] else ""
+        values = (cand["model"], cand["student"], *(_fmt(cand[k]) for k in _CANDIDATE_METRICS))
+        rows.append([literal(v, style=style) for v in values])
+    return fit_table(
+        CANDIDATE_COLUMNS,
+        rows,
+        width=width,
+        title=literal(f"candidates on val at agreement ≥ {_fmt(result.get('target_agreement'))}"),
         caption=literal(f"picked {result['model']}: highest validation coverage (ties go to the default classifier)"),
     )
-    table.add_column("model", no_wrap=True)
-    for col in ("student", "val coverage", "val agreement", "threshold"):
-        table.add_column(col)
-    for cand in result["candidates"]:
-        table.add_row(
-            literal(cand["model"]),
-            literal(cand["student"]),
-            literal(_fmt(cand["val_coverage_at_target"])),
-            literal(_fmt(cand["val_agreement_at_threshold"])),
-            literal(_fmt(cand["threshold"])),
-            style="bold green" if cand["model"] == result["model"] else None,
-        )
-    return table
 
 
+_CANDIDATE_METRICS = ("val_coverage_at_target", "val_agreement_at_threshold", "threshold")
 _EVAL_KEYS = (
     "agreement",
     "ece",

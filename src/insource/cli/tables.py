@@ -71,10 +71,11 @@ class _Need:
     minimum: int  # narrowest without cutting a header word, a number or an identifier
 
 
-def _need(col: Col, cells: list[Cell], header: str) -> _Need:
+def _need(col: Col, cells: list[Cell], header: str, wrap_ids: bool = False) -> _Need:
     longest = max((_cell_width(c) for c in cells), default=0)
     natural = max(_width(header), longest, 1)
-    floor = longest if col.kind != "text" else min(longest, TEXT_MIN)
+    whole = col.kind == "num" or (col.kind == "id" and not wrap_ids)
+    floor = longest if whole else min(longest, TEXT_MIN)
     return _Need(natural, max(_word_width(header), floor, 1))
 
 
@@ -113,21 +114,35 @@ class _Layout:
     widths: list[int]
 
 
+def _try(
+    cols: Sequence[Col], columns: list[list[Cell]], shown: list[int], width: int, wrap_ids: bool
+) -> _Layout | None:
+    """Full headers, else short ones; None when neither fits `width`."""
+    room = width - _overhead(len(shown))
+    for use_short in (False, True):
+        headers = [(cols[i].short or cols[i].header) if use_short else cols[i].header for i in shown]
+        needs = [_need(cols[i], columns[i], h, wrap_ids) for i, h in zip(shown, headers, strict=True)]
+        widths = _widths(needs, room)
+        if widths is not None:
+            return _Layout(shown, headers, widths)
+    return None
+
+
 def _layout(cols: Sequence[Col], rows: Sequence[Sequence[Cell]], width: int) -> _Layout:
+    """Wrap text, then abbreviate headers, then leave out columns (highest `drop` first); as a last resort, wrap
+    identifiers too (numbers never)."""
     columns = [[row[i] for row in rows] for i in range(len(cols))]
     shown = list(range(len(cols)))
     droppable = sorted((i for i, c in enumerate(cols) if c.drop), key=lambda i: (-cols[i].drop, -i))
-    while True:
-        room = width - _overhead(len(shown))
-        for use_short in (False, True):
-            headers = [(cols[i].short or cols[i].header) if use_short else cols[i].header for i in shown]
-            needs = [_need(cols[i], columns[i], h) for i, h in zip(shown, headers, strict=True)]
-            widths = _widths(needs, room)
-            if widths is not None:
-                return _Layout(shown, headers, widths)
-        if not droppable:  # nothing left to leave out: the narrowest layout, which the terminal will wrap
-            return _Layout(shown, headers, [n.minimum for n in needs])
+    while (plan := _try(cols, columns, shown, width, wrap_ids=False)) is None and droppable:
         shown.remove(droppable.pop(0))
+    if plan is None:
+        plan = _try(cols, columns, shown, width, wrap_ids=True)
+    if plan is None:  # too narrow for anything: the narrowest layout, which the terminal will have to wrap
+        headers = [cols[i].short or cols[i].header for i in shown]
+        needs = [_need(cols[i], columns[i], h, True) for i, h in zip(shown, headers, strict=True)]
+        plan = _Layout(shown, headers, [n.minimum for n in needs])
+    return plan
 
 
 def fit_table(

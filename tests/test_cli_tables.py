@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 from rich.console import Console
-from tests.conftest import run_cli
+from tests.conftest import Gateway, run_cli
 
 from insource.capture.process import process_capture
 from insource.capture.record import CaptureRaw
@@ -265,6 +265,24 @@ def test_eval_and_distill_candidate_tables_fit_80_columns() -> None:
     out = render(_eval_table(result, 80))
     _check_table(out[out.index("metric") :], EVAL_COLUMNS, ["0.9877", "1235", "9.877e+04", "1.235e+04"])
     assert "answers_per_s_per_core" in out and "teacher_cost_per_1k_usd" in out
+
+
+def test_keys_list_spent_matches_metered_usage_locally_and_remotely(gateway: Gateway, fake: Any) -> None:
+    import openai
+
+    key = gateway.key(tenant="spent-shown", budget_usd=5.0)
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    metered = sum(r["cost_usd"] for r in gateway.usage_rows("key_id=?", (key["id"],), wait_for=3))
+    assert metered > 0
+    env = {"INSOURCE_ADMIN_KEY": "adm-1"}
+    remote = run_cli("keys", "list", "--url", gateway.url, "--json", env=env)
+    for listed in (gateway.cli("keys", "list", "--json"), remote):
+        row = next(r for r in json.loads(listed.stdout) if r["id"] == key["id"])
+        assert row["budget_usd"] == 5.0 and row["spent_usd"] == pytest.approx(metered)
+    text = run_cli("keys", "list", "--config", str(gateway.config), env={"COLUMNS": "80"}).stdout
+    assert "spent" in text.split("\n", 1)[0] and f"{metered:.6f}" in text
 
 
 # -- item 9: capture search looks where the user's text is --------------------------------------------------------

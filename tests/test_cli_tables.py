@@ -285,6 +285,30 @@ def test_keys_list_spent_matches_metered_usage_locally_and_remotely(gateway: Gat
     assert "spent" in text.split("\n", 1)[0] and f"{metered:.6f}" in text
 
 
+def test_demo_report_tables_fit_80_columns() -> None:
+    from insource.demo import report
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    phase = {"requests": 123_456, "failed": 0, "agreement": 0.991, "avoided_usd": 0.0}
+    summary = {
+        "before": {**phase, "insourced": 0, "cost_usd": 1234.5678},
+        "after": {**phase, "insourced": 100_000, "cost_usd": 234.5678, "avoided_usd": 1000.1234},
+        "monthly_requests": 1_000_000,
+        "monthly_cost_before_usd": 1_234_567.0,
+        "monthly_cost_after_usd": 234_567.0,
+        "projected_monthly_savings_usd": 1_000_000.0,
+        "audited_agreement": 0.99,
+        "audits": 100,
+        "rolled_back": False,
+        "simulated_teacher": False,
+        "folder": "demo",
+    }
+    report.print_final(console, summary, Path("insource.toml"))
+    out = console.export_text()
+    table = out[out.index("phase") : out.index("before: the teacher")]
+    _check_table(table, report._FINAL_COLUMNS, ["$1234.5678", "$1000.1234", "$1,234,567", "$1,000,000", "123456"])
+
+
 # -- item 9: capture search looks where the user's text is --------------------------------------------------------
 def test_capture_search_skips_the_shared_system_prompt_by_default(project: Path) -> None:
     def ids(*args: str) -> list[str]:

@@ -309,6 +309,17 @@ def test_demo_report_tables_fit_80_columns() -> None:
     _check_table(table, report._FINAL_COLUMNS, ["$1234.5678", "$1000.1234", "$1,234,567", "$1,000,000", "123456"])
 
 
+def test_csv_never_sends_escape_sequences_to_the_terminal(tmp_path: Path) -> None:
+    from tests.test_cli_safety import HOSTILE_TASKS, _project, _raw
+
+    config = _project(tmp_path / "p", [_raw(i, task) for i, task in enumerate(HOSTILE_TASKS)])
+    for args in (("tasks",), ("spend", "--by", "task")):
+        out = cli(config, *args, "--csv").stdout
+        assert "\x1b" not in out and "esc\\x1b[31mRED" in out
+        tasks = {row.get("task") for row in csv.DictReader(io.StringIO(out))}
+        assert "nl\nfake" in tasks and "[/]" in tasks  # a newline is kept (quoted), markup is plain text
+
+
 # -- item 9: capture search looks where the user's text is --------------------------------------------------------
 def test_capture_search_skips_the_shared_system_prompt_by_default(project: Path) -> None:
     def ids(*args: str) -> list[str]:

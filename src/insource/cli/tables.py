@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from insource.cli.common import console, err_console, literal, print_json
+from insource.cli.common import console, err_console, literal, print_json, visible
 
 CsvOpt = Annotated[
     bool, typer.Option("--csv", help="Print CSV on stdout: a header row, then one row per item, values unformatted.")
@@ -171,8 +171,8 @@ def fit_table(
     for i, header, w in zip(plan.shown, plan.headers, plan.widths, strict=True):
         col = cols[i]
         table.add_column(header, justify="right" if col.kind == "num" else "left", overflow="fold", width=w)
-    for row in rows:
-        table.add_row(*(row[i] for i in plan.shown))
+    for row in rows:  # plain strings are shown as they are, never read as markup
+        table.add_row(*(Text(row[i]) if isinstance(row[i], str) else row[i] for i in plan.shown))
     return table
 
 
@@ -189,13 +189,16 @@ def print_table(
 
 
 def csv_value(value: Any) -> str:
-    """A JSON value as one CSV field: unformatted numbers, true/false, empty for null, JSON for lists and objects."""
+    """A JSON value as one CSV field: unformatted numbers, true/false, empty for null, JSON for lists and objects;
+    control characters in text shown as escapes (tabs and newlines kept: CSV quotes them), as in tables."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float | str):
+    if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, str):
+        return visible(value, multiline=True)
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 

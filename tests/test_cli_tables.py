@@ -170,9 +170,9 @@ def test_spend_fits_80_columns_with_whole_numbers(project: Path) -> None:
     for by in ("tenant", "task", "key"):
         out = cli(project, "spend", "--by", by).stdout
         _check_table(out, _spend_columns(by), [str(N_CAPTURES), f"{BIG_COST:.6f}", str(BIG_TOKENS // 7 * 6)])
-        assert "not shown at this width:" in out  # 8 columns of big numbers cannot all fit: named, not cut
+        assert "hidden at this width:" in out  # 8 columns of big numbers cannot all fit: named, not cut
     wide = run_cli("spend", "--config", str(project), env={"COLUMNS": "200"}).stdout
-    assert "not shown" not in wide and str(BIG_TOKENS * N_CAPTURES) in wide
+    assert "hidden at" not in wide and str(BIG_TOKENS * N_CAPTURES) in wide
 
 
 def test_tasks_and_audit_fit_80_columns(project: Path) -> None:
@@ -237,7 +237,7 @@ def test_fit_table_wraps_then_abbreviates_then_drops() -> None:
     assert "x" * 30 not in render(40) and "completion_tokens" in render(40) and "89" in render(40)  # wrapped
     assert "completion_tokens" not in render(30) and "compl." in render(30) and "89" in render(30)  # abbreviated
     narrow = render(20).replace("\n", " ")
-    assert "compl." in narrow and "89" not in narrow and "not shown at this width: other" in " ".join(narrow.split())
+    assert "compl." in narrow and "89" not in narrow and "hidden at this width: other" in " ".join(narrow.split())
 
 
 def test_eval_and_distill_candidate_tables_fit_80_columns() -> None:

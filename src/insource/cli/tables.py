@@ -157,7 +157,7 @@ def fit_table(
     plan = _layout(cols, rows, width)
     hidden = [cols[i].header for i in range(len(cols)) if i not in plan.shown]
     if hidden:
-        note = f"not shown at this width: {', '.join(hidden)} (see --json or --csv, or widen the terminal)"
+        note = f"hidden at this width: {', '.join(hidden)} (--json or --csv show every column)"
         caption = note if caption is None else Text.assemble(caption, "\n", note)
     table = Table(
         title=title,

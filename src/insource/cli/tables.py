@@ -49,6 +49,11 @@ class Col:
     drop: int = 0
 
 
+def _as_text(cell: Cell) -> Text:
+    """Plain strings are shown as they are, never read as markup."""
+    return Text(cell) if isinstance(cell, str) else cell
+
+
 def _lines(cell: Cell) -> list[str]:
     return (cell.plain if isinstance(cell, Text) else cell).split("\n")
 
@@ -171,8 +176,8 @@ def fit_table(
     for i, header, w in zip(plan.shown, plan.headers, plan.widths, strict=True):
         col = cols[i]
         table.add_column(header, justify="right" if col.kind == "num" else "left", overflow="fold", width=w)
-    for row in rows:  # plain strings are shown as they are, never read as markup
-        table.add_row(*(Text(row[i]) if isinstance(row[i], str) else row[i] for i in plan.shown))
+    for row in rows:
+        table.add_row(*(_as_text(row[i]) for i in plan.shown))
     return table
 
 

@@ -119,17 +119,28 @@ class _Layout:
     widths: list[int]
 
 
+def _saving(col: Col, cells: list[Cell], short: str) -> int:
+    """How much narrower the short header makes a column (at its minimum and natural widths together)."""
+    full, brief = _need(col, cells, col.header), _need(col, cells, short)
+    return full.minimum - brief.minimum + full.natural - brief.natural
+
+
 def _try(
     cols: Sequence[Col], columns: list[list[Cell]], shown: list[int], width: int, wrap_ids: bool
 ) -> _Layout | None:
-    """Full headers, else short ones; None when neither fits `width`."""
+    """Full headers, else as few abbreviated ones as needed (those that save most first); None when even all
+    abbreviated do not fit `width`."""
     room = width - _overhead(len(shown))
-    for use_short in (False, True):
-        headers = [(cols[i].short or cols[i].header) if use_short else cols[i].header for i in shown]
-        needs = [_need(cols[i], columns[i], h, wrap_ids) for i, h in zip(shown, headers, strict=True)]
+    headers = {i: cols[i].header for i in shown}
+    saves = {i: _saving(cols[i], columns[i], short) for i in shown if (short := cols[i].short)}
+    shorter = sorted((i for i, saved in saves.items() if saved > 0), key=lambda i: -saves[i])
+    for step in range(len(shorter) + 1):
+        if step:
+            headers[shorter[step - 1]] = cols[shorter[step - 1]].short or ""
+        needs = [_need(cols[i], columns[i], headers[i], wrap_ids) for i in shown]
         widths = _widths(needs, room)
         if widths is not None:
-            return _Layout(shown, headers, widths)
+            return _Layout(shown, [headers[i] for i in shown], widths)
     return None
 
 

@@ -230,7 +230,8 @@ def spend(
     url: UrlOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Where the money goes."""
+    """Where the money goes. `requests` reached a teacher or a student; `refused` did not (rate limit, budget,
+    invalid request) and cost nothing."""
     from insource.service.spend import parse_since
 
     parse_since(since)  # a bad date is refused here, before any store or gateway is asked
@@ -244,11 +245,14 @@ def spend(
     if json:
         print_json(rows)
         return
-    table = Table(shown(by), "requests", "audits", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
+    table = Table(
+        shown(by), "requests", "refused", "audits", "prompt", "cached", "completion", "cost_usd", "avoided_usd"
+    )
     for r in rows:
         table.add_row(
             literal(r[by]),
             literal(r["requests"]),
+            literal(r.get("refused", 0)),
             literal(r.get("audits", 0)),
             str(r["prompt_tokens"]),
             str(r["cached_tokens"]),

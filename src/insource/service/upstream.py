@@ -43,6 +43,7 @@ class Upstreams:
                 last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
                 continue
             trial = breaker.opened_at is not None  # allowed while open: this request is the half-open probe
+            ctx.served_by = f"{pname}:{umodel}"  # the usage record says who was asked, even if it fails
             try:
                 result = await self._call_target(ctx, pname, umodel, op)
             except UpstreamError as exc:

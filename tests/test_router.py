@@ -414,13 +414,12 @@ def test_cascade_target_agreement_uses_the_threshold_eval_found(trained: Trained
     assert ev["threshold"] is not None
     set_route(trained, "--mode", "cascade", "--target-agreement", "0.9")
     assert route_row(trained)["threshold"] == pytest.approx(ev["threshold"])
-    unreachable = json.loads(
-        trained.gw.cli(
-            "eval", "--task", TASK, "--model", trained.model, "--dataset", str(folder / "ds"), "--target-agreement",
-            "1.0", "--json",
-        ).stdout
+    unreached = trained.gw.cli(
+        "eval", "--task", TASK, "--model", trained.model, "--dataset", str(folder / "ds"), "--target-agreement",
+        "1.0", "--json", check=False,
     )  # fmt: skip
-    assert unreachable["threshold"] is None  # a Wilson margin never reaches 1.0
+    assert unreached.returncode == 3  # the contract: no threshold reaches the target agreement given
+    assert json.loads(unreached.stdout)["threshold"] is None  # a Wilson margin never reaches 1.0
     refused = trained.gw.cli(
         "route", "set", "--task", TASK, "--model", trained.model, "--mode", "cascade", "--target-agreement", "1",
         check=False,

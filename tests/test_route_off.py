@@ -120,6 +120,12 @@ def test_route_off_by_admin_api(home: Home) -> None:
     assert served_by(home) == {TEACHER}
     detail = row(home)["events"][-1]["detail"]
     assert (detail["reason"], detail["by"]) == ("incident 42", "admin")
+    route_on(home)  # the CLI drives a remote gateway through the same endpoint
+    remote = ("route", "off", "--task", TASK, "--url", home.gw.url, "--json")
+    result = run_cli(*remote, env={"INSOURCE_ADMIN_KEY": ADMIN_KEY})
+    assert json.loads(result.stdout)["state"] == "off"
+    time.sleep(1.0)
+    assert served_by(home) == {TEACHER}
 
 
 def test_route_off_an_unknown_task_is_a_clear_error(home: Home) -> None:

@@ -221,9 +221,10 @@ def test_full_with_audits_then_prompt_rollback_on_drift(trained: Trained) -> Non
     row = route_row(trained)
     last = row["events"][-1]  # type: ignore[index]
     assert last["kind"] == "rollback" and last["detail"]["upper_bound"] < 0.95 and not row["active"]
+    assert row["state"] == "rolled_back"  # not "off": nobody turned it off by hand
     set_route(trained, "--mode", "full", "--audit-rate", "1.0", "--floor", "0.8")
     row = route_row(trained)  # a new policy starts a new window: the drifted comparisons do not count
-    assert row["active"] and row["n"] == 0 and row["agreement"] is None
+    assert row["active"] and row["state"] == "answering" and row["n"] == 0 and row["agreement"] is None
     assert {ask(trained, text)[1] for text, _ in fresh(5, 108)} == {trained.model}
 
 

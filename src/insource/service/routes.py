@@ -266,8 +266,8 @@ def judge_routes(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, Ro
 
 
 def route_state(active: bool, events: list[dict[str, Any]]) -> str:
-    """ "answering", or why the teacher answers: "off" (turned off by hand, or never able to answer) or
-    "rolled_back" (its agreement fell below its floor)."""
+    """Whether a route's student answers ("answering"), else why the teacher does: "off" (turned off by hand,
+    or a config route that cannot answer) or "rolled_back" (its agreement fell below its floor)."""
     if active:
         return "answering"
     for event in reversed(events):
@@ -291,7 +291,7 @@ def route_off(cfg: Config, store: Store, task: str, reason: str | None = None, b
     policies = load_policies(cfg, store)
     policy = policies.get(task)
     if policy is None:
-        known = ", ".join(sorted(policies)) or "none"
+        known = ", ".join(sorted(policies)[:20]) or "none"
         raise NotFound(
             f"no route for task {task!r}: its requests already go to the teacher (routed tasks: {known})",
             param="task",

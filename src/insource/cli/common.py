@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from insource.config import Config, load_config
-from insource.errors import BadRequest, InsourceError
+from insource.config import CONFIG_ENV, DEFAULT_CONFIG_NAME, Config, StoreConfig, find_config, load_config
+from insource.errors import BadRequest, InsourceError, NotReady
 from insource.store import Store, open_store
 
 P = ParamSpec("P")
@@ -35,7 +35,9 @@ console = Console()
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Config file (default ./insource.toml, else embedded defaults)."),
+    typer.Option(
+        "--config", "-c", help="Config file (default: $INSOURCE_CONFIG, else ./insource.toml, else embedded defaults)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON value on stdout.")]
 UrlOpt = Annotated[
@@ -104,11 +106,37 @@ def check_url(url: str) -> str:
     return url
 
 
-def get_config(path: Path | None) -> Config:
-    return load_config(path)
+_DEFAULT_STORE = StoreConfig().url.removeprefix("sqlite:///./")
 
 
-def get_store(cfg: Config) -> Store:
+def store_exists(cfg: Config) -> bool:
+    path = cfg.sqlite_path()
+    return path is None or path.exists()
+
+
+def get_config(path: Path | None, *, setup: bool = False) -> Config:
+    """The config (--config, else $INSOURCE_CONFIG, else ./insource.toml, else the embedded defaults).
+
+    Without a config file and without a store there is nothing to read: commands refuse (exit 2), naming what
+    they looked for, rather than create an empty store here. `setup` commands (serve, keys create) go on."""
+    found = find_config(path)
+    cfg = load_config(found)
+    if found is None and not setup and not store_exists(cfg):
+        raise NotReady(
+            f"no insource config or store here: looked for ${CONFIG_ENV} (not set), ./{DEFAULT_CONFIG_NAME} and "
+            f"./{_DEFAULT_STORE} in {Path.cwd()}. Pass --config PATH, run this where your {DEFAULT_CONFIG_NAME} "
+            "is, or start with `insource demo` or `insource serve`."
+        )
+    return cfg
+
+
+def get_store(cfg: Config, *, create: bool = False) -> Store:
+    """The store; only `create` commands (serve, keys create, route set) make a missing SQLite store."""
+    if not create and not store_exists(cfg):
+        raise NotReady(
+            f"no store at {cfg.sqlite_path()}: nothing has been recorded yet. `insource serve` creates it "
+            "(or --config points elsewhere)."
+        )
     return open_store(cfg)
 
 

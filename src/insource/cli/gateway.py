@@ -93,11 +93,11 @@ def serve(
     from insource.service.host_limits import HOST_LIMITS_ENV
     from insource.service.routes import check_config_routes
 
-    cfg = get_config(config)
+    cfg = get_config(config, setup=True)
     resolve_prices(cfg)  # refuse to start with an unpriced model
     check_config_routes(cfg)  # ... or a route to a missing model, another task's model, or misfit options
     check_redactors(cfg.capture.redactors)  # a typo must fail here, not silently in the writer
-    get_store(cfg)  # create and migrate before workers start
+    get_store(cfg, create=True)  # create and migrate before workers start
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -155,8 +155,8 @@ def keys_create(
     else:
         from insource.service.keys import create_key, server_secret
 
-        cfg = get_config(config)
-        store = get_store(cfg)
+        cfg = get_config(config, setup=True)
+        store = get_store(cfg, create=True)
         created = create_key(
             store,
             server_secret(cfg, store),

@@ -12,6 +12,7 @@ puts them at the top level of one JSON object per line.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -19,20 +20,34 @@ import orjson
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@/+-()")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+()-]")
 
 
-def _value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    text = str(value)
-    return text if text and _PLAIN.issuperset(text) else orjson.dumps(text).decode()
+def key_values(fields: dict[str, Any]) -> str:
+    """`k=v k=v`: None as `-`, floats to 6 significant digits, text JSON-quoted unless plain (one pass, inline)."""
+    parts = []
+    for key, value in fields.items():
+        kind = value.__class__
+        if kind is str:
+            plain = value and _UNSAFE.search(value) is None
+            parts.append(f"{key}={value}" if plain else f"{key}={orjson.dumps(value).decode()}")
+        elif value is None:
+            parts.append(f"{key}=-")
+        elif kind is float:
+            parts.append(f"{key}={value:.6g}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text (one strftime a second)
 
 
 def _iso(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    whole = int(created)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
@@ -42,7 +57,7 @@ class TextFormatter(logging.Formatter):
         line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(f"{k}={_value(v)}" for k, v in fields.items())
+            line += " " + key_values(fields)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

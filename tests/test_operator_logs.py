@@ -89,6 +89,8 @@ def test_every_request_has_an_id_in_the_response_the_usage_record_and_one_log_li
     assert line["completion_tokens"] == row["completion_tokens"] > 0
     assert line["cost_usd"] == pytest.approx(row["cost_usd"]) and line["cost_usd"] > 0 and line["latency_ms"] > 0
     log = json_gw.log.read_text()
+    assert all(line.startswith("{") for line in log.splitlines() if line.strip())  # the banner too: JSON only
+    assert any(r["message"].startswith("insource gateway on http://") for r in _json_lines(json_gw))
     assert "PROMPT-MARKER" not in log and "simulated reply" not in log  # neither the prompt nor the answer
     assert key["key"] not in log and key["key"][:12] not in log and UPSTREAM_KEY not in log
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 import tempfile
 import urllib.error
@@ -142,7 +143,12 @@ def serve(
         "http": "httptools",
         "timeout_graceful_shutdown": 30,
     }
-    console.print(literal(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", style="bold"))
+    banner = f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))"
+    if log_format is LogFormat.json:  # every line of a JSON log is JSON, the banner included
+        logging.config.dictConfig(common["log_config"])
+        logging.getLogger("insource.server").info(banner)
+    else:
+        console.print(literal(banner, style="bold"))
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return

@@ -8,10 +8,13 @@ operator's terminal.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
 import math
+import shutil
 import sys
+import tempfile
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -131,13 +134,13 @@ def get_config(path: Path | None, *, setup: bool = False) -> Config:
 
 
 def get_store(cfg: Config, *, create: bool = False) -> Store:
-    """The store; only `create` commands (serve, keys create, route set) make a missing SQLite store."""
-    if not create and not store_exists(cfg):
-        raise NotReady(
-            f"no store at {cfg.sqlite_path()}: nothing has been recorded yet. `insource serve` creates it "
-            "(or --config points elsewhere)."
-        )
-    return open_store(cfg)
+    """The store. Only `create` commands (serve, keys create, route set) make a missing SQLite store; the others
+    read an empty one in a temporary folder (removed at exit): nothing recorded yet, and nothing created."""
+    if create or store_exists(cfg):
+        return open_store(cfg)
+    folder = tempfile.mkdtemp(prefix="insource-empty-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Store(Path(folder) / "empty.db")
 
 
 def print_json(value: Any) -> None:

@@ -245,3 +245,18 @@ def test_serve_refuses_a_config_naming_an_unset_variable(tmp_path: Path) -> None
     assert "INSOURCE_TEST_UNSET_ADMIN" in message and "INSOURCE_TEST_UNSET_KEY" in message
     assert "providers.up.api_key" in message
     assert not (tmp_path / "insource.db").exists()
+
+
+def test_the_in_process_ledger_names_the_first_budget_that_would_overshoot() -> None:
+    from insource.errors import BudgetExceeded
+    from insource.metering.budgets import Ledger
+
+    ledger = Ledger(spent={"tenant:acme": 4.99})
+    ledger.reserve([("key:key_1", 10.0), ("tenant:acme", 5.0)], 0.005)
+    with pytest.raises(BudgetExceeded) as err:
+        ledger.reserve([("key:key_1", 10.0), ("tenant:acme", 5.0)], 0.01)
+    assert "tenant 'acme'" in err.value.message and "$5" in err.value.message and err.value.status == 429
+    assert ledger.reserved == {"key:key_1": 0.005, "tenant:acme": 0.005}  # nothing booked by the refusal
+    with pytest.raises(BudgetExceeded) as err:
+        ledger.reserve([("key:key_1", 0.001)], 0.01)
+    assert "key key_1" in err.value.message and "($0.001)" in err.value.message

@@ -33,6 +33,7 @@ from insource.cli.common import (
     literal,
     parse_when,
     print_json,
+    store_exists,
 )
 from insource.config import Config
 from insource.errors import NotReady
@@ -62,11 +63,6 @@ class Format(StrEnum):
 class Kind(StrEnum):
     classification = "classification"
     generation = "generation"
-
-
-def store_exists(cfg: Config) -> bool:
-    path = cfg.sqlite_path()
-    return path is None or path.exists()
 
 
 def open_existing_store(cfg: Config) -> Store:

@@ -69,7 +69,7 @@ def route_set(
     from insource.service.routes import set_route, show_routes
 
     cfg = get_config(config)
-    store = get_store(cfg)
+    store = get_store(cfg, create=True)
     policy = RoutePolicy(task, model, mode, percent, threshold, target_agreement, audit_rate, floor)  # type: ignore[arg-type]
     set_route(cfg, store, policy)
     row = next(r for r in show_routes(cfg, store) if r["task"] == task)

@@ -158,7 +158,7 @@ class InsourcingRouter:
         task.add_done_callback(self._tasks.discard)
 
     async def _audit(self, ctx: RequestContext, body: dict[str, Any], policy: RoutePolicy, answer: str) -> None:
-        actx = RequestContext(ctx.key, "audit", model=ctx.model, task=ctx.task)
+        actx = RequestContext(ctx.key, "audit", model=ctx.model, task=ctx.task, request_id=ctx.request_id or ctx.id)
         plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         try:
             resp = await self.gw.upstreams.call(actx, actx.model or "", lambda p, m: p.complete(m, plain))

@@ -32,6 +32,7 @@ from insource.cli.common import (
     literal,
     parse_when,
     print_json,
+    store_exists,
 )
 from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 from insource.config import Config
@@ -69,11 +70,6 @@ class SearchIn(StrEnum):
 class Kind(StrEnum):
     classification = "classification"
     generation = "generation"
-
-
-def store_exists(cfg: Config) -> bool:
-    path = cfg.sqlite_path()
-    return path is None or path.exists()
 
 
 def open_existing_store(cfg: Config) -> Store:
@@ -171,7 +167,7 @@ def _print_build(result: BuildResult, json: bool) -> None:
 @app.command("tasks")
 @handle_errors
 def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
-    """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation."""
+    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation."""
     cfg = get_config(config)
     rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
     empty = "No tasks seen yet: send requests through `insource serve` naming a task (metadata.task or X-Insource-Task)"
@@ -183,6 +179,7 @@ def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = Fal
 TASK_COLUMNS = (
     Col("task"),
     Col("requests", "num", short="reqs"),
+    Col("refused", "num", short="ref."),
     Col("cost (USD)", "num", short="USD"),
     Col("distinct outputs", "num", short="outputs"),
     Col("kind"),
@@ -190,7 +187,8 @@ TASK_COLUMNS = (
 
 
 def _task_cells(r: dict[str, Any]) -> list[Cell]:
-    return [literal(r["task"]), str(r["requests"]), f"{r['cost_usd']:.4f}", str(r["distinct_outputs"]), r["kind"]]
+    counts = (str(r["requests"]), str(r.get("refused", 0)))
+    return [literal(r["task"]), *counts, f"{r['cost_usd']:.4f}", str(r["distinct_outputs"]), r["kind"]]
 
 
 @app.command("audit")

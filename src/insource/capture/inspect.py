@@ -9,7 +9,7 @@ import orjson
 
 from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
-from insource.capture.stats import answer_key, output_kind
+from insource.capture.stats import answer_key, kind_and_reason
 from insource.errors import NotFound, NotReady
 from insource.store import CALLER_REQUESTS_SQL, Store
 
@@ -42,13 +42,15 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
     out = []
     for task in sorted(set(usage) | set(answers)):
         u, a = usage.get(task), answers.get(task, Counter())
+        kind, reason = kind_and_reason(a)
         out.append(
             {
                 "task": task,
                 "requests": int(u["requests"]) if u else sum(a.values()),
                 "cost_usd": round(float(u["cost_usd"]), 8) if u else 0.0,
                 "distinct_outputs": len(a),
-                "kind": output_kind(a),
+                "kind": kind,
+                "kind_reason": reason,
             }
         )
     return out

@@ -164,7 +164,7 @@ def _print_build(result: BuildResult, json: bool) -> None:
 @app.command("tasks")
 @handle_errors
 def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
-    """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation."""
+    """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation, and why."""
     cfg = get_config(config)
     rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
     if json:
@@ -175,6 +175,8 @@ def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
         cost = f"{r['cost_usd']:.4f}"
         table.add_row(literal(r["task"]), str(r["requests"]), cost, str(r["distinct_outputs"]), literal(r["kind"]))
     console.print(table)
+    for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
+        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
 
 
 @app.command("audit")

@@ -118,6 +118,7 @@ class Walkthrough:
             return ""
         script = f"set -o pipefail\nsource {shlex.quote(str(self.env_file))}\n{command}\nrc=$?\n"
         script += f"export -p > {shlex.quote(str(self.env_file))}\nexit $rc\n"
+        started = time.monotonic()
         result = subprocess.run(
             ["bash", "-c", script],
             cwd=self.folder,
@@ -127,6 +128,7 @@ class Walkthrough:
             timeout=STEP_TIMEOUT_S,
         )
         assert result.returncode == 0, f"`{command}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        print(f"{time.monotonic() - started:6.1f} s  {command}")  # shown with -s, and on failure
         self.outputs.append((command, result.stdout))
         return result.stdout
 

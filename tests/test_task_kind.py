@@ -10,6 +10,8 @@ from pathlib import Path
 from tests._dataset_helpers import BASE_TS, _raw, _small_project
 from tests.conftest import run_cli
 
+from insource.capture.stats import kind_and_reason
+
 VERBS = ["check", "change", "cancel", "dispute", "freeze", "unfreeze", "order", "top_up", "verify", "close",
          "open", "report", "activate", "renew", "transfer", "explain"]  # fmt: skip
 NOUNS = ["card", "pin", "account", "payment", "refund", "fee", "limit", "address", "statement", "loan"]
@@ -57,6 +59,12 @@ def test_the_dataset_agrees_with_tasks_on_many_labels(tmp_path: Path) -> None:
     assert manifest["kind_reason"].startswith("155 labels") and len(manifest["labels"]) == 155
     run_cli("dataset", "build", "--task", "notes", "--out", str(tmp_path / "notes"), "--config", str(config))
     assert json.loads((tmp_path / "notes" / "dataset.json").read_text())["kind"] == "generation"
+    refused = run_cli("distill", "--task", "notes", "--dataset", str(tmp_path / "notes"), "--config", str(config),
+                      check=False)  # fmt: skip
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "holds a generation task (300 distinct answers for 300 requests, only 0% of requests share" in message
+    assert "--student lora --base-model DIR" in message and "--kind classification" in message
 
 
 def test_a_task_with_one_answer_so_far_is_generation_with_a_reason(tmp_path: Path) -> None:
@@ -64,3 +72,14 @@ def test_a_task_with_one_answer_so_far_is_generation_with_a_reason(tmp_path: Pat
     config = _small_project(tmp_path, raws)
     row = json.loads(run_cli("tasks", "--json", "--config", str(config)).stdout)[0]
     assert (row["kind"], row["kind_reason"]) == ("generation", "1 answer so far: too few to see labels repeat")
+
+
+def test_the_rule_has_no_label_cap() -> None:
+    """Pure rule: 151 or 400 repeating labels are labels; the same count of one-off answers is not."""
+    assert kind_and_reason({f"intent_{i}": 100 for i in range(151)}) == (
+        "classification", "151 labels, each answer repeats 100× on average",
+    )  # fmt: skip
+    assert kind_and_reason({f"intent_{i}": 3 for i in range(400)})[0] == "classification"
+    kind, reason = kind_and_reason({f"answer {i}": 1 for i in range(400)})
+    assert kind == "generation" and reason.startswith("400 distinct answers for 400 requests, only 0%")
+    assert kind_and_reason({"long answer " * 10: 50})[0] == "generation"

@@ -43,19 +43,23 @@ def kind_and_reason(answers: Mapping[str, int]) -> tuple[Kind, str]:
         return "generation", f"{requests} answer{'' if requests == 1 else 's'} so far: too few to see labels repeat"
     avg_chars = sum(len(a) * n for a, n in answers.items()) / requests
     if avg_chars > MAX_LABEL_CHARS:
-        return "generation", f"answers average {avg_chars:.0f} characters (labels: ≤ {MAX_LABEL_CHARS:.0f})"
+        return "generation", f"answers average {avg_chars:.0f} characters; labels average {MAX_LABEL_CHARS:.0f} at most"
     multiline = sum(n for a, n in answers.items() if "\n" in a)
     if multiline:
-        return "generation", f"{multiline} answer{'' if multiline == 1 else 's'} span several lines (labels do not)"
+        return (
+            "generation",
+            f"{multiline} answer{' spans' if multiline == 1 else 's span'} several lines; labels are one line",
+        )
     repeated = sum(n for n in answers.values() if n > 1)
     few = distinct <= max(2.0, MAX_LABEL_SHARE * requests)
     per_answer = requests / distinct
     if few or repeated >= MIN_REPEATED_SHARE * requests:
         label_word = "label" if distinct == 1 else "labels"
-        return "classification", f"{distinct} {label_word}, each answer repeats {per_answer:.3g}× on average"
+        times = f"{per_answer:,.0f}" if per_answer >= 10 else f"{per_answer:.2g}"
+        return "classification", f"{distinct:,} {label_word}, each answer repeats {times}× on average"
     return "generation", (
-        f"{distinct} distinct answers for {requests} requests: only {repeated / requests:.0%} of requests share "
-        f"an answer with another (labels: ≥ {MIN_REPEATED_SHARE:.0%})"
+        f"{distinct:,} distinct answers for {requests:,} requests, only {repeated / requests:.0%} of requests share "
+        f"an answer with another; labels repeat for {MIN_REPEATED_SHARE:.0%} or more"
     )
 
 

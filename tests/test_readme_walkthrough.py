@@ -167,8 +167,12 @@ class Walkthrough:
 @pytest.fixture()
 def walkthrough(tmp_path: Path, encoder_cache: Path) -> Iterator[tuple[Walkthrough, list[Step]]]:
     text = section((ROOT / "README.md").read_text("utf-8"))
+    taken: set[int] = set()
     for port in PORTS:
-        text = re.sub(rf"\b{port}\b", str(free_port()), text)
+        while (free := free_port()) in taken:
+            pass
+        taken.add(free)
+        text = re.sub(rf"\b{port}\b", str(free), text)
     folder = tmp_path / "project"
     folder.mkdir()
     # The first distill exports the base encoder (about a minute); the session's copy is put where it would go.

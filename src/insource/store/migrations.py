@@ -99,3 +99,15 @@ def m003_routing(db: DB) -> None:
         CREATE INDEX agreements_task_ts ON agreements(task, ts);
         """,
     )
+
+
+@migration
+def m004_logs_request_id(db: DB) -> None:
+    """The request id the caller sent (X-Request-Id) or the gateway made: the same in the response and logs."""
+    run_script(
+        db,
+        """
+        ALTER TABLE usage ADD COLUMN request_id TEXT;
+        CREATE INDEX usage_request_id ON usage(request_id);
+        """,
+    )

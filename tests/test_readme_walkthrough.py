@@ -202,7 +202,7 @@ def test_the_readme_walkthrough_runs_to_a_student_answering(walkthrough: tuple[W
     assert counts.get("intent@v1", 0) >= 0.2 * sent, counts  # what the student is sure of: most (measured: 98%)
     routes = json.loads(run.run("insource route show --json"))
     route = next(r for r in routes if r["task"] == "intent")
-    assert (route["mode"], route["model"], route["active"]) == ("cascade", "intent@v1", True)
+    assert (route["mode"], route["model"], route["state"]) == ("cascade", "intent@v1", "answering")
     assert route["threshold"] is not None and route["target_agreement"] == 0.95
     by_server = {r["served_by"]: r for r in json.loads(run.run("insource spend --by served_by --json"))}
     assert by_server["intent@v1"]["requests"] == counts["intent@v1"], by_server  # metered as the student's

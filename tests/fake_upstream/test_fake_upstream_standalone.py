@@ -17,8 +17,9 @@ import openai
 import pytest
 from tests.fake_upstream.helpers import KEY, chat
 
-from insource.testing import FakeUpstream, SimulatedTeacher, demo_data, run_server
-from insource.testing.teacher import customer_text, keyword_label
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher, customer_text, keyword_label
+from insource.testing import FakeUpstream, run_server
 
 # ---------------------------------------------------------------- server lifecycle, fast mode, CLI
 

@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     upstream.delay_s = args.delay_ms / 1000
     upstream.token_delay_s = args.token_delay_ms / 1000
     if args.teacher:
-        from insource.testing.teacher import SimulatedTeacher
+        from insource.demo.teacher import SimulatedTeacher
 
         teacher = SimulatedTeacher(speed=args.teacher_speed, seed=args.seed)
         teacher.attach(upstream)

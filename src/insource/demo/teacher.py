@@ -446,3 +446,31 @@ class SimulatedTeacher:
             f"Priced like gpt-4o-mini: ${PRICE_PER_MTOK['input']}/1M input, "
             f"${PRICE_PER_MTOK['output']}/1M output tokens. system_fingerprint={FINGERPRINT}."
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m insource.demo.teacher --port 9000``: the fake upstream answering as this simulated teacher
+    (every fake-upstream option applies, plus ``--teacher-speed``)."""
+    import argparse
+    import sys
+
+    from insource.testing.fake_upstream import build_parser
+    from insource.testing.fake_upstream import main as run_upstream
+
+    parser = build_parser()
+    parser.prog = "python -m insource.demo.teacher"
+    parser.description = "Run the demo's SIMULATED teacher (a fake OpenAI upstream labelling support messages)."
+    parser.add_argument("--teacher-speed", type=float, default=1.0, help="teacher latency factor (0 = none)")
+
+    def attach(upstream: FakeUpstream, args: argparse.Namespace) -> None:
+        if args.teacher_speed < 0:
+            parser.error("--teacher-speed must be >= 0")
+        teacher = SimulatedTeacher(speed=args.teacher_speed, seed=args.seed)
+        teacher.attach(upstream)
+        print(teacher.describe(), file=sys.stderr)
+
+    return run_upstream(argv, parser=parser, attach=attach)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from insource.capture.dataset_read import Example
 from insource.registry.embed_cache import EmbeddingCache
 from insource.registry.encoder import Matrix, OnnxEncoder
 from insource.registry.progress import Step
@@ -15,8 +16,15 @@ from insource.registry.progress import Step
 EMBED_CHUNK = 512
 
 
+class HasInput(Protocol):
+    """An example as the dataset reader gives it: only its input text is embedded."""
+
+    @property
+    def input(self) -> str: ...
+
+
 def embed_examples(
-    encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example], step: Step | None = None
+    encoder: OnnxEncoder, cache: EmbeddingCache, examples: Sequence[HasInput], step: Step | None = None
 ) -> Matrix:
     """Embeddings of the examples' inputs; only inputs not in the cache are encoded (in chunks, reported)."""
 

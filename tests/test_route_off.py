@@ -20,11 +20,11 @@ import openai
 import pytest
 from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
-from insource.distill.dataset import write_dataset
-from insource.testing import demo_data
+from insource.capture.dataset_read import write_dataset
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
-from insource.testing.teacher import SimulatedTeacher
 
 TASK = "support"
 TEACHER = "teacher:gpt-4o-mini"

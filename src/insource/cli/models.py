@@ -276,7 +276,7 @@ def eval_cmd(
 @handle_errors
 def models_list(json_out: JsonOpt = False, csv: CsvOpt = False, config: ConfigOpt = None) -> None:
     """Every registered student version, with its status (missing or damaged weight files are named)."""
-    from insource.distill.registry import list_models
+    from insource.registry.entries import list_models
 
     rows = list_models(get_config(config).registry_path())
     if emit(rows, json=json_out, csv=csv, empty="No students registered yet: run `insource distill --task TASK`"):
@@ -322,8 +322,8 @@ def models_show(
     config: ConfigOpt = None,
 ) -> None:
     """One student: its model.json, status (its weights are loaded to check them), thresholds, model card."""
-    from insource.distill.registry import read_model_info, read_thresholds, resolve, verify_entry
     from insource.errors import NotReady
+    from insource.registry.entries import read_model_info, read_thresholds, resolve, verify_entry
 
     folder = resolve(get_config(config).registry_path(), name)
     info = read_model_info(folder)

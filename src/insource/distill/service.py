@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from insource.capture.dataset_read import Dataset, check_trainable, load_dataset
 from insource.config import Config
 from insource.distill.card import render_card
-from insource.distill.dataset import Dataset, check_trainable, load_dataset
-from insource.distill.progress import Step, quiet
-from insource.distill.registry import check_task_name, commit, discard, register, stage
 from insource.distill.select import AUTO_STUDENTS, check_target, pick, record_choice, val_at_target
 from insource.distill.validation import COMMON_TARGET, val_requirement, val_warnings
 from insource.errors import NotReady
+from insource.registry.entries import check_task_name, commit, discard, register, stage
+from insource.registry.progress import Step, quiet
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
 

@@ -106,8 +106,9 @@ def distill(
 ) -> None:
     """Train a student on a task's dataset and register it as TASK@vN (auto: the better of two).
 
-    A dataset whose validation split is too small to estimate agreement is refused (exit 2, saying how many
-    examples are needed): at least 9 to show agreement 0.9, A/(1-A) for --target-agreement A; --force trains anyway.
+    A validation split too small to estimate agreement is refused (exit 2, saying how many examples it needs).
+
+    Needed: 9 to show agreement 0.9, A/(1-A) for --target-agreement A (99 for 0.99). --force trains anyway.
     """
     from insource.cli.progress import StageProgress
     from insource.distill.service import distill as run_distill
@@ -237,8 +238,7 @@ def eval_cmd(
 ) -> None:
     """Measure a student against its teacher: agreement, calibration, coverage, threshold, latency, cost.
 
-    Exit codes: 0 done; 2 bad input; 3 --target-agreement A was given and no confidence threshold reaches A
-    on validation (the teacher would keep answering everything at A).
+    Exit codes: 0 done; 2 bad input; 3 no confidence threshold reaches the --target-agreement A given.
     """
     from insource.evals.run import evaluate
 

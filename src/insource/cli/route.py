@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import datetime as dt
+import urllib.parse
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from insource.cli import app
 from insource.cli.common import (
     ConfigOpt,
     JsonOpt,
+    UrlOpt,
     console,
     finite,
     get_config,
@@ -20,6 +22,9 @@ from insource.cli.common import (
     print_json,
     shown,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
+
+STATES = {"answering": "answering", "off": "off", "rolled_back": "rolled back"}
 
 route_app = typer.Typer(help="Per-task insourcing policies (shadow, canary, cascade, full).", no_args_is_help=True)
 app.add_typer(route_app, name="route")
@@ -76,37 +81,94 @@ def route_set(
         )
 
 
+def _why_not_answering(row: dict[str, Any]) -> str:
+    """One line: since when the teacher answers the task, and why (the latest off or rollback event)."""
+    event = next((e for e in reversed(row["events"]) if e["kind"] in ("off", "rollback")), None)
+    if event is None:
+        return f"{row['task']}: the teacher answers it"
+    when = dt.datetime.fromtimestamp(float(event["ts"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    detail = event["detail"] if isinstance(event["detail"], dict) else {}
+    if event["kind"] == "rollback":
+        why = f"agreement {detail.get('agreement', 0):.3f} below the floor {detail.get('floor')}"
+        return f"{row['task']}: rolled back to the teacher at {when} ({why})"
+    reason = detail.get("reason") or "no reason given"
+    return f"{row['task']}: turned off by hand at {when} by {detail.get('by', 'cli')}: {reason}"
+
+
+@route_app.command("off")
+@handle_errors
+def route_off(
+    task: Annotated[str, typer.Option(help="The task to send back to the teacher.")],
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the route's history).")] = None,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Send a task back to the teacher now, on every worker within a second; `route set` turns it on again."""
+    if url:
+        from insource.cli.gateway import remote
+
+        path = "/admin/routes/" + urllib.parse.quote(task, safe="") + "/off"
+        row = remote(url, "POST", path, {"reason": reason} if reason is not None else {})
+    else:
+        from insource.service.routes import route_off as turn_off
+
+        cfg = get_config(config)
+        row = turn_off(cfg, get_store(cfg), task, reason, by="cli")
+    if json:
+        print_json(row)
+    else:
+        console.print(f"task [bold]{shown(task)}[/] is off: the teacher answers it", highlight=False)
+
+
 @route_app.command("show")
 @handle_errors
-def route_show(config: ConfigOpt = None, json: JsonOpt = False) -> None:
+def route_show(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
     """Policies, live agreement with the teacher, and events (rollbacks included)."""
     from insource.service.routes import show_routes
 
     cfg = get_config(config)
     rows = show_routes(cfg, get_store(cfg))
-    if json:
-        print_json(rows)
-        return
-    table = Table(
-        "task", "model", "mode", "active", "threshold", "percent", "audit", "floor", "agreement", "n", "last event"
+    empty = (
+        "No routes yet (the teacher answers every task): run `insource route set --task T --model T@v1 --mode shadow`"
     )
-    for r in rows:
-        agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
-        last = r["events"][-1] if r["events"] else None
-        table.add_row(
-            literal(r["task"]),
-            literal(r["model"]),
-            literal(r["mode"]),
-            "yes" if r["active"] else "[red]rolled back[/]",
-            "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
-            f"{r['percent']:g}",
-            f"{r['audit_rate']:g}",
-            f"{r['floor']:g}",
-            agreement,
-            str(r["n"]),
-            literal(last["kind"] if last else ""),
-        )
-    console.print(table)
+    if emit(rows, json=json, csv=csv, empty=empty):
+        return
+    print_table(ROUTE_COLUMNS, [_route_cells(r) for r in rows])
     for r in rows:
         if r.get("problem"):
             console.print(literal(r["problem"], style="red"), literal(f"(the teacher answers {r['task']})"))
+        elif r["state"] != "answering":
+            console.print(literal(_why_not_answering(r)), soft_wrap=True)
+
+
+ROUTE_COLUMNS = (
+    Col("task"),
+    Col("model"),
+    Col("mode"),
+    Col("state"),
+    Col("threshold", "num", short="thr."),
+    Col("percent", "num", short="%", drop=4),
+    Col("audit", "num", drop=3),
+    Col("floor", "num", drop=2),
+    Col("agreement", "num", short="agr."),
+    Col("n", "num"),
+    Col("last event", short="event", drop=1),
+)
+
+
+def _route_cells(r: dict[str, Any]) -> list[Cell]:
+    last = r["events"][-1] if r["events"] else None
+    return [
+        literal(r["task"]),
+        literal(r["model"]),
+        literal(r["mode"]),
+        literal(STATES.get(r["state"], r["state"]), style="" if r["state"] == "answering" else "red"),
+        "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
+        f"{r['percent']:g}",
+        f"{r['audit_rate']:g}",
+        f"{r['floor']:g}",
+        "-" if r["agreement"] is None else f"{r['agreement']:.3f}",
+        str(r["n"]),
+        literal(last["kind"] if last else ""),
+    ]

@@ -82,5 +82,5 @@ class RequestContext:
             "cost_avoided_usd": self.cost_avoided_usd,
             "latency_ms": (time.perf_counter() - self.t0) * 1000.0,
             "ttft_ms": self.ttft_ms,
-            "attempts": max(1, self.attempts),
+            "attempts": self.attempts,  # 0: no upstream call (a student answered, or insource refused it)
         }

@@ -87,6 +87,12 @@ class InsourcingRouter:
                     self.outcomes.pop(task, None)
             self.policies = fresh
 
+    def turn_off(self, task: str) -> None:
+        """The teacher answers `task` from now on, on this worker (the store already says so for the others)."""
+        policy = self.policies.get(task)
+        if policy is not None and policy.active:
+            self.policies[task] = dataclasses.replace(policy, active=False)
+
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
         return judge_routes(self.gw.store, load_policies(self.gw.cfg, self.gw.store, self.configured))
 

@@ -61,10 +61,11 @@ class Upstreams:
                 last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
                 continue
             trial = breaker.opened_at is not None  # allowed while open: this request is the half-open probe
+            ctx.served_by = target = f"{pname}:{umodel}"  # the usage record says who was asked, even if it fails
             try:
                 result = await self._call_target(ctx, pname, umodel, op)
             except UpstreamError as exc:
-                exc.headers.setdefault(SERVED_BY, f"{pname}:{umodel}")  # an error a target answered says which
+                exc.headers.setdefault(SERVED_BY, target)  # an error a target answered says which
                 if not exc.retryable:
                     exc.headers.update(NO_CLIENT_RETRY)  # the same request fails again
                     raise
@@ -73,7 +74,7 @@ class Upstreams:
             finally:
                 if trial:
                     breaker.end_trial()  # a probe that was cancelled or raised oddly must not hold the breaker
-            ctx.provider, ctx.upstream_model, ctx.served_by = pname, umodel, f"{pname}:{umodel}"
+            ctx.provider, ctx.upstream_model = pname, umodel
             return result
         if ctx.attempts > 1:  # insource already retried or fell back: a client's retries would multiply its attempts
             last.headers.update(NO_CLIENT_RETRY)

@@ -114,7 +114,7 @@ def route_off(
         from insource.service.routes import route_off as turn_off
 
         cfg = get_config(config)
-        row = turn_off(cfg, get_store(cfg), task, reason, by="cli")
+        row = turn_off(cfg, get_store(cfg, create=True), task, reason, by="cli")  # a write: kept in the store
     if json:
         print_json(row)
     else:

@@ -114,7 +114,10 @@ def serve(
         typer.Option(envvar="INSOURCE_LOG_LEVEL", help="info: one access-log line per request; warning: failures."),
     ] = LogLevel.info,
     log_format: Annotated[
-        LogFormat, typer.Option(envvar="INSOURCE_LOG_FORMAT", help="text (key=value) or json (one object a line).")
+        LogFormat,
+        typer.Option(
+            envvar="INSOURCE_LOG_FORMAT", help="text (time level logger: message {fields}) or json (one object a line)."
+        ),
     ] = LogFormat.text,
 ) -> None:
     """Run the OpenAI-compatible gateway."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
+from rich import box
 from rich.table import Table
 
 from insource.cli import app
@@ -259,19 +262,25 @@ def spend(
         _spend_table(rows, dims)
 
 
+def _count_cell(name: str, row: dict[str, Any]) -> str:
+    return str(row.get(name, 0))
+
+
 def _spend_table(rows: list[dict[str, Any]], dims: list[str]) -> None:
-    table = Table(
-        *(shown(d) for d in dims), "requests", "refused", "audits", "prompt", "completion", "cost_usd", "avoided_usd"
-    )
+    """Fits 80 columns: light borders; refused, audits and avoided only when some row has them."""
+    cols: list[tuple[str, Callable[[dict[str, Any]], str]]] = [("requests", lambda r: str(r["requests"]))]
+    for name in ("refused", "audits"):
+        if any(r.get(name) for r in rows):
+            cols.append((name, functools.partial(_count_cell, name)))
+    cols.append(("tokens", lambda r: f"{r['prompt_tokens'] + r['completion_tokens']:,}"))
+    cols.append(("cost_usd", lambda r: f"{r['cost_usd']:.4f}"))
+    if any(r["cost_avoided_usd"] for r in rows):
+        cols.append(("avoided_usd", lambda r: f"{r['cost_avoided_usd']:.4f}"))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for d in dims:
+        table.add_column(shown(d), overflow="fold")
+    for name, _ in cols:
+        table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(
-            *(literal(r[d]) for d in dims),
-            literal(r["requests"]),
-            literal(r.get("refused", 0)),
-            literal(r.get("audits", 0)),
-            str(r["prompt_tokens"]),
-            str(r["completion_tokens"]),
-            f"{r['cost_usd']:.6f}",
-            f"{r['cost_avoided_usd']:.6f}",
-        )
+        table.add_row(*(literal(r[d]) for d in dims), *(fmt(r) for _, fmt in cols))
     console.print(table)

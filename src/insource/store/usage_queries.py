@@ -6,7 +6,8 @@ The API, small on purpose:
 - `daily_spend(store, flt, by=None)`: the same per day (and per `by`), oldest day first;
 - `usage_total(store, flt)`: one row of totals;
 - `day_span(store)`: the first and last day with any usage (None when there is none);
-- `today(store)`: today's date in the reporting timezone (`store.report_timezone()`).
+- `today(store)`: today's date in the reporting timezone (`store.report_timezone()`);
+- `existing_import_ids(store, ids)`: which imported bill lines are already there (`usage import`).
 
 Days are local days in the reporting timezone (`[report] timezone`): a `day` key is "YYYY-MM-DD", a `week` key
 the week's Monday ("YYYY-MM-DD"), a `month` key "YYYY-MM". Dimension values that the record did not have (no task,
@@ -204,6 +205,16 @@ def day_span(store: QueryStore, flt: UsageFilter = UsageFilter()) -> tuple[dt.da
     if not rows or rows[0]["lo"] is None:
         return None
     return dt.date.fromisoformat(rows[0]["lo"]), dt.date.fromisoformat(rows[0]["hi"])
+
+
+def existing_import_ids(store: QueryStore, ids: Sequence[str]) -> set[str]:
+    """The ids among `ids` already in `usage_imports` (imported bill lines)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ", ".join("?" * len(chunk))
+        found.update(r["id"] for r in store.query(f"SELECT id FROM usage_imports WHERE id IN ({marks})", chunk))
+    return found
 
 
 def today(store: QueryStore, now: float | None = None) -> dt.date:

@@ -108,6 +108,9 @@ def test_rollups_written_by_the_writer_equal_the_records(tmp_path: Path) -> None
     writer.close()
     assert_same(as_table(store, "task"), expected(rows, "Europe/Berlin", "task"))
     assert_same(as_table(store, "tenant"), expected(rows, "Europe/Berlin", "tenant"))
+    assert_lite_matches(store)
+    by_key = {(r.keys["day"], r.keys["key"]): r.cost_usd for r in usage_by(store, ["day", "key"])}
+    assert sum(by_key.values()) == pytest.approx(sum(r["cost_usd"] for r in rows))
     total = usage_total(store)
     assert total.requests == sum(r["endpoint"] != "audit" for r in rows)
     assert total.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows))
@@ -165,18 +168,37 @@ def test_rebuild_across_summer_time_equals_writing_in_the_zone(tmp_path: Path) -
     ]
     assert [r["cost_usd"] for r in a] == pytest.approx([r["cost_usd"] for r in b])
     assert_same(as_table(rebuilt, "served_by"), expected(rows, "Europe/Berlin", "served_by"))
+    assert_lite_matches(rebuilt)
 
 
 def test_migration_backfills_existing_records(tmp_path: Path) -> None:
     rows = random_rows(500, seed=5)
     store = Store(tmp_path / "r.db")
     store.write_batch([("usage", r, False) for r in rows])
-    for table in ("usage_daily", "usage_imports", "usage_daily_zone"):  # back to a store from before the rollups
+    for table in (
+        "usage_daily",
+        "usage_daily_lite",
+        "usage_imports",
+        "usage_daily_zone",
+    ):  # back to a store from before the rollups
         store.execute(f"DROP TABLE {table}")
     store.execute("DELETE FROM _migrations WHERE name = 'm004_usage_rollups'")
     store.close()
     upgraded = Store(tmp_path / "r.db")
     assert_same(as_table(upgraded, "task"), expected(rows, "UTC", "task"))
+    assert_lite_matches(upgraded)
+
+
+def assert_lite_matches(store: Store) -> None:
+    """`usage_daily_lite` (no key) holds exactly `usage_daily` summed over keys."""
+    dims = "day, tenant, model, task, served_by, endpoint, imported"
+    sums = "SUM(requests) AS r, SUM(refused) AS f, SUM(audits) AS a, SUM(prompt_tokens) AS p, SUM(cost_usd) AS c"
+    full = store.query(f"SELECT {dims}, {sums} FROM usage_daily GROUP BY {dims} ORDER BY {dims}")
+    lite = store.query(f"SELECT {dims}, {sums} FROM usage_daily_lite GROUP BY {dims} ORDER BY {dims}")
+    assert len(full) == len(lite) > 0
+    for a, b in zip(full, lite, strict=True):
+        assert {k: v for k, v in a.items() if k != "c"} == {k: v for k, v in b.items() if k != "c"}
+        assert a["c"] == pytest.approx(b["c"])
 
 
 def test_filters_and_dimensions(tmp_path: Path) -> None:

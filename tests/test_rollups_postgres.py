@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tests.test_postgres import pg_url, pytestmark  # noqa: F401  (the server fixture, and its skip rule)
-from tests.test_rollups import as_table, assert_same, expected, random_rows, usage_row
+from tests.test_rollups import as_table, assert_lite_matches, assert_same, expected, random_rows, usage_row
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
@@ -25,6 +25,7 @@ def fresh(url: str, zone: str | None = None) -> PgStore:
     store.execute("DELETE FROM usage")
     store.execute("DELETE FROM usage_imports")
     store.execute("DELETE FROM usage_daily")
+    store.execute("DELETE FROM usage_daily_lite")
     store.execute("UPDATE usage_daily_zone SET zone = 'UTC'")
     return PgStore(url, zone) if zone else store
 
@@ -46,6 +47,7 @@ def test_rollups_equal_the_records_on_postgres(pg_url: str, tmp_path: Path) -> N
     rebuilt = PgStore(pg_url, "America/New_York")  # another zone: rebuilt from the records on the server
     assert rebuilt.report_timezone() == "America/New_York"
     assert_same(as_table(rebuilt, "tenant"), expected(rows, "America/New_York", "tenant"))
+    assert_lite_matches(rebuilt)
 
 
 def test_half_past_eleven_utc_on_postgres(pg_url: str) -> None:  # noqa: F811

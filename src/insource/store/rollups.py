@@ -2,7 +2,9 @@
 
 Every report reads `usage_daily` (days), never `usage` (requests). One rollup row per local day × tenant × key ×
 model × task × served_by × endpoint × imported, with counts (requests, refused, audits, errors), token sums and
-costs. NULL dimensions are stored as '' (key columns cannot be NULL); readers turn '' back into None.
+costs; `usage_daily_lite` holds the same without the key (with many keys, several times fewer rows: what reports
+read unless they group or filter by key). NULL dimensions are stored as '' (key columns cannot be NULL); readers
+turn '' back into None.
 
 **Why days in the reporting timezone, computed at write time** (and not UTC hours bucketed at read time): a
 report then reads ~24× fewer rows (with keys × tasks × served_by in the key, the hourly table is nearly as big as
@@ -43,11 +45,21 @@ MEASURES = (
 ROLLED_UP = frozenset({"usage", "usage_imports"})  # tables whose inserted rows feed `usage_daily`
 ZONE_SQL = "SELECT zone FROM usage_daily_zone"  # the zone the rollups use (one row)
 
-UPSERT_SQL = (
-    f"INSERT INTO usage_daily ({', '.join(KEYS + MEASURES)}) VALUES ({', '.join('?' * (len(KEYS) + len(MEASURES)))})"
-    f" ON CONFLICT ({', '.join(KEYS)}) DO UPDATE SET "
-    + ", ".join(f"{m} = usage_daily.{m} + excluded.{m}" for m in MEASURES)
-)
+LITE_KEYS = tuple(k for k in KEYS if k != "key_id")  # `usage_daily_lite`: the same without the key
+_KEY_AT = KEYS.index("key_id")
+
+
+def _upsert_values(table: str, keys: tuple[str, ...]) -> str:
+    marks = ", ".join("?" * (len(keys) + len(MEASURES)))
+    updates = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+    return (
+        f"INSERT INTO {table} ({', '.join(keys + MEASURES)}) VALUES ({marks})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+UPSERT_SQL = _upsert_values("usage_daily", KEYS)
+UPSERT_LITE_SQL = _upsert_values("usage_daily_lite", LITE_KEYS)
 
 # The same classification in SQL (rebuilds) and in Python (`_usage_measures`): keep them in step.
 _MEASURES_SQL = """
@@ -118,8 +130,19 @@ class Rollup:
     def __bool__(self) -> bool:
         return bool(self._rows)
 
-    def params(self, day_of: DayOf) -> list[tuple[Any, ...]]:
-        """One upsert per rollup cell, sorted (concurrent writers lock cells in the same order: no deadlock)."""
+    def upserts(self, day_of: DayOf) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """(SQL, values) per rollup table: one upsert per cell, sorted (concurrent writers lock cells in the same
+        order: no deadlock)."""
+        cells = self._cells(day_of)
+        lite: dict[tuple[Any, ...], list[Any]] = {}
+        for key, measures in cells.items():
+            _add(lite, key[:_KEY_AT] + key[_KEY_AT + 1 :], measures)
+        return [
+            (UPSERT_SQL, [(*key, *cells[key]) for key in sorted(cells)]),
+            (UPSERT_LITE_SQL, [(*key, *lite[key]) for key in sorted(lite)]),
+        ]
+
+    def _cells(self, day_of: DayOf) -> dict[tuple[Any, ...], list[Any]]:
         cells: dict[tuple[Any, ...], list[Any]] = {}
         for table, row in self._rows:
             if table == "usage":
@@ -138,13 +161,17 @@ class Rollup:
                 key = (row["day"], row["tenant"], "", row["model"], row.get("task") or "", "", "import", 1)
                 measures = (int(row["requests"]), 0, 0, 0, int(row["prompt_tokens"]), 0)
                 measures += (int(row["completion_tokens"]), 0, float(row["cost_usd"]), 0.0)
-            cell = cells.get(key)
-            if cell is None:
-                cells[key] = list(measures)
-            else:
-                for i, m in enumerate(measures):
-                    cell[i] += m
-        return [(*key, *cells[key]) for key in sorted(cells)]
+            _add(cells, key, measures)
+        return cells
+
+
+def _add(cells: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], measures: Sequence[Any]) -> None:
+    cell = cells.get(key)
+    if cell is None:
+        cells[key] = list(measures)
+    else:
+        for i, m in enumerate(measures):
+            cell[i] += m
 
 
 # -- rebuilding (the reporting timezone changed) --------------------------------------------------------------
@@ -197,6 +224,7 @@ def rebuild(store: RebuildStore, zone: str) -> None:
     if store.dialect == "postgres":  # no record is written meanwhile (its rollup would use the old zone)
         store.execute("LOCK TABLE usage, usage_imports IN SHARE ROW EXCLUSIVE MODE")
     store.execute("DELETE FROM usage_daily")
+    store.execute("DELETE FROM usage_daily_lite")
     span = store.query_one("SELECT MIN(ts) AS lo, MAX(ts) AS hi FROM usage")
     if span and span["lo"] is not None:
         lo, hi = float(span["lo"]), float(span["hi"])
@@ -213,4 +241,9 @@ def rebuild(store: RebuildStore, zone: str) -> None:
         " GROUP BY day, tenant, model, COALESCE(task, '')"
     )
     store.execute(_upsert_select(store.dialect, select))
+    lite, sums = ", ".join(LITE_KEYS), ", ".join(f"SUM({m})" for m in MEASURES)
+    store.execute(
+        f"INSERT INTO usage_daily_lite ({lite}, {', '.join(MEASURES)}) SELECT {lite}, {sums} FROM usage_daily"
+        f" GROUP BY {lite}"
+    )
     store.execute("UPDATE usage_daily_zone SET zone = ?", (zone,))

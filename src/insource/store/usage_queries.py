@@ -168,7 +168,8 @@ def usage_by(store: QueryStore, by: Sequence[str], flt: UsageFilter = UsageFilte
     where, params = _where(flt)
     sums = ", ".join(f"SUM({m}) AS {m}" for m in MEASURES)
     select = ", ".join([*cols, sums])
-    sql = f"SELECT {select} FROM usage_daily{where}" + (f" GROUP BY {', '.join(cols)}" if cols else "")
+    table = "usage_daily" if "key" in by or flt.key is not None else "usage_daily_lite"
+    sql = f"SELECT {select} FROM {table}{where}" + (f" GROUP BY {', '.join(cols)}" if cols else "")
     groups: dict[tuple[Any, ...], UsageRow] = {}
     for raw in store.query(sql, params):
         if raw.get("requests") is None and raw.get("audits") is None:
@@ -201,7 +202,8 @@ def usage_total(store: QueryStore, flt: UsageFilter = UsageFilter()) -> UsageRow
 def day_span(store: QueryStore, flt: UsageFilter = UsageFilter()) -> tuple[dt.date, dt.date] | None:
     """The first and the last local day with usage matching `flt`, or None."""
     where, params = _where(flt)
-    rows = store.query(f"SELECT MIN(day) AS lo, MAX(day) AS hi FROM usage_daily{where}", params)
+    table = "usage_daily" if flt.key is not None else "usage_daily_lite"
+    rows = store.query(f"SELECT MIN(day) AS lo, MAX(day) AS hi FROM {table}{where}", params)
     if not rows or rows[0]["lo"] is None:
         return None
     return dt.date.fromisoformat(rows[0]["lo"]), dt.date.fromisoformat(rows[0]["hi"])

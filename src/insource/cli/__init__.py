@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from insource.cli import data, demo, gateway, models, money, route  # noqa: F401
+    from insource.cli import data, demo, gateway, models, money, route, usage  # noqa: F401
 
 
 def main() -> None:

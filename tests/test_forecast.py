@@ -98,25 +98,22 @@ def _row(i: int, ts: float, cost: float, *, key: str = "key_a", tenant: str = "a
     }
 
 
-def _project(folder: Path, days: int, per_day: float = 10.0, tenant_budget: float = 1000.0) -> tuple[Path, Store]:
+def _project(
+    folder: Path, days: int, per_day: float = 10.0, tenant_budget: float = 1000.0, key_budget: float | None = None
+) -> tuple[Path, Store, str]:
     """`days` days up to and including 2026-03-10 (the as-of day), `per_day` USD a day in two records at
-    01:00 and 02:00 UTC, all on one key of tenant acme."""
+    01:00 and 02:00 UTC, all on one key of tenant acme (with `key_budget`). Returns the key's id too."""
     config = folder / "insource.toml"
     config.write_text(f'[store]\nurl = "sqlite:///insource.db"\n\n[tenants.acme]\nbudget_usd = {tenant_budget}\n')
     store = Store(folder / "insource.db")
+    key_id = create_key(store, b"s" * 32, "acme", budget_usd=key_budget)["id"]
     first = dt.datetime(2026, 3, 10, tzinfo=dt.UTC).timestamp() - (days - 1) * DAY
     rows = []
     for d in range(days):
-        rows.append(_row(2 * d, first + d * DAY + 3600, per_day / 2))
-        rows.append(_row(2 * d + 1, first + d * DAY + 7200, per_day / 2))
+        rows.append(_row(2 * d, first + d * DAY + 3600, per_day / 2, key=key_id))
+        rows.append(_row(2 * d + 1, first + d * DAY + 7200, per_day / 2, key=key_id))
     store.write_batch([("usage", row, False) for row in rows])
-    return config, store
-
-
-def _budget_key(store: Store, budget: float) -> str:
-    created = create_key(store, b"s" * 32, "acme", budget_usd=budget)
-    store.execute("UPDATE usage SET key_id=?", (created["id"],))
-    return created["id"]
+    return config, store, key_id
 
 
 def _cli(*args: str) -> Any:
@@ -126,8 +123,7 @@ def _cli(*args: str) -> Any:
 
 
 def test_constant_spend_gives_exact_figures_and_budget_run_out_days(tmp_path: Path) -> None:
-    config, store = _project(tmp_path, days=19)  # 2026-02-20 .. 2026-03-10, $10 a day
-    key_id = _budget_key(store, 150.0)
+    config, store, key_id = _project(tmp_path, days=19, key_budget=150.0)  # 2026-02-20 .. 2026-03-10, $10 a day
     store.close()
     out, _ = _cli("--json", "--as-of", AS_OF, "--horizon-days", "30", "--config", str(config))
     assert set(out) == TOP_KEYS
@@ -155,8 +151,7 @@ def test_constant_spend_gives_exact_figures_and_budget_run_out_days(tmp_path: Pa
 
 
 def test_budget_already_spent_runs_out_today_and_budgets_restart_each_month(tmp_path: Path) -> None:
-    config, store = _project(tmp_path, days=19, tenant_budget=50.0)
-    key_id = _budget_key(store, 330.0)
+    config, store, key_id = _project(tmp_path, days=19, tenant_budget=50.0, key_budget=330.0)
     store.close()
     out, _ = _cli("--json", "--as-of", AS_OF, "--horizon-days", "40", "--config", str(config))
     budgets = {b["name"]: b["exhausted_on"] for b in out["budgets"]}
@@ -166,8 +161,7 @@ def test_budget_already_spent_runs_out_today_and_budgets_restart_each_month(tmp_
 
 
 def test_revoked_keys_and_keys_without_budget_are_not_listed(tmp_path: Path) -> None:
-    config, store = _project(tmp_path, days=5, tenant_budget=0.0)
-    create_key(store, b"s" * 32, "acme")
+    config, store, _ = _project(tmp_path, days=5, tenant_budget=0.0)
     revoked = create_key(store, b"s" * 32, "acme", budget_usd=5.0)
     store.execute("UPDATE keys SET revoked_at=1 WHERE id=?", (revoked["id"],))
     store.close()
@@ -200,7 +194,7 @@ def test_daily_actuals_equal_the_raw_records(tmp_path: Path) -> None:
 
 
 def test_one_day_of_history_is_explained_not_forecast(tmp_path: Path) -> None:
-    config, store = _project(tmp_path, days=1)
+    config, store, _ = _project(tmp_path, days=1)
     store.close()
     out, result = _cli("--json", "--as-of", AS_OF, "--config", str(config))
     assert set(out) == TOP_KEYS
@@ -214,7 +208,7 @@ def test_one_day_of_history_is_explained_not_forecast(tmp_path: Path) -> None:
 
 
 def test_three_days_use_the_trend_only_method(tmp_path: Path) -> None:
-    config, store = _project(tmp_path, days=4)
+    config, store, _ = _project(tmp_path, days=4)
     store.close()
     out, _ = _cli("--json", "--as-of", AS_OF, "--horizon-days", "3", "--config", str(config))
     assert out["method"] == LINEAR
@@ -257,3 +251,19 @@ def test_ninety_days_forecast_in_about_a_second(tmp_path: Path) -> None:
     report = forecast_report(load_config(config), store, now=AS_OF_TS)
     assert report["method"] == HOLT_WINTERS
     assert time.process_time() - started < 5.0
+
+
+def test_days_are_cut_in_the_reporting_timezone(tmp_path: Path) -> None:
+    config = tmp_path / "insource.toml"
+    config.write_text('[store]\nurl = "sqlite:///insource.db"\n\n[report]\ntimezone = "Asia/Kolkata"\n')
+    from insource.config import load_config
+    from insource.store import open_store
+
+    store = open_store(load_config(config))
+    evening = dt.datetime(2026, 3, 9, 17, tzinfo=dt.UTC).timestamp()  # 22:30 in India, 9 March
+    store.write_batch([("usage", _row(0, evening, 3.0), False), ("usage", _row(1, evening + 7200, 5.0), False)])
+    store.close()
+    out, _ = _cli("--json", "--as-of", "2026-03-10T06:00:00", "--config", str(config))
+    assert out["timezone"] == "Asia/Kolkata" and out["as_of"] == "2026-03-10T11:30:00+05:30"
+    assert [(d["date"], d["actual_usd"]) for d in out["daily"]] == [("2026-03-09", 3.0), ("2026-03-10", 5.0)]
+    assert out["month_to_date_usd"] == pytest.approx(8.0)

@@ -10,8 +10,13 @@ A month is 30 days (720 hours) throughout.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from insource.analytics.savings import AUDIT, is_student
+from insource.store.usage_queries import UsageRow
 
 DAYS_PER_MONTH = 30.0
 HOURS_PER_MONTH = DAYS_PER_MONTH * 24
@@ -49,6 +54,49 @@ class Gpu:
     def fixed_usd(self) -> float:
         """The least a month costs: one GPU for 720 hours."""
         return HOURS_PER_MONTH * self.usd_per_hour
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """A task's recent traffic, from daily rollup rows (keys: day, served_by, endpoint)."""
+
+    requests: int  # answered callers' requests
+    days: int  # days from the task's first request in the window to today, 1..30 (0: no traffic)
+    api_usd: float  # what the teacher was paid, plus what it would have been paid for the students' answers
+    student_usd: float
+    insourced: int
+    top_student: str | None  # the student that answered most of them
+
+    def monthly_requests(self) -> float:
+        return self.requests * DAYS_PER_MONTH / self.days if self.days else 0.0
+
+    def api_usd_per_request(self) -> float:
+        return self.api_usd / self.requests if self.requests else 0.0
+
+
+def traffic(rows: Iterable[UsageRow], today: dt.date) -> Traffic:
+    requests = insourced = 0
+    api = student = 0.0
+    first: str | None = None
+    by_student: dict[str, int] = {}
+    for row in rows:
+        served_by, endpoint = row.keys.get("served_by"), row.keys.get("endpoint")
+        if endpoint == AUDIT:
+            continue
+        answered = row.requests - row.refused
+        requests += answered
+        first = row.keys["day"] if first is None else min(first, row.keys["day"])
+        if is_student(served_by, endpoint):
+            insourced += answered
+            api += row.cost_avoided_usd
+            student += row.cost_usd
+            by_student[str(served_by)] = by_student.get(str(served_by), 0) + answered
+        else:
+            api += row.cost_usd
+    span = 0 if first is None else (today - dt.date.fromisoformat(first)).days + 1
+    days = 0 if first is None else max(1, min(int(DAYS_PER_MONTH), span))
+    top = max(sorted(by_student), key=lambda name: by_student[name]) if by_student else None
+    return Traffic(requests, days, api, student, insourced, top)
 
 
 def break_even(api_usd_per_request: float, serving: Cpu | Gpu) -> float | None:

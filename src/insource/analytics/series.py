@@ -6,12 +6,11 @@ Days are cut in one timezone (`[report] timezone`, default UTC), the same for th
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from insource.errors import ConfigError
-from insource.store.analytics import BUCKET_S
 
 
 def zone(name: str) -> ZoneInfo:
@@ -68,12 +67,7 @@ class Daily:
         return Daily(first, tuple(self.value(first + dt.timedelta(days=i)) for i in range(n)))
 
 
-def daily_from_buckets(buckets: Iterable[tuple[int, float]], tz: ZoneInfo, first: dt.date, end: dt.date) -> Daily:
-    """Sum (bucket, amount) pairs into the days [first, end) of `tz`; buckets outside are ignored."""
+def fill_days(amounts: Mapping[dt.date, float], first: dt.date, end: dt.date) -> Daily:
+    """The days [first, end), each with its amount (0 when absent); days outside are ignored."""
     n = max(0, (end - first).days)
-    values = [0.0] * n
-    for bucket, amount in buckets:
-        i = (local_date(bucket * BUCKET_S, tz) - first).days
-        if 0 <= i < n:
-            values[i] += amount
-    return Daily(first, tuple(values))
+    return Daily(first, tuple(float(amounts.get(first + dt.timedelta(days=i), 0.0)) for i in range(n)))

@@ -45,13 +45,12 @@ def forecast(
     forecast. Intervals come from simulated paths (bootstrapped residuals), widened when a backtest on your own
     history shows they were too narrow; the backtest's error (MAPE) is reported. Needs `insource[analytics]`.
     """
-    from insource.service.money import forecast_report
-    from insource.store.analytics import first_usage_ts
+    from insource.service.money import forecast_report, has_usage
 
     cfg = get_config(config)
     store = get_store(cfg)
     report = forecast_report(cfg, store, horizon_days=horizon_days, now=parse_when(as_of, "--as-of"))
-    note = _forecast_note(report, first_usage_ts(store) is None)
+    note = _forecast_note(report, not has_usage(store))
     if json:
         print_json(report)
         if note:
@@ -115,15 +114,14 @@ def savings(
     json: JsonOpt = False,
 ) -> None:
     """What insourcing has saved: teacher cost avoided − student serving cost − audit cost, per task or day."""
-    from insource.service.money import NO_USAGE, savings_report
-    from insource.store.analytics import first_usage_ts
+    from insource.service.money import NO_USAGE, has_usage, savings_report
 
     cfg = get_config(config)
     store = get_store(cfg)
-    report = savings_report(cfg, store, by=by)
+    report = savings_report(store, by=by)
     note = None
     if not report["rows"]:
-        note = NO_USAGE if first_usage_ts(store) is None else "no request carries a task yet: nothing to insource."
+        note = NO_USAGE if not has_usage(store) else "no request carries a task yet: nothing to insource."
     if json:
         print_json(report)
         if note:

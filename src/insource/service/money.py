@@ -9,14 +9,17 @@ import importlib.util
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from insource.analytics.series import daily_from_buckets, day_start, local_date, zone
+from insource.analytics.series import Daily, day_start, fill_days, local_date, zone
 from insource.config import Config
 from insource.errors import BadRequest, ModelNotFound, NotFound, NotReady
 from insource.store import Store
-from insource.store import analytics as q
+from insource.store.usage_queries import UsageFilter, daily_spend, day_span, usage_by
+
+if TYPE_CHECKING:
+    from insource.analytics.makebuy import Traffic
 
 HISTORY_DAYS = 182  # the forecast learns from the last 26 weeks at most
 SHARE_DAYS = 14  # a budget's part of the forecast: its scope's share of the last 14 days' spend
@@ -27,10 +30,13 @@ NO_USAGE = (
 )
 
 
-def report_zone(cfg: Config) -> ZoneInfo:
-    """`[report] timezone` (default UTC): where every report cuts its days."""
-    report = getattr(cfg, "report", None)
-    return zone(str(getattr(report, "timezone", None) or "UTC"))
+def report_zone(store: Store) -> ZoneInfo:
+    """`[report] timezone` as the store's daily rollups use it: where every report cuts its days."""
+    return zone(store.report_timezone())
+
+
+def has_usage(store: Store) -> bool:
+    return day_span(store) is not None
 
 
 # -- forecast ---------------------------------------------------------------------------------
@@ -46,54 +52,61 @@ def forecast_report(
 
     if not 1 <= horizon_days <= MAX_HORIZON_DAYS:
         raise BadRequest(f"--horizon-days must be between 1 and {MAX_HORIZON_DAYS}, got {horizon_days}")
-    tz = report_zone(cfg)
+    tz = report_zone(store)
     now = time.time() if now is None else now
     today = local_date(now, tz)
-    first_ts = q.first_usage_ts(store)
-    first = today if first_ts is None else min(today, local_date(first_ts, tz))
-    first = max(first, today - dt.timedelta(days=HISTORY_DAYS))
-    tomorrow = today + dt.timedelta(days=1)
-    days = daily_from_buckets(q.cost_buckets(store, day_start(first, tz), day_start(tomorrow, tz)), tz, first, tomorrow)
-    begun = day_start(today, tz)
-    now_today = Today(today, days.value(today), min(1.0, max(0.0, (now - begun) / (day_start(tomorrow, tz) - begun))))
-    budgets = _budgets(cfg, store, now, today, tz)
-    body = outlook(days.between(first, today), now_today, horizon_days, budgets, np.random.default_rng(seed))
+    days = _spend_days(store, today)
+    begun, ends = day_start(today, tz), day_start(today + dt.timedelta(days=1), tz)
+    now_today = Today(today, days.value(today), min(1.0, max(0.0, (now - begun) / (ends - begun))))
+    budgets = _budgets(cfg, store, today)
+    body = outlook(days.between(days.start, today), now_today, horizon_days, budgets, np.random.default_rng(seed))
     as_of = dt.datetime.fromtimestamp(now, tz).isoformat(timespec="seconds")
     return {"as_of": as_of, "timezone": tz.key} | body
 
 
-def _budgets(cfg: Config, store: Store, now: float, today: dt.date, tz: ZoneInfo) -> list[Any]:
-    """Every key and tenant with a budget: spent this month (as admission counts it) and its recent share."""
+def _spend_days(store: Store, today: dt.date) -> Daily:
+    """Spend per day from the first day with usage (at most HISTORY_DAYS ago) to today, every day present."""
+    span = day_span(store)
+    first = today if span is None else min(today, span[0])
+    first = max(first, today - dt.timedelta(days=HISTORY_DAYS))
+    rows = daily_spend(store, UsageFilter(since=first, until=today))
+    return fill_days({dt.date.fromisoformat(r.keys["day"]): r.cost_usd for r in rows}, first, today + dt.timedelta(1))
+
+
+def _budgets(cfg: Config, store: Store, today: dt.date) -> list[Any]:
+    """Every key and tenant with a budget: spent this month (gateway traffic, imported bills aside) and its
+    share of the last days' spend."""
     from insource.analytics.outlook import BudgetState
     from insource.service.keys import list_keys
-    from insource.service.spend import month_to_date
 
-    spent = month_to_date(store, now)
-    recent = q.spend_by_scope(store, day_start(today - dt.timedelta(days=SHARE_DAYS), tz), now)
-    totals = {kind: sum(v for s, v in recent.items() if s.startswith(kind + ":")) for kind in ("key", "tenant")}
-
-    def state(kind: str, name: str, budget: float) -> BudgetState:
-        scope = f"{kind}:{name}"
-        share = recent.get(scope, 0.0) / totals[kind] if totals[kind] > 0 else 0.0
-        return BudgetState(kind, name, float(budget), spent.get(scope, 0.0), share)
-
-    keys = [k for k in list_keys(store) if k["budget_usd"] is not None and not k["revoked"]]
-    out = [state("key", k["id"], k["budget_usd"]) for k in keys]
-    out += [state("tenant", name, t.budget_usd) for name, t in sorted(cfg.tenants.items()) if t.budget_usd is not None]
-    return out
+    month = UsageFilter(since=today.replace(day=1), until=today, imported=False)
+    recent = UsageFilter(since=today - dt.timedelta(days=SHARE_DAYS), until=today - dt.timedelta(days=1))
+    states: list[BudgetState] = []
+    keys = [
+        (k["id"], float(k["budget_usd"])) for k in list_keys(store) if k["budget_usd"] is not None and not k["revoked"]
+    ]
+    tenants = [(name, t.budget_usd) for name, t in sorted(cfg.tenants.items()) if t.budget_usd is not None]
+    for kind, budgets in (("key", keys), ("tenant", tenants)):
+        if not budgets:
+            continue
+        spent = {r.keys[kind]: r.cost_usd for r in usage_by(store, [kind], month)}
+        last = {r.keys[kind]: r.cost_usd for r in usage_by(store, [kind], recent)}
+        total = sum(last.values())
+        for name, budget in budgets:
+            share = last.get(name, 0.0) / total if total > 0 else 0.0
+            states.append(BudgetState(kind, name, budget, spent.get(name, 0.0), share))
+    return states
 
 
 # -- savings ----------------------------------------------------------------------------------
-def savings_report(cfg: Config, store: Store, *, by: str = "task") -> dict[str, Any]:
+def savings_report(store: Store, *, by: str = "task") -> dict[str, Any]:
     """The `insource savings --json` object, per task or per day of the reporting timezone."""
-    from insource.analytics.savings import by_day, savings_table
+    from insource.analytics.savings import fold, savings_table
 
     if by not in ("task", "day"):
         raise BadRequest(f"--by must be task or day, got {by!r}", param="by")
-    end = time.time() + 86400.0  # records stamped a little ahead by a skewed clock still count
-    if by == "task":
-        return savings_table(q.savings_by_task(store, 0.0, end), "task")
-    return savings_table(by_day(q.savings_by_bucket(store, 0.0, end), report_zone(cfg)), "day")
+    dims = ["task", "served_by", "endpoint"] if by == "task" else ["day", "task", "served_by", "endpoint"]
+    return savings_table(fold(usage_by(store, dims), by), by)
 
 
 # -- make or buy ------------------------------------------------------------------------------
@@ -109,25 +122,27 @@ def makebuy_report(
     now: float | None = None,
 ) -> dict[str, Any]:
     """The `insource makebuy --json` object for `task`, from its last 30 days of traffic."""
-    from insource.analytics.makebuy import DAYS_PER_MONTH, Cpu, Gpu, make_or_buy
+    from insource.analytics.makebuy import DAYS_PER_MONTH, Cpu, Gpu, make_or_buy, traffic
 
     _check_options(gpu_usd_per_hour, throughput_rps, utilisation, training_usd)
-    now = time.time() if now is None else now
-    usage = q.task_usage(store, task, now - DAYS_PER_MONTH * 86400.0, now + 86400.0)
-    folder = _student_folder(cfg, task, usage.top_student)
-    if folder is None and task not in q.known_tasks(store):
+    today = local_date(time.time() if now is None else now, report_zone(store))
+    window = UsageFilter(since=today - dt.timedelta(days=int(DAYS_PER_MONTH) - 1), until=today, task=task)
+    seen = traffic(usage_by(store, ["day", "served_by", "endpoint"], window), today)
+    folder = _student_folder(cfg, task, seen.top_student)
+    if folder is None and task not in _known_tasks(store):
         raise _unknown_task(store, task)
     serving: Cpu | Gpu
     if gpu_usd_per_hour is not None and throughput_rps is not None:
         serving = Gpu(gpu_usd_per_hour, throughput_rps, utilisation or 1.0)
     else:
-        serving = Cpu(_cpu_seconds(cfg, task, folder, usage), cfg.inhouse.cpu_usd_per_hour, utilisation or 1.0)
+        serving = Cpu(_cpu_seconds(cfg, task, folder, seen), cfg.inhouse.cpu_usd_per_hour, utilisation or 1.0)
     if training_usd is None:
         training_usd = _training_usd(cfg, folder)
-    covered = 0.0 if usage.first_ts is None else max(1.0, math.ceil((now - usage.first_ts) / 86400.0))
-    monthly = usage.requests * DAYS_PER_MONTH / min(DAYS_PER_MONTH, covered) if covered else 0.0
-    per_request = (usage.teacher_usd + usage.avoided_usd) / usage.requests if usage.requests else 0.0
-    return make_or_buy(task, monthly, per_request, serving, training_usd)
+    return make_or_buy(task, seen.monthly_requests(), seen.api_usd_per_request(), serving, training_usd)
+
+
+def _known_tasks(store: Store) -> list[str]:
+    return sorted(str(r.keys["task"]) for r in usage_by(store, ["task"]) if r.keys["task"] is not None)
 
 
 def _check_options(gpu: float | None, rps: float | None, utilisation: float | None, training: float | None) -> None:
@@ -143,7 +158,7 @@ def _check_options(gpu: float | None, rps: float | None, utilisation: float | No
 
 
 def _unknown_task(store: Store, task: str) -> NotFound:
-    tasks = q.known_tasks(store)
+    tasks = _known_tasks(store)
     if not tasks:
         return NotFound(f"unknown task {task!r}: {NO_USAGE}", code="task_not_found")
     shown = ", ".join(tasks[:20]) + (", …" if len(tasks) > 20 else "")
@@ -168,7 +183,7 @@ def _student_folder(cfg: Config, task: str, served_by: str | None) -> Path | Non
     return None
 
 
-def _cpu_seconds(cfg: Config, task: str, folder: Path | None, usage: q.TaskUsage) -> float:
+def _cpu_seconds(cfg: Config, task: str, folder: Path | None, seen: Traffic) -> float:
     """CPU seconds per answer: the student's measured throughput (`insource eval`), else what its answers
     cost at the gateway (which charges their measured CPU time)."""
     from insource.distill.registry import EVAL_FILE, read_json
@@ -178,8 +193,8 @@ def _cpu_seconds(cfg: Config, task: str, folder: Path | None, usage: q.TaskUsage
         rate = latest.get("answers_per_s_per_core") if isinstance(latest, dict) else None
         if isinstance(rate, int | float) and rate > 0:
             return 1.0 / float(rate)
-    if usage.insourced and cfg.inhouse.cpu_usd_per_hour > 0:
-        return usage.student_usd / usage.insourced * 3600.0 / cfg.inhouse.cpu_usd_per_hour
+    if seen.insourced and cfg.inhouse.cpu_usd_per_hour > 0:
+        return seen.student_usd / seen.insourced * 3600.0 / cfg.inhouse.cpu_usd_per_hour
     where = f"its student {folder.name}" if folder is not None else f"task {task!r}"
     raise NotReady(
         f"no measured latency for {where}: run `insource distill --task {task}` and `insource eval --task {task} "

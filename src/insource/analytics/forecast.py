@@ -93,7 +93,7 @@ def _holt_winters(y: np.ndarray, horizon: int, rng: np.random.Generator) -> Path
                 seasonal="add",
                 seasonal_periods=SEASON,
                 initialization_method="heuristic",
-            ).fit()
+            ).fit(use_brute=False)  # the brute-force start grid costs 2/3 of the time for no better fit here
             sims = fit.simulate(
                 horizon, anchor="end", repetitions=REPETITIONS, error="add", random_errors="bootstrap", rng=rng
             )

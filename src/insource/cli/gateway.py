@@ -230,7 +230,10 @@ def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json:
 def spend(
     by: Annotated[
         str,
-        typer.Option(help="Group by one or two of tenant, key, model, provider, task, served_by, day, week, month."),
+        typer.Option(
+            help="Group by one or two of tenant, key, model, provider, task, served_by, day, week (its Monday),"
+            " month, e.g. task,day."
+        ),
     ] = "tenant",
     since: Annotated[
         str | None, typer.Option(help="From this day (YYYY-MM-DD in [report] timezone, an ISO date-time, or 30d).")

@@ -20,6 +20,7 @@ from insource.store.usage_queries import UsageFilter, daily_spend, day_span, usa
 
 if TYPE_CHECKING:
     from insource.analytics.makebuy import Traffic
+    from insource.analytics.outlook import BudgetState
 
 HISTORY_DAYS = 182  # the forecast learns from the last 26 weeks at most
 SHARE_DAYS = 14  # a budget's part of the forecast: its scope's share of the last 14 days' spend
@@ -73,7 +74,7 @@ def _spend_days(store: Store, today: dt.date) -> Daily:
     return fill_days({dt.date.fromisoformat(r.keys["day"]): r.cost_usd for r in rows}, first, today + dt.timedelta(1))
 
 
-def _budgets(cfg: Config, store: Store, today: dt.date) -> list[Any]:
+def _budgets(cfg: Config, store: Store, today: dt.date) -> list[BudgetState]:
     """Every key and tenant with a budget: spent this month (gateway traffic, imported bills aside) and its
     share of the last days' spend."""
     from insource.analytics.outlook import BudgetState

@@ -267,3 +267,21 @@ def test_days_are_cut_in_the_reporting_timezone(tmp_path: Path) -> None:
     assert out["timezone"] == "Asia/Kolkata" and out["as_of"] == "2026-03-10T11:30:00+05:30"
     assert [(d["date"], d["actual_usd"]) for d in out["daily"]] == [("2026-03-09", 3.0), ("2026-03-10", 5.0)]
     assert out["month_to_date_usd"] == pytest.approx(8.0)
+
+
+def test_the_installed_command_prints_one_json_value_and_no_warnings(tmp_path: Path) -> None:
+    """A real process: stdout is exactly the JSON object, stderr stays empty (no optimiser chatter)."""
+    from tests.conftest import run_cli
+
+    config, store, _ = _project(tmp_path, days=30)
+    rng = np.random.default_rng(0)  # noisy, so Holt-Winters has something to fit
+    extra = [_row(1000 + i, AS_OF_TS - i * DAY - 3 * 3600, float(rng.uniform(0, 5))) for i in range(30)]
+    store.write_batch([("usage", row, False) for row in extra])
+    store.close()
+    result = run_cli("forecast", "--json", "--as-of", AS_OF, "--config", str(config))
+    out = json.loads(result.stdout)
+    assert set(out) == TOP_KEYS and out["method"] == HOLT_WINTERS
+    assert result.stderr == ""
+    p = out["forecast_month_usd"]
+    assert p["p10"] <= p["p50"] <= p["p90"]
+    assert all(d["p10"] <= d["p50"] <= d["p90"] for d in out["daily"])

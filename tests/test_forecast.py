@@ -285,3 +285,8 @@ def test_the_installed_command_prints_one_json_value_and_no_warnings(tmp_path: P
     p = out["forecast_month_usd"]
     assert p["p10"] <= p["p50"] <= p["p90"]
     assert all(d["p10"] <= d["p50"] <= d["p90"] for d in out["daily"])
+
+
+def test_help_names_the_forecasting_library() -> None:
+    text = runner.invoke(app, ["forecast", "--help"]).stdout
+    assert "statsmodels ExponentialSmoothing" in text and "insource[analytics]" in text

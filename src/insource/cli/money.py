@@ -37,13 +37,13 @@ def forecast(
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """This month's spend: month to date, run-rate, the month's total with an 80% interval, a daily forecast,
-    and the day each budgeted key and tenant runs out.
+    """This month's spend: month to date, run-rate, total with an 80% interval, days ahead, budgets' run-out days.
 
-    Method: statsmodels ExponentialSmoothing (Holt-Winters: additive damped trend, additive weekly
-    seasonality) from 14 days of history; a least-squares linear trend with 3 to 13 days; below 3 days, no
-    forecast. Intervals come from simulated paths (bootstrapped residuals), widened when a backtest on your own
-    history shows they were too narrow; the backtest's error (MAPE) is reported. Needs `insource[analytics]`.
+    Method: statsmodels ExponentialSmoothing (Holt-Winters, damped trend, weekly seasonality) from 14 days on.
+
+    With 3 to 13 days of history a linear trend; with fewer, no forecast. Backtest error (MAPE): your own history.
+
+    Needs the analytics extra: pip install 'insource\\[analytics]'. Method and figures: docs/economics.md.
     """
     from insource.service.money import forecast_report, has_usage
 

@@ -71,7 +71,8 @@ def _invoke(*args: str, code: int = 0) -> Any:
 # -- savings ---------------------------------------------------------------------------------
 def _savings_store(folder: Path) -> Path:
     """intent: 4 student answers (avoided $0.002, CPU $0.0001 each), 2 audits ($0.002 each), 1 teacher answer
-    ($0.002), 1 refused request; topic: 3 teacher answers ($0.001); and 2 untagged requests ($0.5)."""
+    ($0.002), 1 refused request, and an imported bill line (100 requests, not gateway traffic); topic: 3 teacher
+    answers ($0.001); and 2 untagged requests ($0.5)."""
     config = _config(folder)
     store = Store(folder / "insource.db")
     n = iter(range(100))
@@ -82,8 +83,28 @@ def _savings_store(folder: Path) -> Path:
     rows += [_usage(next(n), "topic", "openai:gpt-4o-mini", 0.001) for _ in range(3)]
     rows += [_usage(next(n), None, "openai:gpt-4o-mini", 0.5) for _ in range(2)]
     store.write_batch([("usage", row, False) for row in rows])
+    store.write_batch([("usage_imports", _imported("intent"), False)])
     store.close()
     return config
+
+
+def _imported(task: str) -> dict[str, Any]:
+    """A line of an imported bill: history from before the gateway."""
+    return {
+        "id": "imp-1",
+        "day": "2026-01-05",
+        "tenant": "acme",
+        "model": "gpt-4o-mini",
+        "task": task,
+        "requests": 100,
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "cost_usd": 1.0,
+        "priced": 0,
+        "source": "bill.csv",
+        "line": 2,
+        "imported_at": 0.0,
+    }
 
 
 def test_savings_are_avoided_minus_student_minus_audits(tmp_path: Path) -> None:

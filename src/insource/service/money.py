@@ -107,7 +107,8 @@ def savings_report(store: Store, *, by: str = "task") -> dict[str, Any]:
     if by not in ("task", "day"):
         raise BadRequest(f"--by must be task or day, got {by!r}", param="by")
     dims = ["task", "served_by", "endpoint"] if by == "task" else ["day", "task", "served_by", "endpoint"]
-    return savings_table(fold(usage_by(store, dims), by), by)
+    gateway = UsageFilter(imported=False)  # imported bills are history from before insource: nothing to insource
+    return savings_table(fold(usage_by(store, dims, gateway), by), by)
 
 
 # -- make or buy ------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ one and only the ones actually inserted are rolled up; other rows fail the whole
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Sequence
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -61,7 +62,7 @@ def _upsert_values(table: str, keys: tuple[str, ...]) -> str:
 UPSERT_SQL = _upsert_values("usage_daily", KEYS)
 UPSERT_LITE_SQL = _upsert_values("usage_daily_lite", LITE_KEYS)
 
-# The same classification in SQL (rebuilds) and in Python (`_usage_measures`): keep them in step.
+# The same classification in SQL (rebuilds) and in Python (`_usage_cell`): keep them in step.
 _MEASURES_SQL = """
     SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
     SUM(CASE WHEN endpoint <> 'audit' AND COALESCE(served_by, '') = '' AND status >= 400 AND status < 500
@@ -83,20 +84,43 @@ def is_refused(row: Row) -> bool:
     return row.get("endpoint") != "audit" and not row.get("served_by") and 400 <= status < 500
 
 
-def _usage_measures(row: Row) -> tuple[Any, ...]:
-    audit = row.get("endpoint") == "audit"
-    status = int(row.get("status") or 200)
-    return (
+# The usage columns a rollup reads, in this order (a row may lack some: then None).
+_USAGE_FIELDS = (
+    "ts",
+    "tenant",
+    "key_id",
+    "model",
+    "task",
+    "served_by",
+    "endpoint",
+    "status",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_avoided_usd",
+)
+
+
+def _usage_cell(day_of: DayOf, t: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(rollup key, measures) of one usage record, as a tuple in `_USAGE_FIELDS` order (`is_refused` in SQL)."""
+    ts, tenant, key_id, model, task, served, endpoint, status, pt, cached, ct, rt, cost, avoided = t
+    audit = endpoint == "audit"
+    status = int(status or 200)
+    refused = not audit and not served and 400 <= status < 500
+    key = (day_of(float(ts)), tenant, key_id, model or "", task or "", served or "", endpoint, 0)
+    return key, (
         0 if audit else 1,
-        1 if is_refused(row) else 0,
+        1 if refused else 0,
         1 if audit else 0,
         1 if not audit and status >= 400 else 0,
-        int(row.get("prompt_tokens") or 0),
-        int(row.get("cached_tokens") or 0),
-        int(row.get("completion_tokens") or 0),
-        int(row.get("reasoning_tokens") or 0),
-        float(row.get("cost_usd") or 0.0),
-        float(row.get("cost_avoided_usd") or 0.0),
+        int(pt or 0),
+        int(cached or 0),
+        int(ct or 0),
+        int(rt or 0),
+        float(cost or 0.0),
+        float(avoided or 0.0),
     )
 
 
@@ -122,13 +146,21 @@ class Rollup:
     """The rollup delta of the rows one batch inserted."""
 
     def __init__(self) -> None:
-        self._rows: list[tuple[str, Row]] = []
+        self._usage: list[Sequence[Any]] = []  # tuples in `_USAGE_FIELDS` order
+        self._imports: list[Row] = []
 
-    def add(self, table: str, cols: Sequence[str], values: Iterable[Sequence[Any]]) -> None:
-        self._rows.extend((table, dict(zip(cols, v, strict=True))) for v in values)
+    def add(self, table: str, cols: Sequence[str], values: Sequence[Sequence[Any]]) -> None:
+        if table != "usage":
+            self._imports.extend(dict(zip(cols, v, strict=True)) for v in values)
+            return
+        pos = [cols.index(f) if f in cols else -1 for f in _USAGE_FIELDS]
+        if min(pos) >= 0:
+            self._usage.extend(map(operator.itemgetter(*pos), values))
+        else:
+            self._usage.extend(tuple(v[p] if p >= 0 else None for p in pos) for v in values)
 
     def __bool__(self) -> bool:
-        return bool(self._rows)
+        return bool(self._usage or self._imports)
 
     def upserts(self, day_of: DayOf) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """(SQL, values) per rollup table: one upsert per cell, sorted (concurrent writers lock cells in the same
@@ -144,34 +176,18 @@ class Rollup:
 
     def _cells(self, day_of: DayOf) -> dict[tuple[Any, ...], list[Any]]:
         cells: dict[tuple[Any, ...], list[Any]] = {}
-        for table, row in self._rows:
-            if table == "usage":
-                key = (
-                    day_of(float(row["ts"])),
-                    row["tenant"],
-                    row["key_id"],
-                    row.get("model") or "",
-                    row.get("task") or "",
-                    row.get("served_by") or "",
-                    row["endpoint"],
-                    0,
-                )
-                measures = _usage_measures(row)
-            else:
-                key = (row["day"], row["tenant"], "", row["model"], row.get("task") or "", "", "import", 1)
-                measures = (int(row["requests"]), 0, 0, 0, int(row["prompt_tokens"]), 0)
-                measures += (int(row["completion_tokens"]), 0, float(row["cost_usd"]), 0.0)
-            _add(cells, key, measures)
+        for t in self._usage:
+            _add(cells, *_usage_cell(day_of, t))
+        for row in self._imports:
+            key = (row["day"], row["tenant"], "", row["model"], row.get("task") or "", "", "import", 1)
+            measures = (int(row["requests"]), 0, 0, 0, int(row["prompt_tokens"]), 0)
+            _add(cells, key, (*measures, int(row["completion_tokens"]), 0, float(row["cost_usd"]), 0.0))
         return cells
 
 
 def _add(cells: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], measures: Sequence[Any]) -> None:
     cell = cells.get(key)
-    if cell is None:
-        cells[key] = list(measures)
-    else:
-        for i, m in enumerate(measures):
-            cell[i] += m
+    cells[key] = list(measures) if cell is None else [a + b for a, b in zip(cell, measures, strict=True)]
 
 
 # -- rebuilding (the reporting timezone changed) --------------------------------------------------------------

@@ -69,6 +69,7 @@ def test_80_percent_interval_holds_the_truth_on_about_80_percent_of_backtest_day
 def test_method_depends_on_history_length() -> None:
     rng = np.random.default_rng(0)
     assert simulate(synthetic(30, 1), 5, rng).method == HOLT_WINTERS
+    assert simulate(synthetic(14, 1), 5, rng).method == HOLT_WINTERS  # statsmodels' heuristic start needs 16
     assert simulate(synthetic(13, 1), 5, rng).method == LINEAR
     assert simulate(synthetic(3, 1), 5, rng).method == LINEAR
     assert simulate(np.full(20, 4.0), 5, rng).method == LINEAR  # a flat series has no season to learn

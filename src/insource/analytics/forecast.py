@@ -22,6 +22,7 @@ import numpy as np
 MIN_DAYS = 3
 SEASONAL_DAYS = 14
 SEASON = 7
+HEURISTIC_DAYS = 10 + 2 * (SEASON // 2)
 REPETITIONS = 1000
 BACKTEST_ORIGINS = 4
 BACKTEST_STEP = 7
@@ -92,7 +93,8 @@ def _holt_winters(y: np.ndarray, horizon: int, rng: np.random.Generator) -> Path
                 damped_trend=True,
                 seasonal="add",
                 seasonal_periods=SEASON,
-                initialization_method="heuristic",
+                # statsmodels' heuristic start needs 10 + 2 × (7 // 2) = 16 days; below that, estimate it
+                initialization_method="heuristic" if len(y) >= HEURISTIC_DAYS else "estimated",
             ).fit(use_brute=False)  # the brute-force start grid costs 2/3 of the time for no better fit here
             sims = fit.simulate(
                 horizon, anchor="end", repetitions=REPETITIONS, error="add", random_errors="bootstrap", rng=rng

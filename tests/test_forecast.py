@@ -291,3 +291,17 @@ def test_the_installed_command_prints_one_json_value_and_no_warnings(tmp_path: P
 def test_help_names_the_forecasting_library() -> None:
     text = runner.invoke(app, ["forecast", "--help"]).stdout
     assert "statsmodels ExponentialSmoothing" in text and "insource[analytics]" in text
+
+
+def test_the_server_and_the_cli_never_load_statsmodels() -> None:
+    """Only a forecast loads numpy and statsmodels: not the gateway, not the other commands."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, insource.server.app, insource.cli, insource.service.money\n"
+        "insource.cli._register()\n"
+        "print(sorted(m for m in ('statsmodels', 'numpy', 'pandas', 'scipy') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"

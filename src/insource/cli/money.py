@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from insource.cli import app
 from insource.cli.common import (
@@ -130,17 +131,21 @@ def savings(
     if note:
         console.print(literal(note, style="yellow"))
         return
-    table = Table(by, "requests", "insourced", "share", "avoided", "student", "audits", "net savings")
+    caption = "USD; net = teacher cost avoided − student − audits"
+    table = Table(
+        "requests", "insourced", "share", "avoided", "student", "audits", "net", box=box.SIMPLE, caption=caption
+    )
+    table.columns.insert(0, Column(by, no_wrap=True))
     for row in [*report["rows"], {by: "total", **report["total"]}]:
         table.add_row(
             literal(row[by]),
             str(row["requests"]),
             str(row["insourced"]),
             f"{row['share_insourced']:.1%}",
-            f"${row['teacher_cost_avoided_usd']:,.4f}",
-            f"${row['student_cost_usd']:,.4f}",
-            f"${row['audit_cost_usd']:,.4f}",
-            f"${row['net_savings_usd']:,.4f}",
+            f"{row['teacher_cost_avoided_usd']:,.4f}",
+            f"{row['student_cost_usd']:,.4f}",
+            f"{row['audit_cost_usd']:,.4f}",
+            f"{row['net_savings_usd']:,.4f}",
         )
     console.print(table)
 

@@ -102,7 +102,19 @@ def m003_routing(db: DB) -> None:
 
 
 @migration
-def m004_usage_rollups(db: DB) -> None:
+def m004_logs_request_id(db: DB) -> None:
+    """The request id the caller sent (X-Request-Id) or the gateway made: the same in the response and logs."""
+    run_script(
+        db,
+        """
+        ALTER TABLE usage ADD COLUMN request_id TEXT;
+        CREATE INDEX usage_request_id ON usage(request_id);
+        """,
+    )
+
+
+@migration
+def m005_usage_rollups(db: DB) -> None:
     """Daily usage rollups (reports read days, not requests) and imported bill history.
 
     `usage_daily` holds one row per local day (in `[report] timezone`, recorded in `usage_daily_zone`) ×
@@ -146,8 +158,7 @@ def m004_usage_rollups(db: DB) -> None:
         SELECT strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
             COALESCE(served_by, ''), endpoint, 0,
             SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
-            SUM(CASE WHEN endpoint <> 'audit' AND COALESCE(served_by, '') = '' AND status >= 400 AND status < 500
-                THEN 1 ELSE 0 END),
+            SUM(CASE WHEN endpoint <> 'audit' AND served_by IS NULL AND attempts = 0 THEN 1 ELSE 0 END),
             SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END),
             SUM(CASE WHEN endpoint <> 'audit' AND status >= 400 THEN 1 ELSE 0 END),
             SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),

@@ -236,3 +236,18 @@ def test_filters_and_dimensions(tmp_path: Path) -> None:
         usage_by(store, ["planet"])
     assert usage_by(Store(tmp_path / "empty.db"), ["task"]) == []
     assert usage_total(Store(tmp_path / "empty.db")).requests == 0
+
+
+def test_the_migration_can_run_again(tmp_path: Path) -> None:
+    """Renumbered when branches merge, the migration may run on a store that has its tables: nothing doubles."""
+    from insource.store.migrations import MIGRATIONS
+
+    rows = random_rows(300, seed=13)
+    store = Store(tmp_path / "r.db")
+    store.write_batch([("usage", r, False) for r in rows])
+    migration = dict(MIGRATIONS)["m005_usage_rollups"]
+    with store.transaction():
+        migration(store.conn())
+    assert_same(as_table(store, "task"), expected(rows, "UTC", "task"))
+    assert store.query("SELECT zone FROM usage_daily_zone") == [{"zone": "UTC"}]
+    assert_lite_matches(store)

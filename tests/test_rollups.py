@@ -35,6 +35,7 @@ def usage_row(i: int, ts: float, **over: Any) -> dict[str, Any]:
         "reasoning_tokens": 0,
         "cost_usd": 0.001,
         "cost_avoided_usd": 0.0,
+        "attempts": 1,
     }
     row.update(over)
     return row
@@ -57,10 +58,10 @@ def random_rows(n: int, seed: int = 7, days: int = 10) -> list[dict[str, Any]]:
             "cost_usd": round(rng.random() / 100, 6),
             "cost_avoided_usd": round(rng.random() / 100, 6) if "@" in served else 0.0,
         }
-        if kind < 0.1:  # refused before any answer
-            over.update(served_by=None, status=rng.choice([400, 401, 429]), cost_usd=0.0, completion_tokens=0)
-        elif kind < 0.15:  # an upstream failure after retries
-            over.update(served_by=None, status=502, cost_usd=0.0)
+        if kind < 0.1:  # refused by insource before any answer: no upstream call
+            over.update(served_by=None, status=rng.choice([400, 401, 429]), cost_usd=0.0, attempts=0)
+        elif kind < 0.15:  # an upstream failure after retries: not refused
+            over.update(served_by=None, status=rng.choice([400, 502]), cost_usd=0.0, attempts=3)
         elif kind < 0.25:
             over.update(endpoint="audit", served_by="openai:gpt-4o-mini")
         rows.append(usage_row(i, T0 + rng.random() * days * 86_400, **over))
@@ -74,8 +75,9 @@ def expected(rows: list[dict[str, Any]], zone: str, dim: str) -> dict[tuple[str,
     for r in rows:
         day = dt.datetime.fromtimestamp(r["ts"], tz).date().isoformat()
         audit = r["endpoint"] == "audit"
-        refused = not audit and r["served_by"] is None and 400 <= r["status"] < 500
-        cell = out.setdefault((day, r[dim]), dict.fromkeys(MEASURES, 0.0))
+        refused = not audit and r["served_by"] is None and r["attempts"] == 0
+        value = "insource" if dim == "served_by" and r[dim] is None else r[dim]  # nobody answered: insource
+        cell = out.setdefault((day, value), dict.fromkeys(MEASURES, 0.0))
         cell["requests"] += 0 if audit else 1
         cell["refused"] += refused
         cell["audits"] += audit
@@ -182,7 +184,7 @@ def test_migration_backfills_existing_records(tmp_path: Path) -> None:
         "usage_daily_zone",
     ):  # back to a store from before the rollups
         store.execute(f"DROP TABLE {table}")
-    store.execute("DELETE FROM _migrations WHERE name = 'm004_usage_rollups'")
+    store.execute("DELETE FROM _migrations WHERE name = 'm005_usage_rollups'")
     store.close()
     upgraded = Store(tmp_path / "r.db")
     assert_same(as_table(upgraded, "task"), expected(rows, "UTC", "task"))
@@ -221,9 +223,11 @@ def test_filters_and_dimensions(tmp_path: Path) -> None:
     assert providers == {
         "openai": sum((r["served_by"] or "").startswith("openai:") for r in rows),
         "azure": sum((r["served_by"] or "").startswith("azure:") for r in rows),
-        "insource": sum(r["served_by"] == "intent@v2" for r in rows),
-        None: sum(r["served_by"] is None for r in rows),
+        "insource": sum(r["served_by"] in ("intent@v2", None) for r in rows),  # students and nobody
     }
+    served = {r.keys["served_by"]: r.refused for r in usage_by(store, ["served_by"])}
+    assert served["insource"] == sum(r["served_by"] is None and r["attempts"] == 0 for r in rows) > 0
+    assert usage_total(store, UsageFilter(served_by="insource")).requests == sum(r["served_by"] is None for r in rows)
     weeks = usage_by(store, ["week"])
     assert [r.keys["week"] for r in weeks] == ["2026-03-23", "2026-03-30"]  # Mondays, oldest first
     assert sum(r.cost_usd for r in weeks) == pytest.approx(sum(r["cost_usd"] for r in rows))
@@ -232,3 +236,35 @@ def test_filters_and_dimensions(tmp_path: Path) -> None:
         usage_by(store, ["planet"])
     assert usage_by(Store(tmp_path / "empty.db"), ["task"]) == []
     assert usage_total(Store(tmp_path / "empty.db")).requests == 0
+
+
+def test_the_migration_can_run_again(tmp_path: Path) -> None:
+    """Renumbered when branches merge, the migration may run on a store that has its tables: nothing doubles."""
+    from insource.store.migrations import MIGRATIONS
+
+    rows = random_rows(300, seed=13)
+    store = Store(tmp_path / "r.db")
+    store.write_batch([("usage", r, False) for r in rows])
+    migration = dict(MIGRATIONS)["m005_usage_rollups"]
+    with store.transaction():
+        migration(store.conn())
+    assert_same(as_table(store, "task"), expected(rows, "UTC", "task"))
+    assert store.query("SELECT zone FROM usage_daily_zone") == [{"zone": "UTC"}]
+    assert_lite_matches(store)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_budget_month_to_date_equals_the_records(tmp_path: Path, zone: str) -> None:
+    from insource.service.spend import month_start, month_to_date
+    from insource.store.usage_queries import month_to_date_from_records
+
+    rows = random_rows(800, seed=17, days=20)  # 2026-03-25 .. 04-14: the month turns
+    store = Store(tmp_path / "r.db", zone)
+    store.write_batch([("usage", r, False) for r in rows])
+    now = dt.datetime(2026, 4, 10, tzinfo=dt.UTC).timestamp()
+    got = month_to_date(store, now)
+    want = month_to_date_from_records(store, month_start(now))
+    assert got.keys() == want.keys() and len(got) > 4
+    assert all(got[k] == pytest.approx(want[k]) for k in want)
+    april = [r for r in rows if r["ts"] >= month_start(now)]
+    assert sum(v for k, v in got.items() if k.startswith("tenant:")) == pytest.approx(sum(r["cost_usd"] for r in april))

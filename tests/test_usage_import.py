@@ -170,14 +170,15 @@ def test_refused_requests_are_counted_apart(tmp_path: Path) -> None:
     base = {"ts": 1_790_000_000.0, "tenant": "acme", "key_id": "k", "endpoint": "chat", "model": "gpt-4o-mini"}
     rows = [
         {**base, "id": "a", "served_by": "openai:gpt-4o-mini", "status": 200, "cost_usd": 0.01},
-        {**base, "id": "b", "served_by": None, "status": 429},
-        {**base, "id": "c", "served_by": None, "status": 400},
+        {**base, "id": "b", "served_by": None, "status": 429, "attempts": 0},
+        {**base, "id": "c", "served_by": None, "status": 400, "attempts": 0},
+        {**base, "id": "d", "served_by": None, "status": 502, "attempts": 3},  # the upstream failed: not refused
     ]
     store.write_batch([("usage", r, False) for r in rows])
     (row,) = spend_json(config)
-    assert (row["requests"], row["refused"]) == (1, 2)
+    assert (row["requests"], row["refused"]) == (2, 2)
     by_server = {r["served_by"]: (r["requests"], r["refused"]) for r in spend_json(config, "--by", "served_by")}
-    assert by_server == {"openai:gpt-4o-mini": (1, 0), None: (0, 2)}
+    assert by_server == {"openai:gpt-4o-mini": (1, 0), "insource": (1, 2)}  # no blank served_by
 
 
 def test_remote_spend_by_pairs_until(gateway: Gateway) -> None:

@@ -65,8 +65,7 @@ UPSERT_LITE_SQL = _upsert_values("usage_daily_lite", LITE_KEYS)
 # The same classification in SQL (rebuilds) and in Python (`_usage_cell`): keep them in step.
 _MEASURES_SQL = """
     SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
-    SUM(CASE WHEN endpoint <> 'audit' AND COALESCE(served_by, '') = '' AND status >= 400 AND status < 500
-        THEN 1 ELSE 0 END),
+    SUM(CASE WHEN endpoint <> 'audit' AND served_by IS NULL AND attempts = 0 THEN 1 ELSE 0 END),
     SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END),
     SUM(CASE WHEN endpoint <> 'audit' AND status >= 400 THEN 1 ELSE 0 END),
     SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
@@ -79,9 +78,11 @@ _DAY_SQL = {
 
 
 def is_refused(row: Row) -> bool:
-    """A caller's request that reached no teacher and no student: refused before any answer (4xx)."""
-    status = int(row.get("status") or 200)
-    return row.get("endpoint") != "audit" and not row.get("served_by") and 400 <= status < 500
+    """A caller's request that insource refused itself (rate limit, budget, validation): no teacher or student
+    answered and no upstream was called. As `insource.store.REFUSED_SQL`; a record without `attempts` has the
+    column's default, 1."""
+    attempts = row.get("attempts")
+    return row.get("endpoint") != "audit" and row.get("served_by") is None and attempts == 0
 
 
 # The usage columns a rollup reads, in this order (a row may lack some: then None).
@@ -100,15 +101,16 @@ _USAGE_FIELDS = (
     "reasoning_tokens",
     "cost_usd",
     "cost_avoided_usd",
+    "attempts",
 )
 
 
 def _usage_cell(day_of: DayOf, t: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """(rollup key, measures) of one usage record, as a tuple in `_USAGE_FIELDS` order (`is_refused` in SQL)."""
-    ts, tenant, key_id, model, task, served, endpoint, status, pt, cached, ct, rt, cost, avoided = t
+    ts, tenant, key_id, model, task, served, endpoint, status, pt, cached, ct, rt, cost, avoided, attempts = t
     audit = endpoint == "audit"
     status = int(status or 200)
-    refused = not audit and not served and 400 <= status < 500
+    refused = not audit and served is None and attempts == 0
     key = (day_of(float(ts)), tenant, key_id, model or "", task or "", served or "", endpoint, 0)
     return key, (
         0 if audit else 1,

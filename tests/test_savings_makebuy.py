@@ -71,15 +71,16 @@ def _invoke(*args: str, code: int = 0) -> Any:
 # -- savings ---------------------------------------------------------------------------------
 def _savings_store(folder: Path) -> Path:
     """intent: 4 student answers (avoided $0.002, CPU $0.0001 each), 2 audits ($0.002 each), 1 teacher answer
-    ($0.002), 1 refused request, and an imported bill line (100 requests, not gateway traffic); topic: 3 teacher
-    answers ($0.001); and 2 untagged requests ($0.5)."""
+    ($0.002), 1 refused request, 1 that every upstream failed, and an imported bill line (100 requests, not
+    gateway traffic); topic: 3 teacher answers ($0.001); and 2 untagged requests ($0.5)."""
     config = _config(folder)
     store = Store(folder / "insource.db")
     n = iter(range(100))
     rows = [_usage(next(n), "intent", "intent@v1", 0.0001, cost_avoided_usd=0.002) for _ in range(4)]
     rows += [_usage(next(n), "intent", "openai:gpt-4o-mini", 0.002, endpoint="audit") for _ in range(2)]
     rows += [_usage(next(n), "intent", "openai:gpt-4o-mini", 0.002)]
-    rows += [_usage(next(n), "intent", None, 0.0, status=429, error_code="rate_limited")]
+    rows += [_usage(next(n), "intent", None, 0.0, status=429, error_code="rate_limited", attempts=0)]  # refused
+    rows += [_usage(next(n), "intent", None, 0.0, status=502, error_code="upstream_error", attempts=3)]  # failed
     rows += [_usage(next(n), "topic", "openai:gpt-4o-mini", 0.001) for _ in range(3)]
     rows += [_usage(next(n), None, "openai:gpt-4o-mini", 0.5) for _ in range(2)]
     store.write_batch([("usage", row, False) for row in rows])
@@ -115,8 +116,8 @@ def test_savings_are_avoided_minus_student_minus_audits(tmp_path: Path) -> None:
     rows = {row["task"]: row for row in out["rows"]}
     assert list(rows) == ["intent", "topic"]  # largest net savings first; untagged traffic left out
     intent = rows["intent"]
-    assert (intent["requests"], intent["insourced"]) == (5, 4)  # audits and the refused request are not requests
-    assert intent["share_insourced"] == pytest.approx(0.8)
+    assert (intent["requests"], intent["insourced"]) == (6, 4)  # audits and the refused request are not requests
+    assert intent["share_insourced"] == pytest.approx(4 / 6)  # nobody answered the failed one: not insourced
     assert intent["teacher_cost_avoided_usd"] == pytest.approx(0.008)
     assert intent["student_cost_usd"] == pytest.approx(0.0004)
     assert intent["audit_cost_usd"] == pytest.approx(0.004)
@@ -124,11 +125,11 @@ def test_savings_are_avoided_minus_student_minus_audits(tmp_path: Path) -> None:
     topic = rows["topic"]
     assert (topic["requests"], topic["insourced"], topic["share_insourced"], topic["net_savings_usd"]) == (3, 0, 0, 0)
     total = out["total"]
-    assert (total["requests"], total["insourced"]) == (8, 4)
-    assert total["share_insourced"] == pytest.approx(0.5)
+    assert (total["requests"], total["insourced"]) == (9, 4)
+    assert total["share_insourced"] == pytest.approx(4 / 9)
     assert total["net_savings_usd"] == pytest.approx(0.0036)
     table = _invoke("savings", "--config", str(config)).stdout
-    assert "intent" in table and "total" in table and "80.0%" in table
+    assert "intent" in table and "total" in table and "66.7%" in table
 
 
 def test_savings_by_day_sum_to_the_same_total(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 audits of their answers cost. Pure: daily rollup rows in, the `savings --json` object out.
 
 net savings = teacher cost avoided − student serving cost − audit cost
-share insourced = requests a student answered / requests answered (audits are not callers' requests; refused
-requests were answered by nobody)
+share insourced = requests a student answered / callers' requests (audits are not callers' requests; requests
+insource refused itself (rate limit, budget) are left out)
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from insource.store.usage_queries import UsageRow
+from insource.store.usage_queries import STUDENT_PROVIDER, UsageRow
 
 AUDIT = "audit"
 
 
 def is_student(served_by: str | None, endpoint: str | None) -> bool:
-    """A student's answer: served by a registry name (`TASK@vN`), not `PROVIDER:MODEL`, and not an audit."""
-    return bool(served_by) and ":" not in str(served_by) and endpoint != AUDIT
+    """A student's answer: served by a registry name (`TASK@vN`), not by a teacher (`PROVIDER:MODEL`), not by
+    nobody ("insource": refused, or every upstream failed), and not an audit."""
+    return bool(served_by) and ":" not in str(served_by) and served_by != STUDENT_PROVIDER and endpoint != AUDIT
 
 
 @dataclass(slots=True)

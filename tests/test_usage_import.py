@@ -14,6 +14,7 @@ from tests.conftest import Gateway, run_cli
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
+from insource.service.spend import MEASURES as SPEND_MEASURES
 from insource.store import Store
 
 runner = CliRunner()
@@ -199,3 +200,13 @@ def test_remote_spend_by_pairs_until(gateway: Gateway) -> None:
     assert any(r["tenant"] == "remote-pairs" and r["requests"] == 1 and len(r["day"]) == 10 for r in remote)
     past = json.loads(gateway.cli("spend", "--by", "tenant,day", "--until", "2000-01-01", "--json").stdout)
     assert past == []
+
+
+def test_empty_spend_says_what_to_do(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    Store(tmp_path / "insource.db").close()
+    code, out = cli("spend", "--config", str(config))
+    assert code == 0 and "no usage recorded" in out and "usage import" in " ".join(out.split())
+    assert spend_json(config) == []
+    code, out = cli("spend", "--csv", "--config", str(config))
+    assert code == 0 and out.strip() == ",".join(["tenant", *SPEND_MEASURES])

@@ -303,6 +303,13 @@ def spend(
         print_json(rows)
     elif csv:
         print_csv(rows, [*dims, *MEASURES])
+    elif not rows:
+        period = " in this period" if since or until else ""
+        console.print(
+            f"no usage recorded{period}: send traffic through `insource serve`, or bring a bill's history in with"
+            " `insource usage import FILE --format csv`.",
+            highlight=False,
+        )
     else:
         _spend_table(rows, dims)
 

@@ -163,6 +163,11 @@ def test_spend_by_pairs_and_csv(tmp_path: Path) -> None:
     assert code == 2 and "--since" in out
     code, out = cli("spend", "--by", "task,day", "--config", str(config))
     assert code == 0 and "intent" in out and "2026-11-01" in out
+    hostile = tmp_path / "hostile.csv"
+    hostile.write_text(HEADER + '2026-11-05,acme,gpt-4o,"=HYPERLINK(""http://x"")",1,1,1,0.1\n')
+    assert cli("usage", "import", str(hostile), "--format", "csv", "--config", str(config))[0] == 0
+    code, out = cli("spend", "--by", "task", "--csv", "--config", str(config))
+    assert "'=HYPERLINK" in out  # a spreadsheet shows it as text, never runs it
 
 
 def test_refused_requests_are_counted_apart(tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ def test_a_malformed_line_names_file_line_and_column_and_imports_nothing(tmp_pat
         "2026-11-03,acme,no-such-model,,5,1000,100,\n"
         "2026-11-03,acme,gpt-4o,,5,1000,100,-1\n"
         "2026-11-03,acme\n"
+        "2026-11-03,acme,gpt-4o,,²,1000,100,0.5\n"
     )
     code, out = cli("usage", "import", str(bad), "--format", "csv", "--config", str(config))
     assert code == 2 and "Traceback" not in out

@@ -99,3 +99,21 @@ def m003_routing(db: DB) -> None:
         CREATE INDEX agreements_task_ts ON agreements(task, ts);
         """,
     )
+
+
+@migration
+def m004_opportunities(db: DB) -> None:
+    """Mined prompt templates (`insource opportunities`) and templates assigned to a task (`tasks assign`)."""
+    run_script(
+        db,
+        """
+        CREATE INDEX captures_ts_id ON captures(ts, id);
+        CREATE TABLE templates (
+            id TEXT PRIMARY KEY, text TEXT NOT NULL, template TEXT NOT NULL, kind TEXT NOT NULL,
+            requests INTEGER NOT NULL, mined_at REAL NOT NULL
+        );
+        CREATE TABLE template_tasks (
+            template_id TEXT PRIMARY KEY, task TEXT NOT NULL, template TEXT NOT NULL, assigned_at REAL NOT NULL
+        );
+        """,
+    )

@@ -58,7 +58,10 @@ def task_of(mined: Mined) -> str | None:
 def next_step(mined: Mined, task: str | None, kind: str, d: float) -> str:
     tid = mined.template_id
     if task is None and not has_constant_text(mined.template):
-        return "tag these requests in the app (metadata.task or X-Insource-Task): the template has no constant text to match"
+        return (
+            "tag these requests in the app (metadata.task or X-Insource-Task): "
+            "the template has no constant text to match"
+        )
     name = task or "NAME"
     assign = "" if task else f"insource tasks assign --template {tid} --task {name}, then "
     build = f"insource dataset build --task {name} --out data/{name}"
@@ -73,7 +76,7 @@ def opportunity_rows(result: MineResult) -> list[dict[str, Any]]:
     """The `insource opportunities --json` rows, highest score first."""
     if result.first_ts is None or result.last_ts is None:
         return []
-    rows = []
+    ranked: list[tuple[float, float, int, str, dict[str, Any]]] = []
     for mined in result.templates:
         g = mined.group
         kind = "generation" if g.overflow else output_kind(g.answers)
@@ -81,24 +84,20 @@ def opportunity_rows(result: MineResult) -> list[dict[str, Any]]:
         spend = monthly_spend(mined, result.first_ts, result.last_ts)
         task = task_of(mined)
         labels = sorted(a for a, _ in g.answers.most_common(MAX_LABELS)) if kind == "classification" else None
-        rows.append(
-            {
-                "template_id": mined.template_id,
-                "template": mined.text,
-                "task": task,
-                "requests": g.requests,
-                "monthly_spend_usd": round(spend, 6),
-                "kind": kind,
-                "labels": labels,
-                "score": round(spend * d, 6),
-                "next": next_step(mined, task, kind, d),
-                "_d": d,
-            }
-        )
-    rows.sort(key=lambda r: (-r["score"], -r["_d"], -r["requests"], r["template_id"]))
-    for r in rows:
-        del r["_d"]
-    return rows
+        row: dict[str, Any] = {
+            "template_id": mined.template_id,
+            "template": mined.text,
+            "task": task,
+            "requests": g.requests,
+            "monthly_spend_usd": round(spend, 6),
+            "kind": kind,
+            "labels": labels,
+            "score": round(spend * d, 6),
+            "next": next_step(mined, task, kind, d),
+        }
+        ranked.append((-row["score"], -d, -g.requests, mined.template_id, row))
+    ranked.sort(key=lambda t: t[:4])
+    return [t[4] for t in ranked]
 
 
 def find_opportunities(store: Store) -> list[dict[str, Any]]:

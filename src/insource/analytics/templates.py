@@ -179,7 +179,7 @@ class Miner:
         self.blobs: dict[str, Any] = {}
 
     def add_page(self, store: Store, rows: list[dict[str, Any]]) -> None:
-        hash_lists = [_hashes(r["messages"]) for r in rows]
+        hash_lists = [message_hashes(r["messages"]) for r in rows]
         missing = sorted({h for hs in hash_lists for h in hs if h not in self.blobs})
         found = fetch_blobs(store, missing) if missing else {}
         lookup = {**self.blobs, **found} if found else self.blobs
@@ -229,7 +229,7 @@ class Miner:
         return list(merged.values())
 
 
-def _hashes(messages_json: Any) -> list[str]:
+def message_hashes(messages_json: Any) -> list[str]:
     import orjson
 
     value = orjson.loads(messages_json) if isinstance(messages_json, str | bytes) else messages_json
@@ -248,15 +248,15 @@ def mine(store: Store) -> MineResult:
     return MineResult(miner.results(), count, first, last)
 
 
-def iter_prompts(store: Store, pages: Iterable[list[dict[str, Any]]]) -> Iterable[tuple[str, list[Any]]]:
-    """(capture id, messages) of each capture in `pages`, message blobs resolved (constant ones cached)."""
+def iter_prompts(store: Store, pages: Iterable[list[dict[str, Any]]]) -> Iterable[tuple[dict[str, Any], list[Any]]]:
+    """(capture row, messages) of each capture in `pages`, message blobs resolved (repeated ones cached)."""
     cache: dict[str, Any] = {}
     for rows in pages:
-        hash_lists = [_hashes(r["messages"]) for r in rows]
+        hash_lists = [message_hashes(r["messages"]) for r in rows]
         missing = sorted({h for hs in hash_lists for h in hs if h not in cache})
         found = fetch_blobs(store, missing) if missing else {}
         for row, hashes in zip(rows, hash_lists, strict=True):
-            yield str(row["id"]), [cache.get(h, found.get(h)) for h in hashes]
+            yield row, [cache.get(h, found.get(h)) for h in hashes]
         seen = Counter(h for hs in hash_lists for h in hs)
         if len(cache) < BLOB_CACHE:
             cache.update((h, m) for h, m in found.items() if seen[h] > 1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -10,6 +10,7 @@ from rich.table import Table
 from insource.cli import app
 from insource.cli.common import ConfigOpt, JsonOpt, console, get_config, handle_errors, literal, print_json
 from insource.cli.data import open_existing_store, store_exists, tasks_app
+from insource.errors import NotReady
 from insource.store import open_store
 
 
@@ -64,3 +65,77 @@ def tasks_assign(
     console.print(
         literal(f"template {result['template_id']} -> task {result['task']}: {result['tagged']} past requests tagged")
     )
+
+
+@app.command("revenue")
+@handle_errors
+def revenue_cmd(
+    month: Annotated[
+        str | None, typer.Option("--month", help="YYYY-MM (UTC); default: the latest month with usage.")
+    ] = None,
+    what_if: Annotated[
+        list[str] | None,
+        typer.Option("--what-if", help="TENANT=PCT: that tenant changes its spend by PCT% (-100..+1000); repeatable."),
+    ] = None,
+    config: ConfigOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """The provider's view: revenue per tenant and share, month-over-month growth, top-1/top-5 share, HHI
+    (DOJ/FTC 2023 reading), major customers (>= 10%), what-ifs, and a per-tenant extraction-risk signal with its
+    reasons (a signal for a human, never a verdict)."""
+    from insource.analytics.revenue import revenue_report
+
+    cfg = get_config(config)
+    if not store_exists(cfg):
+        if what_if:
+            raise NotReady("no usage recorded yet: nothing to run a what-if on")
+        report = revenue_report_empty(month)
+    else:
+        report = revenue_report(open_store(cfg), month, what_if or [])
+    if json:
+        print_json(report)
+        return
+    _print_revenue(report)
+
+
+def revenue_report_empty(month: str | None) -> dict[str, Any]:
+    from insource.analytics.revenue import month_bounds
+
+    label = month_bounds(month, None)[0]
+    return {
+        "month": label, "total_usd": 0.0, "tenants": [], "top1_share": 0.0, "top5_share": 0.0, "hhi": 0.0,
+        "concentration": "unconcentrated", "what_if": [],
+    }  # fmt: skip
+
+
+def _print_revenue(report: dict[str, Any]) -> None:
+    if not report["tenants"]:
+        console.print(literal(f"{report['month']}: no usage recorded: serve traffic (or import a bill) first."))
+        return
+    table = Table("tenant", "revenue (USD)", "share", "MoM", "major", "extraction risk", "reasons")
+    for t in report["tenants"]:
+        growth = "-" if t["mom_growth"] is None else f"{100 * t['mom_growth']:+.1f}%"
+        r = t["extraction_risk"]
+        table.add_row(
+            literal(t["tenant"]),
+            f"{t['revenue_usd']:.4f}",
+            f"{100 * t['share']:.1f}%",
+            growth,
+            "yes" if t["major_customer"] else "",
+            f"{r['level']} ({r['score']:.2f})",
+            literal("; ".join(r["reasons"]) or "-"),
+        )
+    console.print(table)
+    console.print(
+        literal(
+            f"{report['month']}: total {report['total_usd']:.4f} USD; top-1 {100 * report['top1_share']:.1f}%, "
+            f"top-5 {100 * report['top5_share']:.1f}%; HHI {report['hhi']:.0f} ({report['concentration']})"
+        )
+    )
+    for w in report["what_if"]:
+        console.print(
+            literal(
+                f"what if {w['tenant']} {100 * w['change']:+.0f}%: total {w['total_usd']:.4f} USD "
+                f"({100 * w['total_change_share']:+.1f}%)"
+            )
+        )

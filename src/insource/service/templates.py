@@ -45,9 +45,9 @@ def load_template(store: Store, template_id: str) -> Template:
 def tag_past(store: Store, template: Template, task: str) -> int:
     """Give the task to every untagged captured request whose prompt fits the template."""
     tagged, ids = 0, []
-    for capture_id, messages in iter_prompts(store, iter_capture_pages(store, untagged_only=True)):
+    for row, messages in iter_prompts(store, iter_capture_pages(store, untagged_only=True)):
         if all(isinstance(m, dict) for m in messages) and fits(template, messages):
-            ids.append(capture_id)
+            ids.append(str(row["id"]))
         if len(ids) >= BATCH:
             tagged += tag_requests(store, ids, task)
             ids = []

@@ -50,7 +50,6 @@ class Group:
     answered: int = 0
     overflow: bool = False  # more distinct answers than MAX_ANSWERS
     answer_chars: int = 0
-    prompt_chars: int = 0
     first_answers: dict[int, int] = field(default_factory=dict)  # hash(prompt) -> hash(first answer)
     repeats_same: int = 0
     repeats_differ: int = 0
@@ -66,7 +65,6 @@ class Group:
         self.answered += other.answered
         self.overflow = self.overflow or other.overflow
         self.answer_chars += other.answer_chars
-        self.prompt_chars += other.prompt_chars
         self.repeats_same += other.repeats_same
         self.repeats_differ += other.repeats_differ
         self.samples.extend(other.samples[: max(0, SAMPLES - len(self.samples))])
@@ -77,24 +75,24 @@ class Group:
         else:
             self.overflow = True
 
-    def add(self, messages: list[Any], prompt: str, row: dict[str, Any], recent: bool) -> None:
+    def add(self, messages: list[Any], prompt: int, row: Any, recent: bool) -> None:
+        """Count one capture; `prompt` identifies its exact prompt (a hash of its message hashes)."""
         self.requests += 1
-        cost = float(row["cost_usd"] or 0.0)
+        cost = row["cost_usd"] or 0.0
         self.cost_usd += cost
         if recent:
             self.recent_cost_usd += cost
         self.tasks[row["task"]] += 1
-        self.prompt_chars += len(prompt)
         if len(self.samples) < SAMPLES:
             self.samples.append(messages)
         output = row["output"]
         if row["status"] != 200 or output is None:
             return
-        answer = answer_key(str(output))
+        answer = answer_key(output)
         self.answered += 1
         self.answer_chars += len(answer)
         self._count_answer(answer)
-        self._check_repeat(hash(prompt), hash(answer))
+        self._check_repeat(prompt, hash(answer))
 
     def _check_repeat(self, prompt: int, answer: int) -> None:
         first = self.first_answers.get(prompt)
@@ -174,44 +172,45 @@ class Miner:
         self.constant = constant
         self.recent_from = last_ts - MONTH_S
         self.drain = Drain(sim_th=0.5, depth=4, max_children=100)
-        self.heads: dict[tuple[str, str], int] = {}
-        self.groups: dict[tuple[str, int], Group] = {}
+        self.heads: dict[tuple[tuple[tuple[str, str], ...], str], int] = {}
+        self.groups: dict[tuple[tuple[tuple[str, str], ...], int], Group] = {}
         self.blobs: dict[str, Any] = {}
 
-    def add_page(self, store: Store, rows: list[dict[str, Any]]) -> None:
+    def add_page(self, store: Store, rows: list[Any]) -> None:
         hash_lists = [message_hashes(r["messages"]) for r in rows]
-        missing = sorted({h for hs in hash_lists for h in hs if h not in self.blobs})
-        found = fetch_blobs(store, missing) if missing else {}
-        lookup = {**self.blobs, **found} if found else self.blobs
+        blobs = self.blobs
+        missing = {h for hs in hash_lists for h in hs if h not in blobs}
+        found = fetch_blobs(store, sorted(missing)) if missing else {}
         for row, hashes in zip(rows, hash_lists, strict=True):
-            messages = [lookup.get(h) for h in hashes]
+            messages = [blobs[h] if h in blobs else found.get(h) for h in hashes]
             self._add(row, hashes, messages)
-        if len(self.blobs) < BLOB_CACHE:  # constant messages repeat: keep them (unique ones are not kept)
-            self.blobs.update((h, m) for h, m in found.items() if h in self.constant)
+        if len(blobs) < BLOB_CACHE:  # constant messages repeat: keep them (unique ones are not kept)
+            blobs.update((h, m) for h, m in found.items() if h in self.constant)
 
-    def _add(self, row: dict[str, Any], hashes: list[str], messages: list[Any]) -> None:
-        layout = []
-        slot_text = ""
+    def _add(self, row: Any, hashes: list[str], messages: list[Any]) -> None:
+        layout: list[tuple[str, str]] = []
+        slot: Any = None
+        constant = self.constant
         for h, message in zip(hashes, messages, strict=True):
-            role = str(message.get("role", "")) if isinstance(message, dict) else ""
-            if h in self.constant:
-                layout.append(f"{role}={h[:16]}")
+            role = message.get("role", "") if type(message) is dict else ""
+            if h in constant:
+                layout.append((role, h))
             else:
-                layout.append(f"{role}=*")
-                if role == "user" or not slot_text:
-                    slot_text = message_text(message)
-        shape = "|".join(layout)
-        cluster = self._cluster(shape, head(slot_text))
+                layout.append((role, ""))
+                if role == "user" or slot is None:
+                    slot = message
+        shape = tuple(layout)
+        cluster = self._cluster(shape, head(message_text(slot)) if slot is not None else "")
         group = self.groups.get((shape, cluster))
         if group is None:
             group = self.groups[(shape, cluster)] = Group()
-        prompt = "\x1e".join(message_text(m) for m in messages)
-        group.add(messages, prompt, row, float(row["ts"]) >= self.recent_from)
+        group.add(messages, hash(tuple(hashes)), row, row["ts"] >= self.recent_from)
 
-    def _cluster(self, shape: str, lead: str) -> int:
+    def _cluster(self, shape: tuple[tuple[str, str], ...], lead: str) -> int:
         known = self.heads.get((shape, lead))
         if known is None:
-            cluster, _ = self.drain.add_log_message(f"{shape} {lead}".strip())
+            layout = "|".join(f"{role}={h[:16] or '*'}" for role, h in shape)
+            cluster, _ = self.drain.add_log_message(f"{layout} {lead}".strip())
             known = self.heads[(shape, lead)] = int(cluster.cluster_id)
         return known
 

@@ -18,7 +18,7 @@ _PAGE_SQL = """
 SELECT c.id, c.ts, c.task, c.tenant, c.messages, c.output, c.status, c.provider, c.params,
        COALESCE(u.cost_usd, 0) AS cost_usd
 FROM captures c LEFT JOIN usage u ON u.id = c.id
-WHERE (c.ts > ? OR (c.ts = ? AND c.id > ?)){extra}
+WHERE (c.ts, c.id) > (?, ?){extra}
 ORDER BY c.ts, c.id
 LIMIT ?
 """
@@ -50,7 +50,7 @@ def repeating_blobs(store: Store, min_count: int) -> set[str]:
 
 def iter_capture_pages(
     store: Store, *, untagged_only: bool = False, since: float | None = None, until: float | None = None
-) -> Iterator[list[Row]]:
+) -> Iterator[list[Any]]:
     """All captures (joined with their usage cost) in (ts, id) order, one page at a time: memory stays flat."""
     extra, params = "", []
     if untagged_only:
@@ -64,7 +64,7 @@ def iter_capture_pages(
     sql = _PAGE_SQL.format(extra=extra)
     ts, cid = float("-inf"), ""
     while True:
-        rows = store.query(sql, (ts, ts, cid, *params, PAGE))
+        rows = _rows(store, sql, (ts, cid, *params, PAGE))
         if not rows:
             return
         yield rows
@@ -73,14 +73,22 @@ def iter_capture_pages(
         ts, cid = float(rows[-1]["ts"]), str(rows[-1]["id"])
 
 
+def _rows(store: Store, sql: str, params: Sequence[Any]) -> list[Any]:
+    """Rows readable by column name. On SQLite the driver's own rows (no dict per row: this loop reads millions)."""
+    if store.dialect == "sqlite":
+        return store.conn().execute(sql, params).fetchall()
+    return store.query(sql, params)
+
+
 def fetch_blobs(store: Store, hashes: Sequence[str]) -> dict[str, Any]:
     """hash -> the parsed message (missing hashes are absent)."""
     out: dict[str, Any] = {}
+    loads = orjson.loads
     for start in range(0, len(hashes), _BLOB_CHUNK):
         chunk = list(hashes[start : start + _BLOB_CHUNK])
         marks = ",".join("?" * len(chunk))
-        for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", chunk):
-            out[str(b["hash"])] = orjson.loads(b["data"])
+        for b in _rows(store, f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", chunk):
+            out[b["hash"]] = loads(b["data"])
     return out
 
 

@@ -3,7 +3,7 @@
 A signal for a human to look at, never a verdict and never an automatic block. Each feature is compared with
 the other tenants of the same month; it counts when it is above an absolute floor AND at least twice the
 other tenants' median (with no other tenant, the floor alone). Growths need a previous month: tenants without
-one are left out of the comparison. Features (docs/analytics.md):
+one are left out of the comparison. Features (docs/opportunities.md):
 
 | feature | floor | weight |
 |---|---|---|

@@ -1,6 +1,6 @@
 """What to insource next: mined prompt templates ranked by monthly spend × how distillable they look.
 
-Distillability (0..1) of a template's answers, documented in docs/analytics.md:
+Distillability (0..1) of a template's answers, documented in docs/opportunities.md:
 
     d = consistency × (0.5 × repeated_share + 0.3 × (1 − diversity) + 0.2 × shortness)
 

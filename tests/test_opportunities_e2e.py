@@ -120,7 +120,7 @@ def test_finds_three_templates_and_ranks_label_like_ones_distillable(served: tup
         "template_id", "template", "task", "requests", "monthly_spend_usd", "kind", "labels", "score", "next",
     }  # fmt: skip
     found = by_source(rows)
-    assert set(found) == {"banking", "headlines", "gsm8k"}, [r["template"][:80] for r in rows]
+    assert set(found) == {"banking", "headlines", "gsm8k"} and len(rows) == 3, [r["template"][:80] for r in rows]
     assert found["banking"]["requests"] == 140
     assert found["headlines"]["requests"] == 130
     assert found["headlines"]["template"] == "[user] Q: <*>\nA:"

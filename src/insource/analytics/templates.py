@@ -32,7 +32,10 @@ SLOT = "<*>"
 SAMPLES = 200  # prompts kept per group to render its template
 MAX_ANSWERS = 10 * MAX_LABELS  # distinct answers counted per group (more: plainly not a label set)
 MAX_INPUTS = 100_000  # distinct prompts remembered per group for the consistency check
-MAX_HEAD = 60  # a head is an early colon: within this many characters of the slot's start
+MAX_HEAD = 200  # a head is an early colon: within this many characters of the slot's start
+MAX_TAIL = 40  # a tail is a short last line ("A:", "Label:")
+MAX_HEADS = 50_000  # distinct heads clustered with Drain; beyond, new heads go to their layout's catch-all group
+MIN_GROUP = 3  # smaller groups are folded into their layout's catch-all group before rendering
 MIN_CONSTANT_USES = 3  # a message used by at least this many captures (or 1 in 10,000) is constant text
 MONTH_S = 30 * 86400.0
 BLOB_CACHE = 50_000
@@ -154,10 +157,16 @@ def template_id(text: str) -> str:
 
 
 def head(text: str) -> str:
-    """The instruction leading a slot: its text up to an early colon (or nothing)."""
+    """The instruction leading a slot: its first line up to an early colon (or nothing)."""
     first = text[: MAX_HEAD + 1].split("\n", 1)[0]
     cut = first.find(":")
     return first[: cut + 1] if cut >= 0 else ""
+
+
+def tail(text: str) -> str:
+    """The cue closing a slot: a short last line ("A:", "Label:"), or nothing."""
+    cut = text.rfind("\n", max(0, len(text) - MAX_TAIL - 1))
+    return text[cut + 1 :].strip() if cut >= 0 else ""
 
 
 class Miner:
@@ -200,7 +209,8 @@ class Miner:
                 if role == "user" or slot is None:
                     slot = message
         shape = tuple(layout)
-        cluster = self._cluster(shape, head(message_text(slot)) if slot is not None else "")
+        text = message_text(slot) if slot is not None else ""
+        cluster = self._cluster(shape, f"{head(text)} {tail(text)}".strip())
         group = self.groups.get((shape, cluster))
         if group is None:
             group = self.groups[(shape, cluster)] = Group()
@@ -209,14 +219,28 @@ class Miner:
     def _cluster(self, shape: tuple[tuple[str, str], ...], lead: str) -> int:
         known = self.heads.get((shape, lead))
         if known is None:
+            if len(self.heads) >= MAX_HEADS:
+                return -1
             layout = "|".join(f"{role}={h[:16] or '*'}" for role, h in shape)
             cluster, _ = self.drain.add_log_message(f"{layout} {lead}".strip())
             known = self.heads[(shape, lead)] = int(cluster.cluster_id)
         return known
 
+    def _folded(self) -> list[Group]:
+        """Groups of fewer than MIN_GROUP requests folded into their layout's catch-all group (too few prompts
+        to tell an instruction from a coincidence)."""
+        kept: dict[tuple[tuple[tuple[str, str], ...], int], Group] = {}
+        for (shape, cluster), group in self.groups.items():
+            key = (shape, cluster if group.requests >= MIN_GROUP else -1)
+            if key in kept:
+                kept[key].merge(group)
+            else:
+                kept[key] = group
+        return list(kept.values())
+
     def results(self) -> list[Mined]:
         merged: dict[str, Mined] = {}
-        for group in self.groups.values():
+        for group in self._folded():
             samples = [m for m in group.samples if all(isinstance(x, dict) for x in m)]
             template = infer_template(samples)
             text = render(template, samples[0] if samples else [])

@@ -8,8 +8,17 @@ import typer
 from rich.table import Table
 
 from insource.cli import app
-from insource.cli.common import ConfigOpt, JsonOpt, console, get_config, handle_errors, literal, print_json
-from insource.cli.data import open_existing_store, store_exists, tasks_app
+from insource.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    console,
+    get_config,
+    handle_errors,
+    literal,
+    print_json,
+    store_exists,
+)
+from insource.cli.data import open_existing_store, tasks_app
 from insource.errors import NotReady
 from insource.store import open_store
 

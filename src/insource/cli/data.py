@@ -33,6 +33,7 @@ from insource.cli.common import (
     literal,
     parse_when,
     print_json,
+    store_exists,
 )
 from insource.config import Config
 from insource.errors import NotReady
@@ -62,11 +63,6 @@ class Format(StrEnum):
 class Kind(StrEnum):
     classification = "classification"
     generation = "generation"
-
-
-def store_exists(cfg: Config) -> bool:
-    path = cfg.sqlite_path()
-    return path is None or path.exists()
 
 
 def open_existing_store(cfg: Config) -> Store:
@@ -171,7 +167,7 @@ app.add_typer(tasks_app, name="tasks")
 @tasks_app.callback()
 @handle_errors
 def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = False) -> None:
-    """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation."""
+    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation."""
     if ctx.invoked_subcommand is not None:
         return
     cfg = get_config(config)
@@ -179,10 +175,10 @@ def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = Fals
     if json:
         print_json(rows)
         return
-    table = Table("task", "requests", "cost (USD)", "distinct outputs", "kind")
+    table = Table("task", "requests", "refused", "cost (USD)", "distinct outputs", "kind")
     for r in rows:
-        cost = f"{r['cost_usd']:.4f}"
-        table.add_row(literal(r["task"]), str(r["requests"]), cost, str(r["distinct_outputs"]), literal(r["kind"]))
+        cost, counts = f"{r['cost_usd']:.4f}", (str(r["requests"]), str(r["refused"]))
+        table.add_row(literal(r["task"]), *counts, cost, str(r["distinct_outputs"]), literal(r["kind"]))
     console.print(table)
 
 

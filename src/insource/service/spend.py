@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from insource.errors import BadRequest
-from insource.store import AUDITS_SQL, CALLER_REQUESTS_SQL, Store
+from insource.store import AUDITS_SQL, CALLER_REQUESTS_SQL, REFUSED_SQL, SERVED_BY_SQL, Store
 
 GROUPS = {
     "tenant": "tenant",
@@ -14,7 +14,7 @@ GROUPS = {
     "task": "task",
     "day": "strftime('%Y-%m-%d', ts, 'unixepoch')",
     "key": "key_id",
-    "served_by": "served_by",
+    "served_by": SERVED_BY_SQL,
 }
 
 
@@ -36,6 +36,7 @@ def spend(store: Store, by: str = "tenant", since: str | None = None) -> list[di
     expr = GROUPS[by]
     rows = store.query(
         f"SELECT {expr} AS grp, {CALLER_REQUESTS_SQL} AS requests, {AUDITS_SQL} AS audits,"
+        f" {REFUSED_SQL} AS refused,"
         " SUM(prompt_tokens) AS prompt_tokens,"
         " SUM(cached_tokens) AS cached_tokens, SUM(completion_tokens) AS completion_tokens,"
         " SUM(reasoning_tokens) AS reasoning_tokens, SUM(cost_usd) AS cost_usd,"
@@ -50,6 +51,7 @@ def spend(store: Store, by: str = "tenant", since: str | None = None) -> list[di
                 by: row["grp"],
                 "requests": int(row["requests"] or 0),
                 "audits": int(row["audits"] or 0),
+                "refused": int(row["refused"] or 0),
                 "prompt_tokens": int(row["prompt_tokens"] or 0),
                 "cached_tokens": int(row["cached_tokens"] or 0),
                 "completion_tokens": int(row["completion_tokens"] or 0),

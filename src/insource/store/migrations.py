@@ -102,7 +102,19 @@ def m003_routing(db: DB) -> None:
 
 
 @migration
-def m004_opportunities(db: DB) -> None:
+def m004_logs_request_id(db: DB) -> None:
+    """The request id the caller sent (X-Request-Id) or the gateway made: the same in the response and logs."""
+    run_script(
+        db,
+        """
+        ALTER TABLE usage ADD COLUMN request_id TEXT;
+        CREATE INDEX usage_request_id ON usage(request_id);
+        """,
+    )
+
+
+@migration
+def m005_opportunities(db: DB) -> None:
     """Mined prompt templates (`insource opportunities`) and templates assigned to a task (`tasks assign`)."""
     run_script(
         db,

@@ -115,16 +115,17 @@ def m004_logs_request_id(db: DB) -> None:
 
 @migration
 def m005_opportunities(db: DB) -> None:
-    """Mined prompt templates (`insource opportunities`) and templates assigned to a task (`tasks assign`)."""
+    """Mined prompt templates (`insource opportunities`) and templates assigned to a task (`tasks assign`).
+    IF NOT EXISTS: safe to run again should this migration be renumbered on a merge."""
     run_script(
         db,
         """
-        CREATE INDEX captures_ts_id ON captures(ts, id);
-        CREATE TABLE templates (
+        CREATE INDEX IF NOT EXISTS captures_ts_id ON captures(ts, id);
+        CREATE TABLE IF NOT EXISTS templates (
             id TEXT PRIMARY KEY, text TEXT NOT NULL, template TEXT NOT NULL, kind TEXT NOT NULL,
             requests INTEGER NOT NULL, mined_at REAL NOT NULL
         );
-        CREATE TABLE template_tasks (
+        CREATE TABLE IF NOT EXISTS template_tasks (
             template_id TEXT PRIMARY KEY, task TEXT NOT NULL, template TEXT NOT NULL, assigned_at REAL NOT NULL
         );
         """,

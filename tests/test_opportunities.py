@@ -15,10 +15,12 @@ import httpx
 import pytest
 from tests.conftest import run_cli, start_gateway, stop_gateway
 
+from insource.capture.assigned import AssignedTemplates
 from insource.capture.process import process_capture
 from insource.capture.record import CaptureRaw
 from insource.config import load_config
 from insource.store import Store, open_store
+from insource.store.opportunities import assignments
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import run_server
 from insource.testing.table_teacher import TableTeacher
@@ -63,6 +65,9 @@ def home(tmp_path: Path) -> Path:
             t0 + 100 + i,
             "fr",
         )
+    for i in range(6):  # an instruction with a wildcard of its own: Drain's head template keys it
+        text = f"Order #{'ABC'[i % 3]}-{10 + i} status: where is my parcel {i}?"
+        put(store, [{"role": "user", "content": text}], "shipped" if i % 2 else "pending", t0 + 200 + i)
     store.close()
     return config
 
@@ -83,6 +88,9 @@ def test_templates_constant_text_and_slots(home: Path) -> None:
     assert french["task"] == "fr" and french["kind"] == "generation" and french["labels"] is None
     assert "insource dataset build --task fr" in french["next"] or "keep on the teacher" in french["next"]
     assert route["score"] > french["score"]
+    order = by_text["[user] Order <*> status: <*>"]
+    assert order["requests"] == 6 and order["kind"] == "classification" and order["labels"] == ["pending", "shipped"]
+    assert len(rows) == 3
     assert [r["template_id"] for r in opportunities(home)] == [r["template_id"] for r in rows]  # stable ids
 
 
@@ -95,6 +103,15 @@ def test_assign_tags_past_requests_and_checks_input(home: Path) -> None:
     again = run_cli("tasks", "assign", "--template", tid, "--task", "router", "--config", str(home), "--json")
     assert json.loads(again.stdout)["tagged"] == 0  # idempotent
     assert next(r for r in opportunities(home) if r["template_id"] == tid)["task"] == "router"
+    order = next(r["template_id"] for r in opportunities(home) if r["template"].startswith("[user] Order <*>"))
+    out = run_cli("tasks", "assign", "--template", order, "--task", "orders", "--config", str(home), "--json")
+    assert json.loads(out.stdout)["tagged"] == 6
+    store = open_store(load_config(home))
+    assigned = AssignedTemplates.from_rows(assignments(store))
+    store.close()
+    assert assigned.task_for([{"role": "user", "content": "Order #Q-7 status: late again"}]) == "orders"
+    assert assigned.task_for([{"role": "user", "content": "Where is my order #Q-7?"}]) is None
+    assert assigned.task_for([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]) == "router"
     bad = run_cli("tasks", "assign", "--template", tid, "--task", " ", "--config", str(home), check=False)
     assert bad.returncode == 2 and "--task" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -57,7 +57,7 @@ def task_of(mined: Mined) -> str | None:
 
 def next_step(mined: Mined, task: str | None, kind: str, d: float) -> str:
     tid = mined.template_id
-    if task is None and not has_constant_text(mined.template):
+    if task is None and not has_constant_text(mined.template, mined.head_pattern):
         return (
             "tag these requests in the app (metadata.task or X-Insource-Task): "
             "the template has no constant text to match"
@@ -112,7 +112,7 @@ def find_opportunities(store: Store) -> list[dict[str, Any]]:
             {
                 "id": m.template_id,
                 "text": m.text,
-                "template": orjson.dumps(m.template.to_dict()).decode(),
+                "template": orjson.dumps(m.stored()).decode(),
                 "kind": kinds[m.template_id],
                 "requests": m.group.requests,
                 "mined_at": now,

@@ -17,6 +17,7 @@ One pass over the captures in (ts, id) order, a page at a time (memory stays fla
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -116,6 +117,14 @@ class Mined:
     text: str
     template: Template
     group: Group
+    head_pattern: str | None = None  # regex the slot starts with, when the instruction itself has a wildcard
+
+    def stored(self) -> dict[str, Any]:
+        """The template as stored for `tasks assign` (the `Template` dict, plus the head pattern if any)."""
+        data = self.template.to_dict()
+        if self.head_pattern is not None:
+            data["head_pattern"] = self.head_pattern
+        return data
 
 
 @dataclass
@@ -126,8 +135,9 @@ class MineResult:
     last_ts: float | None
 
 
-def render(template: Template, sample: list[Any]) -> str:
-    """The template as text: constant messages verbatim, the slot as prefix<*>suffix, other messages <*>."""
+def render(template: Template, sample: list[Any], head_text: str = "") -> str:
+    """The template as text: constant messages verbatim, the slot as prefix<*>suffix (or `head_text <*>suffix`
+    when the instruction has a wildcard of its own), other messages <*>."""
     constant = {c.index: c for c in template.constant}
     n = template.n_messages if template.n_messages is not None else len(sample)
     slot = template.slot
@@ -139,7 +149,8 @@ def render(template: Template, sample: list[Any]) -> str:
         if i in constant:
             lines.append(f"[{constant[i].role}] {constant[i].text}")
         elif i == slot:
-            lines.append(f"[{_role(sample, i)}] {template.prefix}{SLOT}{template.suffix}")
+            lead = f"{head_text} " if head_text else template.prefix
+            lines.append(f"[{_role(sample, i)}] {lead}{SLOT}{template.suffix}")
         else:
             lines.append(f"[{_role(sample, i)}] {SLOT}")
     if template.n_messages is None:
@@ -169,6 +180,10 @@ def tail(text: str) -> str:
     return text[cut + 1 :].strip() if cut >= 0 else ""
 
 
+Shape = tuple[tuple[str, str], ...]  # (role, constant blob hash or "") per message
+GroupKey = tuple[Shape, int, str]  # (shape, Drain cluster of the head, tail)
+
+
 class Miner:
     """Groups captures by template as they stream by."""
 
@@ -181,8 +196,8 @@ class Miner:
         self.constant = constant
         self.recent_from = last_ts - MONTH_S
         self.drain = Drain(sim_th=0.5, depth=4, max_children=100)
-        self.heads: dict[tuple[tuple[tuple[str, str], ...], str], int] = {}
-        self.groups: dict[tuple[tuple[tuple[str, str], ...], int], Group] = {}
+        self.heads: dict[tuple[Shape, str], int] = {}
+        self.groups: dict[GroupKey, Group] = {}
         self.blobs: dict[str, Any] = {}
 
     def add_page(self, store: Store, rows: list[Any]) -> None:
@@ -210,13 +225,13 @@ class Miner:
                     slot = message
         shape = tuple(layout)
         text = message_text(slot) if slot is not None else ""
-        cluster = self._cluster(shape, f"{head(text)} {tail(text)}".strip())
-        group = self.groups.get((shape, cluster))
+        key = (shape, self._cluster(shape, head(text)), tail(text))
+        group = self.groups.get(key)
         if group is None:
-            group = self.groups[(shape, cluster)] = Group()
+            group = self.groups[key] = Group()
         group.add(messages, hash(tuple(hashes)), row, row["ts"] >= self.recent_from)
 
-    def _cluster(self, shape: tuple[tuple[str, str], ...], lead: str) -> int:
+    def _cluster(self, shape: Shape, lead: str) -> int:
         known = self.heads.get((shape, lead))
         if known is None:
             if len(self.heads) >= MAX_HEADS:
@@ -226,30 +241,45 @@ class Miner:
             known = self.heads[(shape, lead)] = int(cluster.cluster_id)
         return known
 
-    def _folded(self) -> list[Group]:
-        """Groups of fewer than MIN_GROUP requests folded into their layout's catch-all group (too few prompts
-        to tell an instruction from a coincidence)."""
-        kept: dict[tuple[tuple[tuple[str, str], ...], int], Group] = {}
-        for (shape, cluster), group in self.groups.items():
-            key = (shape, cluster if group.requests >= MIN_GROUP else -1)
+    def _folded(self) -> dict[GroupKey, Group]:
+        """Groups folded into their layout's catch-all group: those of fewer than MIN_GROUP requests (too few
+        prompts to tell an instruction from a coincidence), and, when the layout has constant messages (the
+        instruction is there), those whose head has a wildcard: "ticket 12: ..." is the input, not an instruction."""
+        kept: dict[GroupKey, Group] = {}
+        for (shape, cluster, end), group in self.groups.items():
+            data_head = any(h for _, h in shape) and self._head_template(cluster) is not None
+            small = group.requests < MIN_GROUP
+            key = (shape, -1, "") if small or data_head else (shape, cluster, end)
             if key in kept:
                 kept[key].merge(group)
             else:
                 kept[key] = group
-        return list(kept.values())
+        return kept
+
+    def _head_template(self, cluster: int) -> list[str] | None:
+        """The Drain template of a head cluster (layout token dropped) when it has a wildcard, else None."""
+        found = self.drain.id_to_cluster.get(cluster) if cluster >= 0 else None
+        tokens = list(found.log_template_tokens[1:]) if found is not None else []
+        return tokens if SLOT in tokens and any(t != SLOT for t in tokens) else None
 
     def results(self) -> list[Mined]:
         merged: dict[str, Mined] = {}
-        for group in self._folded():
+        for (_, cluster, _), group in self._folded().items():
             samples = [m for m in group.samples if all(isinstance(x, dict) for x in m)]
             template = infer_template(samples)
-            text = render(template, samples[0] if samples else [])
+            tokens = self._head_template(cluster) if not template.prefix else None
+            text = render(template, samples[0] if samples else [], " ".join(tokens) if tokens else "")
             tid = template_id(text)
             if tid in merged:
                 merged[tid].group.merge(group)
             else:
-                merged[tid] = Mined(tid, text, template, group)
+                merged[tid] = Mined(tid, text, template, group, head_regex(tokens) if tokens else None)
         return list(merged.values())
+
+
+def head_regex(tokens: list[str]) -> str:
+    """A Drain head template as a regex the slot text must start with (`<*>`: one whitespace-free token)."""
+    return r"\s*" + r"\s+".join(r"\S+" if t == SLOT else re.escape(t) for t in tokens)
 
 
 def message_hashes(messages_json: Any) -> list[str]:

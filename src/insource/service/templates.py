@@ -7,12 +7,13 @@ gateway worker reloads assignments every 0.5 s and tags an untagged request whos
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from insource.analytics.templates import iter_prompts
-from insource.capture.assigned import fits, has_constant_text
+from insource.capture.assigned import fits, has_constant_text, load
 from insource.capture.slots import Template
 from insource.errors import NotFound, NotReady
 from insource.service.admission import _CONTROL, MAX_NAME
@@ -35,18 +36,19 @@ def check_task_name(task: str) -> str:
     return name
 
 
-def load_template(store: Store, template_id: str) -> Template:
+def load_template(store: Store, template_id: str) -> tuple[dict[str, Any], Template, re.Pattern[str] | None]:
     row = get_template(store, template_id)
     if row is None:
         raise NotFound(f"unknown template {template_id!r}: run `insource opportunities` to list the templates")
-    return Template.from_dict(orjson.loads(row["template"]))
+    data = orjson.loads(row["template"])
+    return data, *load(data)
 
 
-def tag_past(store: Store, template: Template, task: str) -> int:
+def tag_past(store: Store, template: Template, head: re.Pattern[str] | None, task: str) -> int:
     """Give the task to every untagged captured request whose prompt fits the template."""
     tagged, ids = 0, []
     for row, messages in iter_prompts(store, iter_capture_pages(store, untagged_only=True)):
-        if all(isinstance(m, dict) for m in messages) and fits(template, messages):
+        if all(isinstance(m, dict) for m in messages) and fits(template, messages, head):
             ids.append(str(row["id"]))
         if len(ids) >= BATCH:
             tagged += tag_requests(store, ids, task)
@@ -57,13 +59,13 @@ def tag_past(store: Store, template: Template, task: str) -> int:
 def assign_template(store: Store, template_id: str, task: str) -> dict[str, Any]:
     """Assign the template to the task; returns `{"template_id", "task", "tagged"}`."""
     name = check_task_name(task)
-    template = load_template(store, template_id)
-    if not has_constant_text(template):
+    data, template, head = load_template(store, template_id)
+    if not has_constant_text(template, None if head is None else head.pattern):
         raise NotReady(
             f"template {template_id} has no constant text, so it would match every prompt: "
             "tag these requests in the app instead (metadata.task or X-Insource-Task)"
         )
-    assign(store, template_id, name, orjson.dumps(template.to_dict()).decode())
-    tagged = tag_past(store, template, name)
+    assign(store, template_id, name, orjson.dumps(data).decode())
+    tagged = tag_past(store, template, head, name)
     record_audit(store, "tasks_assign", name, template_id, {"tagged": tagged})
     return {"template_id": template_id, "task": name, "tagged": tagged}

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.table import Table
 
 from insource.cli import app
 from insource.cli.common import (
@@ -32,6 +31,7 @@ from insource.cli.common import (
     print_json,
     shown,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 from insource.config import Config, missing_env
 from insource.errors import ConfigError
 
@@ -220,30 +220,45 @@ def keys_create(
 
 @keys_app.command("list")
 @handle_errors
-def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False) -> None:
-    """List keys (never the keys themselves)."""
+def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
+    """List keys (never the keys themselves), with this month's spend next to each budget."""
     if url:
         rows = remote(url, "GET", "/admin/keys")
     else:
         from insource.service.keys import list_keys
 
         rows = list_keys(get_store(get_config(config)))
-    if json:
-        print_json(rows)
+    if emit(rows, json=json, csv=csv, empty="No keys yet: run `insource keys create --tenant NAME`"):
         return
-    table = Table("id", "tenant", "prefix", "budget_usd", "rpm", "tpm", "models", "revoked")
-    for r in rows:
-        table.add_row(
-            literal(r["id"]),
-            literal(r["tenant"]),
-            literal(f"{r['prefix']}…"),
-            literal(r["budget_usd"] or "-"),
-            literal(r["rpm"] or "-"),
-            literal(r["tpm"] or "-"),
-            literal(",".join(r["models"] or []) or "all"),
-            "yes" if r["revoked"] else "",
-        )
-    console.print(table)
+    print_table(KEY_COLUMNS, [_key_cells(r) for r in rows])
+
+
+KEY_COLUMNS = (
+    Col("id", "id"),
+    Col("tenant"),
+    Col("prefix", "id", drop=4),
+    Col("budget_usd", "num", short="budget"),
+    Col("spent_usd", "num", short="spent"),
+    Col("rpm", "num", drop=3),
+    Col("tpm", "num", drop=2),
+    Col("models", drop=1),
+    Col("revoked", short="rev."),
+)
+
+
+def _key_cells(r: dict[str, Any]) -> list[Cell]:
+    budget, spent = r["budget_usd"], r.get("spent_usd")
+    return [
+        literal(r["id"]),
+        literal(r["tenant"]),
+        literal(f"{r['prefix']}…"),
+        "-" if budget is None else f"{budget:.2f}",
+        "-" if spent is None else f"{spent:.6f}",
+        "-" if r["rpm"] is None else str(r["rpm"]),
+        "-" if r["tpm"] is None else str(r["tpm"]),
+        literal(",".join(r["models"] or []) or "all"),
+        "yes" if r["revoked"] else "",
+    ]
 
 
 @keys_app.command("revoke")
@@ -270,6 +285,7 @@ def spend(
     config: ConfigOpt = None,
     url: UrlOpt = None,
     json: JsonOpt = False,
+    csv: CsvOpt = False,
 ) -> None:
     """Where the money goes. `requests` reached a teacher or a student; `refused` did not (rate limit, budget,
     invalid request) and cost nothing."""
@@ -283,22 +299,39 @@ def spend(
         from insource.service.spend import spend as spend_rows
 
         rows = spend_rows(get_store(get_config(config)), by, since)
-    if json:
-        print_json(rows)
+    if emit(rows, json=json, csv=csv, empty=_no_spend(since)):
         return
-    table = Table(
-        shown(by), "requests", "refused", "audits", "prompt", "cached", "completion", "cost_usd", "avoided_usd"
-    )
-    for r in rows:
-        table.add_row(
-            literal(r[by]),
-            literal(r["requests"]),
-            literal(r.get("refused", 0)),
-            literal(r.get("audits", 0)),
-            str(r["prompt_tokens"]),
-            str(r["cached_tokens"]),
-            str(r["completion_tokens"]),
-            f"{r['cost_usd']:.6f}",
-            f"{r['cost_avoided_usd']:.6f}",
-        )
-    console.print(table)
+    print_table(_spend_columns(by), [_spend_cells(r, by) for r in rows])
+
+
+def _no_spend(since: str | None) -> str:
+    when = f" since {since}" if since else ""
+    return f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key"
+
+
+def _spend_columns(by: str) -> list[Col]:
+    return [
+        Col(by),
+        Col("requests", "num", short="reqs"),
+        Col("refused", "num", short="ref."),
+        Col("audits", "num", drop=4),
+        Col("prompt", "num", drop=3),
+        Col("cached", "num", drop=5),
+        Col("completion", "num", short="compl.", drop=2),
+        Col("cost_usd", "num", short="cost"),
+        Col("avoided_usd", "num", short="avoided", drop=1),
+    ]
+
+
+def _spend_cells(r: dict[str, Any], by: str) -> list[Cell]:
+    return [
+        literal(r[by]),
+        str(r["requests"]),
+        str(r.get("refused", 0)),
+        str(r.get("audits", 0)),
+        str(r["prompt_tokens"]),
+        str(r["cached_tokens"]),
+        str(r["completion_tokens"]),
+        f"{r['cost_usd']:.6f}",
+        f"{r['cost_avoided_usd']:.6f}",
+    ]

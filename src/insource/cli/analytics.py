@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from insource.cli import app
 from insource.cli.common import (
@@ -19,40 +18,49 @@ from insource.cli.common import (
     store_exists,
 )
 from insource.cli.data import open_existing_store, tasks_app
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 from insource.errors import NotReady
 from insource.store import open_store
+
+OPPORTUNITY_COLUMNS = (
+    Col("template"),
+    Col("id", "id"),
+    Col("task", drop=2),
+    Col("requests", "num", short="reqs"),
+    Col("USD/month", "num", short="USD/mo"),
+    Col("kind", drop=3),
+    Col("score", "num"),
+    Col("next", drop=1),
+)
 
 
 @app.command("opportunities")
 @handle_errors
-def opportunities_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
+def opportunities_cmd(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
     """Prompt templates mined from all captured traffic (tagged or not, with Drain / drain3), ranked by
     monthly spend × how distillable the answers look; each row says what to run next."""
     from insource.analytics.opportunities import find_opportunities
 
     cfg = get_config(config)
     rows = find_opportunities(open_store(cfg)) if store_exists(cfg) else []
-    if json:
-        print_json(rows)
+    empty = "No captured traffic yet: send requests through `insource serve` with capture on, then re-run."
+    if emit(rows, json=json, csv=csv, empty=empty):
         return
-    if not rows:
-        console.print("No captured traffic yet: send requests through `insource serve` with capture on, then re-run.")
-        return
-    table = Table("template", "id", "task", "requests", "USD/month", "kind", "score", "next")
-    for r in rows:
-        text = r["template"] if len(r["template"]) <= 160 else r["template"][:157] + "..."
-        cost = f"{r['monthly_spend_usd']:.4f}"
-        table.add_row(
-            literal(text, multiline=True),
-            literal(r["template_id"]),
-            literal(r["task"] or "-"),
-            str(r["requests"]),
-            cost,
-            literal(r["kind"]),
-            f"{r['score']:.4f}",
-            literal(r["next"]),
-        )
-    console.print(table)
+    print_table(OPPORTUNITY_COLUMNS, [_opportunity_cells(r) for r in rows])
+
+
+def _opportunity_cells(r: dict[str, Any]) -> list[Cell]:
+    text = r["template"] if len(r["template"]) <= 160 else r["template"][:157] + "..."
+    return [
+        literal(text, multiline=True),
+        literal(r["template_id"]),
+        literal(r["task"] or "-"),
+        str(r["requests"]),
+        f"{r['monthly_spend_usd']:.4f}",
+        r["kind"],
+        f"{r['score']:.4f}",
+        literal(r["next"]),
+    ]
 
 
 @tasks_app.command("assign")
@@ -117,24 +125,36 @@ def revenue_report_empty(month: str | None) -> dict[str, Any]:
     }  # fmt: skip
 
 
+REVENUE_COLUMNS = (
+    Col("tenant", "id"),
+    Col("revenue (USD)", "num", short="USD"),
+    Col("share", "num"),
+    Col("MoM", "num", drop=2),
+    Col("major", drop=3),
+    Col("extraction risk", short="risk"),
+    Col("reasons", drop=1),
+)
+
+
+def _tenant_cells(t: dict[str, Any]) -> list[Cell]:
+    growth = "-" if t["mom_growth"] is None else f"{100 * t['mom_growth']:+.1f}%"
+    risk = t["extraction_risk"]
+    return [
+        literal(t["tenant"]),
+        f"{t['revenue_usd']:.4f}",
+        f"{100 * t['share']:.1f}%",
+        growth,
+        "yes" if t["major_customer"] else "",
+        f"{risk['level']} ({risk['score']:.2f})",
+        literal("; ".join(risk["reasons"]) or "-"),
+    ]
+
+
 def _print_revenue(report: dict[str, Any]) -> None:
     if not report["tenants"]:
         console.print(literal(f"{report['month']}: no usage recorded: serve traffic (or import a bill) first."))
         return
-    table = Table("tenant", "revenue (USD)", "share", "MoM", "major", "extraction risk", "reasons")
-    for t in report["tenants"]:
-        growth = "-" if t["mom_growth"] is None else f"{100 * t['mom_growth']:+.1f}%"
-        r = t["extraction_risk"]
-        table.add_row(
-            literal(t["tenant"]),
-            f"{t['revenue_usd']:.4f}",
-            f"{100 * t['share']:.1f}%",
-            growth,
-            "yes" if t["major_customer"] else "",
-            f"{r['level']} ({r['score']:.2f})",
-            literal("; ".join(r["reasons"]) or "-"),
-        )
-    console.print(table)
+    print_table(REVENUE_COLUMNS, [_tenant_cells(t) for t in report["tenants"]])
     console.print(
         literal(
             f"{report['month']}: total {report['total_usd']:.4f} USD; top-1 {100 * report['top1_share']:.1f}%, "

@@ -90,7 +90,7 @@ class Group:
         if len(self.samples) < SAMPLES:
             self.samples.append(messages)
         output = row["output"]
-        if row["status"] != 200 or output is None:
+        if row["status"] != 200 or output is None or row["provider"] is None:  # a student's answer is no evidence
             return
         answer = answer_key(output)
         self.answered += 1

@@ -60,7 +60,9 @@ def ui(
 @app.command()
 @handle_errors
 def report(
-    out: Annotated[Path | None, typer.Option("--out", help="Write the overview as one self-contained HTML file.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the overview as one self-contained HTML file.")
+    ] = None,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:

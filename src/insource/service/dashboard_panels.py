@@ -20,6 +20,15 @@ UNTAGGED = "(untagged)"
 DIM_LABELS = {"model": "model", "task": "task", "tenant": "tenant"}
 
 
+def cols(*specs: str) -> list[Column]:
+    """Columns from "name" or "name:format" specs."""
+    out = []
+    for spec in specs:
+        name, _, fmt = spec.partition(":")
+        out.append(Column(name, fmt or "text"))  # type: ignore[arg-type]
+    return out
+
+
 def _day(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
@@ -32,7 +41,9 @@ def _label(value: Any, untagged: str = UNTAGGED) -> str:
     return untagged if value in (None, "") else str(value)
 
 
-def stacked_by_day(rows: list[dict[str, Any]], value: str, kind: str = "stacked", y_title: str = "USD") -> Chart:
+def stacked_by_day(
+    rows: list[dict[str, Any]], value: str, kind: str = "stacked", y_title: str = "USD", percent: bool = False
+) -> Chart:
     """One series per group (`grp`), one point per day; the smallest groups summed as "other"."""
     days = sorted({r["day"] for r in rows})
     totals: dict[str, float] = defaultdict(float)
@@ -44,7 +55,7 @@ def stacked_by_day(rows: list[dict[str, Any]], value: str, kind: str = "stacked"
         cells[(r["grp"] if r["grp"] in keep else "other", r["day"])] += float(r[value] or 0)
     names = sorted(keep, key=lambda g: (-totals[g], g)) + (["other"] if len(totals) > len(keep) else [])
     series = [Series(name, days, [round(cells[(name, d)], 6) for d in days]) for name in names]
-    return Chart(kind, series, y_title)  # type: ignore[arg-type]
+    return Chart(kind, series, y_title, percent=percent)  # type: ignore[arg-type]
 
 
 def daily_spend(store: Store, dim: str, start: float, end: float) -> Panel:
@@ -55,7 +66,7 @@ def daily_spend(store: Store, dim: str, start: float, end: float) -> Panel:
     return Panel(
         id=f"spend-by-{dim}",
         title=f"Spend per day by {label}",
-        columns=[Column("day", "date"), Column(label), Column("cost_usd", "usd"), Column("requests", "int")],
+        columns=cols("day:date", label, "cost_usd:usd", "requests:int"),
         rows=[[r["day"], r["grp"], float(r["cost_usd"] or 0), int(r["requests"] or 0)] for r in rows],
         empty="No spend in the last 90 days: send requests through `insource serve`.",
         chart=stacked_by_day(rows, "cost_usd") if rows else None,
@@ -67,7 +78,7 @@ def forecast(cfg: Config, store: Store, now: float) -> Panel:
     return Panel(
         id="forecast",
         title="Forecast",
-        columns=[Column("date", "date"), Column("actual_usd", "usd"), Column("p10", "usd"), Column("p50", "usd")],
+        columns=cols("date:date", "actual_usd:usd", "p10:usd", "p50:usd"),
         rows=[],
         empty="The spend forecast appears here once `insource forecast` is available and 3 days of history exist.",
     )
@@ -86,14 +97,17 @@ def budgets(cfg: Config, store: Store, now: float) -> Panel:
             rows.append(_budget_row("key", key["id"], key["budget_usd"], spent.get(f"key:{key['id']}", 0.0)))
     rows.sort(key=lambda r: -(r[4] or 0))
     labels = [f"{r[0]} {r[1]}" for r in rows]
-    chart = Chart("bar", [Series("share used", labels, [r[4] for r in rows])], "share of budget") if rows else None
+    chart = (
+        Chart("bar", [Series("share used", labels, [r[4] for r in rows])], "share of budget", percent=True)
+        if rows
+        else None
+    )
     return Panel(
         id="budgets",
         title="Budgets this month",
-        columns=[Column("scope"), Column("name"), Column("budget_usd", "usd"), Column("spent_usd", "usd")]
-        + [Column("share_used", "share")],
+        columns=cols("scope", "name", "budget_usd:usd", "spent_usd:usd", "share_used:share"),
         rows=rows,
-        empty="No budgets set: `insource keys create --tenant T --budget-usd 100`, or [tenants.T] budget_usd in config.",
+        empty="No budgets set: `insource keys create --tenant T --budget-usd 100`, or [tenants.T] budget_usd.",
         chart=chart,
     )
 
@@ -114,16 +128,31 @@ def task_table(cfg: Config, store: Store, start: float, end: float) -> Panel:
         route = "-" if policy is None else (policy.mode if policy.active else f"{policy.mode} (off)")
         student = int(r["student_requests"] or 0)
         rows.append(
-            [_label(task), requests, int(r["audits"] or 0), captured.get(task, 0), float(r["cost_usd"] or 0)]
-            + [float(r["cost_avoided_usd"] or 0), student / requests if requests else None, route]
+            [
+                _label(task),
+                requests,
+                int(r["audits"] or 0),
+                captured.get(task, 0),
+                float(r["cost_usd"] or 0),
+                float(r["cost_avoided_usd"] or 0),
+                student / requests if requests else None,
+                route,
+            ]
         )
     series = [Series("cost_usd", [r[0] for r in rows], [r[4] for r in rows])]
     return Panel(
         id="tasks",
         title="Tasks, last 90 days",
-        columns=[Column("task"), Column("requests", "int"), Column("audits", "int"), Column("captured", "int")]
-        + [Column("cost_usd", "usd"), Column("cost_avoided_usd", "usd"), Column("student_share", "share")]
-        + [Column("route")],
+        columns=cols(
+            "task",
+            "requests:int",
+            "audits:int",
+            "captured:int",
+            "cost_usd:usd",
+            "cost_avoided_usd:usd",
+            "student_share:share",
+            "route",
+        ),
         rows=rows,
         empty="No tasks yet: tag requests with the `X-Insource-Task: NAME` header (or `insource tasks assign`).",
         chart=Chart("bar", series, "USD") if rows else None,
@@ -134,7 +163,7 @@ def opportunities(cfg: Config, store: Store, now: float) -> Panel:
     return Panel(
         id="opportunities",
         title="What to insource next",
-        columns=[Column("template"), Column("task"), Column("requests", "int"), Column("monthly_spend_usd", "usd")],
+        columns=cols("template", "task", "requests:int", "monthly_spend_usd:usd"),
         rows=[],
         empty="Opportunities appear here once `insource opportunities` is available and traffic is captured.",
     )
@@ -147,9 +176,10 @@ def task_spend(store: Store, task: str, start: float, end: float) -> Panel:
     return Panel(
         id="spend",
         title="Spend per day",
-        columns=[Column("day", "date"), Column("cost_usd", "usd"), Column("cost_avoided_usd", "usd")]
-        + [Column("requests", "int")],
-        rows=[[r["day"], float(r["cost_usd"] or 0), float(r["cost_avoided_usd"] or 0), int(r["requests"])] for r in rows],
+        columns=cols("day:date", "cost_usd:usd", "cost_avoided_usd:usd", "requests:int"),
+        rows=[
+            [r["day"], float(r["cost_usd"] or 0), float(r["cost_avoided_usd"] or 0), int(r["requests"])] for r in rows
+        ],
         empty="No spend on this task in the last 90 days.",
         chart=stacked_by_day(rows, "cost_usd") if rows else None,
     )
@@ -162,11 +192,10 @@ def agreement(store: Store, start: float, task: str | None = None) -> Panel:
     return Panel(
         id="agreement",
         title="Student agreement with the teacher per day",
-        columns=[Column("day", "date"), Column("task"), Column("compared", "int"), Column("agreed", "int")]
-        + [Column("agreement", "share")],
+        columns=cols("day:date", "task", "compared:int", "agreed:int", "agreement:share"),
         rows=[[r["day"], r["task"], int(r["n"]), int(r["agree"] or 0), r["rate"]] for r in rows],
         empty="No comparisons yet: a route in shadow mode, or with audit_rate > 0, records them.",
-        chart=stacked_by_day(rows, "rate", "line", "agreement") if rows else None,
+        chart=stacked_by_day(rows, "rate", "line", "agreement", percent=True) if rows else None,
         note="From audits (a sample of student answers re-asked to the teacher) and shadow runs.",
     )
 
@@ -178,7 +207,7 @@ def audits(store: Store, start: float, task: str | None = None) -> Panel:
     return Panel(
         id="audits",
         title="Teacher audits per day",
-        columns=[Column("day", "date"), Column("task"), Column("audits", "int"), Column("cost_usd", "usd")],
+        columns=cols("day:date", "task", "audits:int", "cost_usd:usd"),
         rows=[[r["day"], r["grp"], int(r["audits"]), float(r["cost_usd"] or 0)] for r in rows],
         empty="No audits yet: a route with audit_rate > 0 re-asks the teacher for a sample of student answers.",
         chart=stacked_by_day(rows, "audits", "stacked", "audits") if rows else None,
@@ -202,8 +231,7 @@ def route_history(store: Store, task: str) -> Panel:
     return Panel(
         id="route-events",
         title="Route history",
-        columns=[Column("time", "time"), Column("task"), Column("event"), Column("model"), Column("agreement", "share")]
-        + [Column("floor", "share")],
+        columns=cols("time:time", "task", "event", "model", "agreement:share", "floor:share"),
         rows=_event_rows(q.route_events(store, task=task)),
         empty="No route events: `insource route set --task TASK ...` routes a task to a student.",
     )
@@ -213,8 +241,7 @@ def rollbacks(store: Store) -> Panel:
     return Panel(
         id="rollbacks",
         title="Rollbacks and routes turned off",
-        columns=[Column("time", "time"), Column("task"), Column("event"), Column("model"), Column("agreement", "share")]
-        + [Column("floor", "share")],
+        columns=cols("time:time", "task", "event", "model", "agreement:share", "floor:share"),
         rows=_event_rows([e for e in q.route_events(store) if e["kind"] != "set"]),
         empty="No rollback: every route has kept its agreement above its floor.",
     )
@@ -233,8 +260,7 @@ def route_table(cfg: Config, store: Store) -> Panel:
     return Panel(
         id="routes",
         title="Routes",
-        columns=[Column("task"), Column("model"), Column("mode"), Column("agreement", "share")]
-        + [Column("compared", "int"), Column("floor", "share"), Column("state")],
+        columns=cols("task", "model", "mode", "agreement:share", "compared:int", "floor:share", "state"),
         rows=rows,
         empty="No route yet: distill a student (`insource distill`), then `insource route set --task TASK ...`.",
         actions=actions,
@@ -252,8 +278,7 @@ def students(cfg: Config) -> Panel:
     return Panel(
         id="students",
         title="Students in the registry",
-        columns=[Column("model"), Column("task"), Column("kind"), Column("status"), Column("created", "time")]
-        + [Column("accuracy", "share")],
+        columns=cols("model", "task", "kind", "status", "created:time", "accuracy:share"),
         rows=rows,
         empty="No student yet: `insource dataset build --task T --out DIR`, then `insource distill --task T`.",
     )
@@ -263,7 +288,7 @@ def savings(cfg: Config, store: Store, now: float) -> Panel:
     return Panel(
         id="savings",
         title="Savings",
-        columns=[Column("task"), Column("net_savings_usd", "usd")],
+        columns=cols("task", "net_savings_usd:usd"),
         rows=[],
         empty="Savings per task appear here once `insource savings` is available.",
     )
@@ -280,8 +305,9 @@ def tenant_table(cfg: Config, store: Store, now: float) -> Panel:
     return Panel(
         id="tenants",
         title="Tenants this month",
-        columns=[Column("tenant"), Column("requests", "int"), Column("cost_usd", "usd")]
-        + [Column("cost_avoided_usd", "usd"), Column("budget_usd", "usd"), Column("share_used", "share")],
+        columns=cols(
+            "tenant", "requests:int", "cost_usd:usd", "cost_avoided_usd:usd", "budget_usd:usd", "share_used:share"
+        ),
         rows=rows,
         empty="No spend this month yet.",
         chart=Chart("bar", [Series("cost_usd", [r[0] for r in rows], [r[2] for r in rows])], "USD") if rows else None,
@@ -300,9 +326,17 @@ def key_table(store: Store, now: float) -> Panel:
     return Panel(
         id="keys",
         title="Keys",
-        columns=[Column("id"), Column("prefix"), Column("tenant"), Column("budget_usd", "usd")]
-        + [Column("spent_this_month_usd", "usd"), Column("rpm", "int"), Column("tpm", "int"), Column("state")]
-        + [Column("last_used", "time")],
+        columns=cols(
+            "id",
+            "prefix",
+            "tenant",
+            "budget_usd:usd",
+            "spent_this_month_usd:usd",
+            "rpm:int",
+            "tpm:int",
+            "state",
+            "last_used:time",
+        ),
         rows=rows,
         empty="No keys yet: `insource keys create --tenant NAME`.",
     )
@@ -322,7 +356,7 @@ def revenue(cfg: Config, store: Store, now: float) -> tuple[list[Figure], list[P
     panel = Panel(
         id="revenue",
         title="Revenue per tenant this month",
-        columns=[Column("tenant"), Column("revenue_usd", "usd"), Column("share", "share")],
+        columns=cols("tenant", "revenue_usd:usd", "share:share"),
         rows=table,
         empty="No revenue this month yet.",
         chart=Chart("bar", [Series("revenue_usd", [r[0] for r in table], [r[1] for r in table])], "USD")

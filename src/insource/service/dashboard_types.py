@@ -31,6 +31,7 @@ class Chart:
     series: list[Series]
     y_title: str = ""
     band: tuple[Series, Series] | None = None  # (lower, upper) drawn as a shaded interval
+    percent: bool = False  # y values are shares (0..1)
 
     def points(self) -> int:
         return sum(len(s.y) for s in self.series)

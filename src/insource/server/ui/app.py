@@ -89,7 +89,9 @@ def authed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             return await handler(request, session)
         except InsourceError as exc:
-            return await message(exc.status, "Not found" if exc.status == 404 else "Error", exc.message, session["csrf"])
+            return await message(
+                exc.status, "Not found" if exc.status == 404 else "Error", exc.message, session["csrf"]
+            )
 
     return endpoint
 

@@ -13,7 +13,11 @@ from markupsafe import Markup
 
 from insource.service.dashboard_types import Chart, Page, Panel
 
-NAV = [("overview", "Overview", "/ui"), ("tasks", "Tasks", "/ui/tasks"), ("routes", "Students and routes", "/ui/routes")]
+NAV = [
+    ("overview", "Overview", "/ui"),
+    ("tasks", "Tasks", "/ui/tasks"),
+    ("routes", "Students and routes", "/ui/routes"),
+]
 NAV += [("tenants", "Tenants and keys", "/ui/tenants"), ("provider", "Provider", "/ui/provider")]
 INSTALL_HINT = 'Charts need the plotly package: pip install "insource[ui]". The tables below hold the same figures.'
 COLORS = ["#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#64748b"]
@@ -24,7 +28,7 @@ def fmt(value: Any, kind: str) -> str:
     if value is None or value == "":
         return "–"
     if kind == "usd" and isinstance(value, int | float):
-        return f"${value:,.2f}" if abs(value) >= 1 or value == 0 else f"${value:,.6f}"
+        return f"${value:,.2f}" if abs(value) >= 0.01 or value == 0 else f"${value:.6f}".rstrip("0")
     if kind == "share" and isinstance(value, int | float):
         return f"{value:.1%}"
     if kind == "int" and isinstance(value, int | float):
@@ -39,22 +43,54 @@ def figure(chart: Chart) -> dict[str, Any]:
     data: list[dict[str, Any]] = []
     if chart.band is not None:
         lower, upper = chart.band
-        data.append({"type": "scatter", "mode": "lines", "name": lower.name, "x": lower.x, "y": lower.y,
-                     "line": {"width": 0}, "showlegend": False, "hoverinfo": "x+y"})
-        data.append({"type": "scatter", "mode": "lines", "name": upper.name, "x": upper.x, "y": upper.y,
-                     "fill": "tonexty", "fillcolor": "rgba(37,99,235,0.15)", "line": {"width": 0}})
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": lower.name,
+                "x": lower.x,
+                "y": lower.y,
+                "line": {"width": 0},
+                "showlegend": False,
+                "hoverinfo": "x+y",
+            }
+        )
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": upper.name,
+                "x": upper.x,
+                "y": upper.y,
+                "fill": "tonexty",
+                "fillcolor": "rgba(37,99,235,0.15)",
+                "line": {"width": 0},
+            }
+        )
     for i, s in enumerate(chart.series):
         color = COLORS[i % len(COLORS)]
         if chart.kind in ("line", "band"):
-            data.append({"type": "scatter", "mode": "lines+markers", "name": s.name, "x": s.x, "y": s.y,
-                         "line": {"color": color}})
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": s.name,
+                    "x": s.x,
+                    "y": s.y,
+                    "line": {"color": color},
+                }
+            )
         else:
             data.append({"type": "bar", "name": s.name, "x": s.x, "y": s.y, "marker": {"color": color}})
     layout = {
         "barmode": "stack" if chart.kind == "stacked" else "group",
         "margin": {"l": 60, "r": 20, "t": 10, "b": 60},
         "height": 320,
-        "yaxis": {"title": {"text": chart.y_title}, "rangemode": "tozero"},
+        "yaxis": {
+            "title": {"text": chart.y_title},
+            "rangemode": "tozero",
+            **({"tickformat": ".0%"} if chart.percent else {}),
+        },
         "legend": {"orientation": "h"},
         "paper_bgcolor": "rgba(0,0,0,0)",
         "plot_bgcolor": "rgba(0,0,0,0)",

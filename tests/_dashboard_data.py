@@ -100,7 +100,7 @@ def _routing(store: Any, now: float, days: int) -> None:
     )
     agreements = []
     for d in range(days):
-        for n in range(10):
+        for n in range(20):
             agreements.append(
                 {
                     "id": "a_" + uuid.uuid4().hex,
@@ -108,7 +108,7 @@ def _routing(store: Any, now: float, days: int) -> None:
                     "task": "support-intent",
                     "model": "support-intent@v1",
                     "source": "audit",
-                    "agree": int(n < 9),
+                    "agree": int(n < 19),  # 95%: above the floor, never rolled back
                 }
             )
     store.insert_many("agreements", agreements)

@@ -272,6 +272,7 @@ def disabled_app() -> Starlette:
     async def off(request: Request) -> Response:
         return await message(404, "Dashboard off", text)
 
-    app = Starlette(routes=[Route("/ui", off), Route("/ui/{rest:path}", off)])
+    methods = ["GET", "HEAD", "POST"]
+    app = Starlette(routes=[Route("/ui", off, methods=methods), Route("/ui/{rest:path}", off, methods=methods)])
     app.router.redirect_slashes = False
     return app

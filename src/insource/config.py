@@ -203,6 +203,21 @@ class InhouseConfig(Strict):
     cpu_usd_per_hour: float = Field(default=0.10, ge=0)
 
 
+class ReportConfig(Strict):
+    timezone: str = "UTC"  # an IANA name: day boundaries of every report (CLI, JSON, dashboard)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}: use an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
+
 class Config(Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -213,6 +228,7 @@ class Config(Strict):
     terms: dict[str, TermsProfileConfig] = {}
     routes: dict[str, RouteConfig] = {}
     inhouse: InhouseConfig = InhouseConfig()
+    report: ReportConfig = ReportConfig()
     tenants: dict[str, TenantConfig] = {}
     base_dir: str = "."
 

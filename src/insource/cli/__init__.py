@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from insource.cli import data, demo, gateway, models, route, ui  # noqa: F401
+    from insource.cli import data, demo, gateway, models, route, ui, usage  # noqa: F401
 
 
 def main() -> None:

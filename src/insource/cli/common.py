@@ -117,6 +117,16 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def print_csv(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Rows as CSV on stdout (a header row of `columns`; None as an empty cell)."""
+    import csv
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(columns)
+    out.writerows([["" if r.get(c) is None else r.get(c) for c in columns] for r in rows])
+    sys.stdout.flush()
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print("[bold red]error:[/] ", literal(message, multiline=True), sep="", highlight=False, soft_wrap=True)
     return typer.Exit(code)

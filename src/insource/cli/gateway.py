@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
+from rich import box
 from rich.table import Table
 
 from insource.cli import app
@@ -27,6 +30,7 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
+    print_csv,
     print_json,
     shown,
 )
@@ -224,36 +228,59 @@ def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json:
 @app.command()
 @handle_errors
 def spend(
-    by: Annotated[str, typer.Option(help="Group by tenant, model, task, day, key or served_by.")] = "tenant",
-    since: Annotated[str | None, typer.Option(help="Only records since this date (YYYY-MM-DD).")] = None,
+    by: Annotated[
+        str,
+        typer.Option(help="Group by one or two of tenant, key, model, provider, task, served_by, day, week, month."),
+    ] = "tenant",
+    since: Annotated[
+        str | None, typer.Option(help="From this day (YYYY-MM-DD in [report] timezone, an ISO date-time, or 30d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this day, included (same forms as --since).")] = None,
     config: ConfigOpt = None,
     url: UrlOpt = None,
     json: JsonOpt = False,
+    csv: Annotated[bool, typer.Option("--csv", help="Print CSV (a header row, then one row per group).")] = False,
 ) -> None:
-    """Where the money goes."""
-    from insource.service.spend import parse_since
+    """Where the money goes, from the daily rollups (days in [report] timezone)."""
+    from insource.service.spend import MEASURES, parse_by, parse_since
 
-    parse_since(since)  # a bad date is refused here, before any store or gateway is asked
+    dims = parse_by(by)  # bad input is refused here, before any store or gateway is asked
+    parse_since(since)
+    parse_since(until)
     if url:
-        query = "?" + urllib.parse.urlencode({"by": by, **({"since": since} if since else {})})
-        rows = remote(url, "GET", "/admin/spend" + query)
+        params = {"by": by, **({"since": since} if since else {}), **({"until": until} if until else {})}
+        rows = remote(url, "GET", "/admin/spend?" + urllib.parse.urlencode(params))
     else:
         from insource.service.spend import spend as spend_rows
 
-        rows = spend_rows(get_store(get_config(config)), by, since)
+        rows = spend_rows(get_store(get_config(config)), by, since, until)
     if json:
         print_json(rows)
-        return
-    table = Table(shown(by), "requests", "audits", "prompt", "cached", "completion", "cost_usd", "avoided_usd")
+    elif csv:
+        print_csv(rows, [*dims, *MEASURES])
+    else:
+        _spend_table(rows, dims)
+
+
+def _count_cell(name: str, row: dict[str, Any]) -> str:
+    return str(row.get(name, 0))
+
+
+def _spend_table(rows: list[dict[str, Any]], dims: list[str]) -> None:
+    """Fits 80 columns: light borders; refused, audits and avoided only when some row has them."""
+    cols: list[tuple[str, Callable[[dict[str, Any]], str]]] = [("requests", lambda r: str(r["requests"]))]
+    for name in ("refused", "audits"):
+        if any(r.get(name) for r in rows):
+            cols.append((name, functools.partial(_count_cell, name)))
+    cols.append(("tokens", lambda r: f"{r['prompt_tokens'] + r['completion_tokens']:,}"))
+    cols.append(("cost_usd", lambda r: f"{r['cost_usd']:.4f}"))
+    if any(r["cost_avoided_usd"] for r in rows):
+        cols.append(("avoided_usd", lambda r: f"{r['cost_avoided_usd']:.4f}"))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for d in dims:
+        table.add_column(shown(d), overflow="fold")
+    for name, _ in cols:
+        table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(
-            literal(r[by]),
-            literal(r["requests"]),
-            literal(r.get("audits", 0)),
-            str(r["prompt_tokens"]),
-            str(r["cached_tokens"]),
-            str(r["completion_tokens"]),
-            f"{r['cost_usd']:.6f}",
-            f"{r['cost_avoided_usd']:.6f}",
-        )
+        table.add_row(*(literal(r[d]) for d in dims), *(fmt(r) for _, fmt in cols))
     console.print(table)

@@ -76,7 +76,8 @@ async def keys_revoke(request: Request) -> RawJSON:
 async def spend(request: Request) -> RawJSON:
     gw = check_admin(request)
     await asyncio.to_thread(gw.writer.flush, 2.0)
-    rows = spend_service.spend(gw.store, request.query_params.get("by", "tenant"), request.query_params.get("since"))
+    params = request.query_params
+    rows = spend_service.spend(gw.store, params.get("by", "tenant"), params.get("since"), params.get("until"))
     return RawJSON(orjson.dumps(rows))
 
 

@@ -99,3 +99,53 @@ def m003_routing(db: DB) -> None:
         CREATE INDEX agreements_task_ts ON agreements(task, ts);
         """,
     )
+
+
+@migration
+def m004_usage_rollups(db: DB) -> None:
+    """Daily usage rollups (reports read days, not requests) and imported bill history.
+
+    `usage_daily` holds one row per local day (in `[report] timezone`, recorded in `usage_daily_zone`) ×
+    tenant × key × model × task × served_by × endpoint × imported. NULLs are stored as '' (key columns cannot
+    be NULL). Backfilled here in UTC; a store opened with another timezone is rebuilt (`store/rollups.py`).
+    """
+    run_script(
+        db,
+        """
+        CREATE TABLE usage_daily (
+            day TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+            task TEXT NOT NULL, served_by TEXT NOT NULL, endpoint TEXT NOT NULL, imported INTEGER NOT NULL,
+            requests BIGINT NOT NULL, refused BIGINT NOT NULL, audits BIGINT NOT NULL, errors BIGINT NOT NULL,
+            prompt_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL, cost_usd REAL NOT NULL, cost_avoided_usd REAL NOT NULL,
+            PRIMARY KEY (day, tenant, key_id, model, task, served_by, endpoint, imported)
+        );
+        CREATE INDEX usage_daily_tenant_day ON usage_daily(tenant, day);
+        CREATE INDEX usage_daily_task_day ON usage_daily(task, day);
+        CREATE TABLE usage_imports (
+            id TEXT PRIMARY KEY, day TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, task TEXT,
+            requests BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+            cost_usd REAL NOT NULL, priced INTEGER NOT NULL, source TEXT NOT NULL, line INTEGER NOT NULL,
+            imported_at REAL NOT NULL
+        );
+        CREATE INDEX usage_imports_day ON usage_imports(day);
+        CREATE TABLE usage_daily_zone (zone TEXT NOT NULL);
+        INSERT INTO usage_daily_zone (zone) VALUES ('UTC');
+        INSERT INTO usage_daily (
+            day, tenant, key_id, model, task, served_by, endpoint, imported, requests, refused, audits, errors,
+            prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, cost_avoided_usd
+        )
+        SELECT strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
+            COALESCE(served_by, ''), endpoint, 0,
+            SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
+            SUM(CASE WHEN endpoint <> 'audit' AND COALESCE(served_by, '') = '' AND status >= 400 AND status < 500
+                THEN 1 ELSE 0 END),
+            SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END),
+            SUM(CASE WHEN endpoint <> 'audit' AND status >= 400 THEN 1 ELSE 0 END),
+            SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
+            SUM(cost_usd), SUM(cost_avoided_usd)
+        FROM usage
+        GROUP BY strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
+            COALESCE(served_by, ''), endpoint
+        """,
+    )

@@ -310,3 +310,20 @@ def test_report_on_an_empty_store_says_what_to_do_first(tmp_path: Path) -> None:
     assert "insource serve" in page["empty"]
     assert all(not p["rows"] for p in page["panels"] if p["id"] != "budgets")
     assert [r[:2] for r in page["panels"][-1]["rows"]] == [["tenant", "acme"]]  # a budget from config, nothing spent
+
+
+def test_pages_use_the_reporting_timezone_like_the_cli(tmp_path: Path) -> None:
+    """Day boundaries are the same in the dashboard, its report and `insource spend --by day`."""
+    config = write_config(tmp_path, extra='[report]\ntimezone = "Asia/Kolkata"\n')
+    evening = time.time() // 86_400 * 86_400 - 2 * 86_400 + 20 * 3600  # 20:00 UTC is 01:30 the next day in India
+    fill(config, now=evening, days=5)
+    page = orjson.loads(run_cli("report", "--config", str(config), "--json").stdout)
+    panel = next(p for p in page["panels"] if p["id"] == "spend-by-model")
+    per_day: dict[str, float] = {}
+    for day, _model, cost, _requests in panel["rows"]:
+        per_day[day] = per_day.get(day, 0.0) + cost
+    cli = orjson.loads(run_cli("spend", "--by", "day", "--json", "--config", str(config)).stdout)
+    assert {r["day"]: pytest.approx(r["cost_usd"]) for r in cli} == per_day
+    utc_days = {time.strftime("%Y-%m-%d", time.gmtime(evening - d * 86_400)) for d in range(5)}
+    assert max(per_day) > max(utc_days), "the days are UTC days, not the reporting timezone's"
+    assert page["as_of"].endswith("Asia/Kolkata")

@@ -4,110 +4,95 @@ hash or a redacted value."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from insource.config import Config
 from insource.errors import NotFound
 from insource.service import dashboard_panels as panels
+from insource.service.dashboard_panels import Span
 from insource.service.dashboard_types import Figure, Page
-from insource.service.spend import month_start
 from insource.store import Store
 from insource.store import dashboard as q
+from insource.store import usage_queries as uq
+from insource.store.usage_queries import UsageFilter
 
-DAY_S = 86_400.0
-HISTORY_DAYS = 90
 NO_TRAFFIC = (
     "No traffic recorded yet. Start the gateway (`insource serve`), create a key (`insource keys create --tenant "
-    "NAME`) and send requests through it, or run `insource demo` to see every page filled."
+    "NAME`) and send requests through it, import a bill's history (`insource usage import FILE --format csv`), "
+    "or run `insource demo` to see every page filled."
 )
 
 
-def window(now: float, days: int = HISTORY_DAYS) -> tuple[float, float]:
-    """The last `days` UTC days, today included: (start, now)."""
-    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    return today - (days - 1) * DAY_S, now + 1.0
-
-
-def _as_of(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _empty(store: Store) -> bool:
-    return q.usage_count(store) == 0
+    return uq.day_span(store) is None
 
 
 def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
-    now = time.time() if now is None else now
-    start, end = window(now)
-    mtd = q.totals(store, month_start(now), end)
+    span = Span.of(store, now)
+    mtd = uq.usage_total(store, UsageFilter(since=span.month_first))
+    month = span.month_first.strftime("%B %Y")
     figures = [
-        Figure("Spend this month", float(mtd["cost_usd"]), "usd", datetime.fromtimestamp(now, UTC).strftime("%B %Y")),
-        Figure("Cost avoided this month", float(mtd["cost_avoided_usd"]), "usd", "answered by students"),
-        Figure("Requests this month", int(mtd["requests"]), "int", f"{int(mtd['audits'])} audits"),
+        Figure("Spend this month", mtd.cost_usd, "usd", month),
+        Figure("Cost avoided this month", mtd.cost_avoided_usd, "usd", "answered by students"),
+        Figure("Requests this month", mtd.requests, "int", f"{mtd.audits:,} audits"),
     ]
     page_panels = [
-        panels.daily_spend(store, "model", start, end),
-        panels.daily_spend(store, "task", start, end),
-        panels.forecast(cfg, store, now),
-        panels.budgets(cfg, store, now),
+        panels.daily_spend(store, "model", span),
+        panels.daily_spend(store, "task", span),
+        panels.forecast(cfg, store, span),
+        panels.budgets(cfg, store, span),
     ]
-    return Page("overview", "Overview", figures, page_panels, NO_TRAFFIC if _empty(store) else None, _as_of(now))
+    return Page("overview", "Overview", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
 def tasks(cfg: Config, store: Store, now: float | None = None) -> Page:
-    now = time.time() if now is None else now
-    start, end = window(now)
-    page_panels = [panels.task_table(cfg, store, start, end), panels.opportunities(cfg, store, now)]
-    return Page("tasks", "Tasks and opportunities", [], page_panels, NO_TRAFFIC if _empty(store) else None, _as_of(now))
+    span = Span.of(store, now)
+    page_panels = [panels.task_table(cfg, store, span), panels.opportunities(cfg, store, span)]
+    return Page("tasks", "Tasks and opportunities", [], page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
 def task_detail(cfg: Config, store: Store, task: str, now: float | None = None) -> Page:
     """One task's spend, agreement and route history; 404 for a task no record names."""
     if not q.task_known(store, task):
         raise NotFound(f"No record names the task {task!r}.", code="task_not_found")
-    now = time.time() if now is None else now
-    start, end = window(now)
+    span = Span.of(store, now)
     page_panels = [
-        panels.task_spend(store, task, start, end),
-        panels.agreement(store, start, task),
-        panels.audits(store, start, task),
+        panels.task_spend(store, task, span),
+        panels.agreement(store, span, task),
+        panels.audits(store, span, task),
         panels.route_history(store, task),
     ]
-    return Page(f"task:{task}", f"Task {task}", [], page_panels, None, _as_of(now))
+    return Page(f"task:{task}", f"Task {task}", [], page_panels, None, span.as_of)
 
 
 def routes(cfg: Config, store: Store, now: float | None = None) -> Page:
-    now = time.time() if now is None else now
-    start, _end = window(now)
+    span = Span.of(store, now)
     page_panels = [
         panels.route_table(cfg, store),
-        panels.agreement(store, start),
-        panels.audits(store, start),
+        panels.agreement(store, span),
+        panels.audits(store, span),
         panels.rollbacks(store),
         panels.students(cfg),
-        panels.savings(cfg, store, now),
+        panels.savings(cfg, store, span),
     ]
-    return Page("routes", "Students and routes", [], page_panels, None, _as_of(now))
+    return Page("routes", "Students and routes", [], page_panels, None, span.as_of)
 
 
 def tenants(cfg: Config, store: Store, now: float | None = None) -> Page:
-    now = time.time() if now is None else now
-    start, end = window(now)
+    span = Span.of(store, now)
     page_panels = [
-        panels.daily_spend(store, "tenant", start, end),
-        panels.tenant_table(cfg, store, now),
-        panels.key_table(store, now),
+        panels.daily_spend(store, "tenant", span),
+        panels.tenant_table(cfg, store, span),
+        panels.key_table(store, span),
     ]
-    return Page("tenants", "Tenants and keys", [], page_panels, NO_TRAFFIC if _empty(store) else None, _as_of(now))
+    return Page("tenants", "Tenants and keys", [], page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
 def provider(cfg: Config, store: Store, now: float | None = None) -> Page:
-    now = time.time() if now is None else now
-    figures, page_panels = panels.revenue(cfg, store, now)
-    return Page("provider", "Provider view", figures, page_panels, NO_TRAFFIC if _empty(store) else None, _as_of(now))
+    span = Span.of(store, now)
+    figures, page_panels = panels.revenue(cfg, store, span)
+    return Page("provider", "Provider view", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
 PageFn = Callable[..., Page]

@@ -3,21 +3,56 @@ store query or one analytics function."""
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from insource.config import Config
 from insource.service.dashboard_types import Action, Chart, Column, Figure, Panel, Series
-from insource.service.spend import month_start, month_to_date
+from insource.service.spend import month_to_date
 from insource.store import Store
 from insource.store import dashboard as q
+from insource.store import usage_queries as uq
+from insource.store.usage_queries import UsageFilter
 
+HISTORY_DAYS = 90
 TOP_SERIES = 8  # a chart draws the biggest groups; the rest is summed as "other" (the table has them all)
 UNTAGGED = "(untagged)"
 DIM_LABELS = {"model": "model", "task": "task", "tenant": "tenant"}
+
+
+@dataclass(frozen=True)
+class Span:
+    """What a page covers, in the reporting timezone (`[report] timezone`): the last 90 local days, this month."""
+
+    zone: str
+    now: float
+    today: dt.date
+    since: dt.date  # the first of the last HISTORY_DAYS days
+    month_first: dt.date
+
+    @classmethod
+    def of(cls, store: Store, now: float | None = None) -> Span:
+        now = time.time() if now is None else now
+        today = uq.today(store, now)
+        since = today - dt.timedelta(days=HISTORY_DAYS - 1)
+        return cls(store.report_timezone(), now, today, since, today.replace(day=1))
+
+    @property
+    def since_ts(self) -> float:
+        return dt.datetime.combine(self.since, dt.time(), ZoneInfo(self.zone)).timestamp()
+
+    def local_day(self, ts: float) -> str:
+        return dt.datetime.fromtimestamp(ts, ZoneInfo(self.zone)).strftime("%Y-%m-%d")
+
+    @property
+    def as_of(self) -> str:
+        return dt.datetime.fromtimestamp(self.now, ZoneInfo(self.zone)).strftime(f"%Y-%m-%d %H:%M {self.zone}")
 
 
 def cols(*specs: str) -> list[Column]:
@@ -29,12 +64,8 @@ def cols(*specs: str) -> list[Column]:
     return out
 
 
-def _day(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
-
-
 def _time(ts: float | None) -> str | None:
-    return None if not ts else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+    return None if not ts else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _label(value: Any, untagged: str = UNTAGGED) -> str:
@@ -58,36 +89,38 @@ def stacked_by_day(
     return Chart(kind, series, y_title, percent=percent)  # type: ignore[arg-type]
 
 
-def daily_spend(store: Store, dim: str, start: float, end: float) -> Panel:
-    rows = q.daily_spend(store, dim, start, end)
-    for r in rows:
-        r["grp"] = _label(r["grp"], "(none)" if dim != "task" else UNTAGGED)
+def daily_spend(store: Store, dim: str, span: Span) -> Panel:
     label = DIM_LABELS[dim]
+    rows = [
+        {"day": r.keys["day"], "grp": _label(r.keys[dim], UNTAGGED if dim == "task" else "(none)")}
+        | {"cost_usd": r.cost_usd, "requests": r.requests}
+        for r in uq.daily_spend(store, UsageFilter(since=span.since), by=dim)
+    ]
     return Panel(
         id=f"spend-by-{dim}",
         title=f"Spend per day by {label}",
         columns=cols("day:date", label, "cost_usd:usd", "requests:int"),
-        rows=[[r["day"], r["grp"], float(r["cost_usd"] or 0), int(r["requests"] or 0)] for r in rows],
+        rows=[[r["day"], r["grp"], r["cost_usd"], r["requests"]] for r in rows],
         empty="No spend in the last 90 days: send requests through `insource serve`.",
         chart=stacked_by_day(rows, "cost_usd") if rows else None,
-        note="UTC days, last 90 days.",
+        note=f"Last 90 days, days in {span.zone}.",
     )
 
 
-def forecast(cfg: Config, store: Store, now: float) -> Panel:
+def forecast(cfg: Config, store: Store, span: Span) -> Panel:
     return Panel(
         id="forecast",
         title="Forecast",
-        columns=cols("date:date", "actual_usd:usd", "p10:usd", "p50:usd"),
+        columns=cols("date:date", "actual_usd:usd", "p10:usd", "p50:usd", "p90:usd"),
         rows=[],
         empty="The spend forecast appears here once `insource forecast` is available and 3 days of history exist.",
     )
 
 
-def budgets(cfg: Config, store: Store, now: float) -> Panel:
+def budgets(cfg: Config, store: Store, span: Span) -> Panel:
     from insource.service.keys import list_keys
 
-    spent = month_to_date(store, now)
+    spent = month_to_date(store, span.now)
     rows: list[list[Any]] = []
     for name, tenant in sorted(cfg.tenants.items()):
         if tenant.budget_usd is not None:
@@ -97,18 +130,15 @@ def budgets(cfg: Config, store: Store, now: float) -> Panel:
             rows.append(_budget_row("key", key["id"], key["budget_usd"], spent.get(f"key:{key['id']}", 0.0)))
     rows.sort(key=lambda r: -(r[4] or 0))
     labels = [f"{r[0]} {r[1]}" for r in rows]
-    chart = (
-        Chart("bar", [Series("share used", labels, [r[4] for r in rows])], "share of budget", percent=True)
-        if rows
-        else None
-    )
+    chart = Chart("bar", [Series("share used", labels, [r[4] for r in rows])], "share of budget", percent=True)
     return Panel(
         id="budgets",
         title="Budgets this month",
         columns=cols("scope", "name", "budget_usd:usd", "spent_usd:usd", "share_used:share"),
         rows=rows,
         empty="No budgets set: `insource keys create --tenant T --budget-usd 100`, or [tenants.T] budget_usd.",
-        chart=chart,
+        chart=chart if rows else None,
+        note="Budgets run by UTC calendar month, as the gateway enforces them.",
     )
 
 
@@ -116,26 +146,32 @@ def _budget_row(scope: str, name: str, budget: float, spent: float) -> list[Any]
     return [scope, name, float(budget), float(spent), (spent / budget) if budget > 0 else None]
 
 
-def task_table(cfg: Config, store: Store, start: float, end: float) -> Panel:
+def task_table(cfg: Config, store: Store, span: Span) -> Panel:
     from insource.service.routes import load_policies
 
     policies = load_policies(cfg, store)
     captured = {r["task"]: int(r["n"]) for r in q.captures_by_task(store)}
+    per_task: dict[str | None, dict[str, Any]] = {}
+    for r in uq.usage_by(store, ["task", "provider"], UsageFilter(since=span.since)):
+        t = per_task.setdefault(r.keys["task"], defaultdict(float))
+        for name in ("requests", "audits", "cost_usd", "cost_avoided_usd"):
+            t[name] += getattr(r, name)
+        if r.keys["provider"] == uq.STUDENT_PROVIDER:
+            t["student"] += r.requests
     rows = []
-    for r in q.by_dimension(store, "task", start, end):
-        task, requests = r["grp"], int(r["requests"] or 0)
+    for task, t in sorted(per_task.items(), key=lambda kv: (-kv[1]["cost_usd"], str(kv[0]))):
         policy = policies.get(task) if task else None
         route = "-" if policy is None else (policy.mode if policy.active else f"{policy.mode} (off)")
-        student = int(r["student_requests"] or 0)
+        requests = int(t["requests"])
         rows.append(
             [
                 _label(task),
                 requests,
-                int(r["audits"] or 0),
+                int(t["audits"]),
                 captured.get(task, 0),
-                float(r["cost_usd"] or 0),
-                float(r["cost_avoided_usd"] or 0),
-                student / requests if requests else None,
+                t["cost_usd"],
+                t["cost_avoided_usd"],
+                t["student"] / requests if requests else None,
                 route,
             ]
         )
@@ -159,7 +195,7 @@ def task_table(cfg: Config, store: Store, start: float, end: float) -> Panel:
     )
 
 
-def opportunities(cfg: Config, store: Store, now: float) -> Panel:
+def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
     return Panel(
         id="opportunities",
         title="What to insource next",
@@ -169,46 +205,55 @@ def opportunities(cfg: Config, store: Store, now: float) -> Panel:
     )
 
 
-def task_spend(store: Store, task: str, start: float, end: float) -> Panel:
-    rows = [r for r in q.daily_spend(store, "task", start, end) if r["grp"] == task]
-    for r in rows:
-        r["grp"] = task
+def task_spend(store: Store, task: str, span: Span) -> Panel:
+    rows = [
+        {"day": r.keys["day"], "grp": task, "cost_usd": r.cost_usd}
+        | {"cost_avoided_usd": r.cost_avoided_usd, "requests": r.requests}
+        for r in uq.daily_spend(store, UsageFilter(since=span.since, task=task))
+    ]
     return Panel(
         id="spend",
         title="Spend per day",
         columns=cols("day:date", "cost_usd:usd", "cost_avoided_usd:usd", "requests:int"),
-        rows=[
-            [r["day"], float(r["cost_usd"] or 0), float(r["cost_avoided_usd"] or 0), int(r["requests"])] for r in rows
-        ],
+        rows=[[r["day"], r["cost_usd"], r["cost_avoided_usd"], r["requests"]] for r in rows],
         empty="No spend on this task in the last 90 days.",
         chart=stacked_by_day(rows, "cost_usd") if rows else None,
+        note=f"Days in {span.zone}.",
     )
 
 
-def agreement(store: Store, start: float, task: str | None = None) -> Panel:
-    rows = q.daily_agreement(store, start, task)
-    for r in rows:
-        r["grp"], r["rate"] = r["task"], (int(r["agree"] or 0) / int(r["n"])) if r["n"] else None
+def agreement(store: Store, span: Span, task: str | None = None) -> Panel:
+    days: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for b in q.agreement_buckets(store, span.since_ts, task):
+        cell = days[(span.local_day(float(b["bucket"]) * q.BUCKET_S), b["task"])]
+        cell[0] += int(b["n"])
+        cell[1] += int(b["agree"] or 0)
+    rows = [
+        {"day": day, "grp": t, "n": n, "agree": ok, "rate": ok / n if n else None}
+        for (day, t), (n, ok) in sorted(days.items())
+    ]
     return Panel(
         id="agreement",
         title="Student agreement with the teacher per day",
         columns=cols("day:date", "task", "compared:int", "agreed:int", "agreement:share"),
-        rows=[[r["day"], r["task"], int(r["n"]), int(r["agree"] or 0), r["rate"]] for r in rows],
+        rows=[[r["day"], r["grp"], r["n"], r["agree"], r["rate"]] for r in rows],
         empty="No comparisons yet: a route in shadow mode, or with audit_rate > 0, records them.",
         chart=stacked_by_day(rows, "rate", "line", "agreement", percent=True) if rows else None,
         note="From audits (a sample of student answers re-asked to the teacher) and shadow runs.",
     )
 
 
-def audits(store: Store, start: float, task: str | None = None) -> Panel:
-    rows = q.daily_audits(store, start, task)
-    for r in rows:
-        r["grp"] = _label(r["task"])
+def audits(store: Store, span: Span, task: str | None = None) -> Panel:
+    flt = UsageFilter(since=span.since, endpoint="audit", task=task)
+    rows = [
+        {"day": r.keys["day"], "grp": _label(r.keys["task"]), "audits": r.audits, "cost_usd": r.cost_usd}
+        for r in uq.daily_spend(store, flt, by="task")
+    ]
     return Panel(
         id="audits",
         title="Teacher audits per day",
         columns=cols("day:date", "task", "audits:int", "cost_usd:usd"),
-        rows=[[r["day"], r["grp"], int(r["audits"]), float(r["cost_usd"] or 0)] for r in rows],
+        rows=[[r["day"], r["grp"], r["audits"], r["cost_usd"]] for r in rows],
         empty="No audits yet: a route with audit_rate > 0 re-asks the teacher for a sample of student answers.",
         chart=stacked_by_day(rows, "audits", "stacked", "audits") if rows else None,
     )
@@ -284,7 +329,7 @@ def students(cfg: Config) -> Panel:
     )
 
 
-def savings(cfg: Config, store: Store, now: float) -> Panel:
+def savings(cfg: Config, store: Store, span: Span) -> Panel:
     return Panel(
         id="savings",
         title="Savings",
@@ -294,59 +339,48 @@ def savings(cfg: Config, store: Store, now: float) -> Panel:
     )
 
 
-def tenant_table(cfg: Config, store: Store, now: float) -> Panel:
-    start = month_start(now)
+def tenant_table(cfg: Config, store: Store, span: Span) -> Panel:
     rows = []
-    for r in q.by_dimension(store, "tenant", start, now + 1):
-        budget = cfg.tenants[r["grp"]].budget_usd if r["grp"] in cfg.tenants else None
-        cost = float(r["cost_usd"] or 0)
-        rows.append([r["grp"], int(r["requests"] or 0), cost, float(r["cost_avoided_usd"] or 0), budget])
-        rows[-1].append(cost / budget if budget else None)
+    for r in uq.usage_by(store, ["tenant"], UsageFilter(since=span.month_first)):
+        tenant = r.keys["tenant"]
+        budget = cfg.tenants[tenant].budget_usd if tenant in cfg.tenants else None
+        rows.append(
+            [tenant, r.requests, r.cost_usd, r.cost_avoided_usd, budget, r.cost_usd / budget if budget else None]
+        )
     return Panel(
         id="tenants",
         title="Tenants this month",
-        columns=cols(
-            "tenant", "requests:int", "cost_usd:usd", "cost_avoided_usd:usd", "budget_usd:usd", "share_used:share"
-        ),
+        columns=cols("tenant", "requests:int", "cost_usd:usd", "cost_avoided_usd:usd", "budget_usd:usd")
+        + cols("share_used:share"),
         rows=rows,
         empty="No spend this month yet.",
         chart=Chart("bar", [Series("cost_usd", [r[0] for r in rows], [r[2] for r in rows])], "USD") if rows else None,
     )
 
 
-def key_table(store: Store, now: float) -> Panel:
+def key_table(store: Store, span: Span) -> Panel:
     from insource.service.keys import list_keys
 
-    spent = {r["key_id"]: r for r in q.spend_per_key(store, month_start(now))}
+    spent = {r.keys["key"]: r for r in uq.usage_by(store, ["key"], UsageFilter(since=span.month_first))}
     rows = []
     for k in list_keys(store):  # ids and prefixes only: the key itself is never stored, its hash never shown
-        s = spent.get(k["id"], {})
-        rows.append([k["id"], f"{k['prefix']}…", k["tenant"], k["budget_usd"], float(s.get("cost_usd") or 0)])
-        rows[-1] += [k["rpm"], k["tpm"], "revoked" if k["revoked"] else "active", _time(s.get("last_ts"))]
+        s = spent.get(k["id"])
+        rows.append([k["id"], f"{k['prefix']}…", k["tenant"], k["budget_usd"], s.cost_usd if s else 0.0])
+        rows[-1] += [s.requests if s else 0, k["rpm"], k["tpm"], "revoked" if k["revoked"] else "active"]
     return Panel(
         id="keys",
         title="Keys",
-        columns=cols(
-            "id",
-            "prefix",
-            "tenant",
-            "budget_usd:usd",
-            "spent_this_month_usd:usd",
-            "rpm:int",
-            "tpm:int",
-            "state",
-            "last_used:time",
-        ),
+        columns=cols("id", "prefix", "tenant", "budget_usd:usd", "spent_this_month_usd:usd", "requests_this_month:int")
+        + cols("rpm:int", "tpm:int", "state"),
         rows=rows,
         empty="No keys yet: `insource keys create --tenant NAME`.",
     )
 
 
-def revenue(cfg: Config, store: Store, now: float) -> tuple[list[Figure], list[Panel]]:
-    start = month_start(now)
-    rows = [r for r in q.by_dimension(store, "tenant", start, now + 1) if float(r["cost_usd"] or 0) > 0]
-    total = sum(float(r["cost_usd"]) for r in rows)
-    table = [[r["grp"], float(r["cost_usd"]), float(r["cost_usd"]) / total] for r in rows] if total else []
+def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[Panel]]:
+    rows = [r for r in uq.usage_by(store, ["tenant"], UsageFilter(since=span.month_first)) if r.cost_usd > 0]
+    total = sum(r.cost_usd for r in rows)
+    table = [[r.keys["tenant"], r.cost_usd, r.cost_usd / total] for r in rows] if total else []
     hhi = sum((row[2] * 100) ** 2 for row in table)
     figures = [
         Figure("Revenue this month", total, "usd"),

@@ -9,6 +9,7 @@ from typing import Any
 
 from insource.config import Config
 from insource.errors import NotFound
+from insource.service import dashboard_analytics as analytics
 from insource.service import dashboard_panels as panels
 from insource.service.dashboard_panels import Span
 from insource.service.dashboard_types import Figure, Page
@@ -40,7 +41,7 @@ def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
     page_panels = [
         panels.daily_spend(store, "model", span),
         panels.daily_spend(store, "task", span),
-        panels.forecast(cfg, store, span),
+        analytics.forecast(cfg, store, span),
         panels.budgets(cfg, store, span),
     ]
     return Page("overview", "Overview", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
@@ -48,7 +49,7 @@ def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
 
 def tasks(cfg: Config, store: Store, now: float | None = None) -> Page:
     span = Span.of(store, now)
-    page_panels = [panels.task_table(cfg, store, span), panels.opportunities(cfg, store, span)]
+    page_panels = [panels.task_table(cfg, store, span), analytics.opportunities(cfg, store, span)]
     return Page("tasks", "Tasks and opportunities", [], page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
@@ -74,7 +75,7 @@ def routes(cfg: Config, store: Store, now: float | None = None) -> Page:
         panels.audits(store, span),
         panels.rollbacks(store),
         panels.students(cfg),
-        panels.savings(cfg, store, span),
+        analytics.savings(cfg, store, span),
     ]
     return Page("routes", "Students and routes", [], page_panels, None, span.as_of)
 
@@ -91,7 +92,7 @@ def tenants(cfg: Config, store: Store, now: float | None = None) -> Page:
 
 def provider(cfg: Config, store: Store, now: float | None = None) -> Page:
     span = Span.of(store, now)
-    figures, page_panels = panels.revenue(cfg, store, span)
+    figures, page_panels = analytics.revenue(cfg, store, span)
     return Page("provider", "Provider view", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 

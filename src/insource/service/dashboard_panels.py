@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from insource.config import Config
-from insource.service.dashboard_types import Action, Chart, Column, Figure, Panel, Series
+from insource.service.dashboard_types import Action, Chart, Column, Panel, Series
 from insource.service.spend import month_to_date
 from insource.store import Store
 from insource.store import dashboard as q
@@ -107,16 +107,6 @@ def daily_spend(store: Store, dim: str, span: Span) -> Panel:
     )
 
 
-def forecast(cfg: Config, store: Store, span: Span) -> Panel:
-    return Panel(
-        id="forecast",
-        title="Forecast",
-        columns=cols("date:date", "actual_usd:usd", "p10:usd", "p50:usd", "p90:usd"),
-        rows=[],
-        empty="The spend forecast appears here once `insource forecast` is available and 3 days of history exist.",
-    )
-
-
 def budgets(cfg: Config, store: Store, span: Span) -> Panel:
     from insource.service.keys import list_keys
 
@@ -192,16 +182,6 @@ def task_table(cfg: Config, store: Store, span: Span) -> Panel:
         rows=rows,
         empty="No tasks yet: tag requests with the `X-Insource-Task: NAME` header (or `insource tasks assign`).",
         chart=Chart("bar", series, "USD") if rows else None,
-    )
-
-
-def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
-    return Panel(
-        id="opportunities",
-        title="What to insource next",
-        columns=cols("template", "task", "requests:int", "monthly_spend_usd:usd"),
-        rows=[],
-        empty="Opportunities appear here once `insource opportunities` is available and traffic is captured.",
     )
 
 
@@ -329,16 +309,6 @@ def students(cfg: Config) -> Panel:
     )
 
 
-def savings(cfg: Config, store: Store, span: Span) -> Panel:
-    return Panel(
-        id="savings",
-        title="Savings",
-        columns=cols("task", "net_savings_usd:usd"),
-        rows=[],
-        empty="Savings per task appear here once `insource savings` is available.",
-    )
-
-
 def tenant_table(cfg: Config, store: Store, span: Span) -> Panel:
     rows = []
     for r in uq.usage_by(store, ["tenant"], UsageFilter(since=span.month_first)):
@@ -375,26 +345,3 @@ def key_table(store: Store, span: Span) -> Panel:
         rows=rows,
         empty="No keys yet: `insource keys create --tenant NAME`.",
     )
-
-
-def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[Panel]]:
-    rows = [r for r in uq.usage_by(store, ["tenant"], UsageFilter(since=span.month_first)) if r.cost_usd > 0]
-    total = sum(r.cost_usd for r in rows)
-    table = [[r.keys["tenant"], r.cost_usd, r.cost_usd / total] for r in rows] if total else []
-    hhi = sum((row[2] * 100) ** 2 for row in table)
-    figures = [
-        Figure("Revenue this month", total, "usd"),
-        Figure("Top tenant's share", table[0][2] if table else None, "share"),
-        Figure("Herfindahl-Hirschman index", round(hhi) if table else None, "int", "above 1,800: highly concentrated"),
-    ]
-    panel = Panel(
-        id="revenue",
-        title="Revenue per tenant this month",
-        columns=cols("tenant", "revenue_usd:usd", "share:share"),
-        rows=table,
-        empty="No revenue this month yet.",
-        chart=Chart("bar", [Series("revenue_usd", [r[0] for r in table], [r[1] for r in table])], "USD")
-        if table
-        else None,
-    )
-    return figures, [panel]

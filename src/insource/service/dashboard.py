@@ -33,16 +33,18 @@ def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
     span = Span.of(store, now)
     mtd = uq.usage_total(store, UsageFilter(since=span.month_first))
     month = span.month_first.strftime("%B %Y")
+    outlook = analytics.forecast(cfg, store, span)
     figures = [
         Figure("Spend this month", mtd.cost_usd, "usd", month),
+        *outlook.figures,
         Figure("Cost avoided this month", mtd.cost_avoided_usd, "usd", "answered by students"),
         Figure("Requests this month", mtd.requests, "int", f"{mtd.audits:,} audits"),
     ]
     page_panels = [
         panels.daily_spend(store, "model", span),
         panels.daily_spend(store, "task", span),
-        analytics.forecast(cfg, store, span),
-        panels.budgets(cfg, store, span),
+        outlook.panel,
+        panels.budgets(cfg, store, span, outlook.exhausted_on),
     ]
     return Page("overview", "Overview", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 

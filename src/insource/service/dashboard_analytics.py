@@ -5,6 +5,7 @@ built; a section whose function is not available says so instead of failing the 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 from insource.config import Config
@@ -21,33 +22,132 @@ def _function(module: str, name: str) -> Any:
         return None
 
 
-def forecast(cfg: Config, store: Store, span: Span) -> Panel:
+FORECAST = ("insource.service.forecast", "forecast_report")  # returns the `insource forecast --json` object
+SAVINGS = ("insource.service.savings", "savings_report")  # returns the `insource savings --json` object
+OPPORTUNITIES = ("insource.analytics.opportunities", "find_opportunities")  # the `opportunities --json` list
+
+
+@dataclass
+class Outlook:
+    """The forecast's part of the overview: key figures, the panel, and when each budget runs out."""
+
+    figures: list[Figure]
+    panel: Panel
+    exhausted_on: dict[tuple[str, str], str | None]
+
+
+def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
+    """This month's forecast with its 80% band (`insource forecast`), when the function is available."""
+    report_fn = _function(*FORECAST)
+    if report_fn is None:
+        empty = "The spend forecast appears here once `insource forecast` is available in this installation."
+        return Outlook([], _forecast_panel(None, empty), {})
+    return forecast_outlook(report_fn(cfg, store))
+
+
+def forecast_outlook(report: dict[str, Any]) -> Outlook:
+    """Lay out an `insource forecast --json` object: figures, the daily chart with its band, budgets' end dates."""
+    month = report.get("forecast_month_usd")
+    figures = []
+    if month:
+        note = f"80% interval ${month['p10']:,.2f} to ${month['p90']:,.2f} ({report.get('method')})"
+        figures.append(Figure(f"Forecast for {report.get('month')}", month["p50"], "usd", note))
+        figures.append(Figure("Run-rate per month", report.get("run_rate_usd_per_month"), "usd"))
+    empty = "Not enough history to forecast yet: 3 days of spend are needed (14 for weekly seasonality)."
+    exhausted = {(b["scope"], b["name"]): b.get("exhausted_on") for b in report.get("budgets") or []}
+    return Outlook(figures, _forecast_panel(report if month else None, empty), exhausted)
+
+
+def _forecast_panel(report: dict[str, Any] | None, empty: str) -> Panel:
+    daily = (report or {}).get("daily") or []
+    rows = [[d["date"], d["actual_usd"], d["p10"], d["p50"], d["p90"]] for d in daily]
+    chart = None
+    if rows:
+        past = [r for r in rows if r[1] is not None]
+        ahead = [r for r in rows if r[1] is None]
+        series = [Series("actual", [r[0] for r in past], [r[1] for r in past])]
+        series.append(Series("forecast (p50)", [r[0] for r in ahead], [r[3] for r in ahead]))
+        band = (
+            Series("p10", [r[0] for r in ahead], [r[2] for r in ahead]),
+            Series("80% interval", [r[0] for r in ahead], [r[4] for r in ahead]),
+        )
+        chart = Chart("band", [s for s in series if s.y], "USD per day", band=band if ahead else None)
+    backtest = (report or {}).get("backtest_mape")
+    note = f"Backtest error on this history (MAPE): {backtest:.1%}." if isinstance(backtest, int | float) else ""
     return Panel(
         id="forecast",
-        title="Forecast",
+        title="Spend forecast",
         columns=cols("date:date", "actual_usd:usd", "p10:usd", "p50:usd", "p90:usd"),
-        rows=[],
-        empty="The spend forecast appears here once `insource forecast` is available and 3 days of history exist.",
+        rows=rows,
+        empty=empty,
+        chart=chart,
+        note=note,
     )
 
 
 def savings(cfg: Config, store: Store, span: Span) -> Panel:
+    """What insourcing saved per task (`insource savings`), when the function is available."""
+    report_fn = _function(*SAVINGS)
+    if report_fn is None:
+        return _unavailable("savings", "Savings per task", "insource savings")
+    return savings_panel(report_fn(cfg, store))
+
+
+def savings_panel(report: dict[str, Any]) -> Panel:
+    """Lay out an `insource savings --json` object."""
+    names = ["requests", "insourced", "share_insourced", "teacher_cost_avoided_usd", "student_cost_usd"]
+    names += ["audit_cost_usd", "net_savings_usd"]
+    rows = [[r["task"], *(r[n] for n in names)] for r in report.get("rows") or []]
+    chart = Chart("bar", [Series("net_savings_usd", [r[0] or "(untagged)" for r in rows], [r[7] for r in rows])])
+    chart.y_title = "USD"
+    total = report.get("total") or {}
     return Panel(
         id="savings",
-        title="Savings",
-        columns=cols("task", "net_savings_usd:usd"),
-        rows=[],
-        empty="Savings per task appear here once `insource savings` is available.",
+        title="Savings per task",
+        columns=cols("task", "requests:int", "insourced:int", "share_insourced:share", "teacher_cost_avoided_usd:usd")
+        + cols("student_cost_usd:usd", "audit_cost_usd:usd", "net_savings_usd:usd"),
+        rows=rows,
+        empty="No savings yet: route a task to a student (`insource route set`) and its answers count here.",
+        chart=chart if rows else None,
+        note=f"Net savings in total: ${total.get('net_savings_usd', 0.0):,.2f} (avoided - student - audits)."
+        if rows
+        else "",
     )
 
 
+OPPORTUNITY_TTL_S = 600.0
+_mined: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+
+
 def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
+    """Templates mined from captured traffic, ranked (`insource opportunities`); mined at most every 10 minutes."""
+    find = _function(*OPPORTUNITIES)
+    if find is None:
+        return _unavailable("opportunities", "What to insource next", "insource opportunities")
+    cached = _mined.get(id(store))
+    if cached is None or span.now - cached[0] > OPPORTUNITY_TTL_S:
+        cached = _mined[id(store)] = (span.now, find(store))
+    return opportunities_panel(cached[1])
+
+
+def opportunities_panel(found: list[dict[str, Any]], top: int = 20) -> Panel:
+    rows = [
+        [
+            o[name]
+            for name in ("template_id", "template", "task", "requests", "monthly_spend_usd", "kind", "score", "next")
+        ]
+        for o in found[:top]
+    ]
+    chart = Chart("bar", [Series("score", [r[0] for r in rows], [r[6] for r in rows])], "score (USD x distillability)")
     return Panel(
         id="opportunities",
         title="What to insource next",
-        columns=cols("template", "task", "requests:int", "monthly_spend_usd:usd"),
-        rows=[],
-        empty="Opportunities appear here once `insource opportunities` is available and traffic is captured.",
+        columns=cols("template_id", "template", "task", "requests:int", "monthly_spend_usd:usd", "kind")
+        + cols("score:number", "next"),
+        rows=rows,
+        empty="Nothing mined yet: capture traffic through `insource serve` (capture is on by default).",
+        chart=chart if rows else None,
+        note="Score: monthly spend x how distillable the answers look. Each row says what to run next.",
     )
 
 

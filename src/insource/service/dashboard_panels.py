@@ -107,7 +107,10 @@ def daily_spend(store: Store, dim: str, span: Span) -> Panel:
     )
 
 
-def budgets(cfg: Config, store: Store, span: Span) -> Panel:
+def budgets(
+    cfg: Config, store: Store, span: Span, exhausted_on: dict[tuple[str, str], str | None] | None = None
+) -> Panel:
+    """Budgets this month: spent, share used and, with a forecast, the day each one runs out."""
     from insource.service.keys import list_keys
 
     spent = month_to_date(store, span.now)
@@ -119,16 +122,18 @@ def budgets(cfg: Config, store: Store, span: Span) -> Panel:
         if key["budget_usd"] is not None and not key["revoked"]:
             rows.append(_budget_row("key", key["id"], key["budget_usd"], spent.get(f"key:{key['id']}", 0.0)))
     rows.sort(key=lambda r: -(r[4] or 0))
+    for row in rows:
+        row.append((exhausted_on or {}).get((row[0], row[1])))
     labels = [f"{r[0]} {r[1]}" for r in rows]
     chart = Chart("bar", [Series("share used", labels, [r[4] for r in rows])], "share of budget", percent=True)
     return Panel(
         id="budgets",
         title="Budgets this month",
-        columns=cols("scope", "name", "budget_usd:usd", "spent_usd:usd", "share_used:share"),
+        columns=cols("scope", "name", "budget_usd:usd", "spent_usd:usd", "share_used:share", "runs_out_on:date"),
         rows=rows,
         empty="No budgets set: `insource keys create --tenant T --budget-usd 100`, or [tenants.T] budget_usd.",
         chart=chart if rows else None,
-        note="Budgets run by UTC calendar month, as the gateway enforces them.",
+        note="Budgets run by UTC calendar month, as the gateway enforces them. runs_out_on: from the forecast.",
     )
 
 

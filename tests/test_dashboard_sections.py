@@ -103,3 +103,16 @@ def test_chart_json_cannot_close_its_script_element() -> None:
 def test_formats() -> None:
     assert fmt(None, "usd") == "–" and fmt(1234.5, "usd") == "$1,234.50" and fmt(0.000412, "usd") == "$0.000412"
     assert fmt(0.125, "share") == "12.5%" and fmt(12345, "int") == "12,345"
+
+
+def test_names_from_traffic_are_escaped_in_pages_and_reports() -> None:
+    from insource.server.ui.render import render_page, render_report
+    from insource.service.dashboard_types import Figure, Page
+
+    evil = '<img src=x onerror="alert(1)">'
+    chart = Chart("stacked", [Series(evil, ["2026-12-01"], [1.0])])
+    panel = Panel("spend", evil, [Column("task"), Column("cost_usd", "usd")], [[evil, 1.0]], evil, chart=chart)
+    page = Page("overview", "Overview", [Figure(evil, evil, "text", evil)], [panel], None, "now")
+    for html in (render_page(page, "tok", title="t", active="overview"), render_report(page)):
+        assert evil not in html and "<img" not in html.split("<main>", 1)[1]
+        assert "&lt;img" in html

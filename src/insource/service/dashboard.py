@@ -41,8 +41,7 @@ def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
         Figure("Requests this month", mtd.requests, "int", f"{mtd.audits:,} audits"),
     ]
     page_panels = [
-        panels.daily_spend(store, "model", span),
-        panels.daily_spend(store, "task", span),
+        *panels.daily_spend(store, ("model", "task"), span),
         outlook.panel,
         panels.budgets(cfg, store, span, outlook.exhausted_on),
     ]
@@ -85,7 +84,7 @@ def routes(cfg: Config, store: Store, now: float | None = None) -> Page:
 def tenants(cfg: Config, store: Store, now: float | None = None) -> Page:
     span = Span.of(store, now)
     page_panels = [
-        panels.daily_spend(store, "tenant", span),
+        *panels.daily_spend(store, ("tenant",), span),
         panels.tenant_table(cfg, store, span),
         panels.key_table(store, span),
     ]

@@ -89,22 +89,30 @@ def stacked_by_day(
     return Chart(kind, series, y_title, percent=percent)  # type: ignore[arg-type]
 
 
-def daily_spend(store: Store, dim: str, span: Span) -> Panel:
-    label = DIM_LABELS[dim]
-    rows = [
-        {"day": r.keys["day"], "grp": _label(r.keys[dim], UNTAGGED if dim == "task" else "(none)")}
-        | {"cost_usd": r.cost_usd, "requests": r.requests}
-        for r in uq.daily_spend(store, UsageFilter(since=span.since), by=dim)
-    ]
-    return Panel(
-        id=f"spend-by-{dim}",
-        title=f"Spend per day by {label}",
-        columns=cols("day:date", label, "cost_usd:usd", "requests:int"),
-        rows=[[r["day"], r["grp"], r["cost_usd"], r["requests"]] for r in rows],
-        empty="No spend in the last 90 days: send requests through `insource serve`.",
-        chart=stacked_by_day(rows, "cost_usd") if rows else None,
-        note=f"Last 90 days, days in {span.zone}.",
-    )
+def daily_spend(store: Store, dims: tuple[str, ...], span: Span) -> list[Panel]:
+    """Spend per day by each of `dims` (one panel each), from one read of the last 90 days' rollups."""
+    found = uq.usage_by(store, ["day", *dims], UsageFilter(since=span.since))
+    panels = []
+    for dim in dims:
+        cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        for r in found:
+            cell = cells[(r.keys["day"], _label(r.keys[dim], UNTAGGED if dim == "task" else "(none)"))]
+            cell[0] += r.cost_usd
+            cell[1] += r.requests
+        rows = [{"day": d, "grp": g, "cost_usd": c, "requests": int(n)} for (d, g), (c, n) in sorted(cells.items())]
+        label = DIM_LABELS[dim]
+        panels.append(
+            Panel(
+                id=f"spend-by-{dim}",
+                title=f"Spend per day by {label}",
+                columns=cols("day:date", label, "cost_usd:usd", "requests:int"),
+                rows=[[r["day"], r["grp"], r["cost_usd"], r["requests"]] for r in rows],
+                empty="No spend in the last 90 days: send requests through `insource serve`.",
+                chart=stacked_by_day(rows, "cost_usd") if rows else None,
+                note=f"Last 90 days, days in {span.zone}.",
+            )
+        )
+    return panels
 
 
 def budgets(
@@ -113,7 +121,7 @@ def budgets(
     """Budgets this month: spent, share used and, with a forecast, the day each one runs out."""
     from insource.service.keys import list_keys
 
-    spent = month_to_date(store, span.now)
+    spent = _budget_spend(store, span)
     rows: list[list[Any]] = []
     for name, tenant in sorted(cfg.tenants.items()):
         if tenant.budget_usd is not None:
@@ -135,6 +143,17 @@ def budgets(
         chart=chart if rows else None,
         note="Budgets run by UTC calendar month, as the gateway enforces them. runs_out_on: from the forecast.",
     )
+
+
+def _budget_spend(store: Store, span: Span) -> dict[str, float]:
+    """This UTC month's spend per budget scope ("key:ID", "tenant:NAME"), as the gateway enforces budgets: from
+    the daily rollups when they are UTC days, else from the records."""
+    if span.zone != "UTC":
+        return month_to_date(store, span.now)
+    flt = UsageFilter(since=span.month_first)
+    out = {f"key:{r.keys['key']}": r.cost_usd for r in uq.usage_by(store, ["key"], flt)}
+    out.update({f"tenant:{r.keys['tenant']}": r.cost_usd for r in uq.usage_by(store, ["tenant"], flt)})
+    return out
 
 
 def _budget_row(scope: str, name: str, budget: float, spent: float) -> list[Any]:

@@ -5,13 +5,25 @@ built; a section whose function is not available says so instead of failing the 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from insource.config import Config
+from insource.errors import InsourceError
 from insource.service.dashboard_panels import Span, cols
 from insource.service.dashboard_types import Chart, Figure, Panel, Series
 from insource.store import Store
+
+_CACHE: dict[tuple[str, int], tuple[float, Any]] = {}
+
+
+def _cached(name: str, store: Store, now: float, compute: Callable[[], Any], ttl_s: float = 60.0) -> Any:
+    """A costly analysis (a forecast fit, mining every capture) at most once per `ttl_s` per store."""
+    hit = _CACHE.get((name, id(store)))
+    if hit is None or not 0 <= now - hit[0] < ttl_s:
+        hit = _CACHE[(name, id(store))] = (now, compute())
+    return hit[1]
 
 
 def _function(module: str, name: str) -> Any:
@@ -22,8 +34,8 @@ def _function(module: str, name: str) -> Any:
         return None
 
 
-FORECAST = ("insource.service.forecast", "forecast_report")  # returns the `insource forecast --json` object
-SAVINGS = ("insource.service.savings", "savings_report")  # returns the `insource savings --json` object
+FORECAST = ("insource.service.money", "forecast_report")  # returns the `insource forecast --json` object
+SAVINGS = ("insource.service.money", "savings_report")  # returns the `insource savings --json` object
 OPPORTUNITIES = ("insource.analytics.opportunities", "find_opportunities")  # the `opportunities --json` list
 
 
@@ -42,7 +54,11 @@ def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
     if report_fn is None:
         empty = "The spend forecast appears here once `insource forecast` is available in this installation."
         return Outlook([], _forecast_panel(None, empty), {})
-    return forecast_outlook(report_fn(cfg, store))
+    try:
+        report = _cached("forecast", store, span.now, lambda: report_fn(cfg, store, now=span.now))
+    except InsourceError as exc:  # e.g. the analytics extra is not installed: the message says what to do
+        return Outlook([], _forecast_panel(None, exc.message), {})
+    return forecast_outlook(report)
 
 
 def forecast_outlook(report: dict[str, Any]) -> Outlook:
@@ -90,7 +106,7 @@ def savings(cfg: Config, store: Store, span: Span) -> Panel:
     report_fn = _function(*SAVINGS)
     if report_fn is None:
         return _unavailable("savings", "Savings per task", "insource savings")
-    return savings_panel(report_fn(cfg, store))
+    return savings_panel(report_fn(store))
 
 
 def savings_panel(report: dict[str, Any]) -> Panel:
@@ -115,19 +131,12 @@ def savings_panel(report: dict[str, Any]) -> Panel:
     )
 
 
-OPPORTUNITY_TTL_S = 600.0
-_mined: dict[int, tuple[float, list[dict[str, Any]]]] = {}
-
-
 def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
     """Templates mined from captured traffic, ranked (`insource opportunities`); mined at most every 10 minutes."""
     find = _function(*OPPORTUNITIES)
     if find is None:
         return _unavailable("opportunities", "What to insource next", "insource opportunities")
-    cached = _mined.get(id(store))
-    if cached is None or span.now - cached[0] > OPPORTUNITY_TTL_S:
-        cached = _mined[id(store)] = (span.now, find(store))
-    return opportunities_panel(cached[1])
+    return opportunities_panel(_cached("opportunities", store, span.now, lambda: find(store), ttl_s=600.0))
 
 
 def opportunities_panel(found: list[dict[str, Any]], top: int = 20) -> Panel:

@@ -4,6 +4,7 @@ pages and their CSV against a constructed store with known figures; `insource ui
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -25,6 +26,9 @@ from insource.config import load_config
 from insource.service.keys import server_secret
 from insource.store import open_store
 
+TIMEOUT = 60  # a page's first build may fit a forecast (statsmodels) on a loaded machine
+http_get = functools.partial(httpx.get, timeout=TIMEOUT)
+http_post = functools.partial(httpx.post, timeout=TIMEOUT)
 PAGES = ["/ui", "/ui/tasks", "/ui/routes", "/ui/tenants", "/ui/provider", "/ui/tasks/support-intent"]
 ENV = {"TEST_UI_ADMIN_KEY": ADMIN_KEY}
 
@@ -41,7 +45,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
 
 
 def login(url: str, key: str = ADMIN_KEY) -> httpx.Client:
-    client = httpx.Client(base_url=url, follow_redirects=False, timeout=30)
+    client = httpx.Client(base_url=url, follow_redirects=False, timeout=TIMEOUT)
     r = client.post("/ui/login", data={"key": key})
     assert r.status_code == 303, r.text
     return client
@@ -65,16 +69,16 @@ def secret_of(config: Path) -> bytes:
 def test_ui_answers_303_to_login_without_a_session(filled: tuple[Gateway, dict[str, Any]]) -> None:
     gw, _ = filled
     for path in [*PAGES, "/ui/nope", "/ui/overview/csv/budgets.csv", "/ui/report.html"]:
-        r = httpx.get(gw.url + path, follow_redirects=False)
+        r = http_get(gw.url + path, follow_redirects=False)
         assert r.status_code == 303, path
         assert r.headers["location"] == "/ui/login"
-    r = httpx.get(gw.url + "/ui/login")
+    r = http_get(gw.url + "/ui/login")
     assert r.status_code == 200 and 'name="key"' in r.text
 
 
 def test_login_sets_a_signed_httponly_samesite_cookie(filled: tuple[Gateway, dict[str, Any]]) -> None:
     gw, _ = filled
-    r = httpx.post(gw.url + "/ui/login", data={"key": ADMIN_KEY})
+    r = http_post(gw.url + "/ui/login", data={"key": ADMIN_KEY})
     assert r.status_code == 303 and r.headers["location"] == "/ui"
     cookie = r.headers["set-cookie"]
     assert cookie.startswith("insource_ui=")
@@ -84,14 +88,14 @@ def test_login_sets_a_signed_httponly_samesite_cookie(filled: tuple[Gateway, dic
     assert flags["path"].split("=")[1] == "/ui"
     assert 0 < int(flags["max-age"].split("=")[1]) <= 24 * 3600
     assert ADMIN_KEY not in cookie
-    page = httpx.get(gw.url + "/ui", cookies={"insource_ui": r.cookies["insource_ui"]})
+    page = http_get(gw.url + "/ui", cookies={"insource_ui": r.cookies["insource_ui"]})
     assert page.status_code == 200 and "Spend per day by model" in page.text
 
 
 def test_a_wrong_key_opens_no_session(filled: tuple[Gateway, dict[str, Any]]) -> None:
     gw, _ = filled
     for key in ("wrong", "", ADMIN_KEY + "x"):
-        r = httpx.post(gw.url + "/ui/login", data={"key": key})
+        r = http_post(gw.url + "/ui/login", data={"key": key})
         assert r.status_code == 401 and "set-cookie" not in r.headers
         assert "Wrong admin key" in r.text
 
@@ -106,14 +110,14 @@ def test_forged_expired_and_foreign_cookies_go_to_the_login(
     gw, _ = filled
     secret = secret_of(gw.config)
     good = Sessions(secret, ADMIN_KEY).open()
-    assert httpx.get(gw.url + "/ui", cookies={"insource_ui": good}).status_code == 200
+    assert http_get(gw.url + "/ui", cookies={"insource_ui": good}).status_code == 200
     other_secret = Sessions(b"another-secret", ADMIN_KEY).open()
     other_key = Sessions(secret, "an-older-admin-key").open()  # the admin key was rotated since
     tampered = good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 9 * 3600)
     expired = Sessions(secret, ADMIN_KEY).open()
     for cookie in (other_secret, other_key, tampered, expired, "garbage", ""):
-        r = httpx.get(gw.url + "/ui/tenants", cookies={"insource_ui": cookie}, follow_redirects=False)
+        r = http_get(gw.url + "/ui/tenants", cookies={"insource_ui": cookie}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/ui/login", cookie
 
 
@@ -130,8 +134,8 @@ def test_cross_site_posts_are_refused(filled: tuple[Gateway, dict[str, Any]]) ->
     assert r.status_code == 403
     r = client.post("/ui/routes/support-intent/off", data={})
     assert r.status_code == 403
-    assert httpx.post(gw.url + "/ui/login", data={"key": ADMIN_KEY}, headers=evil).status_code == 403
-    assert httpx.post(gw.url + "/ui/login", data={"key": ADMIN_KEY}, headers={"Origin": "null"}).status_code == 403
+    assert http_post(gw.url + "/ui/login", data={"key": ADMIN_KEY}, headers=evil).status_code == 403
+    assert http_post(gw.url + "/ui/login", data={"key": ADMIN_KEY}, headers={"Origin": "null"}).status_code == 403
     assert "cascade" in client.get("/ui/routes").text and ">on<" in client.get("/ui/routes").text
 
 
@@ -204,7 +208,7 @@ def test_plotly_is_served_once_from_the_package_with_a_long_cache(filled: tuple[
     src = re.search(r'<script src="(/ui/static/plotly-[^"]+\.min\.js)"', page)
     assert src, "the page does not load plotly.js from /ui/static"
     assert "cdn" not in page.lower() and "https://" not in page
-    r = httpx.get(gw.url + src.group(1))
+    r = http_get(gw.url + src.group(1))
     assert r.status_code == 200 and "immutable" in r.headers["cache-control"]
     assert len(r.content) > 1_000_000 and b"plotly" in r.content[:2000].lower()
 
@@ -224,9 +228,9 @@ def test_without_an_admin_key_the_ui_is_off_and_the_log_says_how_to_turn_it_on(t
     config.write_text('[store]\nurl = "sqlite:///./insource.db"\n')
     gw = start_gateway(config)
     try:
-        r = httpx.get(gw.url + "/ui", follow_redirects=False)
+        r = http_get(gw.url + "/ui", follow_redirects=False)
         assert r.status_code == 404 and "admin_key" in r.text
-        assert httpx.post(gw.url + "/ui/login", data={"key": "x"}).status_code == 404
+        assert http_post(gw.url + "/ui/login", data={"key": "x"}).status_code == 404
     finally:
         stop_gateway(gw)
     assert 'set [server] admin_key = "env::NAME"' in gw.log.read_text()
@@ -273,10 +277,10 @@ def test_insource_ui_one_time_link_and_empty_states(tmp_path: Path) -> None:
     try:
         assert "token=" in url
         base = url.split("/ui/")[0]
-        client = httpx.Client(base_url=base, follow_redirects=False, timeout=30)
+        client = httpx.Client(base_url=base, follow_redirects=False, timeout=TIMEOUT)
         r = client.get(url)
         assert r.status_code == 303 and r.headers["location"] == "/ui"
-        assert httpx.get(url, follow_redirects=False).status_code == 403  # used once already
+        assert http_get(url, follow_redirects=False).status_code == 403  # used once already
         for path in PAGES[:-1]:
             page = client.get(path)
             assert page.status_code == 200, path

@@ -70,6 +70,7 @@ def browser() -> Iterator[Any]:
 def test_every_page_draws_its_charts_offline(served: Gateway, browser: Any) -> None:
     shots = artifacts()
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)  # the first overview may fit a forecast on a loaded machine
     hosts: set[str] = set()
     page.on("request", lambda request: hosts.add(urllib.parse.urlsplit(request.url).netloc))
     errors: list[str] = []

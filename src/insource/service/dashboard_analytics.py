@@ -55,7 +55,7 @@ def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
         empty = "The spend forecast appears here once `insource forecast` is available in this installation."
         return Outlook([], _forecast_panel(None, empty), {})
     try:
-        report = _cached("forecast", store, span.now, lambda: report_fn(cfg, store, now=span.now))
+        report = _cached("forecast", store, span.now, lambda: report_fn(cfg, store, now=span.now), ttl_s=600.0)
     except InsourceError as exc:  # e.g. the analytics extra is not installed: the message says what to do
         return Outlook([], _forecast_panel(None, exc.message), {})
     return forecast_outlook(report)

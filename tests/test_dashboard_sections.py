@@ -45,9 +45,10 @@ def test_the_forecast_section_draws_actuals_the_median_and_the_80_percent_band()
 
 
 def test_not_enough_history_is_an_empty_state_not_an_error() -> None:
-    short = {**FORECAST, "forecast_month_usd": None, "daily": [], "method": "none", "backtest_mape": None}
-    outlook = forecast_outlook(short)
-    assert outlook.figures == [] and outlook.panel.rows == [] and "3 days" in outlook.panel.empty
+    for month in (None, {"p10": None, "p50": None, "p90": None}):
+        short = {**FORECAST, "forecast_month_usd": month, "daily": [], "method": "none", "backtest_mape": None}
+        outlook = forecast_outlook(short)
+        assert outlook.figures == [] and outlook.panel.rows == [] and "3 days" in outlook.panel.empty
 
 
 def test_the_savings_section_lists_tasks_and_the_net_total() -> None:

@@ -63,7 +63,9 @@ def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
 
 def forecast_outlook(report: dict[str, Any]) -> Outlook:
     """Lay out an `insource forecast --json` object: figures, the daily chart with its band, budgets' end dates."""
-    month = report.get("forecast_month_usd")
+    month = report.get("forecast_month_usd") or {}
+    if any(not isinstance(month.get(p), int | float) for p in ("p10", "p50", "p90")):
+        month = {}  # too little history: no forecast (the contract's figures are null)
     figures = []
     if month:
         note = f"80% interval ${month['p10']:,.2f} to ${month['p90']:,.2f} ({report.get('method')})"

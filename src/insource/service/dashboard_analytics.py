@@ -68,7 +68,7 @@ def forecast_outlook(report: dict[str, Any]) -> Outlook:
         month = {}  # too little history: no forecast (the contract's figures are null)
     figures = []
     if month:
-        note = f"80% interval ${month['p10']:,.2f} to ${month['p90']:,.2f} ({report.get('method')})"
+        note = f"80% interval ${month['p10']:,.2f} to ${month['p90']:,.2f}"
         figures.append(Figure(f"Forecast for {report.get('month')}", month["p50"], "usd", note))
         figures.append(Figure("Run-rate per month", report.get("run_rate_usd_per_month"), "usd"))
     empty = "Not enough history to forecast yet: 3 days of spend are needed (14 for weekly seasonality)."
@@ -91,7 +91,8 @@ def _forecast_panel(report: dict[str, Any] | None, empty: str) -> Panel:
         )
         chart = Chart("band", [s for s in series if s.y], "USD per day", band=band if ahead else None)
     backtest = (report or {}).get("backtest_mape")
-    note = f"Backtest error on this history (MAPE): {backtest:.1%}." if isinstance(backtest, int | float) else ""
+    note = f"Method: {report.get('method')}. " if report else ""
+    note += f"Backtest error on this history (MAPE): {backtest:.1%}." if isinstance(backtest, int | float) else ""
     return Panel(
         id="forecast",
         title="Spend forecast",

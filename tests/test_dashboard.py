@@ -331,3 +331,17 @@ def test_pages_use_the_reporting_timezone_like_the_cli(tmp_path: Path) -> None:
     utc_days = {time.strftime("%Y-%m-%d", time.gmtime(evening - d * 86_400)) for d in range(5)}
     assert max(per_day) > max(utc_days), "the days are UTC days, not the reporting timezone's"
     assert page["as_of"].endswith("Asia/Kolkata")
+
+
+def test_insource_ui_on_a_busy_port_and_report_to_a_missing_folder_say_so(tmp_path: Path) -> None:
+    import socket
+
+    config = write_config(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("ui", "--config", str(config), "--port", str(port), check=False, timeout=60)
+    assert result.returncode == 2 and "in use" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("report", "--config", str(config), "--out", str(tmp_path / "nope" / "r.html"), check=False)
+    assert result.returncode == 2 and "r.html" in result.stderr and "Traceback" not in result.stderr

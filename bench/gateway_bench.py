@@ -66,6 +66,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--src", type=Path, help="run the gateway from this copy of src/ (PYTHONPATH), to try a patch")
     p.add_argument("--compare", type=Path, help="A/B: the baseline against this copy of src/ (not written)")
     p.add_argument("--repeat", type=int, default=3, help="alternating runs per variant with --compare")
+    p.add_argument("--log-level", default="info", help="the gateway's --log-level (info: access log on)")
+    p.add_argument(
+        "--compare-log-level", metavar="LEVEL", help="A/B: the candidate (same source unless --compare) at this level"
+    )
     p.add_argument("--compare-note", default="", help="what the --compare copy changes (written to the results)")
     p.add_argument("--compare-concurrency", type=_int_list, default=[1, 16], metavar="LIST")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(REPO)}")
@@ -80,7 +84,7 @@ def settle(args: argparse.Namespace) -> set[str]:
     parts |= {"ablation"} if args.ablation else set()
     args.src = args.src.resolve() if args.src else None
     args.compare = args.compare.resolve() if args.compare else None
-    if args.compare is not None and args.parts == "main":
+    if (args.compare is not None or args.compare_log_level) and args.parts == "main":
         parts = set()
     args.requests = args.requests or (100_000 if args.quick else 300_000)
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
@@ -95,7 +99,9 @@ def run_main_env(args: argparse.Namespace, parts: set[str]) -> tuple[list[Row], 
     rows: list[Row] = []
     extra: dict[str, Any] = {}
     profile = None
-    env = start_env(args.workers, args.chunks, not args.no_pin, src=args.src)
+    env = start_env(
+        args.workers, args.chunks, not args.no_pin, src=args.src, serve_args=("--log-level", args.log_level)
+    )
     print(f"upstream :{env.upstream_port}  gateway :{env.gateway_port} (pid {env.gateway_pid})  work {env.workdir}")
     try:
         if "main" in parts:
@@ -133,7 +139,7 @@ def main() -> None:
     if parts & {"main", "profile"}:
         rows, extra, profile = run_main_env(args, parts)
     compared = None
-    if args.compare is not None:
+    if args.compare is not None or args.compare_log_level:
         compared = compare(args)
         print(compared)
     if "ablation" in parts:

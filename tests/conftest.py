@@ -85,7 +85,9 @@ def run_cli(
     return result
 
 
-def start_gateway(config: Path, env: dict[str, str] | None = None, workers: int = 1) -> Gateway:
+def start_gateway(
+    config: Path, env: dict[str, str] | None = None, workers: int = 1, args: tuple[str, ...] = ()
+) -> Gateway:
     port = free_port()
     log = config.parent / f"gateway-{port}.log"
     with log.open("wb") as out:
@@ -101,6 +103,7 @@ def start_gateway(config: Path, env: dict[str, str] | None = None, workers: int 
                 str(port),
                 "--workers",
                 str(workers),
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

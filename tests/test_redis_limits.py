@@ -107,3 +107,11 @@ def test_rpm_shared_across_workers(shared: tuple[Gateway, FakeUpstream]) -> None
     key = gw.key("shared-rpm", rpm=5)
     codes = asyncio.run(fire(gw, key["key"], 20))
     assert codes.count(200) <= 5 and codes.count(429) >= 15
+
+
+def test_budget_refusal_names_the_key(shared: tuple[Gateway, FakeUpstream]) -> None:
+    gw, _ = shared
+    key = gw.key("tiny-budget", budget_usd=0.000000001)
+    resp = httpx.post(gw.base_url + "/chat/completions", json=BODY, headers={"Authorization": f"Bearer {key['key']}"})
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "budget_exceeded"
+    assert f"key {key['id']}" in resp.json()["error"]["message"] and resp.headers["x-request-id"]

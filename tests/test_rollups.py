@@ -35,6 +35,7 @@ def usage_row(i: int, ts: float, **over: Any) -> dict[str, Any]:
         "reasoning_tokens": 0,
         "cost_usd": 0.001,
         "cost_avoided_usd": 0.0,
+        "attempts": 1,
     }
     row.update(over)
     return row
@@ -57,10 +58,10 @@ def random_rows(n: int, seed: int = 7, days: int = 10) -> list[dict[str, Any]]:
             "cost_usd": round(rng.random() / 100, 6),
             "cost_avoided_usd": round(rng.random() / 100, 6) if "@" in served else 0.0,
         }
-        if kind < 0.1:  # refused before any answer
-            over.update(served_by=None, status=rng.choice([400, 401, 429]), cost_usd=0.0, completion_tokens=0)
-        elif kind < 0.15:  # an upstream failure after retries
-            over.update(served_by=None, status=502, cost_usd=0.0)
+        if kind < 0.1:  # refused by insource before any answer: no upstream call
+            over.update(served_by=None, status=rng.choice([400, 401, 429]), cost_usd=0.0, attempts=0)
+        elif kind < 0.15:  # an upstream failure after retries: not refused
+            over.update(served_by=None, status=rng.choice([400, 502]), cost_usd=0.0, attempts=3)
         elif kind < 0.25:
             over.update(endpoint="audit", served_by="openai:gpt-4o-mini")
         rows.append(usage_row(i, T0 + rng.random() * days * 86_400, **over))
@@ -74,8 +75,9 @@ def expected(rows: list[dict[str, Any]], zone: str, dim: str) -> dict[tuple[str,
     for r in rows:
         day = dt.datetime.fromtimestamp(r["ts"], tz).date().isoformat()
         audit = r["endpoint"] == "audit"
-        refused = not audit and r["served_by"] is None and 400 <= r["status"] < 500
-        cell = out.setdefault((day, r[dim]), dict.fromkeys(MEASURES, 0.0))
+        refused = not audit and r["served_by"] is None and r["attempts"] == 0
+        value = "insource" if dim == "served_by" and r[dim] is None else r[dim]  # nobody answered: insource
+        cell = out.setdefault((day, value), dict.fromkeys(MEASURES, 0.0))
         cell["requests"] += 0 if audit else 1
         cell["refused"] += refused
         cell["audits"] += audit
@@ -108,6 +110,9 @@ def test_rollups_written_by_the_writer_equal_the_records(tmp_path: Path) -> None
     writer.close()
     assert_same(as_table(store, "task"), expected(rows, "Europe/Berlin", "task"))
     assert_same(as_table(store, "tenant"), expected(rows, "Europe/Berlin", "tenant"))
+    assert_lite_matches(store)
+    by_key = {(r.keys["day"], r.keys["key"]): r.cost_usd for r in usage_by(store, ["day", "key"])}
+    assert sum(by_key.values()) == pytest.approx(sum(r["cost_usd"] for r in rows))
     total = usage_total(store)
     assert total.requests == sum(r["endpoint"] != "audit" for r in rows)
     assert total.cost_usd == pytest.approx(sum(r["cost_usd"] for r in rows))
@@ -165,18 +170,37 @@ def test_rebuild_across_summer_time_equals_writing_in_the_zone(tmp_path: Path) -
     ]
     assert [r["cost_usd"] for r in a] == pytest.approx([r["cost_usd"] for r in b])
     assert_same(as_table(rebuilt, "served_by"), expected(rows, "Europe/Berlin", "served_by"))
+    assert_lite_matches(rebuilt)
 
 
 def test_migration_backfills_existing_records(tmp_path: Path) -> None:
     rows = random_rows(500, seed=5)
     store = Store(tmp_path / "r.db")
     store.write_batch([("usage", r, False) for r in rows])
-    for table in ("usage_daily", "usage_imports", "usage_daily_zone"):  # back to a store from before the rollups
+    for table in (
+        "usage_daily",
+        "usage_daily_lite",
+        "usage_imports",
+        "usage_daily_zone",
+    ):  # back to a store from before the rollups
         store.execute(f"DROP TABLE {table}")
-    store.execute("DELETE FROM _migrations WHERE name = 'm004_usage_rollups'")
+    store.execute("DELETE FROM _migrations WHERE name = 'm005_usage_rollups'")
     store.close()
     upgraded = Store(tmp_path / "r.db")
     assert_same(as_table(upgraded, "task"), expected(rows, "UTC", "task"))
+    assert_lite_matches(upgraded)
+
+
+def assert_lite_matches(store: Store) -> None:
+    """`usage_daily_lite` (no key) holds exactly `usage_daily` summed over keys."""
+    dims = "day, tenant, model, task, served_by, endpoint, imported"
+    sums = "SUM(requests) AS r, SUM(refused) AS f, SUM(audits) AS a, SUM(prompt_tokens) AS p, SUM(cost_usd) AS c"
+    full = store.query(f"SELECT {dims}, {sums} FROM usage_daily GROUP BY {dims} ORDER BY {dims}")
+    lite = store.query(f"SELECT {dims}, {sums} FROM usage_daily_lite GROUP BY {dims} ORDER BY {dims}")
+    assert len(full) == len(lite) > 0
+    for a, b in zip(full, lite, strict=True):
+        assert {k: v for k, v in a.items() if k != "c"} == {k: v for k, v in b.items() if k != "c"}
+        assert a["c"] == pytest.approx(b["c"])
 
 
 def test_filters_and_dimensions(tmp_path: Path) -> None:
@@ -199,9 +223,11 @@ def test_filters_and_dimensions(tmp_path: Path) -> None:
     assert providers == {
         "openai": sum((r["served_by"] or "").startswith("openai:") for r in rows),
         "azure": sum((r["served_by"] or "").startswith("azure:") for r in rows),
-        "insource": sum(r["served_by"] == "intent@v2" for r in rows),
-        None: sum(r["served_by"] is None for r in rows),
+        "insource": sum(r["served_by"] in ("intent@v2", None) for r in rows),  # students and nobody
     }
+    served = {r.keys["served_by"]: r.refused for r in usage_by(store, ["served_by"])}
+    assert served["insource"] == sum(r["served_by"] is None and r["attempts"] == 0 for r in rows) > 0
+    assert usage_total(store, UsageFilter(served_by="insource")).requests == sum(r["served_by"] is None for r in rows)
     weeks = usage_by(store, ["week"])
     assert [r.keys["week"] for r in weeks] == ["2026-03-23", "2026-03-30"]  # Mondays, oldest first
     assert sum(r.cost_usd for r in weeks) == pytest.approx(sum(r["cost_usd"] for r in rows))
@@ -210,3 +236,18 @@ def test_filters_and_dimensions(tmp_path: Path) -> None:
         usage_by(store, ["planet"])
     assert usage_by(Store(tmp_path / "empty.db"), ["task"]) == []
     assert usage_total(Store(tmp_path / "empty.db")).requests == 0
+
+
+def test_the_migration_can_run_again(tmp_path: Path) -> None:
+    """Renumbered when branches merge, the migration may run on a store that has its tables: nothing doubles."""
+    from insource.store.migrations import MIGRATIONS
+
+    rows = random_rows(300, seed=13)
+    store = Store(tmp_path / "r.db")
+    store.write_batch([("usage", r, False) for r in rows])
+    migration = dict(MIGRATIONS)["m005_usage_rollups"]
+    with store.transaction():
+        migration(store.conn())
+    assert_same(as_table(store, "task"), expected(rows, "UTC", "task"))
+    assert store.query("SELECT zone FROM usage_daily_zone") == [{"zone": "UTC"}]
+    assert_lite_matches(store)

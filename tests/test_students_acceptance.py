@@ -157,7 +157,7 @@ def test_eval_says_why_no_threshold_was_found(trained: dict[str, Any]) -> None:
     res = cli(
         "eval", "--task", TASK, "--model", f"{TASK}@v1", "--target-agreement", "1", "--config", str(trained["config"])
     )
-    assert res.exit_code == 0 and "choose a --target-agreement below 1" in " ".join(res.stderr.split())
+    assert res.exit_code == 3 and "choose a --target-agreement below 1" in " ".join(res.stderr.split())
 
 
 def test_eval_names_the_vanished_training_dataset_and_what_to_pass(trained: dict[str, Any], tmp_path: Path) -> None:

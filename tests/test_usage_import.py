@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from pathlib import Path
 
+import openai
 import pytest
+from tests.conftest import Gateway, run_cli
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
@@ -167,11 +170,32 @@ def test_refused_requests_are_counted_apart(tmp_path: Path) -> None:
     base = {"ts": 1_790_000_000.0, "tenant": "acme", "key_id": "k", "endpoint": "chat", "model": "gpt-4o-mini"}
     rows = [
         {**base, "id": "a", "served_by": "openai:gpt-4o-mini", "status": 200, "cost_usd": 0.01},
-        {**base, "id": "b", "served_by": None, "status": 429},
-        {**base, "id": "c", "served_by": None, "status": 400},
+        {**base, "id": "b", "served_by": None, "status": 429, "attempts": 0},
+        {**base, "id": "c", "served_by": None, "status": 400, "attempts": 0},
+        {**base, "id": "d", "served_by": None, "status": 502, "attempts": 3},  # the upstream failed: not refused
     ]
     store.write_batch([("usage", r, False) for r in rows])
     (row,) = spend_json(config)
-    assert (row["requests"], row["refused"]) == (1, 2)
+    assert (row["requests"], row["refused"]) == (2, 2)
     by_server = {r["served_by"]: (r["requests"], r["refused"]) for r in spend_json(config, "--by", "served_by")}
-    assert by_server == {"openai:gpt-4o-mini": (1, 0), None: (0, 2)}
+    assert by_server == {"openai:gpt-4o-mini": (1, 0), "insource": (1, 2)}  # no blank served_by
+
+
+def test_remote_spend_by_pairs_until(gateway: Gateway) -> None:
+    """`spend --url` asks a running gateway's admin API: the same rows as the local store, --by pairs and --until."""
+    key = gateway.key(tenant="remote-pairs")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        metadata={"task": "pairs"},  # type: ignore[arg-type]
+    )
+    gateway.usage_rows("key_id=?", (key["id"],), wait_for=1)
+    until = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    args = ("spend", "--by", "tenant,day", "--until", until, "--json")
+    local = json.loads(gateway.cli(*args).stdout)
+    remote = json.loads(run_cli(*args, "--url", gateway.url, env={"INSOURCE_ADMIN_KEY": "adm-1"}).stdout)
+    assert remote == local
+    assert any(r["tenant"] == "remote-pairs" and r["requests"] == 1 and len(r["day"]) == 10 for r in remote)
+    past = json.loads(gateway.cli("spend", "--by", "tenant,day", "--until", "2000-01-01", "--json").stdout)
+    assert past == []

@@ -111,7 +111,9 @@ def _compare_table(args: argparse.Namespace, got: dict[tuple[str, str, int], lis
         return statistics.median(getattr(r, attr) for r in rows)
 
     lines = [
-        f"Medians of {args.repeat} alternating runs; candidate = {args.compare}",
+        f"Medians of {args.repeat} alternating runs; baseline = {args.src or 'installed'} at --log-level "
+        f"{args.log_level}; candidate = {args.compare or args.src or 'installed'} at --log-level "
+        f"{args.compare_log_level or args.log_level}",
         "",
         "| mode | conc | CPU ms/req base | cand | Δ | main-thread base | cand | req/s base | cand "
         "| p50 base | cand | p99 base | cand |",
@@ -134,8 +136,12 @@ def compare(args: argparse.Namespace) -> str:
     gateways up at once (each pinned to CPU 0, only one loaded at a time), runs alternating, medians reported."""
     envs: dict[str, Env] = {}
     try:
-        envs["baseline"] = start_env(1, args.chunks, not args.no_pin, src=args.src)
-        envs["candidate"] = start_env(1, args.chunks, not args.no_pin, src=args.compare)
+        base_args = ("--log-level", args.log_level)
+        cand_args = ("--log-level", args.compare_log_level or args.log_level)
+        envs["baseline"] = start_env(1, args.chunks, not args.no_pin, src=args.src, serve_args=base_args)
+        envs["candidate"] = start_env(
+            1, args.chunks, not args.no_pin, src=args.compare or args.src, serve_args=cand_args
+        )
         for env in envs.values():
             for stream in (False, True):
                 body = chat_body(stream)
@@ -160,7 +166,9 @@ def ablation(args: argparse.Namespace) -> list[tuple[str, Row]]:
     """Concurrency 16: gateway CPU per request with capture and/or budget+limit switched off (config only)."""
     out: list[tuple[str, Row]] = []
     for capture in (True, False):
-        env = start_env(1, args.chunks, not args.no_pin, capture=capture, src=args.src)
+        env = start_env(
+            1, args.chunks, not args.no_pin, capture=capture, src=args.src, serve_args=("--log-level", args.log_level)
+        )
         try:
             for stream in (False, True):
                 body = chat_body(stream)

@@ -167,8 +167,8 @@ def _start_upstream(env: Env, chunks: int) -> subprocess.Popen[bytes]:
     return up
 
 
-def _start_gateway(env: Env, cfg: Path, src: Path | None) -> subprocess.Popen[bytes]:
-    serve = ["serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(env.gateway_port)]
+def _start_gateway(env: Env, cfg: Path, src: Path | None, serve_args: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    serve = ["serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(env.gateway_port), *serve_args]
     gw = subprocess.Popen(
         [sys.executable, "-c", CLI_CODE, *serve, "--workers", str(env.workers)],
         cwd=env.workdir,
@@ -182,7 +182,15 @@ def _start_gateway(env: Env, cfg: Path, src: Path | None) -> subprocess.Popen[by
     return gw
 
 
-def start_env(workers: int, chunks: int, pin_cpus: bool, *, capture: bool = True, src: Path | None = None) -> Env:
+def start_env(
+    workers: int,
+    chunks: int,
+    pin_cpus: bool,
+    *,
+    capture: bool = True,
+    src: Path | None = None,
+    serve_args: tuple[str, ...] = (),
+) -> Env:
     workdir = Path(tempfile.mkdtemp(prefix="insource-bench-"))
     up_port, gw_port = free_port(), free_port()
     cfg = write_config(workdir, up_port, capture)
@@ -190,7 +198,7 @@ def start_env(workers: int, chunks: int, pin_cpus: bool, *, capture: bool = True
     env = Env(workdir, up_port, gw_port, key, plain_key, workers)
     try:
         up = _start_upstream(env, chunks)
-        gw = _start_gateway(env, cfg, src)
+        gw = _start_gateway(env, cfg, src, serve_args)
         if pin_cpus:
             pin(up.pid, CLIENT_CPU)
             if workers == 1:

@@ -18,6 +18,7 @@ from insource.errors import ConfigError
 
 ENV_PREFIX = "env::"
 DEFAULT_CONFIG_NAME = "insource.toml"
+CONFIG_ENV = "INSOURCE_CONFIG"
 
 
 class Strict(BaseModel):
@@ -282,14 +283,38 @@ def parse_config(data: dict[str, Any], base_dir: Path, source: str = "<embedded>
     return cfg
 
 
+def find_config(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read: `path`, else $INSOURCE_CONFIG, else `./insource.toml` if it exists; else None."""
+    if path is not None and str(path):
+        return Path(path)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    default = Path.cwd() / DEFAULT_CONFIG_NAME
+    return default if default.exists() else None
+
+
+def missing_env(cfg: Config) -> list[str]:
+    """`env::NAME` references of the config whose variable is not set (or empty), as "section.key: NAME"."""
+    missing: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, str) and value.startswith(ENV_PREFIX) and resolve_secret(value) is None:
+            missing.append(f"{where} = {value}")
+
+    walk(cfg.model_dump(exclude={"base_dir"}), "")
+    return missing
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load `path`, else `./insource.toml`, else the embedded defaults."""
-    if path is None:
-        default = Path.cwd() / DEFAULT_CONFIG_NAME
-        if not default.exists():
-            return parse_config({}, Path.cwd())
-        path = default
-    file = Path(path)
+    """Load `path`, else $INSOURCE_CONFIG, else `./insource.toml`, else the embedded defaults."""
+    found = find_config(path)
+    if found is None:
+        return parse_config({}, Path.cwd())
+    file = found
     try:
         raw = file.read_bytes()
     except OSError as exc:

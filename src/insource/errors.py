@@ -90,6 +90,18 @@ class BudgetExceeded(InsourceError):
     type = "insufficient_quota"
     code = "budget_exceeded"
 
+    @classmethod
+    def of(cls, scope: str, limit: float) -> BudgetExceeded:
+        """The refusal for the budget `scope` ("key:ID" or "tenant:NAME"), naming which one is exhausted."""
+        kind, _, name = scope.partition(":")
+        who = f"key {name}" if kind == "key" else f"tenant '{name}'"
+        usd = f"{limit:.6f}".rstrip("0").rstrip(".")
+        return cls(
+            f"Budget exhausted: the monthly budget of {who} (${usd}) is spent, "
+            "or this request's estimated cost would exceed it.",
+            param=kind,
+        )
+
 
 class UpstreamError(InsourceError):
     """An upstream failed. `relay` carries an upstream body that is safe to relay (client-caused 4xx)."""

@@ -11,7 +11,7 @@ from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
 from insource.capture.stats import answer_key, output_kind
 from insource.errors import NotFound, NotReady
-from insource.store import CALLER_REQUESTS_SQL, Store
+from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL, Store
 
 
 def task_answers(store: Store) -> dict[str, Counter[str]]:
@@ -33,7 +33,7 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
     usage = {
         r["task"]: r
         for r in store.query(
-            f"SELECT task, {CALLER_REQUESTS_SQL} AS requests,"
+            f"SELECT task, {CALLER_REQUESTS_SQL} AS requests, {REFUSED_SQL} AS refused,"
             " COALESCE(SUM(cost_usd), 0) AS cost_usd "
             "FROM usage WHERE task IS NOT NULL GROUP BY task"
         )
@@ -46,6 +46,7 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
             {
                 "task": task,
                 "requests": int(u["requests"]) if u else sum(a.values()),
+                "refused": int(u["refused"]) if u else 0,
                 "cost_usd": round(float(u["cost_usd"]), 8) if u else 0.0,
                 "distinct_outputs": len(a),
                 "kind": output_kind(a),

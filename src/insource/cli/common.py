@@ -8,10 +8,13 @@ operator's terminal.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import functools
 import math
+import shutil
 import sys
+import tempfile
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from insource.config import Config, load_config
-from insource.errors import BadRequest, InsourceError
+from insource.config import CONFIG_ENV, DEFAULT_CONFIG_NAME, Config, StoreConfig, find_config, load_config
+from insource.errors import BadRequest, InsourceError, NotReady
 from insource.store import Store, open_store
 
 P = ParamSpec("P")
@@ -35,7 +38,9 @@ console = Console()
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Config file (default ./insource.toml, else embedded defaults)."),
+    typer.Option(
+        "--config", "-c", help="Config file (default: $INSOURCE_CONFIG, else ./insource.toml, else embedded defaults)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON value on stdout.")]
 UrlOpt = Annotated[
@@ -104,12 +109,38 @@ def check_url(url: str) -> str:
     return url
 
 
-def get_config(path: Path | None) -> Config:
-    return load_config(path)
+_DEFAULT_STORE = StoreConfig().url.removeprefix("sqlite:///./")
 
 
-def get_store(cfg: Config) -> Store:
-    return open_store(cfg)
+def store_exists(cfg: Config) -> bool:
+    path = cfg.sqlite_path()
+    return path is None or path.exists()
+
+
+def get_config(path: Path | None, *, setup: bool = False) -> Config:
+    """The config (--config, else $INSOURCE_CONFIG, else ./insource.toml, else the embedded defaults).
+
+    Without a config file and without a store there is nothing to read: commands refuse (exit 2), naming what
+    they looked for, rather than create an empty store here. `setup` commands (serve, keys create) go on."""
+    found = find_config(path)
+    cfg = load_config(found)
+    if found is None and not setup and not store_exists(cfg):
+        raise NotReady(
+            f"no insource config or store here: looked for ${CONFIG_ENV} (not set), ./{DEFAULT_CONFIG_NAME} and "
+            f"./{_DEFAULT_STORE} in {Path.cwd()}. Pass --config PATH, run this where your {DEFAULT_CONFIG_NAME} "
+            "is, or start with `insource demo` or `insource serve`."
+        )
+    return cfg
+
+
+def get_store(cfg: Config, *, create: bool = False) -> Store:
+    """The store. Only `create` commands (serve, keys create, route set) make a missing SQLite store; the others
+    read an empty one in a temporary folder (removed at exit): nothing recorded yet, and nothing created."""
+    if create or store_exists(cfg):
+        return open_store(cfg)
+    folder = tempfile.mkdtemp(prefix="insource-empty-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Store(Path(folder) / "empty.db")
 
 
 def print_json(value: Any) -> None:

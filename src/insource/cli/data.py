@@ -33,6 +33,7 @@ from insource.cli.common import (
     literal,
     parse_when,
     print_json,
+    store_exists,
 )
 from insource.config import Config
 from insource.errors import NotReady
@@ -62,11 +63,6 @@ class Format(StrEnum):
 class Kind(StrEnum):
     classification = "classification"
     generation = "generation"
-
-
-def store_exists(cfg: Config) -> bool:
-    path = cfg.sqlite_path()
-    return path is None or path.exists()
 
 
 def open_existing_store(cfg: Config) -> Store:
@@ -164,16 +160,16 @@ def _print_build(result: BuildResult, json: bool) -> None:
 @app.command("tasks")
 @handle_errors
 def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
-    """Tasks seen in traffic: requests, spend, distinct outputs, classification or generation."""
+    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation."""
     cfg = get_config(config)
     rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
     if json:
         print_json(rows)
         return
-    table = Table("task", "requests", "cost (USD)", "distinct outputs", "kind")
+    table = Table("task", "requests", "refused", "cost (USD)", "distinct outputs", "kind")
     for r in rows:
-        cost = f"{r['cost_usd']:.4f}"
-        table.add_row(literal(r["task"]), str(r["requests"]), cost, str(r["distinct_outputs"]), literal(r["kind"]))
+        cost, counts = f"{r['cost_usd']:.4f}", (str(r["requests"]), str(r["refused"]))
+        table.add_row(literal(r["task"]), *counts, cost, str(r["distinct_outputs"]), literal(r["kind"]))
     console.print(table)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging.config
 import os
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +36,8 @@ from insource.cli.common import (
     print_json,
     shown,
 )
+from insource.config import Config, missing_env
+from insource.errors import ConfigError
 
 keys_app = typer.Typer(help="Tenants' virtual keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -80,6 +84,28 @@ def remote(url: str, method: str, path: str, body: dict[str, Any] | None = None)
         raise fail(f"cannot reach {url}: {getattr(exc, 'reason', exc)}", 2) from None
 
 
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def check_env(cfg: Config) -> None:
+    missing = missing_env(cfg)
+    if missing:
+        raise ConfigError(
+            "the config references environment variables that are not set: "
+            + "; ".join(missing)
+            + ". Set them before starting the gateway."
+        )
+
+
 @app.command()
 @handle_errors
 def serve(
@@ -87,6 +113,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8700,
     workers: Annotated[int, typer.Option(min=1, max=1024, help="Worker processes.")] = 1,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(envvar="INSOURCE_LOG_LEVEL", help="info: one access-log line per request; warning: failures."),
+    ] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat, typer.Option(envvar="INSOURCE_LOG_FORMAT", help="text (key=value) or json (one object a line).")
+    ] = LogFormat.text,
 ) -> None:
     """Run the OpenAI-compatible gateway."""
     import uvicorn
@@ -94,24 +127,32 @@ def serve(
     from insource.capture.redact import check_redactors
     from insource.metering.prices import resolve_prices
     from insource.server.app import create_app
+    from insource.server.logs import log_config
     from insource.service.host_limits import HOST_LIMITS_ENV
     from insource.service.routes import check_config_routes
 
-    cfg = get_config(config)
+    cfg = get_config(config, setup=True)
+    check_env(cfg)  # a secret that is not set must fail here, not as 401s from the upstream
     resolve_prices(cfg)  # refuse to start with an unpriced model
     check_config_routes(cfg)  # ... or a route to a missing model, another task's model, or misfit options
     check_redactors(cfg.capture.redactors)  # a typo must fail here, not silently in the writer
-    get_store(cfg)  # create and migrate before workers start
+    get_store(cfg, create=True)  # create and migrate before workers start
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_level": "warning",
-        "access_log": False,
+        "log_level": log_level.value,
+        "log_config": log_config(log_level.value, log_format.value),  # applied again in every worker
+        "access_log": False,  # uvicorn's own: insource writes a richer line per request
         "loop": "uvloop",
         "http": "httptools",
         "timeout_graceful_shutdown": 30,
     }
-    console.print(literal(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", style="bold"))
+    banner = f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))"
+    if log_format is LogFormat.json:  # every line of a JSON log is JSON, the banner included
+        logging.config.dictConfig(common["log_config"])
+        logging.getLogger("insource.server").info(banner)
+    else:
+        console.print(literal(banner, style="bold"))
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return
@@ -159,8 +200,8 @@ def keys_create(
     else:
         from insource.service.keys import create_key, server_secret
 
-        cfg = get_config(config)
-        store = get_store(cfg)
+        cfg = get_config(config, setup=True)
+        store = get_store(cfg, create=True)
         created = create_key(
             store,
             server_secret(cfg, store),
@@ -230,7 +271,10 @@ def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json:
 def spend(
     by: Annotated[
         str,
-        typer.Option(help="Group by one or two of tenant, key, model, provider, task, served_by, day, week, month."),
+        typer.Option(
+            help="Group by one or two of tenant, key, model, provider, task, served_by, day, week (its Monday),"
+            " month, e.g. task,day."
+        ),
     ] = "tenant",
     since: Annotated[
         str | None, typer.Option(help="From this day (YYYY-MM-DD in [report] timezone, an ISO date-time, or 30d).")
@@ -241,7 +285,8 @@ def spend(
     json: JsonOpt = False,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV (a header row, then one row per group).")] = False,
 ) -> None:
-    """Where the money goes, from the daily rollups (days in [report] timezone)."""
+    """Where the money goes, from the daily rollups (days in [report] timezone). `requests` reached a teacher or a
+    student; `refused` did not (rate limit, budget, invalid request) and cost nothing."""
     from insource.service.spend import MEASURES, parse_by, parse_since
 
     dims = parse_by(by)  # bad input is refused here, before any store or gateway is asked
@@ -267,11 +312,11 @@ def _count_cell(name: str, row: dict[str, Any]) -> str:
 
 
 def _spend_table(rows: list[dict[str, Any]], dims: list[str]) -> None:
-    """Fits 80 columns: light borders; refused, audits and avoided only when some row has them."""
+    """Fits 80 columns: light borders; audits and avoided only when some row has them."""
     cols: list[tuple[str, Callable[[dict[str, Any]], str]]] = [("requests", lambda r: str(r["requests"]))]
-    for name in ("refused", "audits"):
-        if any(r.get(name) for r in rows):
-            cols.append((name, functools.partial(_count_cell, name)))
+    cols.append(("refused", functools.partial(_count_cell, "refused")))
+    if any(r.get("audits") for r in rows):
+        cols.append(("audits", functools.partial(_count_cell, "audits")))
     cols.append(("tokens", lambda r: f"{r['prompt_tokens'] + r['completion_tokens']:,}"))
     cols.append(("cost_usd", lambda r: f"{r['cost_usd']:.4f}"))
     if any(r["cost_avoided_usd"] for r in rows):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,9 @@ from insource.cli.common import (
     shown,
     visible,
 )
+
+DEFAULT_TARGET = 0.99
+NO_THRESHOLD_EXIT = 3  # `eval --target-agreement A`: no threshold reaches A (a contract scripts rely on)
 
 models_app = typer.Typer(help="The registry of distilled students.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -85,15 +87,26 @@ def distill(
         Path | None, typer.Option("--base-model", help="lora only: Hugging Face causal LM folder to adapt.")
     ] = None,
     target: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--target-agreement", callback=finite, help="auto only: agreement the validation threshold must reach."
+            "--target-agreement",
+            callback=finite,
+            help="Agreement you will route at: the validation split must hold enough examples to show it "
+            "(0.99 needs 99); auto also picks the student at it (default 0.99).",
         ),
-    ] = 0.99,
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Train even when the validation split is too small to estimate agreement."),
+    ] = False,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a student on a task's dataset and register it as TASK@vN (auto: the better of two)."""
+    """Train a student on a task's dataset and register it as TASK@vN (auto: the better of two).
+
+    A dataset whose validation split is too small to estimate agreement is refused (exit 2, saying how many
+    examples are needed): at least 9 to show agreement 0.9, A/(1-A) for --target-agreement A; --force trains anyway.
+    """
     from insource.cli.progress import StageProgress
     from insource.distill.service import distill as run_distill
 
@@ -113,10 +126,13 @@ def distill(
             step=progress.step,
             base_model=base_model,
             target=target,
+            force=force,
         )
         progress.say(f"registered {result['model']}")
     if "candidates" in result:
         err_console.print(_candidates_table(result))
+    for warning in result.get("warnings", []):
+        err_console.print(literal("warning: " + warning, style="yellow"), soft_wrap=True)
     if json_out:
         print_json(result)
         return
@@ -182,7 +198,9 @@ def _no_threshold_note(result: dict[str, Any]) -> str:
     )
     if target >= 1.0:
         return note + "; the bound never reaches 1: choose a --target-agreement below 1"
-    needed = math.ceil(target / (1.0 - target) - 1e-9)  # a perfect student's bound is n / (n + 1)
+    from insource.evals.metrics import examples_needed
+
+    needed = examples_needed(target) or 0  # a perfect student's bound is n / (n + 1)
     if n < needed:
         note += (
             f"; with {n} validation examples even a perfect student's bound is {n / (n + 1):.3f}: "
@@ -199,14 +217,24 @@ def eval_cmd(
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: the model's).")] = None,
     target: Annotated[
-        float, typer.Option("--target-agreement", callback=finite, help="Agreement the threshold must reach.")
-    ] = 0.99,
+        float | None,
+        typer.Option(
+            "--target-agreement",
+            callback=finite,
+            help="Agreement the threshold must reach (default 0.99). When given and no threshold reaches it, "
+            "the exit code is 3 (the results are still printed and saved).",
+        ),
+    ] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Gold labels file (id,label).")] = None,
     chart: Annotated[Path | None, typer.Option("--chart", help="Write a chart (.html or .png).")] = None,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Measure a student against its teacher: agreement, calibration, coverage, threshold, latency, cost."""
+    """Measure a student against its teacher: agreement, calibration, coverage, threshold, latency, cost.
+
+    Exit codes: 0 done; 2 bad input; 3 --target-agreement A was given and no confidence threshold reaches A
+    on validation (the teacher would keep answering everything at A).
+    """
     from insource.evals.run import evaluate
 
     if chart is not None:
@@ -215,7 +243,15 @@ def eval_cmd(
         check_chart_path(chart)  # a bad name is refused before anything is evaluated or saved
     cfg = get_config(config)
     with err_console.status(literal(f"evaluating {model} on {split}")):
-        result = evaluate(cfg, task, model, split=split, dataset=dataset, target=target, labels_file=labels)
+        result = evaluate(
+            cfg,
+            task,
+            model,
+            split=split,
+            dataset=dataset,
+            target=DEFAULT_TARGET if target is None else target,
+            labels_file=labels,
+        )
     if chart is not None:
         from insource.evals.chart import write_chart
 
@@ -225,8 +261,10 @@ def eval_cmd(
         err_console.print(literal(_no_threshold_note(result), style="yellow"), soft_wrap=True)
     if json_out:
         print_json(result)
-        return
-    console.print(_eval_table(result))
+    else:
+        console.print(_eval_table(result))
+    if target is not None and result.get("threshold") is None:
+        raise typer.Exit(NO_THRESHOLD_EXIT)
 
 
 @models_app.command("list")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import datetime as dt
+import urllib.parse
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,6 +13,7 @@ from insource.cli import app
 from insource.cli.common import (
     ConfigOpt,
     JsonOpt,
+    UrlOpt,
     console,
     finite,
     get_config,
@@ -20,6 +23,8 @@ from insource.cli.common import (
     print_json,
     shown,
 )
+
+STATES = {"answering": "answering", "off": "off", "rolled_back": "rolled back"}
 
 route_app = typer.Typer(help="Per-task insourcing policies (shadow, canary, cascade, full).", no_args_is_help=True)
 app.add_typer(route_app, name="route")
@@ -64,7 +69,7 @@ def route_set(
     from insource.service.routes import set_route, show_routes
 
     cfg = get_config(config)
-    store = get_store(cfg)
+    store = get_store(cfg, create=True)
     policy = RoutePolicy(task, model, mode, percent, threshold, target_agreement, audit_rate, floor)  # type: ignore[arg-type]
     set_route(cfg, store, policy)
     row = next(r for r in show_routes(cfg, store) if r["task"] == task)
@@ -74,6 +79,46 @@ def route_set(
         console.print(
             f"task [bold]{shown(task)}[/] → {shown(row['model'])} in [bold]{shown(mode)}[/] mode", highlight=False
         )
+
+
+def _why_not_answering(row: dict[str, Any]) -> str:
+    """One line: since when the teacher answers the task, and why (the latest off or rollback event)."""
+    event = next((e for e in reversed(row["events"]) if e["kind"] in ("off", "rollback")), None)
+    if event is None:
+        return f"{row['task']}: the teacher answers it"
+    when = dt.datetime.fromtimestamp(float(event["ts"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    detail = event["detail"] if isinstance(event["detail"], dict) else {}
+    if event["kind"] == "rollback":
+        why = f"agreement {detail.get('agreement', 0):.3f} below the floor {detail.get('floor')}"
+        return f"{row['task']}: rolled back to the teacher at {when} ({why})"
+    reason = detail.get("reason") or "no reason given"
+    return f"{row['task']}: turned off by hand at {when} by {detail.get('by', 'cli')}: {reason}"
+
+
+@route_app.command("off")
+@handle_errors
+def route_off(
+    task: Annotated[str, typer.Option(help="The task to send back to the teacher.")],
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the route's history).")] = None,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Send a task back to the teacher now, on every worker within a second; `route set` turns it on again."""
+    if url:
+        from insource.cli.gateway import remote
+
+        path = "/admin/routes/" + urllib.parse.quote(task, safe="") + "/off"
+        row = remote(url, "POST", path, {"reason": reason} if reason is not None else {})
+    else:
+        from insource.service.routes import route_off as turn_off
+
+        cfg = get_config(config)
+        row = turn_off(cfg, get_store(cfg), task, reason, by="cli")
+    if json:
+        print_json(row)
+    else:
+        console.print(f"task [bold]{shown(task)}[/] is off: the teacher answers it", highlight=False)
 
 
 @route_app.command("show")
@@ -88,25 +133,26 @@ def route_show(config: ConfigOpt = None, json: JsonOpt = False) -> None:
         print_json(rows)
         return
     table = Table(
-        "task", "model", "mode", "active", "threshold", "percent", "audit", "floor", "agreement", "n", "last event"
+        "task", "model", "mode", "state", "threshold", "percent", "audit", "floor", "agreement", "n", "last event"
     )
     for r in rows:
         agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
-        last = r["events"][-1] if r["events"] else None
         table.add_row(
             literal(r["task"]),
             literal(r["model"]),
             literal(r["mode"]),
-            "yes" if r["active"] else "[red]rolled back[/]",
+            literal(STATES.get(r["state"], r["state"]), style="" if r["state"] == "answering" else "red"),
             "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
             f"{r['percent']:g}",
             f"{r['audit_rate']:g}",
             f"{r['floor']:g}",
             agreement,
             str(r["n"]),
-            literal(last["kind"] if last else ""),
+            literal(r["events"][-1]["kind"] if r["events"] else ""),
         )
     console.print(table)
     for r in rows:
         if r.get("problem"):
             console.print(literal(r["problem"], style="red"), literal(f"(the teacher answers {r['task']})"))
+        elif r["state"] != "answering":
+            console.print(literal(_why_not_answering(r)), soft_wrap=True)

@@ -32,8 +32,8 @@ def usage_import(
     """Import a bill's usage history (idempotent: importing a file again adds nothing; all rows or none)."""
     from insource.service.usage_import import import_usage_csv
 
-    cfg = get_config(config)
-    result = import_usage_csv(get_store(cfg), cfg, file)
+    cfg = get_config(config)  # with a config but no store yet, the import creates it
+    result = import_usage_csv(get_store(cfg, create=True), cfg, file)
     if json:
         print_json(result.as_dict())
         return

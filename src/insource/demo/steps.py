@@ -21,11 +21,12 @@ class StepFailed(InsourceError):
     type = "demo_error"
 
 
-def cli_json(config: Path, *args: str, timeout: float = 900) -> Any:
-    """Run `insource ARGS --config CONFIG --json`; its progress (stderr) goes to the terminal."""
+def cli_json(config: Path, *args: str, timeout: float = 900, ok: tuple[int, ...] = (0,)) -> Any:
+    """Run `insource ARGS --config CONFIG --json`; its progress (stderr) goes to the terminal. Exit codes in
+    `ok` are answers, not failures (e.g. 3: `eval --target-agreement` found no threshold)."""
     cmd = [sys.executable, "-m", "insource", *args, "--config", str(config), "--json"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, timeout=timeout, env=os.environ.copy())
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise StepFailed(f"`insource {' '.join(args)}` failed (exit {proc.returncode}); see the messages above")
     try:
         return orjson.loads(proc.stdout)

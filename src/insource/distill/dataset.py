@@ -111,8 +111,17 @@ def load_dataset(folder: Path) -> Dataset:
     return ds
 
 
-def check_trainable(ds: Dataset, task: str, *, classifier: bool = True, min_train: int = MIN_TRAIN_EXAMPLES) -> None:
-    """Refuse datasets that must not or cannot train a student (terms, size, classes, task)."""
+def check_trainable(
+    ds: Dataset,
+    task: str,
+    *,
+    classifier: bool = True,
+    min_train: int = MIN_TRAIN_EXAMPLES,
+    min_val: int = MIN_VAL_EXAMPLES,
+    val_why: str = "for calibration",
+) -> None:
+    """Refuse datasets that must not or cannot train a student (terms, size, classes, task); the validation
+    split is checked last, against `min_val` (`val_why` says what it is needed for)."""
     man = ds.manifest
     if man.get("task") not in (None, task):
         raise NotReady(f"dataset {ds.path} is for task {man.get('task')!r}, not {task!r}")
@@ -133,10 +142,6 @@ def check_trainable(ds: Dataset, task: str, *, classifier: bool = True, min_trai
             f"too few examples: {len(train)} training examples, at least {min_train} are needed "
             "(capture more traffic for this task)"
         )
-    if len(val) < MIN_VAL_EXAMPLES:
-        raise NotReady(
-            f"too few validation examples: {len(val)}, at least {MIN_VAL_EXAMPLES} are needed for calibration"
-        )
     classes = {ex.output for ex in train}
     if classifier and man.get("kind") == "generation":
         raise NotReady(
@@ -149,6 +154,8 @@ def check_trainable(ds: Dataset, task: str, *, classifier: bool = True, min_trai
             f"a single class: every training answer is {only[:60]!r}; a classifier needs at least "
             "2 distinct teacher answers"
         )
+    if len(val) < min_val:
+        raise NotReady(f"too few validation examples: {len(val)}, at least {min_val} are needed {val_why}")
 
 
 def _manifest_terms(man: dict[str, Any], name: str) -> dict[str, Any]:

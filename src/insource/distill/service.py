@@ -16,6 +16,7 @@ from insource.distill.dataset import Dataset, check_trainable, load_dataset
 from insource.distill.progress import Step, quiet
 from insource.distill.registry import check_task_name, commit, discard, register, stage
 from insource.distill.select import AUTO_STUDENTS, check_target, pick, record_choice, val_at_target
+from insource.distill.validation import COMMON_TARGET, val_requirement, val_warnings
 from insource.errors import NotReady
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
@@ -103,18 +104,22 @@ def distill(
     store: Any = None,
     step: Step | None = None,
     base_model: Path | None = None,
-    target: float = 0.99,
+    target: float | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ...}`.
+    """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ..., "warnings"}`.
 
     `student="auto"` trains every student of `AUTO_STUDENTS`, registers each (the winner last, so it is the
-    task's latest) and returns the one with the highest validation coverage at `target` agreement, with all
-    of them under `"candidates"`.
+    task's latest) and returns the one with the highest validation coverage at `target` agreement (default
+    0.99), with all of them under `"candidates"`. A validation split too small to show agreement `target` (or
+    the route's default floor) is refused unless `force`; what it cannot show is listed under `"warnings"`.
     """
     check_task_name(task)
     if student not in (*STUDENTS, "auto"):
         raise NotReady(f"unknown student {student!r}: choose one of {', '.join((*STUDENTS, 'auto'))}")
-    if student == "auto":
+    if student == "auto" and target is None:
+        target = COMMON_TARGET
+    if target is not None:
         check_target(target)
     if base_model is not None and student != "lora":
         raise NotReady(f"--base-model is for --student lora only (not {student}): add --student lora, or drop it")
@@ -126,10 +131,13 @@ def distill(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     say("reading the dataset")
     ds = load_dataset(dataset)
-    check_trainable(ds, task, classifier=student != "lora")
+    min_val, val_why = val_requirement(student, target, force)
+    check_trainable(ds, task, classifier=student != "lora", min_val=min_val, val_why=val_why)
+    warnings = val_warnings(student, len(ds.split("val")), target)
     if student == "auto":
-        return _distill_auto(cfg, task, ds, say, target)
-    return _train_and_register(cfg, task, ds, student, say, base_model)
+        assert target is not None
+        return {**_distill_auto(cfg, task, ds, say, target), "warnings": warnings}
+    return {**_train_and_register(cfg, task, ds, student, say, base_model), "warnings": warnings}
 
 
 def _builder(

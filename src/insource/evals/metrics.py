@@ -28,6 +28,14 @@ def wilson_lower(successes: int, n: int, z: float = WILSON_Z) -> float:
     return max(0.0, (centre - margin) / denom)
 
 
+def examples_needed(target: float, z: float = WILSON_Z) -> int | None:
+    """Validation examples a perfect student needs before its agreement can be shown to reach `target`: its
+    Wilson lower bound is n / (n + z²), so n ≥ z²·target / (1 − target). None when no size will do (target 1)."""
+    if target >= 1.0:
+        return None
+    return max(1, math.ceil(z * z * target / (1.0 - target) - 1e-9))
+
+
 def reliability(conf: FloatArray, correct: BoolArray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
     """Equal-width confidence bins with their mean confidence and accuracy (the reliability diagram)."""
     edges = np.linspace(0.0, 1.0, bins + 1)

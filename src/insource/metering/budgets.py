@@ -11,6 +11,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from insource.errors import BudgetExceeded
+
 Scope = str  # "key:ID" or "tenant:NAME"
 
 
@@ -26,12 +28,13 @@ class Ledger:
     spent: dict[Scope, float] = field(default_factory=dict)  # month-to-date, settled
     reserved: dict[Scope, float] = field(default_factory=dict)
 
-    def reserve(self, limits: list[tuple[Scope, float]], amount: float) -> Reservation | None:
-        """Book `amount` on every scope if each stays within its limit; None (nothing booked) otherwise."""
+    def reserve(self, limits: list[tuple[Scope, float]], amount: float) -> Reservation:
+        """Book `amount` on every scope if each stays within its limit; else BudgetExceeded naming the first
+        scope that would overshoot (nothing booked)."""
         for scope, limit in limits:
             used = self.spent.get(scope, 0.0) + self.reserved.get(scope, 0.0)
             if used + amount > limit + 1e-12:
-                return None
+                raise BudgetExceeded.of(scope, limit)
         scopes = tuple(scope for scope, _ in limits)
         for scope in scopes:
             self.reserved[scope] = self.reserved.get(scope, 0.0) + amount

@@ -1,4 +1,4 @@
-"""The admin API (`/admin/...`): keys and spend, authenticated by the admin key from config."""
+"""The admin API (`/admin/...`): keys, spend and routes, authenticated by the admin key from config."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from insource.config import resolve_secret
 from insource.errors import BadRequest, Forbidden, Unauthorized
 from insource.server.responses import RawJSON
 from insource.service import keys as keys_service
+from insource.service import routes as routes_service
 from insource.service import spend as spend_service
 
 
@@ -77,8 +78,27 @@ async def spend(request: Request) -> RawJSON:
     gw = check_admin(request)
     await asyncio.to_thread(gw.writer.flush, 2.0)
     params = request.query_params
-    rows = spend_service.spend(gw.store, params.get("by", "tenant"), params.get("since"), params.get("until"))
+    rows = await asyncio.to_thread(  # off the event loop: a report over many days must not stall the gateway
+        spend_service.spend, gw.store, params.get("by", "tenant"), params.get("since"), params.get("until")
+    )
     return RawJSON(orjson.dumps(rows))
+
+
+async def route_off(request: Request) -> RawJSON:
+    """Send a task back to the teacher: at once on this worker, on every other within a second."""
+    gw = check_admin(request)
+    body = await _json_body(request)
+    unknown = set(body) - {"reason"}
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest("'reason' must be a string", param="reason")
+    task = request.path_params["task"]
+    row = await asyncio.to_thread(routes_service.route_off, gw.cfg, gw.store, task, reason, "admin")
+    if gw.router is not None:
+        gw.router.turn_off(task)
+    return RawJSON(orjson.dumps(row))
 
 
 def routes() -> list[Route]:
@@ -87,4 +107,5 @@ def routes() -> list[Route]:
         Route("/admin/keys", keys_create, methods=["POST"]),
         Route("/admin/keys/{key_id}", keys_revoke, methods=["DELETE"]),
         Route("/admin/spend", spend, methods=["GET"]),
+        Route("/admin/routes/{task:path}/off", route_off, methods=["POST"]),
     ]

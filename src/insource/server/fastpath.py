@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,19 +21,25 @@ from insource.errors import InsourceError, NotFound, PayloadTooLarge
 from insource.server.auth import resolve_key
 from insource.server.responses import RawJSON, SSEResponse
 from insource.service import chat
+from insource.service.access_log import log_refused
+from insource.service.context import new_request_id
 from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
 
 log = logging.getLogger("insource.server")
 
-# (gateway, key, body, X-Insource-Task, the model an Azure-style path names)
-UseCase = Callable[[Gateway, KeyInfo, bytes, str | None, str | None], Awaitable[chat.Reply | chat.StreamReply]]
+# (gateway, key, body, X-Insource-Task, the model an Azure-style path names, request id, whether the caller sent it)
+UseCase = Callable[
+    [Gateway, KeyInfo, bytes, str | None, str | None, str | None, bool], Awaitable[chat.Reply | chat.StreamReply]
+]
 USE_CASES: dict[str, UseCase] = {
     "/v1/chat/completions": chat.chat_completion,
     "/chat/completions": chat.chat_completion,
     "/v1/embeddings": chat.embeddings,
     "/embeddings": chat.embeddings,
 }
+REQUEST_ID = "X-Request-Id"
+SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,128}")  # a caller's id is echoed and logged: bounded, plain
 AZURE_PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)")
 INTERNAL_ERROR = orjson.dumps(
     {
@@ -92,6 +99,40 @@ def route(path: str) -> tuple[UseCase | None, str | None]:
     return (USE_CASES["/" + match[2]], match[1]) if match else (None, None)
 
 
+@dataclass(slots=True)
+class Incoming:
+    """What the fast path reads from a request's headers."""
+
+    auth: str | None = None
+    api_key: str | None = None
+    task: str | None = None
+    declared: int | None = None
+    caller_id: str | None = None  # the caller's X-Request-Id, when it is a safe one
+
+
+def read_headers(scope: Any) -> Incoming:
+    seen = Incoming()
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            seen.auth = value.decode("latin-1")
+        elif name == b"api-key":
+            seen.api_key = value.decode("latin-1")
+        elif name == b"x-insource-task":
+            seen.task = value.decode("latin-1")
+        elif name == b"content-length" and value.isdigit():
+            seen.declared = int(value)
+        elif name == b"x-request-id" and SAFE_REQUEST_ID.fullmatch(value):
+            seen.caller_id = value.decode("ascii")
+    return seen
+
+
+def caller_request_id(scope: Any) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and SAFE_REQUEST_ID.fullmatch(value):
+            return str(value.decode("ascii"))
+    return None
+
+
 class FastPath:
     def __init__(self, app: Starlette) -> None:
         self.app = app
@@ -102,44 +143,66 @@ class FastPath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         use_case, deployment = route(scope["path"]) if scope["type"] == "http" else (None, None)
         if use_case is None:
-            await self.app(scope, receive, send)
+            if scope["type"] == "http" and scope["path"].startswith(("/v1/", "/openai/")):
+                await self._other(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
+        seen = read_headers(scope)
+        rid = seen.caller_id or new_request_id()
         try:
             if scope["method"] != "POST":
                 raise NotFound(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405)
-            response: Any = await self._handle(use_case, scope, receive, deployment)
+            response: Any = await self._handle(use_case, scope, receive, deployment, seen, rid)
         except InsourceError as exc:  # refused by insource itself unless a target answered it (set upstream)
-            response = RawJSON(exc.body_bytes(), exc.status, {chat.SERVED_BY: "insource", **exc.headers})
+            response = RawJSON(
+                exc.body_bytes(), exc.status, {chat.SERVED_BY: "insource", **exc.headers, REQUEST_ID: rid}
+            )
         except ClientGone:
             return
         except Exception as exc:  # the one boundary for bugs: logged, and an OpenAI-shaped 500
-            log.error("unexpected error on %s: %s", scope["path"], type(exc).__name__, exc_info=exc)
-            response = RawJSON(INTERNAL_ERROR, 500)
+            log.error("unexpected error on %s (request %s): %s", scope["path"], rid, type(exc).__name__, exc_info=exc)
+            response = RawJSON(INTERNAL_ERROR, 500, {REQUEST_ID: rid})
         await response(scope, receive, send)
 
-    async def _handle(self, use_case: UseCase, scope: Any, receive: Any, deployment: str | None) -> Any:
+    async def _handle(
+        self, use_case: UseCase, scope: Any, receive: Any, deployment: str | None, seen: Incoming, rid: str
+    ) -> Any:
         gw: Gateway = self.app.state.gateway
-        auth = api_key = task = None
-        declared: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                auth = value.decode("latin-1")
-            elif name == b"api-key":
-                api_key = value.decode("latin-1")
-            elif name == b"x-insource-task":
-                task = value.decode("latin-1")
-            elif name == b"content-length" and value.isdigit():
-                declared = int(value)
-        key = resolve_key(gw, auth, api_key)
+        caller = seen.caller_id is not None
         try:
-            raw = await read_body(receive, gw.max_body, declared)
+            if scope["method"] != "POST":
+                raise NotFound(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405)
+            key = resolve_key(gw, seen.auth, seen.api_key)
+        except InsourceError as exc:  # not metered (no tenant): still one access-log line
+            if gw.access_log:
+                log_refused(rid, scope["method"], scope["path"], exc.status, exc.code)
+            raise
+        try:
+            raw = await read_body(receive, gw.max_body, seen.declared)
         except PayloadTooLarge as exc:
-            chat.refused(gw, key, _kind(scope), exc)
+            chat.refused(gw, key, _kind(scope), exc, rid, caller)
             raise
         except ClientGone:
-            chat.gone(gw, key, _kind(scope))
+            chat.gone(gw, key, _kind(scope), rid, caller)
             raise
-        result = await use_case(gw, key, raw, task, deployment)
+        result = await use_case(gw, key, raw, seen.task, deployment, rid, caller)
+        result.headers[REQUEST_ID] = rid
         if isinstance(result, chat.StreamReply):
             return SSEResponse(result.events, result.headers)
         return RawJSON(result.body, result.status, result.headers)
+
+    async def _other(self, scope: Any, receive: Any, send: Any) -> None:
+        """Other `/v1/*` paths (models, unknown paths) through Starlette, answered with an X-Request-Id too."""
+        rid = caller_request_id(scope) or new_request_id()
+        header = (b"x-request-id", rid.encode("ascii"))
+        gw: Gateway | None = getattr(self.app.state, "gateway", None)
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+                if gw is not None and gw.access_log:
+                    log_refused(rid, scope["method"], scope["path"], message["status"], None)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

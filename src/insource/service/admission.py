@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from insource.errors import BadRequest, BudgetExceeded, RateLimited
+from insource.errors import BadRequest, RateLimited
 from insource.metering.prices import ModelPrice
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
 from insource.service.context import RequestContext
@@ -111,9 +111,5 @@ async def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len
     limits = gw.budget_limits(ctx.key)
     if limits:
         estimate = cost_usd(Usage(prompt, 0, completion, 0), price)
-        ctx.reservation = await gw.limits.reserve(limits, estimate)
-        if ctx.reservation is None:
-            raise BudgetExceeded(
-                "This key's monthly budget is exhausted (or this request's estimated cost would exceed it)."
-            )
+        ctx.reservation = await gw.limits.reserve(limits, estimate)  # BudgetExceeded names the budget
     return price

@@ -20,11 +20,11 @@ from insource.service.admission import (
     validate_chat,
     validate_embeddings,
 )
-from insource.service.context import RequestContext
+from insource.service.context import RequestContext, context_for
 from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
 from insource.service.streams import StreamAccumulator, output_of
-from insource.service.upstream import SERVED_BY
+from insource.service.upstream import SERVED_BY, warn_upstream
 
 
 @dataclass(slots=True)
@@ -87,9 +87,15 @@ def _capture(
 
 
 async def chat_completion(
-    gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None, path_model: str | None = None
+    gw: Gateway,
+    key: KeyInfo,
+    raw: bytes,
+    header_task: str | None,
+    path_model: str | None = None,
+    request_id: str | None = None,
+    from_caller: bool = False,
 ) -> Reply | StreamReply:
-    ctx = RequestContext(key, "chat")
+    ctx = context_for(key, "chat", request_id, from_caller)
     try:
         body = parse_body(raw, path_model)
         ctx.model = model_name(body)
@@ -172,6 +178,7 @@ async def _relay(
         ctx.status = 200
     except UpstreamError as exc:
         ctx.status, ctx.error_code = exc.status, exc.code
+        warn_upstream(ctx, ctx.provider or "", ctx.upstream_model or "", exc)
         yield b"data: " + exc.body_bytes() + b"\n\n"
     finally:
         with contextlib.suppress(Exception):
@@ -186,9 +193,15 @@ async def _relay(
 
 
 async def embeddings(
-    gw: Gateway, key: KeyInfo, raw: bytes, header_task: str | None, path_model: str | None = None
+    gw: Gateway,
+    key: KeyInfo,
+    raw: bytes,
+    header_task: str | None,
+    path_model: str | None = None,
+    request_id: str | None = None,
+    from_caller: bool = False,
 ) -> Reply:
-    ctx = RequestContext(key, "embeddings")
+    ctx = context_for(key, "embeddings", request_id, from_caller)
     try:
         body = parse_body(raw, path_model)
         ctx.model = model_name(body)
@@ -208,13 +221,15 @@ async def embeddings(
     return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
 
 
-def refused(gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError) -> None:
+def refused(
+    gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError, request_id: str | None = None, from_caller: bool = False
+) -> None:
     """Meter a request refused after authentication before its body could be read (e.g. too large)."""
-    _fail(gw, RequestContext(key, kind), exc)
+    _fail(gw, context_for(key, kind, request_id, from_caller), exc)
 
 
-def gone(gw: Gateway, key: KeyInfo, kind: str) -> None:
+def gone(gw: Gateway, key: KeyInfo, kind: str, request_id: str | None = None, from_caller: bool = False) -> None:
     """Meter a request whose client disconnected after authentication, before its body arrived (499)."""
-    ctx = RequestContext(key, kind)
+    ctx = context_for(key, kind, request_id, from_caller)
     ctx.status = 499
     gw.finish(ctx)

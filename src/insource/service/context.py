@@ -19,6 +19,16 @@ def new_request_id() -> str:
     return f"req_{_random.getrandbits(128):032x}"
 
 
+def context_for(key: KeyInfo, endpoint: str, request_id: str | None, from_caller: bool) -> RequestContext:
+    """A request's context: a caller's X-Request-Id is kept apart from the record id (callers may repeat one);
+    an id the gateway made is both."""
+    if request_id is None:
+        return RequestContext(key, endpoint)
+    if from_caller:
+        return RequestContext(key, endpoint, request_id=request_id)
+    return RequestContext(key, endpoint, id=request_id)
+
+
 @dataclass(slots=True)
 class RequestContext:
     key: KeyInfo
@@ -44,6 +54,7 @@ class RequestContext:
     finished: bool = False
     output: str | None = None  # choice 0's final text, once known
     on_output: Callable[[str | None], None] | None = None  # e.g. a shadow comparison, called on success
+    request_id: str | None = None  # the caller's X-Request-Id, when it sent a valid one; else `id`
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:
@@ -52,6 +63,7 @@ class RequestContext:
     def usage_row(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "request_id": self.request_id or self.id,
             "ts": self.ts,
             "tenant": self.key.tenant,
             "key_id": self.key.id,
@@ -70,5 +82,5 @@ class RequestContext:
             "cost_avoided_usd": self.cost_avoided_usd,
             "latency_ms": (time.perf_counter() - self.t0) * 1000.0,
             "ttft_ms": self.ttft_ms,
-            "attempts": max(1, self.attempts),
+            "attempts": self.attempts,  # 0: no upstream call (a student answered, or insource refused it)
         }

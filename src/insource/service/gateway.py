@@ -18,6 +18,7 @@ from insource.errors import BadRequest, ConfigError, ModelNotFound
 from insource.metering.prices import ModelPrice, resolve_prices
 from insource.metering.usage import cost_usd
 from insource.providers import build_providers
+from insource.service.access_log import access_enabled, log_request
 from insource.service.context import RequestContext
 from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
 from insource.service.keys import KeyCache, KeyInfo, server_secret
@@ -53,6 +54,7 @@ class Gateway:
         self.counts: dict[tuple[str, str, str, int], list[float]] = {}  # (tenant, model, served_by, status)
         self.router: Any = None  # set by the insourcing router when routes exist
         self._capture_fn: Any = None
+        self.access_log = access_enabled()  # checked once: the line is built only when it is written
 
     # -- lifecycle ---------------------------------------------------------------------------
     @staticmethod
@@ -149,6 +151,8 @@ class Gateway:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         row = ctx.usage_row()
         self.writer.submit("usage", row)
+        if self.access_log:
+            log_request(row)
         model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels
         slot = self.counts.get((ctx.key.tenant, model, ctx.served_by or "", ctx.status))
         if slot is None:

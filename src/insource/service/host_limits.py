@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from insource.errors import ServiceUnavailable
+from insource.errors import BudgetExceeded, ServiceUnavailable
 from insource.metering.budgets import Reservation
 
 log = logging.getLogger("insource.limits")
@@ -83,25 +83,28 @@ class HostLimits:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def _reserve_sync(self, limits: list[tuple[str, float]], amount: float) -> bool:
+    def _reserve_sync(self, limits: list[tuple[str, float]], amount: float) -> tuple[str, float] | None:
+        """None when booked; else the (scope, limit) that would overshoot (nothing booked)."""
         month = self._month()
         with self._tx() as db:
             for scope, limit in limits:
                 row = db.execute("SELECT spent + reserved FROM ledger WHERE scope = ?", (f"{month}:{scope}",))
                 used = (row.fetchone() or (0.0,))[0]
                 if used + amount > limit + 1e-12:
-                    return False
+                    return scope, limit
             for scope, _ in limits:
                 db.execute(
                     "INSERT INTO ledger (scope, reserved) VALUES (?, ?)"
                     " ON CONFLICT(scope) DO UPDATE SET reserved = reserved + excluded.reserved",
                     (f"{month}:{scope}", amount),
                 )
-        return True
+        return None
 
-    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation | None:
-        ok = await self._run(self._reserve_sync, limits, amount)
-        return Reservation(tuple(scope for scope, _ in limits), amount) if ok else None
+    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation:
+        refused = await self._run(self._reserve_sync, limits, amount)
+        if refused is not None:
+            raise BudgetExceeded.of(*refused)
+        return Reservation(tuple(scope for scope, _ in limits), amount)
 
     def _settle_sync(self, scopes: tuple[str, ...], amount: float, actual: float) -> None:
         month = self._month()

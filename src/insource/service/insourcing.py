@@ -87,6 +87,12 @@ class InsourcingRouter:
                     self.outcomes.pop(task, None)
             self.policies = fresh
 
+    def turn_off(self, task: str) -> None:
+        """The teacher answers `task` from now on, on this worker (the store already says so for the others)."""
+        policy = self.policies.get(task)
+        if policy is not None and policy.active:
+            self.policies[task] = dataclasses.replace(policy, active=False)
+
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
         return judge_routes(self.gw.store, load_policies(self.gw.cfg, self.gw.store, self.configured))
 
@@ -152,7 +158,7 @@ class InsourcingRouter:
         task.add_done_callback(self._tasks.discard)
 
     async def _audit(self, ctx: RequestContext, body: dict[str, Any], policy: RoutePolicy, answer: str) -> None:
-        actx = RequestContext(ctx.key, "audit", model=ctx.model, task=ctx.task)
+        actx = RequestContext(ctx.key, "audit", model=ctx.model, task=ctx.task, request_id=ctx.request_id or ctx.id)
         plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         try:
             resp = await self.gw.upstreams.call(actx, actx.model or "", lambda p, m: p.complete(m, plain))

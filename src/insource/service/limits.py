@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, Protocol
 
-from insource.errors import ServiceUnavailable
+from insource.errors import BudgetExceeded, ServiceUnavailable
 from insource.metering.budgets import Ledger, RateLimiter, Reservation
 
 log = logging.getLogger("insource.limits")
@@ -20,7 +20,8 @@ log = logging.getLogger("insource.limits")
 class Limits(Protocol):
     async def check_rate(self, key_id: str, rpm: int | None, tpm: int | None, est_tokens: int) -> float | None: ...
 
-    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation | None: ...
+    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation:
+        """Book `amount` on every budget, or raise BudgetExceeded naming the one that would overshoot."""
 
     def settle(self, reservation: Reservation, actual: float) -> None: ...
 
@@ -41,7 +42,7 @@ class LocalLimits:
     async def check_rate(self, key_id: str, rpm: int | None, tpm: int | None, est_tokens: int) -> float | None:
         return self.rates.check(key_id, rpm, tpm, est_tokens)
 
-    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation | None:
+    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation:
         return self.ledger.reserve(limits, amount)
 
     def settle(self, reservation: Reservation, actual: float) -> None:
@@ -62,13 +63,13 @@ local n = #KEYS / 2
 local amount = tonumber(ARGV[1])
 for i = 1, n do
   local used = tonumber(redis.call('GET', KEYS[i]) or '0') + tonumber(redis.call('GET', KEYS[n + i]) or '0')
-  if used + amount > tonumber(ARGV[1 + i]) + 1e-12 then return 0 end
+  if used + amount > tonumber(ARGV[1 + i]) + 1e-12 then return i end
 end
 for i = 1, n do
   redis.call('INCRBYFLOAT', KEYS[n + i], ARGV[1])
   redis.call('EXPIRE', KEYS[n + i], 3000000)
 end
-return 1
+return 0
 """
 
 SETTLE = """
@@ -133,10 +134,12 @@ class RedisLimits:
         )
         return None if int(verdict) == 0 else max(1.0, 60.0 - time.time() % 60)
 
-    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation | None:
+    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation:
         scopes = [scope for scope, _ in limits]
-        ok = await self._call(self._reserve, self._keys(scopes), [amount, *[limit for _, limit in limits]])
-        return Reservation(tuple(scopes), amount) if int(ok) == 1 else None
+        refused = int(await self._call(self._reserve, self._keys(scopes), [amount, *[limit for _, limit in limits]]))
+        if refused:  # the 1-based index of the budget that would overshoot
+            raise BudgetExceeded.of(*limits[refused - 1])
+        return Reservation(tuple(scopes), amount)
 
     def settle(self, reservation: Reservation, actual: float) -> None:
         if reservation.settled:

@@ -20,9 +20,11 @@ from insource.config import Config
 from insource.errors import BadRequest, ConfigError, InsourceError, NotFound
 from insource.routing.policy import MODES, RoutePolicy, min_samples, should_roll_back, wilson_lower, wilson_upper
 from insource.store import Store
+from insource.store import routes as queries
 
 log = logging.getLogger("insource.router")
 AGREEMENT_WINDOW = 500
+MAX_REASON = 500
 
 
 def _name(option: str, cli: bool) -> str:
@@ -134,6 +136,11 @@ def resolve_policy(cfg: Config, policy: RoutePolicy, cli: bool = True) -> RouteP
     return policy
 
 
+def _fields(policy: RoutePolicy) -> dict[str, Any]:
+    """The policy's stored fields (`store.routes.FIELDS`)."""
+    return {name: getattr(policy, name) for name in queries.FIELDS}
+
+
 def pin_model(registry: Path, model: str) -> str:
     """`TASK@latest` (or a bare `TASK`) named in `route set`: the version it is now, so that a route always names
     one version and a later `insource distill` never changes what answers without a new `route set`."""
@@ -148,33 +155,14 @@ def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
     policy = dataclasses.replace(policy, model=pin_model(cfg.registry_path(), policy.model))
     policy = resolve_policy(cfg, policy)
     now = time.time()
-    store.execute(
-        "INSERT INTO routes (task, model, mode, percent, threshold, target_agreement, audit_rate, floor, active,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT(task) DO UPDATE SET model=excluded.model,"
-        " mode=excluded.mode, percent=excluded.percent, threshold=excluded.threshold,"
-        " target_agreement=excluded.target_agreement, audit_rate=excluded.audit_rate, floor=excluded.floor,"
-        " active=1, updated_at=excluded.updated_at",
-        (
-            policy.task,
-            policy.model,
-            policy.mode,
-            policy.percent,
-            policy.threshold,
-            policy.target_agreement,
-            policy.audit_rate,
-            policy.floor,
-            now,
-        ),
-    )
+    queries.upsert_active(store, _fields(policy), now)
     detail = {"model": policy.model, "mode": policy.mode, "percent": policy.percent, "threshold": policy.threshold}
     record_event(store, policy.task, "set", detail, ts=now)
 
 
 def record_event(store: Store, task: str, kind: str, detail: dict[str, Any], ts: float | None = None) -> None:
-    store.execute(
-        "INSERT INTO route_events (id, ts, task, kind, detail) VALUES (?, ?, ?, ?, ?)",
-        ("evt_" + uuid.uuid4().hex, time.time() if ts is None else ts, task, kind, orjson.dumps(detail).decode()),
-    )
+    stamp = time.time() if ts is None else ts
+    queries.insert_event(store, "evt_" + uuid.uuid4().hex, stamp, task, kind, orjson.dumps(detail).decode())
 
 
 def roll_back(store: Store, policy: RoutePolicy, reason: dict[str, Any]) -> bool:
@@ -185,24 +173,9 @@ def roll_back(store: Store, policy: RoutePolicy, reason: dict[str, Any]) -> bool
     stays rolled back across refreshes and restarts until `insource route set` sets the task again.
     """
     if policy.since:
-        changed = store.execute(
-            "UPDATE routes SET active=0 WHERE task=? AND active=1 AND updated_at=?", (policy.task, policy.since)
-        )
+        changed = queries.deactivate_if_current(store, policy.task, policy.since)
     else:
-        changed = store.execute(
-            "INSERT INTO routes (task, model, mode, percent, threshold, target_agreement, audit_rate, floor,"
-            " active, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0) ON CONFLICT(task) DO NOTHING",
-            (
-                policy.task,
-                policy.model,
-                policy.mode,
-                policy.percent,
-                policy.threshold,
-                policy.target_agreement,
-                policy.audit_rate,
-                policy.floor,
-            ),
-        )
+        changed = queries.insert_inactive(store, _fields(policy), policy.since)
     if changed:
         record_event(store, policy.task, "rollback", reason)
         log.warning("task %s rolled back to the teacher: %s", policy.task, reason)
@@ -238,7 +211,7 @@ def load_policies(
 ) -> dict[str, RoutePolicy]:
     """Config routes (`configured`: already checked, else checked now), overridden by routes set live."""
     policies = dict(config_policies(cfg)[0] if configured is None else configured)
-    for row in store.query("SELECT * FROM routes"):
+    for row in queries.all_routes(store):
         policies[row["task"]] = RoutePolicy(
             row["task"],
             row["model"],
@@ -261,12 +234,7 @@ def agreement_window(floor: float) -> int:
 
 def agreement_stats(store: Store, policy: RoutePolicy) -> tuple[int, int]:
     """(agreeing, total) over the policy's window: its most recent comparisons recorded since it was set."""
-    row = store.query_one(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(agree), 0) AS ok FROM (SELECT agree FROM agreements"
-        " WHERE task=? AND model=? AND ts>=? ORDER BY ts DESC LIMIT ?) AS recent",
-        (policy.task, policy.model, policy.since, agreement_window(policy.floor)),
-    )
-    return (int(row["ok"]), int(row["n"])) if row else (0, 0)
+    return queries.agreement_counts(store, policy.task, policy.model, policy.since, agreement_window(policy.floor))
 
 
 def rollback_reason(policy: RoutePolicy, ok: int, n: int) -> dict[str, Any] | None:
@@ -297,15 +265,51 @@ def judge_routes(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, Ro
     return out
 
 
+def route_state(active: bool, events: list[dict[str, Any]]) -> str:
+    """Whether a route's student answers ("answering"), else why the teacher does: "off" (turned off by hand,
+    or a config route that cannot answer) or "rolled_back" (its agreement fell below its floor)."""
+    if active:
+        return "answering"
+    for event in reversed(events):
+        if event["kind"] in ("off", "rollback"):
+            return "off" if event["kind"] == "off" else "rolled_back"
+        if event["kind"] == "set":
+            break
+    return "off"
+
+
+def _events(store: Store, task: str) -> list[dict[str, Any]]:
+    rows = queries.events(store, task)
+    return [{"ts": e["ts"], "kind": e["kind"], "detail": orjson.loads(e["detail"])} for e in rows]
+
+
+def route_off(cfg: Config, store: Store, task: str, reason: str | None = None, by: str = "cli") -> dict[str, Any]:
+    """Send `task` back to the teacher by hand (every worker within a second) and record when, why and by whom;
+    `set_route` turns it on again. Returns the task's `show_routes` row."""
+    if reason is not None and len(reason) > MAX_REASON:
+        raise BadRequest(f"the reason must be at most {MAX_REASON} characters", param="reason")
+    policies = load_policies(cfg, store)
+    policy = policies.get(task)
+    if policy is None:
+        known = ", ".join(sorted(policies)[:20]) or "none"
+        raise NotFound(
+            f"no route for task {task!r}: its requests already go to the teacher (routed tasks: {known})",
+            param="task",
+            code="route_not_found",
+        )
+    if route_state(policy.active, _events(store, task)) != "off":
+        queries.turn_off(store, _fields(policy), policy.since)
+        record_event(store, task, "off", {"model": policy.model, "mode": policy.mode, "reason": reason, "by": by})
+        log.warning("task %s turned off by hand (%s): the teacher answers it", task, by)
+    return next(row for row in show_routes(cfg, store) if row["task"] == task)
+
+
 def show_routes(cfg: Config, store: Store) -> list[dict[str, Any]]:
     configured, problems = config_policies(cfg)
     out = []
     for task, p in sorted(load_policies(cfg, store, configured).items()):
         ok, n = agreement_stats(store, p)
-        events = [
-            {"ts": e["ts"], "kind": e["kind"], "detail": orjson.loads(e["detail"])}
-            for e in store.query("SELECT ts, kind, detail FROM route_events WHERE task=? ORDER BY ts", (task,))
-        ]
+        events = _events(store, task)
         out.append(
             {
                 "task": task,
@@ -319,6 +323,7 @@ def show_routes(cfg: Config, store: Store) -> list[dict[str, Any]]:
                 "n": n,
                 "agreement_lower_bound": wilson_lower(ok, n) if n else None,
                 "active": p.active,
+                "state": route_state(p.active, events),
                 "target_agreement": p.target_agreement,
                 "since": p.since or None,
                 "problem": problems.get(task) if p == configured.get(task) else None,

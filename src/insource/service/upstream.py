@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -16,6 +17,23 @@ T = TypeVar("T")
 SERVED_BY = "X-Insource-Served-By"
 NO_CLIENT_RETRY = {"x-should-retry": "false"}  # honoured by the OpenAI SDKs, which retry 5xx twice by default
 Operation = Callable[[Provider, str], Awaitable[T]]
+log = logging.getLogger("insource.upstream")
+
+
+def warn_upstream(ctx: RequestContext, pname: str, umodel: str, exc: UpstreamError) -> None:
+    """An upstream failure (auth, rate limit, timeout, 5xx) as a warning; a relayed client error is not one."""
+    if exc.relay is None:
+        fields: dict[str, object] = {"request_id": ctx.request_id or ctx.id, "provider": pname}
+        fields.update(upstream_model=umodel, status=exc.status, error_code=exc.code, attempt=ctx.attempts)
+        log.warning("upstream failed: %s", exc.message, extra={"fields": fields})
+
+
+def _record_failure(breaker: CircuitBreaker, pname: str) -> None:
+    was_open = breaker.opened_at is not None
+    breaker.record_failure()
+    if breaker.opened_at is not None and not was_open:
+        fields = {"provider": pname, "failures": breaker.consecutive, "reset_s": breaker.reset_s}
+        log.warning("circuit opened: upstream '%s' is skipped until a probe succeeds", pname, extra={"fields": fields})
 
 
 @dataclass
@@ -43,10 +61,11 @@ class Upstreams:
                 last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
                 continue
             trial = breaker.opened_at is not None  # allowed while open: this request is the half-open probe
+            ctx.served_by = target = f"{pname}:{umodel}"  # the usage record says who was asked, even if it fails
             try:
                 result = await self._call_target(ctx, pname, umodel, op)
             except UpstreamError as exc:
-                exc.headers.setdefault(SERVED_BY, f"{pname}:{umodel}")  # an error a target answered says which
+                exc.headers.setdefault(SERVED_BY, target)  # an error a target answered says which
                 if not exc.retryable:
                     exc.headers.update(NO_CLIENT_RETRY)  # the same request fails again
                     raise
@@ -55,7 +74,7 @@ class Upstreams:
             finally:
                 if trial:
                     breaker.end_trial()  # a probe that was cancelled or raised oddly must not hold the breaker
-            ctx.provider, ctx.upstream_model, ctx.served_by = pname, umodel, f"{pname}:{umodel}"
+            ctx.provider, ctx.upstream_model = pname, umodel
             return result
         if ctx.attempts > 1:  # insource already retried or fell back: a client's retries would multiply its attempts
             last.headers.update(NO_CLIENT_RETRY)
@@ -73,13 +92,14 @@ class Upstreams:
                 try:
                     result = await op(provider, umodel)
                 except UpstreamError as exc:
+                    warn_upstream(ctx, pname, umodel, exc)
                     if not exc.retryable:
                         breaker.record_success()  # the upstream is healthy; the request was refused
                         raise
                     if exc.status == 429:
                         breaker.record_success()  # rate limited, not broken: the upstream answered
                     else:
-                        breaker.record_failure()
+                        _record_failure(breaker, pname)
                     if exc.status == 429 or attempt >= provider.config.max_retries or not budget.can_retry():
                         raise
                     if not breaker.allow():

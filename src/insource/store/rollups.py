@@ -2,7 +2,9 @@
 
 Every report reads `usage_daily` (days), never `usage` (requests). One rollup row per local day × tenant × key ×
 model × task × served_by × endpoint × imported, with counts (requests, refused, audits, errors), token sums and
-costs. NULL dimensions are stored as '' (key columns cannot be NULL); readers turn '' back into None.
+costs; `usage_daily_lite` holds the same without the key (with many keys, several times fewer rows: what reports
+read unless they group or filter by key). NULL dimensions are stored as '' (key columns cannot be NULL); readers
+turn '' back into None.
 
 **Why days in the reporting timezone, computed at write time** (and not UTC hours bucketed at read time): a
 report then reads ~24× fewer rows (with keys × tasks × served_by in the key, the hourly table is nearly as big as
@@ -22,7 +24,8 @@ one and only the ones actually inserted are rolled up; other rows fail the whole
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Sequence
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -43,17 +46,26 @@ MEASURES = (
 ROLLED_UP = frozenset({"usage", "usage_imports"})  # tables whose inserted rows feed `usage_daily`
 ZONE_SQL = "SELECT zone FROM usage_daily_zone"  # the zone the rollups use (one row)
 
-UPSERT_SQL = (
-    f"INSERT INTO usage_daily ({', '.join(KEYS + MEASURES)}) VALUES ({', '.join('?' * (len(KEYS) + len(MEASURES)))})"
-    f" ON CONFLICT ({', '.join(KEYS)}) DO UPDATE SET "
-    + ", ".join(f"{m} = usage_daily.{m} + excluded.{m}" for m in MEASURES)
-)
+LITE_KEYS = tuple(k for k in KEYS if k != "key_id")  # `usage_daily_lite`: the same without the key
+_KEY_AT = KEYS.index("key_id")
 
-# The same classification in SQL (rebuilds) and in Python (`_usage_measures`): keep them in step.
+
+def _upsert_values(table: str, keys: tuple[str, ...]) -> str:
+    marks = ", ".join("?" * (len(keys) + len(MEASURES)))
+    updates = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+    return (
+        f"INSERT INTO {table} ({', '.join(keys + MEASURES)}) VALUES ({marks})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+UPSERT_SQL = _upsert_values("usage_daily", KEYS)
+UPSERT_LITE_SQL = _upsert_values("usage_daily_lite", LITE_KEYS)
+
+# The same classification in SQL (rebuilds) and in Python (`_usage_cell`): keep them in step.
 _MEASURES_SQL = """
     SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
-    SUM(CASE WHEN endpoint <> 'audit' AND COALESCE(served_by, '') = '' AND status >= 400 AND status < 500
-        THEN 1 ELSE 0 END),
+    SUM(CASE WHEN endpoint <> 'audit' AND served_by IS NULL AND attempts = 0 THEN 1 ELSE 0 END),
     SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END),
     SUM(CASE WHEN endpoint <> 'audit' AND status >= 400 THEN 1 ELSE 0 END),
     SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
@@ -66,25 +78,51 @@ _DAY_SQL = {
 
 
 def is_refused(row: Row) -> bool:
-    """A caller's request that reached no teacher and no student: refused before any answer (4xx)."""
-    status = int(row.get("status") or 200)
-    return row.get("endpoint") != "audit" and not row.get("served_by") and 400 <= status < 500
+    """A caller's request that insource refused itself (rate limit, budget, validation): no teacher or student
+    answered and no upstream was called. As `insource.store.REFUSED_SQL`; a record without `attempts` has the
+    column's default, 1."""
+    attempts = row.get("attempts")
+    return row.get("endpoint") != "audit" and row.get("served_by") is None and attempts == 0
 
 
-def _usage_measures(row: Row) -> tuple[Any, ...]:
-    audit = row.get("endpoint") == "audit"
-    status = int(row.get("status") or 200)
-    return (
+# The usage columns a rollup reads, in this order (a row may lack some: then None).
+_USAGE_FIELDS = (
+    "ts",
+    "tenant",
+    "key_id",
+    "model",
+    "task",
+    "served_by",
+    "endpoint",
+    "status",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_avoided_usd",
+    "attempts",
+)
+
+
+def _usage_cell(day_of: DayOf, t: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(rollup key, measures) of one usage record, as a tuple in `_USAGE_FIELDS` order (`is_refused` in SQL)."""
+    ts, tenant, key_id, model, task, served, endpoint, status, pt, cached, ct, rt, cost, avoided, attempts = t
+    audit = endpoint == "audit"
+    status = int(status or 200)
+    refused = not audit and served is None and attempts == 0
+    key = (day_of(float(ts)), tenant, key_id, model or "", task or "", served or "", endpoint, 0)
+    return key, (
         0 if audit else 1,
-        1 if is_refused(row) else 0,
+        1 if refused else 0,
         1 if audit else 0,
         1 if not audit and status >= 400 else 0,
-        int(row.get("prompt_tokens") or 0),
-        int(row.get("cached_tokens") or 0),
-        int(row.get("completion_tokens") or 0),
-        int(row.get("reasoning_tokens") or 0),
-        float(row.get("cost_usd") or 0.0),
-        float(row.get("cost_avoided_usd") or 0.0),
+        int(pt or 0),
+        int(cached or 0),
+        int(ct or 0),
+        int(rt or 0),
+        float(cost or 0.0),
+        float(avoided or 0.0),
     )
 
 
@@ -110,41 +148,48 @@ class Rollup:
     """The rollup delta of the rows one batch inserted."""
 
     def __init__(self) -> None:
-        self._rows: list[tuple[str, Row]] = []
+        self._usage: list[Sequence[Any]] = []  # tuples in `_USAGE_FIELDS` order
+        self._imports: list[Row] = []
 
-    def add(self, table: str, cols: Sequence[str], values: Iterable[Sequence[Any]]) -> None:
-        self._rows.extend((table, dict(zip(cols, v, strict=True))) for v in values)
+    def add(self, table: str, cols: Sequence[str], values: Sequence[Sequence[Any]]) -> None:
+        if table != "usage":
+            self._imports.extend(dict(zip(cols, v, strict=True)) for v in values)
+            return
+        pos = [cols.index(f) if f in cols else -1 for f in _USAGE_FIELDS]
+        if min(pos) >= 0:
+            self._usage.extend(map(operator.itemgetter(*pos), values))
+        else:
+            self._usage.extend(tuple(v[p] if p >= 0 else None for p in pos) for v in values)
 
     def __bool__(self) -> bool:
-        return bool(self._rows)
+        return bool(self._usage or self._imports)
 
-    def params(self, day_of: DayOf) -> list[tuple[Any, ...]]:
-        """One upsert per rollup cell, sorted (concurrent writers lock cells in the same order: no deadlock)."""
+    def upserts(self, day_of: DayOf) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """(SQL, values) per rollup table: one upsert per cell, sorted (concurrent writers lock cells in the same
+        order: no deadlock)."""
+        cells = self._cells(day_of)
+        lite: dict[tuple[Any, ...], list[Any]] = {}
+        for key, measures in cells.items():
+            _add(lite, key[:_KEY_AT] + key[_KEY_AT + 1 :], measures)
+        return [
+            (UPSERT_SQL, [(*key, *cells[key]) for key in sorted(cells)]),
+            (UPSERT_LITE_SQL, [(*key, *lite[key]) for key in sorted(lite)]),
+        ]
+
+    def _cells(self, day_of: DayOf) -> dict[tuple[Any, ...], list[Any]]:
         cells: dict[tuple[Any, ...], list[Any]] = {}
-        for table, row in self._rows:
-            if table == "usage":
-                key = (
-                    day_of(float(row["ts"])),
-                    row["tenant"],
-                    row["key_id"],
-                    row.get("model") or "",
-                    row.get("task") or "",
-                    row.get("served_by") or "",
-                    row["endpoint"],
-                    0,
-                )
-                measures = _usage_measures(row)
-            else:
-                key = (row["day"], row["tenant"], "", row["model"], row.get("task") or "", "", "import", 1)
-                measures = (int(row["requests"]), 0, 0, 0, int(row["prompt_tokens"]), 0)
-                measures += (int(row["completion_tokens"]), 0, float(row["cost_usd"]), 0.0)
-            cell = cells.get(key)
-            if cell is None:
-                cells[key] = list(measures)
-            else:
-                for i, m in enumerate(measures):
-                    cell[i] += m
-        return [(*key, *cells[key]) for key in sorted(cells)]
+        for t in self._usage:
+            _add(cells, *_usage_cell(day_of, t))
+        for row in self._imports:
+            key = (row["day"], row["tenant"], "", row["model"], row.get("task") or "", "", "import", 1)
+            measures = (int(row["requests"]), 0, 0, 0, int(row["prompt_tokens"]), 0)
+            _add(cells, key, (*measures, int(row["completion_tokens"]), 0, float(row["cost_usd"]), 0.0))
+        return cells
+
+
+def _add(cells: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], measures: Sequence[Any]) -> None:
+    cell = cells.get(key)
+    cells[key] = list(measures) if cell is None else [a + b for a, b in zip(cell, measures, strict=True)]
 
 
 # -- rebuilding (the reporting timezone changed) --------------------------------------------------------------
@@ -197,6 +242,7 @@ def rebuild(store: RebuildStore, zone: str) -> None:
     if store.dialect == "postgres":  # no record is written meanwhile (its rollup would use the old zone)
         store.execute("LOCK TABLE usage, usage_imports IN SHARE ROW EXCLUSIVE MODE")
     store.execute("DELETE FROM usage_daily")
+    store.execute("DELETE FROM usage_daily_lite")
     span = store.query_one("SELECT MIN(ts) AS lo, MAX(ts) AS hi FROM usage")
     if span and span["lo"] is not None:
         lo, hi = float(span["lo"]), float(span["hi"])
@@ -213,4 +259,9 @@ def rebuild(store: RebuildStore, zone: str) -> None:
         " GROUP BY day, tenant, model, COALESCE(task, '')"
     )
     store.execute(_upsert_select(store.dialect, select))
+    lite, sums = ", ".join(LITE_KEYS), ", ".join(f"SUM({m})" for m in MEASURES)
+    store.execute(
+        f"INSERT INTO usage_daily_lite ({lite}, {', '.join(MEASURES)}) SELECT {lite}, {sums} FROM usage_daily"
+        f" GROUP BY {lite}"
+    )
     store.execute("UPDATE usage_daily_zone SET zone = ?", (zone,))

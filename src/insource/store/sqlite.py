@@ -59,7 +59,8 @@ def write_rows(ops: BatchOps, batch: Sequence[tuple[str, Row, bool]], day_of: ro
         zone = ops.value(rollups.ZONE_SQL, ()) or "UTC"
         if zone != day_of.zone:
             day_of = rollups.DayOf(zone)
-        ops.many(rollups.UPSERT_SQL, rollup.params(day_of))
+        for sql, values in rollup.upserts(day_of):
+            ops.many(sql, values)
     return day_of
 
 

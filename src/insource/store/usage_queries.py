@@ -11,14 +11,15 @@ The API, small on purpose:
 
 Days are local days in the reporting timezone (`[report] timezone`): a `day` key is "YYYY-MM-DD", a `week` key
 the week's Monday ("YYYY-MM-DD"), a `month` key "YYYY-MM". Dimension values that the record did not have (no task,
-no model, imported history without key or served_by) are None. `provider` is the part of served_by before ':'
-("openai" for "openai:gpt-4o-mini"); a student (served_by without ':', e.g. "intent@v2") is provider
-"insource".
+no model, imported history without key or served_by) are None. `served_by` of a request nobody answered (insource
+refused it, or every upstream failed) is "insource", as its response header says. `provider` is the part of
+served_by before ':' ("openai" for "openai:gpt-4o-mini"); students (served_by without ':', e.g. "intent@v2") and
+refusals are provider "insource".
 
-Counts in a row: `requests` are the callers' requests, refused ones included (`refused` says how many reached no
-teacher or student: refused with a 4xx before any answer); `audits` are teacher audits of student answers (spend,
-not callers' requests); `errors` callers' requests answered with a status ≥ 400. Imported history counts as
-requests and spend (`imported` dimension: True).
+Counts in a row: `requests` are the callers' requests, refused ones included (`refused` says how many insource
+refused itself before any teacher or student: rate limit, budget, validation; `spend` shows requests − refused);
+`audits` are teacher audits of student answers (spend, not callers' requests); `errors` callers' requests
+answered with a status ≥ 400. Imported history counts as requests and spend (`imported` dimension: True).
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def provider_of(served_by: str | None) -> str | None:
     return served_by.split(":", 1)[0] if ":" in served_by else STUDENT_PROVIDER
 
 
+def _served_by(raw: dict[str, Any]) -> str | None:
+    """A rollup row's served_by: '' is "insource" (nobody answered) for gateway records, None for imports."""
+    served = raw["served_by"]
+    return served or (None if raw["imported"] else STUDENT_PROVIDER)
+
+
 def _value(dim: str, raw: Any) -> Any:
     if dim == "imported":
         return bool(raw)
@@ -120,7 +127,7 @@ def _value(dim: str, raw: Any) -> Any:
         return (day - dt.timedelta(days=day.weekday())).isoformat()
     if dim == "month":
         return str(raw)[:7]
-    return raw if raw != "" else None
+    return raw if raw != "" else None  # served_by is already resolved (`_served_by`)
 
 
 def _where(flt: UsageFilter) -> tuple[str, list[Any]]:
@@ -142,7 +149,8 @@ def _where(flt: UsageFilter) -> tuple[str, list[Any]]:
     ):
         value = getattr(flt, dim)
         if value is not None:
-            clauses.append(f"{col} = ?")
+            nobody = dim == "served_by" and value == STUDENT_PROVIDER  # also the records nobody answered
+            clauses.append("(served_by = ? OR (served_by = '' AND imported = 0))" if nobody else f"{col} = ?")
             params.append(value)
     if flt.imported is not None:
         clauses.append("imported = ?")
@@ -164,16 +172,20 @@ def usage_by(store: QueryStore, by: Sequence[str], flt: UsageFilter = UsageFilte
     unknown = [d for d in by if d not in DIMENSIONS]
     if unknown:
         raise ValueError(f"unknown dimension {unknown[0]!r}: use {', '.join(DIMENSIONS)}")
-    cols = sorted({_SOURCE[d] for d in by} | ({"served_by"} if flt.provider is not None else set()))
+    served = flt.provider is not None or "served_by" in by or "provider" in by
+    cols = sorted({_SOURCE[d] for d in by} | ({"served_by", "imported"} if served else set()))
     where, params = _where(flt)
     sums = ", ".join(f"SUM({m}) AS {m}" for m in MEASURES)
     select = ", ".join([*cols, sums])
-    sql = f"SELECT {select} FROM usage_daily{where}" + (f" GROUP BY {', '.join(cols)}" if cols else "")
+    table = "usage_daily" if "key" in by or flt.key is not None else "usage_daily_lite"
+    sql = f"SELECT {select} FROM {table}{where}" + (f" GROUP BY {', '.join(cols)}" if cols else "")
     groups: dict[tuple[Any, ...], UsageRow] = {}
     for raw in store.query(sql, params):
         if raw.get("requests") is None and raw.get("audits") is None:
             continue  # no rows at all (an aggregate without GROUP BY still answers one row)
-        if flt.provider is not None and provider_of(raw.get("served_by")) != flt.provider:
+        if served:
+            raw["served_by"] = _served_by(raw)
+        if flt.provider is not None and provider_of(raw["served_by"]) != flt.provider:
             continue
         keys = {d: _value(d, raw[_SOURCE[d]]) for d in by}
         ident = tuple(keys.values())
@@ -201,7 +213,8 @@ def usage_total(store: QueryStore, flt: UsageFilter = UsageFilter()) -> UsageRow
 def day_span(store: QueryStore, flt: UsageFilter = UsageFilter()) -> tuple[dt.date, dt.date] | None:
     """The first and the last local day with usage matching `flt`, or None."""
     where, params = _where(flt)
-    rows = store.query(f"SELECT MIN(day) AS lo, MAX(day) AS hi FROM usage_daily{where}", params)
+    table = "usage_daily" if flt.key is not None else "usage_daily_lite"
+    rows = store.query(f"SELECT MIN(day) AS lo, MAX(day) AS hi FROM {table}{where}", params)
     if not rows or rows[0]["lo"] is None:
         return None
     return dt.date.fromisoformat(rows[0]["lo"]), dt.date.fromisoformat(rows[0]["hi"])

@@ -136,7 +136,7 @@ def test_cross_site_posts_are_refused(filled: tuple[Gateway, dict[str, Any]]) ->
     assert r.status_code == 403
     assert http_post(gw.url + "/ui/login", data={"key": ADMIN_KEY}, headers=evil).status_code == 403
     assert http_post(gw.url + "/ui/login", data={"key": ADMIN_KEY}, headers={"Origin": "null"}).status_code == 403
-    assert "cascade" in client.get("/ui/routes").text and ">on<" in client.get("/ui/routes").text
+    assert "cascade" in client.get("/ui/routes").text and ">answering<" in client.get("/ui/routes").text
 
 
 def test_the_turn_off_button_sends_the_task_back_to_the_teacher(tmp_path: Path) -> None:
@@ -151,8 +151,8 @@ def test_the_turn_off_button_sends_the_task_back_to_the_teacher(tmp_path: Path) 
         page = client.get("/ui/routes").text
         assert "turned off" in page and ">off<" in page
         shown = orjson.loads(gw.cli("route", "show", "--json").stdout)
-        assert [(r["task"], r["active"]) for r in shown] == [("support-intent", False)]
-        assert shown[0]["events"][-1]["kind"] == "off"
+        assert [(r["task"], r["state"]) for r in shown] == [("support-intent", "off")]
+        assert shown[0]["events"][-1]["kind"] == "off" and shown[0]["events"][-1]["detail"]["by"] == "dashboard"
         r = client.post("/ui/routes/no-such-task/off", data={"csrf": token}, headers={"Origin": gw.url})
         assert r.status_code == 404
     finally:

@@ -33,7 +33,9 @@ def test_every_page_builds_on_postgres_with_the_records_figures(pg_url: str, tmp
     assert detail.panel("audits") is not None and len(detail.panel("audits").rows) == 20  # type: ignore[union-attr]
     with pytest.raises(NotFound, match="no-such-task"):
         dashboard.task_detail(cfg, store, "no-such-task")
-    assert dashboard.turn_route_off(cfg, store, "support-intent")["changed"] is True
-    assert dashboard.turn_route_off(cfg, store, "support-intent")["changed"] is False
+    assert dashboard.turn_route_off(cfg, store, "support-intent")["state"] == "off"
+    assert dashboard.turn_route_off(cfg, store, "support-intent")["state"] == "off"  # once is enough
+    kinds = [e["kind"] for e in store.query("SELECT kind FROM route_events WHERE task = 'support-intent'")]
+    assert kinds.count("off") == 1
     routes = dashboard.routes(cfg, store).panel("routes")
     assert routes is not None and routes.rows[0][-1] == "off" and routes.actions == [None]

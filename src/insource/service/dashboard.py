@@ -108,18 +108,7 @@ PAGES: dict[str, tuple[str, PageFn]] = {
 
 
 def turn_route_off(cfg: Config, store: Store, task: str) -> dict[str, Any]:
-    """The dashboard's "turn off" button: the teacher answers `task` again (every worker within a second)."""
-    from insource.service.routes import config_policies, load_policies, record_event
+    """The dashboard's "turn off" button: `insource route off`, recorded as done from the dashboard."""
+    from insource.service.routes import route_off
 
-    configured = config_policies(cfg)[0]
-    policy = load_policies(cfg, store, configured).get(task)
-    if policy is None:
-        raise NotFound(f"No route for the task {task!r}.", code="route_not_found")
-    config_row = None
-    if not policy.since:  # a config route: a stored inactive row overrides it
-        fields = ("model", "mode", "percent", "threshold", "target_agreement", "audit_rate", "floor")
-        config_row = {name: getattr(policy, name) for name in fields}
-    changed = q.deactivate_route(store, task, config_row)
-    if changed:
-        record_event(store, task, "off", {"model": policy.model, "mode": policy.mode, "by": "dashboard"})
-    return {"task": task, "active": False, "changed": bool(changed)}
+    return route_off(cfg, store, task, by="dashboard")

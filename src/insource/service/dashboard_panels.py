@@ -272,7 +272,7 @@ def _event_rows(events: list[dict[str, Any]]) -> list[list[Any]]:
             detail = {}
         detail = detail if isinstance(detail, dict) else {}
         rows.append([_time(e["ts"]), e["task"], e["kind"], detail.get("model"), detail.get("agreement")])
-        rows[-1].append(detail.get("floor"))
+        rows[-1] += [detail.get("floor"), detail.get("by"), detail.get("reason")]
     return rows
 
 
@@ -280,7 +280,7 @@ def route_history(store: Store, task: str) -> Panel:
     return Panel(
         id="route-events",
         title="Route history",
-        columns=cols("time:time", "task", "event", "model", "agreement:share", "floor:share"),
+        columns=cols("time:time", "task", "event", "model", "agreement:share", "floor:share", "by", "reason"),
         rows=_event_rows(q.route_events(store, task=task)),
         empty="No route events: `insource route set --task TASK ...` routes a task to a student.",
     )
@@ -290,7 +290,7 @@ def rollbacks(store: Store) -> Panel:
     return Panel(
         id="rollbacks",
         title="Rollbacks and routes turned off",
-        columns=cols("time:time", "task", "event", "model", "agreement:share", "floor:share"),
+        columns=cols("time:time", "task", "event", "model", "agreement:share", "floor:share", "by", "reason"),
         rows=_event_rows([e for e in q.route_events(store) if e["kind"] != "set"]),
         empty="No rollback: every route has kept its agreement above its floor.",
     )
@@ -301,9 +301,7 @@ def route_table(cfg: Config, store: Store) -> Panel:
 
     rows, actions = [], []
     for r in show_routes(cfg, store):
-        rows.append(
-            [r["task"], r["model"], r["mode"], r["agreement"], r["n"], r["floor"], "on" if r["active"] else "off"]
-        )
+        rows.append([r["task"], r["model"], r["mode"], r["agreement"], r["n"], r["floor"], r["state"]])
         off = Action("Turn off", f"/ui/routes/{r['task']}/off", f"Send all of {r['task']} back to the teacher?")
         actions.append(off if r["active"] else None)
     return Panel(

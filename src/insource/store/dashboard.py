@@ -1,5 +1,5 @@
 """The dashboard's queries beyond spend (which it reads from the daily rollups, `usage_queries`): captures per
-task, agreements, route events, and turning a route off."""
+task, agreements, and route events."""
 
 from __future__ import annotations
 
@@ -49,19 +49,4 @@ def route_events(store: Store, kind: str | None = None, task: str | None = None,
     return store.query(
         f"SELECT ts, task, kind, detail FROM route_events WHERE {' AND '.join(clauses)} ORDER BY ts DESC LIMIT ?",
         (*params, limit),
-    )
-
-
-def deactivate_route(store: Store, task: str, config_route: Row | None) -> int:
-    """Turn a task's route off: the teacher answers it. A stored route is deactivated; a route that exists only
-    in config (`config_route`: its policy's columns) gets a stored, inactive row, which overrides it until
-    `insource route set` sets the task again. The number of routes changed (0: already off)."""
-    if config_route is None:
-        return store.execute("UPDATE routes SET active = 0 WHERE task = ? AND active = 1", (task,))
-    cols = ["task", *config_route, "active", "updated_at"]
-    values = (task, *config_route.values(), 0, 0)
-    return store.execute(
-        f"INSERT INTO routes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        " ON CONFLICT(task) DO UPDATE SET active = 0 WHERE routes.active = 1",
-        values,
     )

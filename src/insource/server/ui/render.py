@@ -11,7 +11,7 @@ import orjson
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from insource.service.dashboard_types import Chart, Page, Panel
+from insource.service.dashboard_types import Chart, Page, Panel, Series
 
 NAV = [
     ("overview", "Overview", "/ui"),
@@ -38,59 +38,33 @@ def fmt(value: Any, kind: str) -> str:
     return str(value)
 
 
+def _trace(kind: str, s: Series, **style: Any) -> dict[str, Any]:
+    if kind == "bar":
+        return {"type": "bar", "name": s.name, "x": s.x, "y": s.y, **style}
+    return {"type": "scatter", "mode": kind, "name": s.name, "x": s.x, "y": s.y, **style}
+
+
 def figure(chart: Chart) -> dict[str, Any]:
-    """A plotly.js figure (data + layout) for a chart."""
+    """A plotly.js figure (data + layout) for a chart; a band is drawn as a shaded interval under its series."""
     data: list[dict[str, Any]] = []
     if chart.band is not None:
         lower, upper = chart.band
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "name": lower.name,
-                "x": lower.x,
-                "y": lower.y,
-                "line": {"width": 0},
-                "showlegend": False,
-                "hoverinfo": "x+y",
-            }
-        )
-        data.append(
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "name": upper.name,
-                "x": upper.x,
-                "y": upper.y,
-                "fill": "tonexty",
-                "fillcolor": "rgba(37,99,235,0.15)",
-                "line": {"width": 0},
-            }
-        )
+        data.append(_trace("lines", lower, line={"width": 0}, showlegend=False, hoverinfo="x+y"))
+        data.append(_trace("lines", upper, line={"width": 0}, fill="tonexty", fillcolor="rgba(37,99,235,0.15)"))
     for i, s in enumerate(chart.series):
         color = COLORS[i % len(COLORS)]
         if chart.kind in ("line", "band"):
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": s.name,
-                    "x": s.x,
-                    "y": s.y,
-                    "line": {"color": color},
-                }
-            )
+            data.append(_trace("lines+markers", s, line={"color": color}))
         else:
-            data.append({"type": "bar", "name": s.name, "x": s.x, "y": s.y, "marker": {"color": color}})
+            data.append(_trace("bar", s, marker={"color": color}))
+    yaxis: dict[str, Any] = {"title": {"text": chart.y_title}, "rangemode": "tozero"}
+    if chart.percent:
+        yaxis["tickformat"] = ".0%"
     layout = {
         "barmode": "stack" if chart.kind == "stacked" else "group",
         "margin": {"l": 60, "r": 20, "t": 10, "b": 60},
         "height": 320,
-        "yaxis": {
-            "title": {"text": chart.y_title},
-            "rangemode": "tozero",
-            **({"tickformat": ".0%"} if chart.percent else {}),
-        },
+        "yaxis": yaxis,
         "legend": {"orientation": "h"},
         "paper_bgcolor": "rgba(0,0,0,0)",
         "plot_bgcolor": "rgba(0,0,0,0)",

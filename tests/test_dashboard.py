@@ -172,6 +172,9 @@ def test_pages_show_known_figures_and_every_chart_has_its_csv(filled: tuple[Gate
     assert sum(float(r["cost_usd"]) for r in rows) == pytest.approx(facts["total_usd"], rel=1e-9)
     tenants = list(csv.DictReader(io.StringIO(client.get("/ui/provider/csv/revenue.csv").text)))
     assert sum(float(r["share"]) for r in tenants) == pytest.approx(1.0)
+    download = client.get("/ui/report.html")
+    assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+    assert "Plotly.newPlot" in download.text and '<script src="' not in download.text
     tasks = {r["task"]: r for r in csv.DictReader(io.StringIO(client.get("/ui/tasks/csv/tasks.csv").text))}
     assert set(tasks) == {"support-intent", "headline", "(untagged)"}
     assert int(tasks["support-intent"]["audits"]) == 60

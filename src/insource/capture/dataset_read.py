@@ -147,7 +147,7 @@ def check_trainable(
         why = man.get("kind_reason") or f"{len(classes)} distinct answers"
         raise NotReady(
             f"dataset {ds.path} holds a generation task ({why}): a classifier student answers from a fixed set "
-            "of labels; train a generative one with --student lora --base-model DIR (docs/lora.md), or rebuild "
+            "of labels; train a generative one with --student lora (docs/lora.md), or rebuild "
             "the dataset with --kind classification if its answers are labels"
         )
     if classifier and len(classes) < 2:

@@ -170,6 +170,7 @@ def _candidates_table(result: dict[str, Any], width: int) -> Table:
 
 _CANDIDATE_METRICS = ("val_coverage_at_target", "val_agreement_at_threshold", "threshold")
 _EVAL_KEYS = (
+    "metric",
     "agreement",
     "ece",
     "ood_rate",
@@ -182,6 +183,7 @@ _EVAL_KEYS = (
     "gold_agreement",
     "teacher_gold_agreement",
     "latency_ms_p50",
+    "cpu_s_per_answer",
     "answers_per_s_per_core",
     "cost_per_1k_usd",
     "teacher_cost_per_1k_usd",
@@ -233,6 +235,13 @@ def eval_cmd(
     ] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Gold labels file (id,label).")] = None,
     chart: Annotated[Path | None, typer.Option("--chart", help="Write a chart (.html or .png).")] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="Generative students: json | exact | similarity (default: chosen from the teacher's answers).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -256,6 +265,7 @@ def eval_cmd(
             dataset=dataset,
             target=DEFAULT_TARGET if target is None else target,
             labels_file=labels,
+            metric=metric,
         )
     if chart is not None:
         from insource.evals.chart import write_chart

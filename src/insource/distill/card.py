@@ -32,16 +32,26 @@ _CLASSIFIER_NOTE = [
 ]
 _CLASSIFIER_NEXT = "Run `insource eval` for test-split agreement, the coverage–agreement curve and thresholds."
 _GENERATIVE_NOTE = [
-    "A generative student: it writes its own answers (a LoRA adapter in `adapter/`, merged into the base model",
-    "in `merged/`). Serve it with vLLM or llama.cpp (docs/lora.md) and declare it as a provider.",
+    "A generative student: it writes its own answers (a LoRA adapter: `adapter/` in safetensors for vLLM,",
+    "`adapter.gguf` for llama.cpp). `insource serve` runs it on llama.cpp with its base model; it answers only",
+    "when its least likely answer token clears the threshold `insource eval` finds (else the teacher answers).",
 ]
-_GENERATIVE_NEXT = "Measure it against the teacher through its serving endpoint (`insource eval` measures classifiers)."
+_GENERATIVE_NEXT = (
+    "Run `insource eval` for the agreement with the teacher (metric json, exact or similarity), the "
+    "coverage–agreement curve and thresholds on the minimum token probability."
+)
 
 
 def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
     generative = info.get("student") == "lora"
     kind_lines = (
-        [f"- Base model: `{info.get('base_model')}`"] if generative else [f"- Classes: {len(info.get('labels') or [])}"]
+        [
+            f"- Base model: `{info.get('base_model')}`",
+            f"- LoRA: {_fmt(info.get('lora', {}))}",
+            f"- Pruned system prompt: {_fmt(info.get('system_prompt'))}",
+        ]
+        if generative
+        else [f"- Classes: {len(info.get('labels') or [])}"]
     )
     lines = [
         f"# {info.get('name', info.get('task'))}",

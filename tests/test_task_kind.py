@@ -48,6 +48,20 @@ def test_a_160_label_task_is_classification_and_says_why(tmp_path: Path) -> None
     text = " ".join(run_cli("tasks", "--config", str(config)).stdout.split())
     assert "intents is classification: 160 labels, each answer repeats 6× on average" in text
     assert "notes is generation: 300 distinct answers" in text
+    # issue 13: short generated answers are distillable by a generative student, labels by a classifier
+    assert rows["notes"]["distillable"] is True and "--student lora" in rows["notes"]["distillable_reason"]
+    assert rows["intents"]["distillable"] is True and "classifier" in rows["intents"]["distillable_reason"]
+    assert "distillable: short answers" in text
+
+
+def test_open_ended_answers_stay_on_the_teacher_and_say_why(tmp_path: Path) -> None:
+    essay = "The history of the company begins in a small workshop. " * 12  # ~170 tokens an answer
+    raws = [_raw(k, BASE_TS + k, f"Write essay {k}", f"{k}. {essay}", "local", "self-hosted", "Write.", task="essays")
+            for k in range(30)]  # fmt: skip
+    config = _small_project(tmp_path, raws)
+    row = json.loads(run_cli("tasks", "--json", "--config", str(config)).stdout)[0]
+    assert row["distillable"] is False and row["distillable_reason"].startswith("open-ended: answers run to")
+    assert "stays on the teacher: open-ended" in " ".join(run_cli("tasks", "--config", str(config)).stdout.split())
 
 
 def test_the_dataset_agrees_with_tasks_on_many_labels(tmp_path: Path) -> None:

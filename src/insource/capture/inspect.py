@@ -10,7 +10,7 @@ import orjson
 
 from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
-from insource.capture.stats import answer_key, kind_and_reason
+from insource.capture.stats import answer_key, distillable, kind_and_reason
 from insource.errors import NotFound, NotReady
 from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL, Store, capture_queries
 
@@ -40,10 +40,12 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
         )
     }
     answers = task_answers(store)
+    lengths = capture_queries.task_token_lengths(store)
     out = []
     for task in sorted(set(usage) | set(answers)):
         u, a = usage.get(task), answers.get(task, Counter())
         kind, reason = kind_and_reason(a)
+        can, why = distillable(kind, *lengths.get(task, _estimated_lengths(a)))
         out.append(
             {
                 "task": task,
@@ -53,9 +55,17 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
                 "distinct_outputs": len(a),
                 "kind": kind,
                 "kind_reason": reason,
+                "distillable": can,
+                "distillable_reason": why,
             }
         )
     return out
+
+
+def _estimated_lengths(answers: Counter[str], cap: int = 5000) -> tuple[list[int], list[int]]:
+    """No token counts recorded (e.g. imported captures): answer tokens estimated at 4 characters a token."""
+    estimated = [max(1, -(-len(a) // 4)) for a, n in answers.most_common() for _ in range(min(n, cap))][:cap]
+    return ([0] * len(estimated) if estimated else []), estimated
 
 
 def _json(text: str | None) -> Any:

@@ -70,3 +70,41 @@ def normalise(text: str) -> str:
     """Near-duplicate key: lowercase, punctuation and whitespace collapsed. Digits are kept: inputs that differ
     in an order id or an amount are different inputs."""
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+SHORT_ANSWER_TOKENS = 128  # a small generative student reliably writes answers up to about this long (p95)
+STUDENT_CONTEXT = 1024  # tokens of prompt + answer the generative student trains and serves on
+
+
+def p95(values: list[int]) -> int | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def distillable(kind: Kind, prompt_tokens: list[int], answer_tokens: list[int]) -> tuple[bool, str]:
+    """Whether a student can take the task off the teacher, and why in words (`insource tasks`).
+
+    Classification: a classifier student. Generation: a generative (LoRA) student when answers are short (p95 ≤
+    `SHORT_ANSWER_TOKENS`) and prompt + answer fit its context; open-ended generation stays on the teacher.
+    """
+    if kind == "classification":
+        return True, "a classifier student answers from the teacher's labels (insource distill)"
+    answer, prompt = p95(answer_tokens), p95(prompt_tokens)
+    if answer is None or prompt is None:
+        return False, "no answered requests with token counts yet: nothing to judge the answers' length by"
+    if answer > SHORT_ANSWER_TOKENS:
+        return False, (
+            f"open-ended: answers run to {answer} tokens (p95); a small generative student is reliable up to "
+            f"about {SHORT_ANSWER_TOKENS}, so the teacher keeps this task"
+        )
+    if prompt + answer > STUDENT_CONTEXT:
+        return False, (
+            f"prompts run to {prompt} tokens (p95): with the answer they do not fit the generative student's "
+            f"context of {STUDENT_CONTEXT} tokens, so the teacher keeps this task"
+        )
+    return True, (
+        f"short answers ({answer} tokens p95) and prompts that fit ({prompt} tokens p95): a generative student "
+        "(insource distill --student lora)"
+    )

@@ -186,6 +186,8 @@ def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = Fals
     print_table(TASK_COLUMNS, [_task_cells(r) for r in rows])
     for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
         console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
+        verdict = "distillable" if r["distillable"] else "stays on the teacher"
+        console.print(literal(f"  {verdict}: {r['distillable_reason']}"), soft_wrap=True)
 
 
 TASK_COLUMNS = (

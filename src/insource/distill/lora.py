@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from insource.capture.dataset_read import Dataset
+from insource.capture.stats import STUDENT_CONTEXT
 from insource.distill.lora_base import BaseSpec, load_base, parameter_count, resolve_base, write_base_config
 from insource.errors import NotReady
 from insource.registry.progress import Step
@@ -27,7 +28,7 @@ LORA_R = 8
 LORA_ALPHA = 16
 LR = 1e-3  # measured on CPU: SmolLM2-135M converges in ~30 steps of 8 (2e-4 is too slow there)
 BATCH = 8
-MAX_LEN = 512
+MAX_LEN = STUDENT_CONTEXT
 SEED = 17
 DEFAULT_EPOCHS = 1
 CPU_TOKENS_PER_S_135M = 70.0  # measured: training tokens/s of SmolLM2-135M on one busy core

@@ -70,3 +70,18 @@ def search_captures(store: Store, task: str, contains: str, places: Collection[s
     pattern = like_pattern(contains)
     params = (task, *([pattern] * len(conditions)), limit)
     return store.query(_pg(sql) if store.dialect == "postgres" else sql, params)
+
+
+def task_token_lengths(store: Store, limit: int = 20_000) -> dict[str, tuple[list[int], list[int]]]:
+    """Per task: prompt and completion token counts of the newest `limit` answered requests (all tasks)."""
+    rows = store.query(
+        "SELECT task, prompt_tokens, completion_tokens FROM usage "
+        "WHERE task IS NOT NULL AND status = 200 AND completion_tokens > 0 ORDER BY ts DESC LIMIT ?",
+        (limit,),
+    )
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for r in rows:
+        prompts, answers = out.setdefault(str(r["task"]), ([], []))
+        prompts.append(int(r["prompt_tokens"] or 0))
+        answers.append(int(r["completion_tokens"] or 0))
+    return out

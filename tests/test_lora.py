@@ -108,7 +108,7 @@ def test_lora_distill_saves_adapter_and_merged_model(tmp_path: Path) -> None:
 
 
 def test_lora_without_the_default_base_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import insource.distill.lora_base as lora_base
+    import insource.registry.lora_base as lora_base
 
     monkeypatch.setattr(lora_base, "smollm2_gguf", lambda: None)
     ds = chat_dataset(tmp_path / "ds")

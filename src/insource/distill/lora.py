@@ -10,7 +10,6 @@ docs/lora.md.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -18,10 +17,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from insource.capture.chat import Chat, plain_prompt, prune_system, read_chat, repeated_system
 from insource.capture.dataset_read import Dataset
 from insource.capture.stats import STUDENT_CONTEXT
-from insource.distill.lora_base import BaseSpec, load_base, parameter_count, resolve_base, write_base_config
 from insource.errors import NotReady
+from insource.registry.lora_base import BaseSpec, load_base, parameter_count, resolve_base, write_base_config
 from insource.registry.progress import Step
 
 LORA_R = 8
@@ -32,40 +32,7 @@ MAX_LEN = STUDENT_CONTEXT
 SEED = 17
 DEFAULT_EPOCHS = 1
 CPU_TOKENS_PER_S_135M = 70.0  # measured: training tokens/s of SmolLM2-135M on one busy core
-Chat = list[dict[str, str]]
 Encoded = list[tuple[list[int], list[int]]]
-
-
-def read_chat(path: Path) -> list[Chat]:
-    if not path.is_file():
-        raise NotReady(f"corrupt dataset: {path.name} (chat JSONL for the LoRA student) is missing")
-    out = []
-    for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            messages = json.loads(line)["messages"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise NotReady(f'corrupt dataset: {path.name} line {lineno} needs {{"messages": [...]}}') from None
-        if not messages or messages[-1].get("role") != "assistant":
-            raise NotReady(f"corrupt dataset: {path.name} line {lineno} must end with the assistant's answer")
-        out.append(messages)
-    return out
-
-
-def repeated_system(chats: list[Chat]) -> str | None:
-    """The system prompt every conversation starts with, when there is one and it is the same everywhere."""
-    firsts = {c[0].get("content") or "" for c in chats if c and c[0].get("role") == "system"}
-    every = all(c and c[0].get("role") == "system" for c in chats)
-    return next(iter(firsts)) if chats and every and len(firsts) == 1 else None
-
-
-def prune_system(messages: Chat, system: str | None) -> Chat:
-    """`messages` without the pruned system prompt (the student learnt the task without reading it)."""
-    first = messages[0] if messages else {}
-    if system is not None and first.get("role") == "system" and (first.get("content") or "") == system:
-        return messages[1:]
-    return messages
 
 
 def render(tok: Any, messages: Chat) -> tuple[str, str]:
@@ -75,10 +42,6 @@ def render(tok: Any, messages: Chat) -> tuple[str, str]:
         prompt = tok.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
         return str(prompt), answer + (tok.eos_token or "")
     return plain_prompt(prompt_msgs), answer + (tok.eos_token or "")
-
-
-def plain_prompt(messages: Chat) -> str:
-    return "".join(f"<|{m.get('role')}|>\n{m.get('content') or ''}\n" for m in messages) + "<|assistant|>\n"
 
 
 def encode_examples(tok: Any, chats: list[Chat], max_len: int = MAX_LEN) -> Encoded:

@@ -1,5 +1,5 @@
 """`insource eval` for a generative (LoRA) student: generate on validation and the evaluated split, judge each
-answer against the teacher's with the task's metric (`textmetrics`), and choose the cascade threshold on the
+answer against the teacher's with the task's metric (`routing.agreement`), and choose the cascade threshold on the
 student's confidence exactly as for classifiers (Wilson lower-bound margin on validation).
 
 Confidence: the probability of the least likely token of the answer (exp of the minimum token log-prob), set
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from insource.errors import NotReady
-from insource.evals import textmetrics as T
+from insource.routing import agreement as T
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -84,7 +84,7 @@ class HFGenerator:
 
         from peft import PeftModel
 
-        from insource.distill.lora_base import load_base, resolve_base
+        from insource.registry.lora_base import load_base, resolve_base
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -94,7 +94,7 @@ class HFGenerator:
     def generate(self, messages: list[dict[str, str]], max_tokens: int) -> Generated:
         import torch
 
-        from insource.distill.lora import plain_prompt
+        from insource.capture.chat import plain_prompt
 
         wall, cpu = time.perf_counter(), time.process_time()
         if getattr(self.tok, "chat_template", None):
@@ -171,7 +171,7 @@ class GenScored:
 
 
 def score(gen: Generator, chats: list[list[dict[str, str]]], info: dict[str, Any], metric: str) -> GenScored:
-    from insource.distill.lora import prune_system
+    from insource.capture.chat import prune_system
 
     system, limit = info.get("system_prompt"), max_tokens(info)
     outs = [gen.generate(prune_system(chat[:-1], system), limit) for chat in chats]

@@ -22,7 +22,6 @@ from insource.capture.dataset_read import Dataset, Example, load_dataset
 from insource.config import Config
 from insource.errors import NotReady
 from insource.evals import metrics as M
-from insource.evals.textmetrics import METRICS, choose_metric
 from insource.registry.entries import (
     CLASSIFIER_KINDS,
     EVAL_FILE,
@@ -32,6 +31,7 @@ from insource.registry.entries import (
     resolve,
     write_json_atomic,
 )
+from insource.routing.agreement import METRICS, choose_metric
 
 if TYPE_CHECKING:
     from insource.evals.generative import GenScored
@@ -210,7 +210,7 @@ def evaluate_generative(
     cfg: Config, folder: Path, info: dict[str, Any], split: str, ds: Dataset, target: float, metric: str | None
 ) -> dict[str, Any]:
     """The generative student's result: the classifier's keys plus `metric` (and `field_accuracy` for json)."""
-    from insource.distill.lora import read_chat
+    from insource.capture.chat import read_chat
     from insource.evals.generative import field_accuracy, generator_for, score
 
     chats, val_chats = read_chat(ds.path / f"{split}.jsonl"), read_chat(ds.path / "val.jsonl")

@@ -23,11 +23,13 @@ import orjson
 
 from insource.errors import InsourceError
 from insource.metering.usage import Usage, cost_usd
+from insource.routing.agreement import agree as agree_as
 from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction
 from insource.routing.tokens import completion_tokens, prompt_tokens
 from insource.service.chat import SERVED_BY, Reply, StreamReply
 from insource.service.context import RequestContext
 from insource.service.gateway import Gateway
+from insource.service.generative import GenerativePool
 from insource.service.routes import (
     agreement_window,
     config_policies,
@@ -41,6 +43,7 @@ from insource.service.students import StudentPool
 
 log = logging.getLogger("insource.router")
 STUDENT_TIMEOUT_S = 2.0
+GENERATIVE_TIMEOUT_S = 60.0  # a generative answer on a busy CPU (and the first request's server start)
 NEVER_SURE = 1.01  # a cascade without a resolved threshold never lets the student answer
 
 
@@ -67,6 +70,7 @@ class InsourcingRouter:
         self.policies: dict[str, RoutePolicy] = load_policies(gw.cfg, gw.store, self.configured)
         self.rolled_back: set[tuple[str, float]] = set()  # (task, since) this worker rolled back
         self.pool = StudentPool(gw.cfg.registry_path())
+        self.generative = GenerativePool(gw.cfg.registry_path())
         self.outcomes: dict[str, deque[bool]] = {}
         self.failures: dict[str, int] = {}
         self.rng = random.Random()
@@ -104,6 +108,8 @@ class InsourcingRouter:
         draws = (self.rng.random(), self.rng.random())
         if not needs_prediction(policy, draws[0]):
             return None
+        if self.generative.serves(policy.model):
+            return await self._handle_generative(gw, ctx, body, policy, draws)
         pred, threshold, serve_s = await self._predict(policy, body)
         decision = decide(policy, threshold, pred.confidence if pred else None, bool(pred and pred.ood), draws)
         if decision.answerer is Answerer.TEACHER:
@@ -115,6 +121,32 @@ class InsourcingRouter:
         if decision.audit:
             self._spawn(self._audit(ctx, body, policy, pred.answer))
         return self._answer(gw, ctx, body, policy.model, pred.answer, serve_s)
+
+    async def _handle_generative(
+        self, gw: Gateway, ctx: RequestContext, body: dict[str, Any], policy: RoutePolicy, draws: tuple[float, float]
+    ) -> Reply | StreamReply | None:
+        """A LoRA student served by llama.cpp: answers when its confidence clears the threshold (cascade)."""
+        if int(body.get("n") or 1) != 1:
+            return None  # one greedy answer per request: the teacher answers n > 1
+        try:
+            student = self.generative.get(policy.model)
+            async with asyncio.timeout(GENERATIVE_TIMEOUT_S):
+                got = await student.complete(body)
+        except Exception as exc:  # a student failure never reaches the caller: the teacher answers
+            self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
+            log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
+            got = None
+        usable = got is not None and (not got.ood or policy.mode == "shadow")
+        threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
+        decision = decide(policy, threshold, got.confidence if got and usable else None, bool(got and got.ood), draws)
+        if got is None or decision.answerer is Answerer.TEACHER:
+            if got is not None and decision.audit:
+                text = got.text
+                ctx.on_output = lambda out: self.record(policy, text, out)
+            return None
+        if decision.audit:
+            self._spawn(self._audit(ctx, body, policy, got.text))
+        return self._answer(gw, ctx, body, policy.model, got.text, got.compute_s)
 
     async def _predict(self, policy: RoutePolicy, body: dict[str, Any]) -> tuple[Any, float, float]:
         """(prediction or None, threshold, CPU seconds the answer cost to compute)."""
@@ -174,7 +206,8 @@ class InsourcingRouter:
         self.record(policy, answer, actx.output)
 
     def record(self, policy: RoutePolicy, student_answer: str, teacher_output: str | None) -> None:
-        agree = teacher_output is not None and student_answer.strip() == teacher_output.strip()
+        metric = self.generative.get(policy.model).metric if self.generative.serves(policy.model) else "label"
+        agree = agree_as(metric, student_answer, teacher_output)
         self.gw.writer.submit(
             "agreements",
             {
@@ -202,6 +235,7 @@ class InsourcingRouter:
         for task in list(self._tasks):
             task.cancel()
         self.pool.close()
+        await self.generative.close()
 
 
 def _student_completion(ctx: RequestContext, name: str, answer: str, n: int) -> bytes:

@@ -63,7 +63,7 @@ def check_fit(policy: RoutePolicy, cli: bool = True) -> None:
 
 
 def _check_model(registry: Path, task: str, model: str) -> Path:
-    from insource.registry.entries import CLASSIFIER_KINDS, list_models, resolve
+    from insource.registry.entries import STUDENT_KINDS, list_models, resolve
 
     entries = {m.get("name"): m for m in list_models(registry)}
     entry = entries.get(model)
@@ -75,12 +75,8 @@ def _check_model(registry: Path, task: str, model: str) -> Path:
         raise BadRequest(f"model {model!r} is damaged: {entry.get('problem')}", param="model")
     if entry.get("task") != task:
         raise BadRequest(f"model {model!r} was trained for task {entry.get('task')!r}, not {task!r}", param="model")
-    if entry.get("student") not in CLASSIFIER_KINDS:  # the router serves classifier students only, in-process
-        raise BadRequest(
-            f"model {model!r} is a {entry.get('student')} student: the router serves classifier students; serve "
-            "a generative one with vLLM or llama.cpp and declare it as a provider (docs/lora.md)",
-            param="model",
-        )
+    if entry.get("student") not in STUDENT_KINDS:
+        raise BadRequest(f"model {model!r} is a {entry.get('student')} student, which the router cannot serve")
     return resolve(registry, model)
 
 

@@ -75,10 +75,9 @@ def load_base(spec: BaseSpec) -> tuple[Any, Any]:
     """(model, tokenizer) of the base; fp32 on CPU, bf16 on the first GPU when one is visible."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    from insource.distill.export import quiet_transformers
-
-    quiet_transformers()
+    hf_logging.disable_progress_bar()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's own tqdm bar: our progress display reports
     _check_folder(spec)
     extra: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}

@@ -183,13 +183,12 @@ def test_a_dead_llama_server_is_restarted_and_callers_never_see_it(served: Serve
 
 def test_audits_judge_with_the_metric_and_roll_back_on_drift(served: Served) -> None:
     set_route(served, "--mode", "full", "--audit-rate", "1.0")
-    for _ in range(24):  # the teacher says "4", the student "2 + 2 = 4": not the same answer (exact metric)
+    row: dict[str, Any] = {}
+    for _ in range(60):  # the teacher says "4", the student "2 + 2 = 4": not the same answer (exact metric)
         ask(served)
         row = json.loads(served.gw.cli("route", "show", "--json").stdout)[0]
-        if row.get("status") != "answering" and row.get("events"):
+        if any(e["kind"] == "rollback" for e in row["events"]):
             break
-    time.sleep(1.5)
-    row = json.loads(served.gw.cli("route", "show", "--json").stdout)[0]
-    assert row["agreement"] is not None and row["agreement"] < 0.5
-    assert any("roll" in json.dumps(e) for e in row["events"]), row
+    assert row["agreement"] == 0.0 and not row["active"] and row["state"] == "rolled_back", row
+    time.sleep(1.1)
     assert ask(served)[1] == "teacher:gpt-4o-mini"

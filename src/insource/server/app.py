@@ -19,6 +19,7 @@ from starlette.routing import Route
 from insource.config import Config, load_config
 from insource.errors import InsourceError, ModelNotFound, NotFound
 from insource.server import admin
+from insource.server import feedback as feedback_api
 from insource.server.auth import resolve_key
 from insource.server.fastpath import INTERNAL_ERROR, FastPath
 from insource.server.metrics import render as render_metrics
@@ -108,6 +109,7 @@ def create_app(cfg: Config) -> Any:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
+        *feedback_api.routes(),
     ]
     handlers: dict[Any, Any] = {
         InsourceError: on_insource_error,

@@ -175,3 +175,23 @@ def m005_usage_rollups(db: DB) -> None:
         GROUP BY day, tenant, model, task, served_by, endpoint, imported
         """,
     )
+
+
+@migration
+def m006_feedback(db: DB) -> None:
+    """Feedback on answered requests (`POST /v1/feedback`): a score, a label, a corrected answer, a comment.
+
+    `request_id` is what the caller saw (X-Request-Id); `usage_id` the usage record (and capture) it names, so
+    datasets can join feedback to captures. Safe to run again (if renumbered when branches merge)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS feedback (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+            request_id TEXT NOT NULL, usage_id TEXT NOT NULL, task TEXT, score REAL, label TEXT,
+            correction TEXT, comment TEXT, redactions TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS feedback_usage ON feedback(usage_id);
+        CREATE INDEX IF NOT EXISTS feedback_task_ts ON feedback(task, ts)
+        """,
+    )

@@ -168,6 +168,8 @@ class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    batch_input_per_mtok: float | None = Field(default=None, ge=0)  # Batch API; default: half of input
+    batch_output_per_mtok: float | None = Field(default=None, ge=0)  # Batch API; default: half of output
 
     @property
     def cached(self) -> float:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from insource.config import Config, load_config
 from insource.errors import InsourceError, ModelNotFound, NotFound
 from insource.server import admin
+from insource.server import batch as batch_api
 from insource.server import feedback as feedback_api
 from insource.server.auth import resolve_key
 from insource.server.fastpath import INTERNAL_ERROR, FastPath
@@ -100,6 +101,7 @@ def create_app(cfg: Config) -> Any:
             yield
         finally:
             refresher.cancel()
+            await batch_api.close(app)
             await router.close()
             await gw.stop()
 
@@ -110,6 +112,7 @@ def create_app(cfg: Config) -> Any:
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
         *feedback_api.routes(),
+        *batch_api.routes(),
     ]
     handlers: dict[Any, Any] = {
         InsourceError: on_insource_error,

@@ -195,3 +195,28 @@ def m006_feedback(db: DB) -> None:
         CREATE INDEX IF NOT EXISTS feedback_task_ts ON feedback(task, ts)
         """,
     )
+
+
+@migration
+def m007_batches(db: DB) -> None:
+    """The Batch API (`/v1/files`, `/v1/batches`): which tenant owns each upstream file and batch (the ids are the
+    upstream's), the model alias a batch file's lines name, and when a batch was metered (once). Safe to run
+    again (if renumbered when branches merge)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS batch_files (
+            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, provider TEXT NOT NULL,
+            purpose TEXT NOT NULL, model TEXT, upstream_model TEXT, endpoint TEXT, lines INTEGER, tasks TEXT,
+            object TEXT NOT NULL, created_at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS batch_files_tenant ON batch_files(tenant, created_at);
+        CREATE TABLE IF NOT EXISTS batches (
+            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, provider TEXT NOT NULL,
+            model TEXT NOT NULL, upstream_model TEXT NOT NULL, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
+            task TEXT, status TEXT NOT NULL, object TEXT NOT NULL, created_at REAL NOT NULL, metered_at REAL,
+            records INTEGER
+        );
+        CREATE INDEX IF NOT EXISTS batches_tenant ON batches(tenant, created_at)
+        """,
+    )

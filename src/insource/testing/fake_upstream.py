@@ -47,6 +47,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from insource.testing import wire
 from insource.testing.chat_rules import InvalidRequest, make_choices, validate_chat, validate_embeddings
+from insource.testing.fake_batches import FakeBatches
 from insource.testing.server import StreamBreak, install_log_filter
 
 Responder = Callable[[str, list[dict[str, Any]], dict[str, Any]], "str | Awaitable[str]"]
@@ -142,6 +143,7 @@ class FakeUpstream:
         self._faults: deque[_Fault] = deque()
         self._requests: list[RecordedRequest] = []
         self._fast_cache: dict[tuple[Any, ...], list[Message]] = {}
+        self.batches = FakeBatches(self)  # the Files and Batch APIs (`fake_batches.py`)
         self._app = self._build_app()
         self.reset()
 
@@ -167,6 +169,7 @@ class FakeUpstream:
             self._faults.clear()
             self._requests.clear()
             self._fast_cache.clear()
+            self.batches.reset()
 
     def fail_next(
         self, status: int, count: int = 1, retry_after: float | None = None, body: dict[str, Any] | None = None
@@ -221,6 +224,7 @@ class FakeUpstream:
             Route("/openai/deployments/{deployment}/chat/completions", self._chat_azure, methods=["POST"]),
             Route("/openai/deployments/{deployment}/embeddings", self._embeddings_azure, methods=["POST"]),
             Route("/health", self._health, methods=["GET"]),
+            *self.batches.routes(),
         ]
         handlers = {404: self._not_found, 405: self._not_found}
         return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]

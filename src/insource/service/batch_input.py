@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from insource.errors import BadRequest
+from insource.errors import BadRequest, NotFound
 from insource.providers.openai_batch import BATCH_KINDS
 from insource.service.admission import take_task, validate_chat
 from insource.service.gateway import Gateway
@@ -48,7 +48,7 @@ def batch_target(gw: Gateway, alias: str) -> tuple[str, str] | None:
         provider, _, upstream = target.partition(":")
         config = gw.cfg.providers.get(provider)
         if config is not None and config.kind in BATCH_KINDS:
-            return provider, upstream.partition("@")[0]
+            return provider, upstream
     return None
 
 
@@ -83,7 +83,7 @@ def _check_body(gw: Gateway, key: KeyInfo, body: dict[str, Any], url: str, n: in
             validate_chat(body)
         elif "input" not in body:
             raise BadRequest("'input' is required.", param="input")
-    except BadRequest as exc:
+    except (BadRequest, NotFound) as exc:  # an unknown model too: the file is what is wrong
         raise _bad(n, exc.message, exc.param) from None
     if body.get("stream"):
         raise _bad(n, "streaming is not supported in batches.", "stream")

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+from tests.conftest import Gateway
 
 from insource.config import Config
 from insource.metering.prices import batch_price, resolve_prices
 from insource.testing.fake_upstream import FakeUpstream
-from tests.conftest import Gateway
 
 BATCH_IN, BATCH_OUT = 0.075, 0.30  # gpt-4o-mini's config price (0.15 / 0.60) halved: no batch price configured
-
-
-@pytest.fixture()
-def fresh(fake: FakeUpstream) -> Iterator[FakeUpstream]:
-    yield fake
 
 
 def _client(gateway: Gateway, key: dict[str, str]) -> openai.OpenAI:
@@ -51,15 +45,15 @@ def _run_batch(client: openai.OpenAI, data: bytes, task: str) -> tuple[Any, Any]
 
 
 def test_a_batch_is_passed_through_metered_once_at_the_batch_price_and_captured(
-    gateway: Gateway, fresh: FakeUpstream
+    gateway: Gateway, fake: FakeUpstream
 ) -> None:
     task = f"batch-{uuid.uuid4().hex[:8]}"
     client = _client(gateway, gateway.key("batcher"))
-    fresh.batches.fail_custom_ids = {"r3"}
+    fake.batches.fail_custom_ids = {"r3"}
     uploaded, created = _run_batch(client, _lines(4, task=task), task)
     assert uploaded.purpose == "batch" and uploaded.filename == "questions.jsonl"
     assert created.status == "validating" and created.metadata == {"team": "search"}
-    sent = fresh.batches.files[uploaded.id]["data"].decode().splitlines()
+    sent = fake.batches.files[uploaded.id]["data"].decode().splitlines()
     assert all(json.loads(line)["body"]["model"] == "gpt-4o-mini" for line in sent)
     assert "metadata" not in json.loads(sent[0])["body"]  # metadata.task is insource's
     assert gateway.usage_rows("task LIKE ?", (task + "%",)) == []  # nothing metered before it finishes
@@ -92,7 +86,7 @@ def test_a_batch_is_passed_through_metered_once_at_the_batch_price_and_captured(
     assert len(captured) == 2 and all(c["output"].startswith("This is a simulated reply") for c in captured)
 
 
-def test_another_tenant_cannot_see_files_or_batches(gateway: Gateway, fresh: FakeUpstream) -> None:
+def test_another_tenant_cannot_see_files_or_batches(gateway: Gateway, fake: FakeUpstream) -> None:
     owner = _client(gateway, gateway.key("batchowner"))
     uploaded, created = _run_batch(owner, _lines(1), "batch-private")
     done = owner.batches.retrieve(created.id)
@@ -129,16 +123,16 @@ def test_another_tenant_cannot_see_files_or_batches(gateway: Gateway, fresh: Fak
     ],
 )
 def test_a_bad_batch_file_is_a_400_naming_the_line(
-    gateway: Gateway, fresh: FakeUpstream, data: bytes, needle: str
+    gateway: Gateway, fake: FakeUpstream, data: bytes, needle: str
 ) -> None:
     client = _client(gateway, gateway.key("batchbad"))
     with pytest.raises(openai.BadRequestError) as caught:
         client.files.create(file=("bad.jsonl", data), purpose="batch")
     assert needle in str(caught.value)
-    assert fresh.batches.files == {}  # nothing went upstream
+    assert fake.batches.files == {}  # nothing went upstream
 
 
-def test_only_batch_files_and_matching_endpoints(gateway: Gateway, fresh: FakeUpstream) -> None:
+def test_only_batch_files_and_matching_endpoints(gateway: Gateway, fake: FakeUpstream) -> None:
     client = _client(gateway, gateway.key("batchpurpose"))
     with pytest.raises(openai.BadRequestError):
         client.files.create(file=("x.jsonl", _lines(1)), purpose="fine-tune")

@@ -23,9 +23,11 @@ import orjson
 
 from insource.analytics.templates import MONTH_S, Mined, MineResult, mine
 from insource.capture.assigned import has_constant_text
-from insource.capture.stats import MAX_LABELS, output_kind
+from insource.capture.stats import output_kind
 from insource.store import Store
 from insource.store.opportunities import save_templates
+
+MAX_SHOWN_LABELS = 1000  # a label set is listed whole up to this many labels (more: the most frequent)
 
 DAY_S = 86400.0
 
@@ -83,7 +85,7 @@ def opportunity_rows(result: MineResult) -> list[dict[str, Any]]:
         d = distillability(mined)
         spend = monthly_spend(mined, result.first_ts, result.last_ts)
         task = task_of(mined)
-        labels = sorted(a for a, _ in g.answers.most_common(MAX_LABELS)) if kind == "classification" else None
+        labels = sorted(a for a, _ in g.answers.most_common(MAX_SHOWN_LABELS)) if kind == "classification" else None
         row: dict[str, Any] = {
             "template_id": mined.template_id,
             "template": mined.text,

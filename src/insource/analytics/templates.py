@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from insource.capture.slots import Template, infer_template, message_text
-from insource.capture.stats import MAX_LABELS, answer_key
+from insource.capture.stats import answer_key
 from insource.errors import NotReady
 from insource.store import Store
 from insource.store.opportunities import capture_span, fetch_blobs, iter_capture_pages, repeating_blobs
 
 SLOT = "<*>"
 SAMPLES = 200  # prompts kept per group to render its template
-MAX_ANSWERS = 10 * MAX_LABELS  # distinct answers counted per group (more: plainly not a label set)
+MAX_ANSWERS = 10_000  # distinct answers counted per group (more: plainly not a label set)
 MAX_INPUTS = 100_000  # distinct prompts remembered per group for the consistency check
 MAX_HEAD = 200  # a head is an early colon: within this many characters of the slot's start
 MAX_TAIL = 40  # a tail is a short last line ("A:", "Label:")

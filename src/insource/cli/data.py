@@ -174,7 +174,8 @@ app.add_typer(tasks_app, name="tasks")
 @tasks_app.callback()
 @handle_errors
 def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
-    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation."""
+    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation
+    (and why)."""
     if ctx.invoked_subcommand is not None:
         return
     cfg = get_config(config)
@@ -183,6 +184,8 @@ def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = Fals
     if emit(rows, json=json, csv=csv, empty=empty):
         return
     print_table(TASK_COLUMNS, [_task_cells(r) for r in rows])
+    for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
+        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
 
 
 TASK_COLUMNS = (

@@ -25,6 +25,8 @@ from insource.server.auth import resolve_key
 from insource.server.fastpath import INTERNAL_ERROR, FastPath
 from insource.server.metrics import render as render_metrics
 from insource.server.responses import RawJSON
+from insource.server.ui import OFF_MESSAGE, LazyUI
+from insource.server.ui import enabled as ui_enabled
 from insource.service.gateway import Gateway
 from insource.service.insourcing import attach_router
 from insource.service.keys import KeyInfo
@@ -94,6 +96,8 @@ def create_app(cfg: Config) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = Gateway(cfg)
         app.state.gateway = gw
+        if not ui_enabled(cfg):
+            log.warning(OFF_MESSAGE)
         router = attach_router(gw)
         await gw.start()
         refresher = asyncio.create_task(router.refresh_loop())
@@ -105,6 +109,7 @@ def create_app(cfg: Config) -> Any:
             await router.close()
             await gw.stop()
 
+    ui = LazyUI()
     routes = [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
@@ -113,6 +118,8 @@ def create_app(cfg: Config) -> Any:
         *admin.routes(),
         *feedback_api.routes(),
         *batch_api.routes(),
+        Route("/ui", ui),  # the dashboard; its imports wait for its first request
+        Route("/ui/{rest:path}", ui),
     ]
     handlers: dict[Any, Any] = {
         InsourceError: on_insource_error,

@@ -178,7 +178,26 @@ def m005_usage_rollups(db: DB) -> None:
 
 
 @migration
-def m006_feedback(db: DB) -> None:
+def m006_opportunities(db: DB) -> None:
+    """Mined prompt templates (`insource opportunities`) and templates assigned to a task (`tasks assign`).
+    IF NOT EXISTS: safe to run again should this migration be renumbered on a merge."""
+    run_script(
+        db,
+        """
+        CREATE INDEX IF NOT EXISTS captures_ts_id ON captures(ts, id);
+        CREATE TABLE IF NOT EXISTS templates (
+            id TEXT PRIMARY KEY, text TEXT NOT NULL, template TEXT NOT NULL, kind TEXT NOT NULL,
+            requests INTEGER NOT NULL, mined_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS template_tasks (
+            template_id TEXT PRIMARY KEY, task TEXT NOT NULL, template TEXT NOT NULL, assigned_at REAL NOT NULL
+        );
+        """,
+    )
+
+
+@migration
+def m007_feedback(db: DB) -> None:
     """Feedback on answered requests (`POST /v1/feedback`): a score, a label, a corrected answer, a comment.
 
     `request_id` is what the caller saw (X-Request-Id); `usage_id` the usage record (and capture) it names, so
@@ -198,7 +217,7 @@ def m006_feedback(db: DB) -> None:
 
 
 @migration
-def m007_batches(db: DB) -> None:
+def m008_batches(db: DB) -> None:
     """The Batch API (`/v1/files`, `/v1/batches`): which tenant owns each upstream file and batch (the ids are the
     upstream's), the model alias a batch file's lines name, and when a batch was metered (once). Safe to run
     again (if renumbered when branches merge)."""

@@ -16,13 +16,13 @@ feedback_app = typer.Typer(help="Feedback on answered requests (POST /v1/feedbac
 app.add_typer(feedback_app, name="feedback")
 
 FEEDBACK_COLUMNS = (
-    Col("when (UTC)", "id", short="UTC", drop=2),
-    Col("request id", "id", short="request", drop=3),
+    Col("when (UTC)", "id", short="UTC", drop=3),
+    Col("request id", "id", short="request"),
     Col("task"),
     Col("score", "num"),
     Col("label", drop=1),
     Col("correction"),
-    Col("comment", drop=1),
+    Col("comment", drop=2),
 )
 
 

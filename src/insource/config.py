@@ -225,6 +225,14 @@ class TenantConfig(Strict):
     budget_usd: float | None = Field(default=None, ge=0)
 
 
+class OtelConfig(Strict):
+    """OpenTelemetry traces (the `otel` extra): the OTLP exporter reads the standard `OTEL_*` variables."""
+
+    enabled: bool = False
+    capture_content: bool = False  # prompt and answer text on spans (gen_ai.input/output.messages)
+    service_name: str = "insource"  # unless OTEL_SERVICE_NAME is set
+
+
 class InhouseConfig(Strict):
     cpu_usd_per_hour: float = Field(default=0.10, ge=0)
 
@@ -255,6 +263,7 @@ class Config(Strict):
     routes: dict[str, RouteConfig] = {}
     inhouse: InhouseConfig = InhouseConfig()
     report: ReportConfig = ReportConfig()
+    otel: OtelConfig = OtelConfig()
     tenants: dict[str, TenantConfig] = {}
     base_dir: str = "."
 

@@ -25,6 +25,7 @@ from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
 from insource.service.keys import KeyCache, KeyInfo, server_secret
 from insource.service.limits import Limits, LocalLimits, RedisLimits
 from insource.service.spend import month_start, month_to_date
+from insource.service.tracing import make_tracing
 from insource.service.upstream import Upstreams
 from insource.store import open_store
 from insource.store.opportunities import assignments
@@ -50,6 +51,8 @@ class Gateway:
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
         self.limits: Limits = self._make_limits(cfg)
+        self.tracing = make_tracing(cfg, {name: p.kind for name, p in cfg.providers.items()})  # None: traces off
+        self.upstreams.trace = self.tracing is not None
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
@@ -90,6 +93,8 @@ class Gateway:
             await provider.close()
         await self.limits.close()
         await asyncio.to_thread(self.writer.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
 
     async def _refresh_keys_loop(self) -> None:
         while True:
@@ -165,6 +170,8 @@ class Gateway:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         row = ctx.usage_row()
         self.writer.submit("usage", row)
+        if self.tracing is not None:
+            self.tracing.record(ctx, time.perf_counter(), capture)
         if self.access_log:
             log_request(row)
         model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels

@@ -4,16 +4,19 @@ the fake upstream's files and batches: passed through, metered once at the batch
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from tests.conftest import Gateway
+from tests.conftest import UPSTREAM_KEY, Gateway, free_port, gateway_config, start_gateway, stop_gateway
 
 from insource.config import Config
 from insource.metering.prices import batch_price, resolve_prices
 from insource.testing.fake_upstream import FakeUpstream
+from insource.testing.server import ServerHandle
 
 BATCH_IN, BATCH_OUT = 0.075, 0.30  # gpt-4o-mini's config price (0.15 / 0.60) halved: no batch price configured
 
@@ -161,3 +164,27 @@ def test_batch_prices_from_config_and_default_half() -> None:
     assert (explicit.input_per_mtok, explicit.output_per_mtok) == (0.4, 2.0)
     table = batch_price(prices["table"])
     assert (table.input_per_mtok, table.output_per_mtok, table.cached_input_per_mtok) == (1.25, 5.0, 0.625)
+
+
+def test_a_batch_nobody_retrieves_is_metered_by_the_poller(
+    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path
+) -> None:
+    config = tmp_path / "insource.toml"
+    text = gateway_config(upstream[1].url, f"http://127.0.0.1:{free_port()}") + "\n[batch]\npoll_s = 0.2\n"
+    config.write_text(text)
+    env = {"LOCAL_UPSTREAM_KEY": UPSTREAM_KEY, "TEST_ADMIN_KEY": "adm-1", "WRONG_UPSTREAM_KEY": "sk-wrong-1"}
+    gw = start_gateway(config, env)
+    try:
+        client = _client(gw, gw.key("polled"))
+        _, created = _run_batch(client, _lines(3), "batch-polled")
+        deadline = time.monotonic() + 10
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(rows) < 3:
+            rows = gw.usage_rows("endpoint = 'batch' AND task = ?", ("batch-polled",))
+            time.sleep(0.1)
+        assert len(rows) == 3 and all(r["cost_usd"] > 0 for r in rows)
+        assert client.batches.retrieve(created.id).status == "completed"
+        time.sleep(0.5)  # more polls, and the retrieve: nothing metered twice
+        assert len(gw.usage_rows("endpoint = 'batch' AND task = ?", ("batch-polled",))) == 3
+    finally:
+        stop_gateway(gw)

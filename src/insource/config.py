@@ -233,6 +233,13 @@ class OtelConfig(Strict):
     service_name: str = "insource"  # unless OTEL_SERVICE_NAME is set
 
 
+class BatchConfig(Strict):
+    """The Batch API: how often each worker asks the upstream about unfinished batches (to meter them when they
+    finish, even if no caller asks); 0 never (then a batch is metered when its tenant retrieves it)."""
+
+    poll_s: float = Field(default=60.0, ge=0)
+
+
 class InhouseConfig(Strict):
     cpu_usd_per_hour: float = Field(default=0.10, ge=0)
 
@@ -264,6 +271,7 @@ class Config(Strict):
     inhouse: InhouseConfig = InhouseConfig()
     report: ReportConfig = ReportConfig()
     otel: OtelConfig = OtelConfig()
+    batch: BatchConfig = BatchConfig()
     tenants: dict[str, TenantConfig] = {}
     base_dir: str = "."
 

@@ -7,14 +7,16 @@ on first use, never following redirects. Upstream errors are mapped once, as for
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from insource.config import ProviderConfig, resolve_secret
 from insource.errors import UpstreamError, UpstreamTimeout
 from insource.providers.http import map_status_error
+
+if TYPE_CHECKING:
+    import httpx
 
 BATCH_KINDS = ("openai",)  # provider kinds whose upstreams speak OpenAI's Files and Batch APIs
 
@@ -23,6 +25,8 @@ class BatchUpstream:
     """One upstream's files and batches. Every method returns the upstream's JSON (or bytes) as is."""
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
+        import httpx  # imported on first use: the gateway starts without it
+
         self.name = name
         base = config.base_url.rstrip("/")
         for op in ("/chat/completions", "/embeddings"):
@@ -36,6 +40,8 @@ class BatchUpstream:
         await self._client.aclose()
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException:

@@ -101,11 +101,12 @@ def create_app(cfg: Config) -> Any:
         router = attach_router(gw)
         await gw.start()
         refresher = asyncio.create_task(router.refresh_loop())
+        poller = batch_api.start(app)
         try:
             yield
         finally:
             refresher.cancel()
-            await batch_api.close(app)
+            await batch_api.close(app, poller)
             await router.close()
             await gw.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -10,7 +11,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
 from insource.errors import BadRequest, PayloadTooLarge
 from insource.server.auth import resolve_key
@@ -128,8 +128,19 @@ def routes() -> list[Route]:
     ]
 
 
-async def close(app: ASGIApp) -> None:
-    """At shutdown: close the upstream clients the Batch API opened."""
-    service: BatchService | None = getattr(app.state, "batches", None)  # type: ignore[attr-defined]
+def start(app: Any) -> asyncio.Task[None] | None:
+    """At startup (after the gateway's): the poller that meters batches as they finish (`[batch] poll_s`)."""
+    gw: Gateway = app.state.gateway
+    if gw.cfg.batch.poll_s <= 0:
+        return None
+    app.state.batches = service = BatchService(gw)
+    return asyncio.create_task(service.poll_loop())
+
+
+async def close(app: Any, poller: asyncio.Task[None] | None) -> None:
+    """At shutdown: stop the poller and close the upstream clients the Batch API opened."""
+    if poller is not None:
+        poller.cancel()
+    service: BatchService | None = getattr(app.state, "batches", None)
     if service is not None:
         await service.close()

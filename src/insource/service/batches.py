@@ -10,6 +10,7 @@ creating a batch is refused once the key's or tenant's budget is spent; its cost
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from insource.service.keys import KeyInfo
 from insource.store import batch_queries as q
 from insource.store.sqlite import Row
 
+log = logging.getLogger("insource.batches")
 SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
@@ -114,15 +116,15 @@ class BatchService:
         await _to_thread(q.delete_file, self.gw.store, key.tenant, file_id)
         return deleted
 
-    async def _adopt_file(self, key: KeyInfo, batch: Row, file_id: Any) -> None:
+    async def _adopt_file(self, batch: Row, file_id: Any) -> None:
         """An output or error file of the tenant's batch becomes the tenant's (to read its content)."""
         if not isinstance(file_id, str) or not SAFE_ID.fullmatch(file_id):
             return
-        if await _to_thread(q.get_file, self.gw.store, key.tenant, file_id) is not None:
+        if await _to_thread(q.get_file, self.gw.store, batch["tenant"], file_id) is not None:
             return
         obj = await self.upstream(batch["provider"]).file(file_id)
         row = dict.fromkeys(q.FILE_COLUMNS)
-        row.update(id=file_id, tenant=key.tenant, key_id=batch["key_id"], provider=batch["provider"])
+        row.update(id=file_id, tenant=batch["tenant"], key_id=batch["key_id"], provider=batch["provider"])
         row.update(purpose=str(obj.get("purpose") or "batch_output"), object=orjson.dumps(obj).decode())
         row.update(model=batch["model"], created_at=time.time())
         await _to_thread(lambda: q.insert_file(self.gw.store, row, ignore=True))
@@ -159,11 +161,11 @@ class BatchService:
             raise _not_found("Batch", batch_id, "batch_id")
         return dict(row)
 
-    async def _seen(self, key: KeyInfo, batch: Row, obj: dict[str, Any]) -> dict[str, Any]:
+    async def _seen(self, key: KeyInfo | None, batch: Row, obj: dict[str, Any]) -> dict[str, Any]:
         """Keep the upstream's latest view; a finished batch's files become the tenant's and it is metered."""
         await _to_thread(q.update_batch, self.gw.store, batch["id"], str(obj.get("status")), orjson.dumps(obj).decode())
         for name in ("output_file_id", "error_file_id"):
-            await self._adopt_file(key, batch, obj.get(name))
+            await self._adopt_file(batch, obj.get(name))
         if obj.get("status") in TERMINAL and batch["metered_at"] is None and batch["id"] not in self._metering:
             self._metering.add(batch["id"])
             try:
@@ -187,16 +189,41 @@ class BatchService:
             rows = rows[ids.index(after) + 1 :] if after in ids else []
         return _page([orjson.loads(r["object"]) for r in rows[:limit]], has_more=len(rows) > limit)
 
+    # -- polling -----------------------------------------------------------------------------
+    async def poll_once(self) -> int:
+        """Ask the upstream about every unfinished batch not polled for `[batch] poll_s` (by any worker): those
+        found finished are metered. Returns how many were polled."""
+        every = self.gw.cfg.batch.poll_s
+        now = time.time()
+        polled = 0
+        for batch in await _to_thread(q.due_batches, self.gw.store, now - every):
+            if not await _to_thread(q.claim_poll, self.gw.store, batch["id"], now, now - every):
+                continue  # another worker's turn
+            if batch["provider"] not in self.gw.cfg.providers:
+                continue  # its provider left the config: nothing to ask
+            obj = await self.upstream(batch["provider"]).batch(batch["id"])
+            await self._seen(None, dict(batch), obj)
+            polled += 1
+        return polled
+
+    async def poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.gw.cfg.batch.poll_s)
+            try:
+                await self.poll_once()
+            except Exception:  # an upstream or the store down: logged, tried again next round
+                log.exception("batch poll failed")
+
     # -- metering ----------------------------------------------------------------------------
-    def _policy(self, key: KeyInfo, batch: Row) -> batch_metering.Policy:
-        if key.id == batch["key_id"]:
+    def _policy(self, key: KeyInfo | None, batch: Row) -> batch_metering.Policy:
+        if key is not None and key.id == batch["key_id"]:
             consent, redact = self.gw.capture_policy(key)
             return batch_metering.Policy(consent, redact)
         tenant = self.gw.cfg.capture.tenants.get(batch["tenant"])
         consent = tenant.enabled if tenant else self.gw.cfg.capture.enabled
         return batch_metering.Policy(consent, tenant.redact if tenant else True)
 
-    async def _meter(self, key: KeyInfo, batch: Row, obj: dict[str, Any]) -> None:
+    async def _meter(self, key: KeyInfo | None, batch: Row, obj: dict[str, Any]) -> None:
         upstream = self.upstream(batch["provider"])
         inputs = await upstream.content(batch["input_file_id"])
         ids = [obj.get(name) for name in ("output_file_id", "error_file_id")]

@@ -90,6 +90,26 @@ def mark_metered(store: Store, batch_id: str, at: float, records: int) -> None:
     )
 
 
+def due_batches(store: Store, before: float, limit: int = 100) -> list[Row]:
+    """Unmetered batches nobody polled since `before` (every tenant's: the poller works for all)."""
+    return store.query(
+        "SELECT * FROM batches WHERE metered_at IS NULL AND (polled_at IS NULL OR polled_at < ?)"
+        " ORDER BY created_at LIMIT ?",
+        (before, limit),
+    )
+
+
+def claim_poll(store: Store, batch_id: str, now: float, before: float) -> bool:
+    """Take the turn to poll a batch (one worker of many); False when another took it since `before`."""
+    return (
+        store.execute(
+            "UPDATE batches SET polled_at = ? WHERE id = ? AND (polled_at IS NULL OR polled_at < ?)",
+            (now, batch_id, before),
+        )
+        == 1
+    )
+
+
 def write_records(store: Store, rows: Sequence[tuple[str, Row, bool]]) -> None:
     """A batch's usage records and captures, in one transaction (rollups included)."""
     if rows:

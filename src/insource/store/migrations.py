@@ -234,7 +234,7 @@ def m008_batches(db: DB) -> None:
             id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, provider TEXT NOT NULL,
             model TEXT NOT NULL, upstream_model TEXT NOT NULL, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
             task TEXT, status TEXT NOT NULL, object TEXT NOT NULL, created_at REAL NOT NULL, metered_at REAL,
-            records INTEGER
+            records INTEGER, polled_at REAL
         );
         CREATE INDEX IF NOT EXISTS batches_tenant ON batches(tenant, created_at)
         """,

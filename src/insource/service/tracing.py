@@ -73,14 +73,13 @@ class Tracing:
         from opentelemetry import trace
 
         operation = "embeddings" if ctx.endpoint == "embeddings" else "chat"
-        root = self.tracer.start_span(
-            f"{operation} {ctx.model or ''}".strip(), kind=self._server, start_time=self._ns(ctx, ctx.t0)
-        )
-        root.set_attributes(self._request_attributes(ctx, operation))
+        attributes = self._request_attributes(ctx, operation)
         if capture is not None and self.capture_content:
-            root.set_attributes(_content(capture))
+            attributes.update(_content(capture))
         if ctx.status >= 400:
-            root.set_attribute("error.type", ctx.error_code or str(ctx.status))
+            attributes["error.type"] = ctx.error_code or str(ctx.status)
+        name = f"{operation} {ctx.model or ''}".strip()
+        root = self.tracer.start_span(name, kind=self._server, attributes=attributes, start_time=self._ns(ctx, ctx.t0))
         parent = trace.set_span_in_context(root)
         attempts = ctx.spans or []
         admitted = attempts[0].start if attempts else end
@@ -114,30 +113,29 @@ class Tracing:
         return attributes
 
     def _child(self, name: str, ctx: RequestContext, start: float, end: float, parent: Any, attrs: Any) -> Any:
-        span = self.tracer.start_span(name, context=parent, kind=self._internal, start_time=self._ns(ctx, start))
-        span.set_attributes(attrs)
+        begin = self._ns(ctx, start)
+        span = self.tracer.start_span(name, context=parent, kind=self._internal, attributes=attrs, start_time=begin)
         span.end(end_time=self._ns(ctx, max(start, end)))
         return span
 
     def _attempt(self, ctx: RequestContext, operation: str, attempt: Attempt, parent: Any) -> None:
         kind = self.kinds.get(attempt.provider, "")
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": attempt.upstream_model,
+            "gen_ai.provider.name": PROVIDER_NAMES.get(kind, attempt.provider),
+            "insource.provider": attempt.provider,
+            "http.response.status_code": attempt.status,
+        }
+        if attempt.error is not None:
+            attributes["error.type"] = attempt.error
         span = self.tracer.start_span(
             f"{operation} {attempt.upstream_model}",
             context=parent,
             kind=self._client,
+            attributes=attributes,
             start_time=self._ns(ctx, attempt.start),
         )
-        span.set_attributes(
-            {
-                "gen_ai.operation.name": operation,
-                "gen_ai.request.model": attempt.upstream_model,
-                "gen_ai.provider.name": PROVIDER_NAMES.get(kind, attempt.provider),
-                "insource.provider": attempt.provider,
-                "http.response.status_code": attempt.status,
-            }
-        )
-        if attempt.error is not None:
-            span.set_attribute("error.type", attempt.error)
         span.end(end_time=self._ns(ctx, attempt.end))
 
 

@@ -184,3 +184,17 @@ def test_dataset_build_uses_feedback(gateway: Gateway, tmp_path: Path) -> None:
         "dataset", "build", "--task", task, "--out", str(tmp_path / "x"), "--feedback", "all", check=False
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_dataset_build_says_when_feedback_leaves_nothing(gateway: Gateway, tmp_path: Path) -> None:
+    task = f"fb-{uuid.uuid4().hex[:8]}"
+    key = gateway.key("fbnone")
+    rid = _ask(_client(gateway, key), "A question answered badly", task)
+    assert _post(gateway, key, {"request_id": rid, "score": -0.2}).status_code == 200
+    gateway.usage_rows("task = ?", (task,), wait_for=1)
+    out = tmp_path / "none"
+    result = gateway.cli(
+        "dataset", "build", "--task", task, "--out", str(out), "--feedback", "exclude-negative", check=False
+    )
+    assert result.returncode != 0 and "left no example" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

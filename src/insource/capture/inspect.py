@@ -10,7 +10,7 @@ import orjson
 
 from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
-from insource.capture.stats import answer_key, output_kind
+from insource.capture.stats import answer_key, kind_and_reason
 from insource.errors import NotFound, NotReady
 from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL, Store, capture_queries
 
@@ -43,6 +43,7 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
     out = []
     for task in sorted(set(usage) | set(answers)):
         u, a = usage.get(task), answers.get(task, Counter())
+        kind, reason = kind_and_reason(a)
         out.append(
             {
                 "task": task,
@@ -50,7 +51,8 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
                 "refused": int(u["refused"]) if u else 0,
                 "cost_usd": round(float(u["cost_usd"]), 8) if u else 0.0,
                 "distinct_outputs": len(a),
-                "kind": output_kind(a),
+                "kind": kind,
+                "kind_reason": reason,
             }
         )
     return out

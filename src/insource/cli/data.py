@@ -164,16 +164,28 @@ def _print_build(result: BuildResult, json: bool) -> None:
         console.print(literal("refused:" + refusal_line(name, r).removeprefix("  -")))
 
 
-@app.command("tasks")
+tasks_app = typer.Typer(
+    help="Tasks seen in traffic (no subcommand: the list); `assign` makes a mined template's requests a task.",
+    invoke_without_command=True,
+)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.callback()
 @handle_errors
-def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
-    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation."""
+def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
+    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation
+    (and why)."""
+    if ctx.invoked_subcommand is not None:
+        return
     cfg = get_config(config)
     rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
     empty = "No tasks seen yet: send requests through `insource serve` naming a task (metadata.task or X-Insource-Task)"
     if emit(rows, json=json, csv=csv, empty=empty):
         return
     print_table(TASK_COLUMNS, [_task_cells(r) for r in rows])
+    for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
+        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
 
 
 TASK_COLUMNS = (

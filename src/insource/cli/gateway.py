@@ -28,6 +28,7 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
+    print_csv,
     print_json,
     shown,
 )
@@ -284,38 +285,57 @@ def keys_revoke(key_id: str, config: ConfigOpt = None, url: UrlOpt = None, json:
 @app.command()
 @handle_errors
 def spend(
-    by: Annotated[str, typer.Option(help="Group by tenant, model, task, day, key or served_by.")] = "tenant",
-    since: Annotated[str | None, typer.Option(help="Only records since this date (YYYY-MM-DD).")] = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            help="Group by one or two of tenant, key, model, provider, task, served_by, day, week (its Monday),"
+            " month, e.g. task,day."
+        ),
+    ] = "tenant",
+    since: Annotated[
+        str | None, typer.Option(help="From this day (YYYY-MM-DD in [report] timezone, an ISO date-time, or 30d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this day, included (same forms as --since).")] = None,
     config: ConfigOpt = None,
     url: UrlOpt = None,
     json: JsonOpt = False,
     csv: CsvOpt = False,
 ) -> None:
-    """Where the money goes. `requests` reached a teacher or a student; `refused` did not (rate limit, budget,
-    invalid request) and cost nothing."""
-    from insource.service.spend import parse_since
+    """Where the money goes, from the daily rollups (days in [report] timezone). `requests` reached a teacher or a
+    student; `refused` did not (rate limit, budget, invalid request) and cost nothing."""
+    from insource.service.spend import MEASURES, parse_by, parse_since
 
-    parse_since(since)  # a bad date is refused here, before any store or gateway is asked
+    dims = parse_by(by)  # bad input is refused here, before any store or gateway is asked
+    parse_since(since)
+    parse_since(until)
     if url:
-        query = "?" + urllib.parse.urlencode({"by": by, **({"since": since} if since else {})})
-        rows = remote(url, "GET", "/admin/spend" + query)
+        params = {"by": by, **({"since": since} if since else {}), **({"until": until} if until else {})}
+        rows = remote(url, "GET", "/admin/spend?" + urllib.parse.urlencode(params))
     else:
         from insource.service.spend import spend as spend_rows
 
-        rows = spend_rows(get_store(get_config(config)), by, since)
-    if emit(rows, json=json, csv=csv, empty=_no_spend(since)):
+        rows = spend_rows(get_store(get_config(config)), by, since, until)
+    if json and csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    if csv:
+        print_csv(rows, [*dims, *MEASURES])  # the same columns, with or without rows
         return
-    print_table(_spend_columns(by), [_spend_cells(r, by) for r in rows])
+    if emit(rows, json=json, empty=_no_spend(since)):
+        return
+    print_table(_spend_columns(dims), [_spend_cells(r, dims) for r in rows])
 
 
 def _no_spend(since: str | None) -> str:
     when = f" since {since}" if since else ""
-    return f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key"
+    return (
+        f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key, or bring a"
+        " bill's history in with `insource usage import FILE --format csv`"
+    )
 
 
-def _spend_columns(by: str) -> list[Col]:
+def _spend_columns(dims: list[str]) -> list[Col]:
     return [
-        Col(by),
+        *(Col(d) for d in dims),
         Col("requests", "num", short="reqs"),
         Col("refused", "num", short="ref."),
         Col("audits", "num", drop=4),
@@ -327,9 +347,9 @@ def _spend_columns(by: str) -> list[Col]:
     ]
 
 
-def _spend_cells(r: dict[str, Any], by: str) -> list[Cell]:
+def _spend_cells(r: dict[str, Any], dims: list[str]) -> list[Cell]:
     return [
-        literal(r[by]),
+        *(literal(r[d]) for d in dims),
         str(r["requests"]),
         str(r.get("refused", 0)),
         str(r.get("audits", 0)),

@@ -77,7 +77,10 @@ async def keys_revoke(request: Request) -> RawJSON:
 async def spend(request: Request) -> RawJSON:
     gw = check_admin(request)
     await asyncio.to_thread(gw.writer.flush, 2.0)
-    rows = spend_service.spend(gw.store, request.query_params.get("by", "tenant"), request.query_params.get("since"))
+    params = request.query_params
+    rows = await asyncio.to_thread(  # off the event loop: a report over many days must not stall the gateway
+        spend_service.spend, gw.store, params.get("by", "tenant"), params.get("since"), params.get("until")
+    )
     return RawJSON(orjson.dumps(rows))
 
 

@@ -29,8 +29,8 @@ def open_store(cfg: Config) -> Store:
         resolved = resolve_secret(url) if url.startswith("env::") else url
         if not resolved:
             raise ConfigError(f"[store] url references {url}, which is not set")
-        return PgStore(resolved)
+        return PgStore(resolved, cfg.report.timezone)
     path = cfg.sqlite_path()
     if path is None:
         raise ConfigError(f"unsupported store url {url!r}: use sqlite:///PATH or postgresql://HOST/DB")
-    return Store(path)
+    return Store(path, cfg.report.timezone)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 from insource.errors import ConfigError
+from insource.store import rollups
 from insource.store.migrations import MIGRATIONS
-from insource.store.sqlite import Row, Store, group_rows
+from insource.store.sqlite import Row, Store, write_rows
 
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 _DAY = "strftime('%Y-%m-%d', ts, 'unixepoch')"
@@ -57,15 +59,47 @@ def _numeric(value: Any) -> Any:
     return value
 
 
+class _PgOps:
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    def many(self, sql: str, values: list[tuple[Any, ...]]) -> None:
+        self.cur.executemany(translate(sql), [_text_safe(v) for v in values])
+
+    def one(self, sql: str, values: tuple[Any, ...]) -> int:
+        self.cur.execute(translate(sql), _text_safe(values))
+        return int(self.cur.rowcount)
+
+    def value(self, sql: str, params: tuple[Any, ...]) -> Any:
+        row = self.cur.execute(translate(sql), params).fetchone()
+        return None if row is None else next(iter(row.values()))
+
+
 class PgStore(Store):
     dialect = "postgres"
 
-    def __init__(self, url: str) -> None:  # a URL, not the SQLite store's path
+    def __init__(self, url: str, timezone: str | None = None) -> None:  # a URL, not the SQLite store's path
         self.url = url
         self.path = None  # type: ignore[assignment]
         self._local = threading.local()
         self._migrate_lock = threading.Lock()
+        self._day_of = rollups.DayOf("UTC")
         self.migrate()
+        if timezone is not None:
+            self.ensure_timezone(timezone)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn().transaction():
+            yield
+
+    def ensure_timezone(self, zone: str) -> None:
+        if self.report_timezone() == zone:
+            return
+        with self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(7474002)")  # one rebuild at a time, across processes
+            if self.report_timezone() != zone:
+                rollups.rebuild(self, zone)
 
     def conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -113,6 +147,4 @@ class PgStore(Store):
     def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
         db = self.conn()
         with db.transaction(), db.cursor() as cur:
-            for (table, cols, ignore), values in group_rows(batch).items():
-                sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
-                cur.executemany(sql + (" ON CONFLICT DO NOTHING" if ignore else ""), [_text_safe(v) for v in values])
+            self._day_of = write_rows(_PgOps(cur), batch, self._day_of)

@@ -6,11 +6,13 @@ import fcntl
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from insource.errors import ConfigError
+from insource.store import rollups
 from insource.store.migrations import MIGRATIONS
 
 Row = dict[str, Any]
@@ -26,15 +28,68 @@ def group_rows(
     return groups
 
 
+class BatchOps(Protocol):
+    """What `write_rows` needs from a connection inside a transaction (SQL with `?` placeholders)."""
+
+    def many(self, sql: str, values: list[tuple[Any, ...]]) -> None: ...
+
+    def one(self, sql: str, values: tuple[Any, ...]) -> int: ...
+
+    def value(self, sql: str, params: tuple[Any, ...]) -> Any: ...
+
+
+def write_rows(ops: BatchOps, batch: Sequence[tuple[str, Row, bool]], day_of: rollups.DayOf) -> rollups.DayOf:
+    """Insert a mixed batch and add what it inserted to the daily rollups (the caller holds the transaction).
+
+    Rows with the same table, columns and conflict rule go through one `executemany`, in order of first
+    appearance (so blobs land before the captures that point at them). Returns the day function in use (the
+    rollups' zone is read from meta after the inserts, so a concurrent rebuild is seen).
+    """
+    rollup = rollups.Rollup()
+    for (table, cols, ignore), values in group_rows(batch).items():
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        if ignore and table in rollups.ROLLED_UP:  # only the rows really inserted count
+            values = [v for v in values if ops.one(sql, v) > 0]
+        else:
+            ops.many(sql, values)
+        if table in rollups.ROLLED_UP:
+            rollup.add(table, cols, values)
+    if rollup:
+        zone = ops.value(rollups.ZONE_SQL, ()) or "UTC"
+        if zone != day_of.zone:
+            day_of = rollups.DayOf(zone)
+        for sql, values in rollup.upserts(day_of):
+            ops.many(sql, values)
+    return day_of
+
+
+class _SqliteOps:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def many(self, sql: str, values: list[tuple[Any, ...]]) -> None:
+        self.db.executemany(sql, values)
+
+    def one(self, sql: str, values: tuple[Any, ...]) -> int:
+        return self.db.execute(sql, values).rowcount
+
+    def value(self, sql: str, params: tuple[Any, ...]) -> Any:
+        row = self.db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+
 class Store:
     """A thin, thread-safe wrapper over one SQLite database (one connection per thread)."""
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timezone: str | None = None) -> None:
+        """Open (creating and migrating) the store; with `timezone`, rollups are made to use that zone."""
         self.path = path
         self._local = threading.local()
         self._migrate_lock = threading.Lock()
+        self._day_of = rollups.DayOf("UTC")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -45,6 +100,8 @@ class Store:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self.migrate()
+                if timezone is not None:
+                    self.ensure_timezone(timezone)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -94,6 +151,31 @@ class Store:
                 applied.append(name)
         return applied
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the calls made in the block (this thread's connection) in one write transaction."""
+        db = self.conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def ensure_timezone(self, zone: str) -> None:
+        """Make the daily rollups use `zone` for day boundaries (rebuilding them when they used another)."""
+        if self.report_timezone() == zone:
+            return
+        with self.transaction():
+            if self.report_timezone() != zone:
+                rollups.rebuild(self, zone)
+
+    def report_timezone(self) -> str:
+        """The zone the daily rollups (hence every report) use for day boundaries."""
+        row = self.query_one(rollups.ZONE_SQL)
+        return str(row["zone"]) if row else "UTC"
+
     # -- queries -----------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return [dict(r) for r in self.conn().execute(sql, params)]
@@ -113,17 +195,11 @@ class Store:
         return len(rows)
 
     def write_batch(self, batch: Sequence[tuple[str, Row, bool]]) -> None:
-        """Insert a mixed batch of (table, row, ignore_duplicates) in one transaction.
-
-        Rows with the same table, columns and conflict rule go through one `executemany`, in order of
-        first appearance (so blobs land before the captures that point at them).
-        """
+        """Insert a mixed batch of (table, row, ignore_duplicates) in one transaction, rollups included."""
         db = self.conn()
         db.execute("BEGIN")
         try:
-            for (table, cols, ignore), values in group_rows(batch).items():
-                verb = "INSERT OR IGNORE" if ignore else "INSERT"
-                db.executemany(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values)
+            self._day_of = write_rows(_SqliteOps(db), batch, self._day_of)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

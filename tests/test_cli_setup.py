@@ -38,6 +38,14 @@ READ_COMMANDS = [
     ["dataset", "build", "--task", "t", "--out", "ds"],
     ["distill", "--task", "t"],
     ["eval", "--task", "t", "--model", "t@v1"],
+    ["route", "off", "--task", "t"],
+    ["tasks", "assign", "--template", "tpl_1", "--task", "t"],
+    ["opportunities"],
+    ["revenue"],
+    ["forecast"],
+    ["savings"],
+    ["makebuy", "--task", "t"],
+    ["report", "--json"],
 ]
 
 

@@ -33,7 +33,7 @@ from insource.cli.common import (
     shown,
 )
 from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
-from insource.config import Config, missing_env
+from insource.config import CONFIG_ENV, Config, find_config, missing_env
 from insource.errors import ConfigError
 
 keys_app = typer.Typer(help="Tenants' virtual keys.", no_args_is_help=True)
@@ -156,8 +156,9 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return
-    if config is not None:
-        os.environ["INSOURCE_CONFIG"] = str(config.resolve())
+    found = find_config(config)  # --config, $INSOURCE_CONFIG or ./insource.toml: the workers read the same file
+    if found is not None:
+        os.environ[CONFIG_ENV] = str(found.resolve())
     os.environ["INSOURCE_WORKERS"] = str(workers)
     if cfg.server.redis_url is not None:
         uvicorn.run("insource.server.app:app_factory", factory=True, workers=workers, **common)

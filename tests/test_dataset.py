@@ -195,7 +195,7 @@ def test_tasks_show_and_search(corpus: Corpus) -> None:
     assert result.exit_code == 0, result.stderr
     tasks = {t["task"]: t for t in json.loads(result.stdout)}
     assert set(tasks) == {TASK, "summaries", "gemini-only"}
-    assert set(tasks[TASK]) == {"task", "requests", "cost_usd", "distinct_outputs", "kind"}
+    assert set(tasks[TASK]) == {"task", "requests", "refused", "cost_usd", "distinct_outputs", "kind", "kind_reason"}
     n_intent = sum(1 for i in corpus.texts) + 21  # consenting requests (all statuses) incl. duplicates
     assert tasks[TASK]["requests"] == n_intent
     assert tasks[TASK]["cost_usd"] == pytest.approx(0.00015 * n_intent)

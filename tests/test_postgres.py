@@ -167,3 +167,32 @@ def test_nul_characters_never_stop_usage_records(pg_url: str, tmp_path: Path) ->
     finally:
         stop_gateway(gw)
         handle.stop()
+
+
+def test_capture_search_by_place(pg_url: str) -> None:
+    """capture search --in on PostgreSQL: a shared system prompt matches only with `system` or `all`."""
+    from insource.capture.inspect import search_captures
+    from insource.capture.process import process_capture
+    from insource.capture.record import CaptureRaw
+
+    store = PgStore(pg_url)
+    rows = []
+    for i in range(3):
+        messages = [{"role": "system", "content": "Shared Prompt"}, {"role": "user", "content": f"ticket {i}"}]
+        raw = CaptureRaw(
+            id=f"srch-{i}", ts=1_700_000_000.0 + i, tenant="t", key_id="k", task="pg-search", model="m",
+            provider="p", upstream_model="m", served_by="p:m", terms="self-hosted", consent=True, redact=False,
+            redactors=(), request={"model": "m", "messages": messages}, output=f"label_{i % 2}", response=None,
+            upstream_version=None, finish_reason="stop", status=200, cost_usd=0.0,
+        )  # fmt: skip
+        rows += process_capture(raw)
+    store.write_batch(rows)
+
+    def ids(text: str, *places: str) -> list[str]:
+        found = search_captures(store, "pg-search", text, 10, places=places or ("user", "answer"))
+        return sorted(r["id"] for r in found)
+
+    assert ids("shared prompt") == [] and ids("shared prompt", "system") == ["srch-0", "srch-1", "srch-2"]
+    assert ids("shared prompt", "all") == ["srch-0", "srch-1", "srch-2"]
+    assert ids("TICKET 1") == ["srch-1"] and ids("ticket 1", "answer") == []
+    assert ids("label_1") == ["srch-1"] and ids("label_1", "user", "system") == []

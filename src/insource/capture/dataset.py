@@ -21,7 +21,7 @@ import orjson
 
 from insource.capture.dataset_io import check_out, write_dataset
 from insource.capture.slots import Template, infer_template
-from insource.capture.stats import Kind, answer_key, normalise, output_kind
+from insource.capture.stats import Kind, answer_key, kind_and_reason, normalise
 from insource.capture.terms import TermsProfile, load_profiles, resolve
 from insource.config import UNDECLARED_TERMS, Config
 from insource.errors import NotReady
@@ -364,9 +364,9 @@ def sealed_paths(cfg: Config) -> list[Path]:
 
 def decide_kind(answers: Counter[str], override: Kind | None) -> dict[str, Any]:
     """The dataset's kind: inferred from the task's answers (as `insource tasks`), unless --kind overrides it."""
-    inferred = output_kind(answers)
+    inferred, reason = kind_and_reason(answers)
     source = "--kind" if override else "inferred"
-    return {"kind": override or inferred, "kind_inferred": inferred, "kind_source": source}
+    return {"kind": override or inferred, "kind_inferred": inferred, "kind_reason": reason, "kind_source": source}
 
 
 def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:

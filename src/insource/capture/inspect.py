@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import orjson
 
 from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
-from insource.capture.stats import answer_key, output_kind
+from insource.capture.stats import answer_key, kind_and_reason
 from insource.errors import NotFound, NotReady
-from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL, Store
+from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL, Store, capture_queries
 
 
 def task_answers(store: Store) -> dict[str, Counter[str]]:
@@ -42,6 +43,7 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
     out = []
     for task in sorted(set(usage) | set(answers)):
         u, a = usage.get(task), answers.get(task, Counter())
+        kind, reason = kind_and_reason(a)
         out.append(
             {
                 "task": task,
@@ -49,7 +51,8 @@ def list_tasks(store: Store) -> list[dict[str, Any]]:
                 "refused": int(u["refused"]) if u else 0,
                 "cost_usd": round(float(u["cost_usd"]), 8) if u else 0.0,
                 "distinct_outputs": len(a),
-                "kind": output_kind(a),
+                "kind": kind,
+                "kind_reason": reason,
             }
         )
     return out
@@ -80,41 +83,19 @@ def show_capture(store: Store, capture_id: str) -> dict[str, Any]:
     return row
 
 
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-_SEARCH = """
-SELECT c.id, c.ts, c.task, c.provider, c.upstream_model, c.status, c.output, c.messages
-FROM captures c
-WHERE c.task = ? AND (
-    c.output LIKE ? ESCAPE '\\'
-    OR EXISTS (
-        SELECT 1 FROM json_each(c.messages) j JOIN blobs b ON b.hash = j.value
-        WHERE CAST(b.data AS TEXT) LIKE ? ESCAPE '\\'
-    )
-)
-ORDER BY c.ts DESC, c.id
-LIMIT ?
-"""
-
-
-_SEARCH_PG = _SEARCH.replace("json_each(c.messages) j", "jsonb_array_elements_text(c.messages::jsonb) AS j(value)")
-
-
-def search_captures(store: Store, task: str, contains: str, limit: int = 20) -> list[dict[str, Any]]:
-    """Captures of `task` whose messages or output contain `contains` (case-insensitive for ASCII)."""
+def search_captures(
+    store: Store, task: str, contains: str, limit: int = 20, *, places: Collection[str] = ("user", "answer")
+) -> list[dict[str, Any]]:
+    """Captures of `task` with `contains` (case-insensitive for ASCII) in the user's messages or the answer by
+    default; `places` picks among system, user, answer and all (see store.capture_queries)."""
     if not contains:
         raise NotReady("--contains must not be empty")
     if limit < 1:
         raise NotReady("--limit must be at least 1")
     if task not in known_tasks(store):
         raise NotReady(f"unknown task {task!r}")
-    pattern = _like(contains)
-    rows = store.query(_SEARCH_PG if store.dialect == "postgres" else _SEARCH, (task, pattern, pattern, limit))
     out = []
-    for r in rows:
+    for r in capture_queries.search_captures(store, task, contains, places, limit):
         messages = [orjson.loads(b["data"]) for b in _blobs(store, orjson.loads(r.pop("messages")))]
         r["input"] = last_user_text(messages)
         out.append(r)

@@ -12,7 +12,6 @@ from typing import Literal
 
 Kind = Literal["classification", "generation"]
 
-MAX_LABELS = 100  # more distinct answers than this is not a label set (Banking77 has 77 intents)
 MAX_LABEL_SHARE = 0.2  # distinct answers / requests at or under this: a label set, however long the labels
 MIN_REPEATED_SHARE = 0.5  # or: at least half the requests got an answer that other requests got too
 MAX_LABEL_CHARS = 64.0  # labels are short (average answer length)
@@ -24,23 +23,44 @@ def answer_key(output: str) -> str:
 
 
 def output_kind(answers: Mapping[str, int]) -> Kind:
-    """`classification` when the answers form a small, repeating set of short labels, else `generation`.
+    """`classification` when the answers are short one-line labels that repeat, else `generation` (see
+    `kind_and_reason`)."""
+    return kind_and_reason(answers)[0]
 
-    `answers` maps each distinct (trimmed) answer to how many requests got it. A label set is at most
-    `MAX_LABELS` answers averaging at most `MAX_LABEL_CHARS` characters, and repeats: either few distinct
-    answers for the traffic (≤ 20% of requests), or most requests (≥ 50%) got an answer another request got too.
-    A few hundred Banking77 captures over 77 intents repeat like this; free text almost never does.
+
+def kind_and_reason(answers: Mapping[str, int]) -> tuple[Kind, str]:
+    """The task's kind and why, in words (`insource tasks` shows it).
+
+    `answers` maps each distinct (trimmed) answer to how many requests got it. A label set is answers averaging
+    at most `MAX_LABEL_CHARS` characters, none spanning lines, that repeat: either few distinct answers for the
+    traffic (≤ 20% of requests), or most requests (≥ 50%) got an answer another request got too. There is no cap
+    on the number of labels: an intent set of 150 or 300 labels is still a label set when its answers repeat
+    (Banking77 has 77 intents, CLINC150 150); free text almost never repeats.
     """
     requests = sum(answers.values())
     distinct = len(answers)
-    if requests < 2 or distinct < 1 or distinct > MAX_LABELS:
-        return "generation"
+    if requests < 2:
+        return "generation", f"{requests} answer{'' if requests == 1 else 's'} so far: too few to see labels repeat"
     avg_chars = sum(len(a) * n for a, n in answers.items()) / requests
-    if avg_chars > MAX_LABEL_CHARS or any("\n" in a for a in answers):
-        return "generation"
+    if avg_chars > MAX_LABEL_CHARS:
+        return "generation", f"answers average {avg_chars:.0f} characters; labels average {MAX_LABEL_CHARS:.0f} at most"
+    multiline = sum(n for a, n in answers.items() if "\n" in a)
+    if multiline:
+        return (
+            "generation",
+            f"{multiline} answer{' spans' if multiline == 1 else 's span'} several lines; labels are one line",
+        )
     repeated = sum(n for n in answers.values() if n > 1)
     few = distinct <= max(2.0, MAX_LABEL_SHARE * requests)
-    return "classification" if few or repeated >= MIN_REPEATED_SHARE * requests else "generation"
+    per_answer = requests / distinct
+    if few or repeated >= MIN_REPEATED_SHARE * requests:
+        label_word = "label" if distinct == 1 else "labels"
+        times = f"{per_answer:,.0f}" if per_answer >= 10 else f"{per_answer:.2g}"
+        return "classification", f"{distinct:,} {label_word}, each answer repeats {times}× on average"
+    return "generation", (
+        f"{distinct:,} distinct answers for {requests:,} requests, only {repeated / requests:.0%} of requests share "
+        f"an answer with another; labels repeat for {MIN_REPEATED_SHARE:.0%} or more"
+    )
 
 
 _NON_WORD = re.compile(r"[\W_]+")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from insource.capture.dataset import (
     BuildOptions,
@@ -35,6 +34,7 @@ from insource.cli.common import (
     print_json,
     store_exists,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 from insource.config import Config
 from insource.errors import NotReady
 from insource.store import Store, open_store
@@ -58,6 +58,13 @@ class Split(StrEnum):
 class Format(StrEnum):
     openai_jsonl = "openai-jsonl"
     parquet = "parquet"
+
+
+class SearchIn(StrEnum):
+    system = "system"
+    user = "user"
+    answer = "answer"
+    all = "all"
 
 
 class Kind(StrEnum):
@@ -159,18 +166,32 @@ def _print_build(result: BuildResult, json: bool) -> None:
 
 @app.command("tasks")
 @handle_errors
-def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False) -> None:
-    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation."""
+def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
+    """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation
+    (and why)."""
     cfg = get_config(config)
     rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
-    if json:
-        print_json(rows)
+    empty = "No tasks seen yet: send requests through `insource serve` naming a task (metadata.task or X-Insource-Task)"
+    if emit(rows, json=json, csv=csv, empty=empty):
         return
-    table = Table("task", "requests", "refused", "cost (USD)", "distinct outputs", "kind")
-    for r in rows:
-        cost, counts = f"{r['cost_usd']:.4f}", (str(r["requests"]), str(r["refused"]))
-        table.add_row(literal(r["task"]), *counts, cost, str(r["distinct_outputs"]), literal(r["kind"]))
-    console.print(table)
+    print_table(TASK_COLUMNS, [_task_cells(r) for r in rows])
+    for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
+        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
+
+
+TASK_COLUMNS = (
+    Col("task"),
+    Col("requests", "num", short="reqs"),
+    Col("refused", "num", short="ref."),
+    Col("cost (USD)", "num", short="USD"),
+    Col("distinct outputs", "num", short="outputs"),
+    Col("kind"),
+)
+
+
+def _task_cells(r: dict[str, Any]) -> list[Cell]:
+    counts = (str(r["requests"]), str(r.get("refused", 0)))
+    return [literal(r["task"]), *counts, f"{r['cost_usd']:.4f}", str(r["distinct_outputs"]), r["kind"]]
 
 
 @app.command("audit")
@@ -180,20 +201,33 @@ def audit_cmd(
     limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="Most recent N entries.")] = 100,
     config: ConfigOpt = None,
     json: JsonOpt = False,
+    csv: CsvOpt = False,
 ) -> None:
     """Dataset exports (and refusals) recorded in the audit table."""
     cfg = get_config(config)
     rows = list_audit(open_store(cfg), task=task, limit=limit) if store_exists(cfg) else []
-    if json:
-        print_json(rows)
+    of_task = f" for task {task}" if task is not None else ""
+    empty = f"No dataset exports recorded{of_task} yet: run `insource dataset build --task TASK --out DIR`"
+    if emit(rows, json=json, csv=csv, empty=empty):
         return
-    table = Table("when (UTC)", "action", "task", "purpose", "target", "counts / refused")
-    for r in rows:
-        d: dict[str, Any] = r["detail"] or {}
-        summary = d.get("counts") or {k: v.get("count") for k, v in (d.get("refused") or {}).items()}
-        cells = (r["action"], r["task"], r["purpose"], r["target"], summary)
-        table.add_row(_iso(r["ts"]), *(literal(v) for v in cells))
-    console.print(table)
+    print_table(AUDIT_COLUMNS, [_audit_cells(r) for r in rows])
+
+
+AUDIT_COLUMNS = (
+    Col("when (UTC)", "id", short="UTC"),
+    Col("action"),
+    Col("task"),
+    Col("purpose", drop=1),
+    Col("target"),
+    Col("counts / refused", short="counts"),
+)
+
+
+def _audit_cells(r: dict[str, Any]) -> list[Cell]:
+    d: dict[str, Any] = r["detail"] or {}
+    summary = d.get("counts") or {k: v.get("count") for k, v in (d.get("refused") or {}).items()}
+    counts = ", ".join(f"{k} {v}" for k, v in summary.items())
+    return [_iso(r["ts"]), *(literal(v) for v in (r["action"], r["task"], r["purpose"], r["target"], counts))]
 
 
 @capture_app.command("show")
@@ -230,18 +264,50 @@ def capture_show(
 @handle_errors
 def capture_search(
     task: Annotated[str, typer.Option("--task", help="Task name.")],
-    contains: Annotated[str, typer.Option("--contains", help="Text to find in messages or output.")],
+    contains: Annotated[str, typer.Option("--contains", help="Text to find (case-insensitive for ASCII).")],
+    where: Annotated[
+        list[SearchIn] | None,
+        typer.Option(
+            "--in",
+            help="Where to look: system, user, answer or all (repeatable); default: user messages and the answer.",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=MAX_LIMIT, help="At most N results (newest first).")] = 20,
     config: ConfigOpt = None,
     json: JsonOpt = False,
+    csv: CsvOpt = False,
 ) -> None:
-    """Find a task's captures whose messages or output contain a text."""
-    rows = search_captures(open_existing_store(get_config(config)), task, contains, limit)
-    if json:
-        print_json(rows)
+    """Find a task's captures whose user messages or answer contain a text (--in to search elsewhere)."""
+    places = [w.value for w in where] if where else ["user", "answer"]
+    rows = search_captures(open_existing_store(get_config(config)), task, contains, limit, places=places)
+    empty = f"No capture of task {task} has {contains!r} in {' or '.join(_PLACE_NAMES[p] for p in places)}" + (
+        "" if "all" in places else ": try --in all"
+    )
+    if emit(rows, json=json, csv=csv, empty=empty):
         return
-    table = Table("id", "when (UTC)", "provider", "input", "output")
-    for r in rows:
-        cells = (r["id"], _iso(r["ts"]), r["provider"], (r["input"] or "")[:80], (r["output"] or "")[:40])
-        table.add_row(*(literal(v) for v in cells))
-    console.print(table)
+    print_table(SEARCH_COLUMNS, [_search_cells(r) for r in rows])
+
+
+_PLACE_NAMES = {
+    "system": "the system prompt",
+    "user": "the user's messages",
+    "answer": "the answer",
+    "all": "any message or the answer",
+}
+SEARCH_COLUMNS = (
+    Col("id", "id"),
+    Col("when (UTC)", "id", short="UTC", drop=2),
+    Col("provider", drop=1),
+    Col("input"),
+    Col("output"),
+)
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _search_cells(r: dict[str, Any]) -> list[Cell]:
+    cells = (r["id"], _iso(r["ts"]), r["provider"], _clip(r["input"], 80), _clip(r["output"], 40))
+    return [literal(v) for v in cells]

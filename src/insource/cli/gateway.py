@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging.config
 import os
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
-from rich import box
-from rich.table import Table
 
 from insource.cli import app
 from insource.cli.common import (
@@ -32,10 +28,10 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
-    print_csv,
     print_json,
     shown,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 from insource.config import Config, missing_env
 from insource.errors import ConfigError
 
@@ -224,30 +220,45 @@ def keys_create(
 
 @keys_app.command("list")
 @handle_errors
-def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False) -> None:
-    """List keys (never the keys themselves)."""
+def keys_list(config: ConfigOpt = None, url: UrlOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
+    """List keys (never the keys themselves), with this month's spend next to each budget."""
     if url:
         rows = remote(url, "GET", "/admin/keys")
     else:
         from insource.service.keys import list_keys
 
         rows = list_keys(get_store(get_config(config)))
-    if json:
-        print_json(rows)
+    if emit(rows, json=json, csv=csv, empty="No keys yet: run `insource keys create --tenant NAME`"):
         return
-    table = Table("id", "tenant", "prefix", "budget_usd", "rpm", "tpm", "models", "revoked")
-    for r in rows:
-        table.add_row(
-            literal(r["id"]),
-            literal(r["tenant"]),
-            literal(f"{r['prefix']}…"),
-            literal(r["budget_usd"] or "-"),
-            literal(r["rpm"] or "-"),
-            literal(r["tpm"] or "-"),
-            literal(",".join(r["models"] or []) or "all"),
-            "yes" if r["revoked"] else "",
-        )
-    console.print(table)
+    print_table(KEY_COLUMNS, [_key_cells(r) for r in rows])
+
+
+KEY_COLUMNS = (
+    Col("id", "id"),
+    Col("tenant"),
+    Col("prefix", "id", drop=4),
+    Col("budget_usd", "num", short="budget"),
+    Col("spent_usd", "num", short="spent"),
+    Col("rpm", "num", drop=3),
+    Col("tpm", "num", drop=2),
+    Col("models", drop=1),
+    Col("revoked", short="rev."),
+)
+
+
+def _key_cells(r: dict[str, Any]) -> list[Cell]:
+    budget, spent = r["budget_usd"], r.get("spent_usd")
+    return [
+        literal(r["id"]),
+        literal(r["tenant"]),
+        literal(f"{r['prefix']}…"),
+        "-" if budget is None else f"{budget:.2f}",
+        "-" if spent is None else f"{spent:.6f}",
+        "-" if r["rpm"] is None else str(r["rpm"]),
+        "-" if r["tpm"] is None else str(r["tpm"]),
+        literal(",".join(r["models"] or []) or "all"),
+        "yes" if r["revoked"] else "",
+    ]
 
 
 @keys_app.command("revoke")
@@ -283,11 +294,11 @@ def spend(
     config: ConfigOpt = None,
     url: UrlOpt = None,
     json: JsonOpt = False,
-    csv: Annotated[bool, typer.Option("--csv", help="Print CSV (a header row, then one row per group).")] = False,
+    csv: CsvOpt = False,
 ) -> None:
     """Where the money goes, from the daily rollups (days in [report] timezone). `requests` reached a teacher or a
     student; `refused` did not (rate limit, budget, invalid request) and cost nothing."""
-    from insource.service.spend import MEASURES, parse_by, parse_since
+    from insource.service.spend import parse_by, parse_since
 
     dims = parse_by(by)  # bad input is refused here, before any store or gateway is asked
     parse_since(since)
@@ -299,40 +310,44 @@ def spend(
         from insource.service.spend import spend as spend_rows
 
         rows = spend_rows(get_store(get_config(config)), by, since, until)
-    if json:
-        print_json(rows)
-    elif csv:
-        print_csv(rows, [*dims, *MEASURES])
-    elif not rows:
-        period = " in this period" if since or until else ""
-        console.print(
-            f"no usage recorded{period}: send traffic through `insource serve`, or bring a bill's history in with"
-            " `insource usage import FILE --format csv`.",
-            highlight=False,
-        )
-    else:
-        _spend_table(rows, dims)
+    if emit(rows, json=json, csv=csv, empty=_no_spend(since, until)):
+        return
+    print_table(_spend_columns(by), [_spend_cells(r, dims) for r in rows])
 
 
-def _count_cell(name: str, row: dict[str, Any]) -> str:
-    return str(row.get(name, 0))
+def _no_spend(since: str | None, until: str | None) -> str:
+    when = (f" since {since}" if since else "") + (f" until {until}" if until else "")
+    return (
+        f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key, or import a"
+        " bill (`insource usage import FILE --format csv`)"
+    )
 
 
-def _spend_table(rows: list[dict[str, Any]], dims: list[str]) -> None:
-    """Fits 80 columns: light borders; audits and avoided only when some row has them."""
-    cols: list[tuple[str, Callable[[dict[str, Any]], str]]] = [("requests", lambda r: str(r["requests"]))]
-    cols.append(("refused", functools.partial(_count_cell, "refused")))
-    if any(r.get("audits") for r in rows):
-        cols.append(("audits", functools.partial(_count_cell, "audits")))
-    cols.append(("tokens", lambda r: f"{r['prompt_tokens'] + r['completion_tokens']:,}"))
-    cols.append(("cost_usd", lambda r: f"{r['cost_usd']:.4f}"))
-    if any(r["cost_avoided_usd"] for r in rows):
-        cols.append(("avoided_usd", lambda r: f"{r['cost_avoided_usd']:.4f}"))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for d in dims:
-        table.add_column(shown(d), overflow="fold")
-    for name, _ in cols:
-        table.add_column(name, justify="right", no_wrap=True)
-    for r in rows:
-        table.add_row(*(literal(r[d]) for d in dims), *(fmt(r) for _, fmt in cols))
-    console.print(table)
+def _spend_columns(by: str) -> list[Col]:
+    """The dimension column(s) of `--by` ("task" or "task,day"), then the figures."""
+    dims = [Col(d, "id" if d in ("day", "week", "month") else "text") for d in by.split(",")]
+    return [
+        *dims,
+        Col("requests", "num", short="reqs"),
+        Col("refused", "num", short="ref."),
+        Col("audits", "num", drop=4),
+        Col("prompt", "num", drop=3),
+        Col("cached", "num", drop=5),
+        Col("completion", "num", short="compl.", drop=2),
+        Col("cost_usd", "num", short="cost"),
+        Col("avoided_usd", "num", short="avoided", drop=1),
+    ]
+
+
+def _spend_cells(r: dict[str, Any], dims: list[str]) -> list[Cell]:
+    return [
+        *(literal(r[d]) for d in dims),
+        str(r["requests"]),
+        str(r.get("refused", 0)),
+        str(r.get("audits", 0)),
+        str(r["prompt_tokens"]),
+        str(r["cached_tokens"]),
+        str(r["completion_tokens"]),
+        f"{r['cost_usd']:.6f}",
+        f"{r['cost_avoided_usd']:.6f}",
+    ]

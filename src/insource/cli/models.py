@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from insource.cli.common import (
     shown,
     visible,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, fit_table, print_table
 
 DEFAULT_TARGET = 0.99
 NO_THRESHOLD_EXIT = 3  # `eval --target-agreement A`: no threshold reaches A (a contract scripts rely on)
@@ -130,7 +132,7 @@ def distill(
         )
         progress.say(f"registered {result['model']}")
     if "candidates" in result:
-        err_console.print(_candidates_table(result))
+        err_console.print(_candidates_table(result, err_console.width))
     for warning in result.get("warnings", []):
         err_console.print(literal("warning: " + warning, style="yellow"), soft_wrap=True)
     if json_out:
@@ -141,52 +143,55 @@ def distill(
     console.print(literal(result["model"]), soft_wrap=True)  # never wrapped: scripts read the last line
 
 
-def _candidates_table(result: dict[str, Any]) -> Table:
-    target = result.get("target_agreement")
-    table = Table(
-        title=literal(f"candidates on val at agreement ≥ {_fmt(target)}"),
+CANDIDATE_COLUMNS = (
+    Col("model", "id"),
+    Col("student"),
+    Col("val coverage", "num", short="coverage"),
+    Col("val agreement", "num", short="agreement"),
+    Col("threshold", "num", short="thr."),
+)
+
+
+def _candidates_table(result: dict[str, Any], width: int) -> Table:
+    rows: list[list[Cell]] = []
+    for cand in result["candidates"]:
+        style = "bold green" if cand["model"] == result["model"] else ""
+        values = (cand["model"], cand["student"], *(_fmt(cand[k]) for k in _CANDIDATE_METRICS))
+        rows.append([literal(v, style=style) for v in values])
+    return fit_table(
+        CANDIDATE_COLUMNS,
+        rows,
+        width=width,
+        title=literal(f"candidates on val at agreement ≥ {_fmt(result.get('target_agreement'))}"),
         caption=literal(f"picked {result['model']}: highest validation coverage (ties go to the default classifier)"),
     )
-    table.add_column("model", no_wrap=True)
-    for col in ("student", "val coverage", "val agreement", "threshold"):
-        table.add_column(col)
-    for cand in result["candidates"]:
-        table.add_row(
-            literal(cand["model"]),
-            literal(cand["student"]),
-            literal(_fmt(cand["val_coverage_at_target"])),
-            literal(_fmt(cand["val_agreement_at_threshold"])),
-            literal(_fmt(cand["threshold"])),
-            style="bold green" if cand["model"] == result["model"] else None,
-        )
-    return table
 
 
-def _eval_table(result: dict[str, Any]) -> Table:
-    table = Table(title=literal(f"{result['model']} on {result['split']} (n={result['n']})"))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    keys = (
-        "agreement",
-        "ece",
-        "ood_rate",
-        "target_agreement",
-        "threshold",
-        "coverage_at_threshold",
-        "agreement_at_threshold",
-        "meets_target",
-        "end_to_end_agreement",
-        "gold_agreement",
-        "teacher_gold_agreement",
-        "latency_ms_p50",
-        "answers_per_s_per_core",
-        "cost_per_1k_usd",
-        "teacher_cost_per_1k_usd",
-    )
-    for key in keys:
-        if key in result:
-            table.add_row(key, literal(_fmt(result[key])))
-    return table
+_CANDIDATE_METRICS = ("val_coverage_at_target", "val_agreement_at_threshold", "threshold")
+_EVAL_KEYS = (
+    "agreement",
+    "ece",
+    "ood_rate",
+    "target_agreement",
+    "threshold",
+    "coverage_at_threshold",
+    "agreement_at_threshold",
+    "meets_target",
+    "end_to_end_agreement",
+    "gold_agreement",
+    "teacher_gold_agreement",
+    "latency_ms_p50",
+    "answers_per_s_per_core",
+    "cost_per_1k_usd",
+    "teacher_cost_per_1k_usd",
+)
+EVAL_COLUMNS = (Col("metric", "id"), Col("value", "num"))
+
+
+def _eval_table(result: dict[str, Any], width: int) -> Table:
+    rows: list[list[Cell]] = [[key, literal(_fmt(result[key]))] for key in _EVAL_KEYS if key in result]
+    title = literal(f"{result['model']} on {result['split']} (n={result['n']})")
+    return fit_table(EVAL_COLUMNS, rows, width=width, title=title)
 
 
 def _no_threshold_note(result: dict[str, Any]) -> str:
@@ -262,35 +267,51 @@ def eval_cmd(
     if json_out:
         print_json(result)
     else:
-        console.print(_eval_table(result))
+        console.print(_eval_table(result, console.width))
     if target is not None and result.get("threshold") is None:
         raise typer.Exit(NO_THRESHOLD_EXIT)
 
 
 @models_app.command("list")
 @handle_errors
-def models_list(json_out: JsonOpt = False, config: ConfigOpt = None) -> None:
+def models_list(json_out: JsonOpt = False, csv: CsvOpt = False, config: ConfigOpt = None) -> None:
     """Every registered student version, with its status (missing or damaged weight files are named)."""
     from insource.distill.registry import list_models
 
     rows = list_models(get_config(config).registry_path())
-    if json_out:
-        print_json(rows)
+    if emit(rows, json=json_out, csv=csv, empty="No students registered yet: run `insource distill --task TASK`"):
         return
-    table = Table(title="students")
-    for col in ("name", "student", "created_at", "val_agreement", "status"):
-        table.add_column(col)
-    for row in rows:
-        problem = str(row.get("problem", "")).removeprefix(f"corrupt registry entry {row['name']}: ")
-        status = literal(f"damaged: {problem}", style="red") if row["status"] != "ok" else Text("ok")
-        table.add_row(
-            literal(row["name"]),
-            literal(_fmt(row["student"])),
-            literal(_fmt(row["created_at"])),
-            literal(_fmt(row["metrics"].get("val_agreement"))),
-            status,
-        )
-    console.print(table)
+    print_table(MODEL_COLUMNS, [_model_cells(r) for r in rows], title="students")
+
+
+MODEL_COLUMNS = (
+    Col("name"),
+    Col("student"),
+    Col("created (UTC)", "id", short="created", drop=1),
+    Col("val_agreement", "num", short="val agr."),
+    Col("status"),
+)
+
+
+def _when(created_at: Any) -> str:
+    """model.json's ISO time as `YYYY-MM-DD HH:MM` UTC (as stored when it is something else)."""
+    try:
+        when = dt.datetime.fromisoformat(str(created_at))
+    except ValueError:
+        return _fmt(created_at)
+    return (when.astimezone(dt.UTC) if when.tzinfo else when).strftime("%Y-%m-%d %H:%M")
+
+
+def _model_cells(row: dict[str, Any]) -> list[Cell]:
+    problem = str(row.get("problem", "")).removeprefix(f"corrupt registry entry {row['name']}: ")
+    status = literal(f"damaged: {problem}", style="red") if row["status"] != "ok" else Text("ok")
+    return [
+        literal(row["name"]),
+        literal(_fmt(row["student"])),
+        literal(_when(row["created_at"])),
+        literal(_fmt(row["metrics"].get("val_agreement"))),
+        status,
+    ]
 
 
 @models_app.command("show")

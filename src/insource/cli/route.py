@@ -7,7 +7,6 @@ import urllib.parse
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from insource.cli import app
 from insource.cli.common import (
@@ -23,6 +22,7 @@ from insource.cli.common import (
     print_json,
     shown,
 )
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 
 STATES = {"answering": "answering", "off": "off", "rolled_back": "rolled back"}
 
@@ -123,36 +123,52 @@ def route_off(
 
 @route_app.command("show")
 @handle_errors
-def route_show(config: ConfigOpt = None, json: JsonOpt = False) -> None:
+def route_show(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
     """Policies, live agreement with the teacher, and events (rollbacks included)."""
     from insource.service.routes import show_routes
 
     cfg = get_config(config)
     rows = show_routes(cfg, get_store(cfg))
-    if json:
-        print_json(rows)
-        return
-    table = Table(
-        "task", "model", "mode", "state", "threshold", "percent", "audit", "floor", "agreement", "n", "last event"
+    empty = (
+        "No routes yet (the teacher answers every task): run `insource route set --task T --model T@v1 --mode shadow`"
     )
-    for r in rows:
-        agreement = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
-        table.add_row(
-            literal(r["task"]),
-            literal(r["model"]),
-            literal(r["mode"]),
-            literal(STATES.get(r["state"], r["state"]), style="" if r["state"] == "answering" else "red"),
-            "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
-            f"{r['percent']:g}",
-            f"{r['audit_rate']:g}",
-            f"{r['floor']:g}",
-            agreement,
-            str(r["n"]),
-            literal(r["events"][-1]["kind"] if r["events"] else ""),
-        )
-    console.print(table)
+    if emit(rows, json=json, csv=csv, empty=empty):
+        return
+    print_table(ROUTE_COLUMNS, [_route_cells(r) for r in rows])
     for r in rows:
         if r.get("problem"):
             console.print(literal(r["problem"], style="red"), literal(f"(the teacher answers {r['task']})"))
         elif r["state"] != "answering":
             console.print(literal(_why_not_answering(r)), soft_wrap=True)
+
+
+ROUTE_COLUMNS = (
+    Col("task"),
+    Col("model"),
+    Col("mode"),
+    Col("state"),
+    Col("threshold", "num", short="thr."),
+    Col("percent", "num", short="%", drop=4),
+    Col("audit", "num", drop=3),
+    Col("floor", "num", drop=2),
+    Col("agreement", "num", short="agr."),
+    Col("n", "num"),
+    Col("last event", short="event", drop=1),
+)
+
+
+def _route_cells(r: dict[str, Any]) -> list[Cell]:
+    last = r["events"][-1] if r["events"] else None
+    return [
+        literal(r["task"]),
+        literal(r["model"]),
+        literal(r["mode"]),
+        literal(STATES.get(r["state"], r["state"]), style="" if r["state"] == "answering" else "red"),
+        "-" if r["threshold"] is None else f"{r['threshold']:.3f}",
+        f"{r['percent']:g}",
+        f"{r['audit_rate']:g}",
+        f"{r['floor']:g}",
+        "-" if r["agreement"] is None else f"{r['agreement']:.3f}",
+        str(r["n"]),
+        literal(last["kind"] if last else ""),
+    ]

@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from insource.cli.common import literal
+from insource.cli.tables import Cell, Col, fit_table
 from insource.config import Config
 from insource.demo.workload import PhaseResult
 from insource.service.routes import show_routes
@@ -42,29 +43,40 @@ def print_spend(console: Console, store: Store, start: float, end: float) -> Non
         " FROM usage WHERE ts >= ? AND ts <= ? GROUP BY task",
         (start, end),
     )
-    table = Table("task", "requests", "prompt tokens", "completion tokens", "spend (USD)", title="Spend so far")
-    for r in rows:
-        table.add_row(str(r["task"]), str(r["n"]), str(r["p"]), str(r["c"]), f"${r['cost']:.4f}")
-    console.print(table)
+    cols = (
+        Col("task"),
+        Col("requests", "num", short="reqs"),
+        Col("prompt tokens", "num", short="prompt"),
+        Col("completion tokens", "num", short="compl."),
+        Col("spend (USD)", "num", short="USD"),
+    )
+    cells: list[list[Cell]] = [
+        [literal(r["task"]), str(r["n"]), str(r["p"]), str(r["c"]), f"${r['cost']:.4f}"] for r in rows
+    ]
+    console.print(fit_table(cols, cells, width=console.width, title="Spend so far"))
+
+
+_EVAL_KEYS = (
+    "n",
+    "agreement",
+    "ece",
+    "target_agreement",
+    "threshold",
+    "coverage_at_threshold",
+    "agreement_at_threshold",
+    "latency_ms_p50",
+    "cost_per_1k_usd",
+    "teacher_cost_per_1k_usd",
+)
 
 
 def print_eval(console: Console, ev: dict[str, Any]) -> None:
-    table = Table("metric", "value", title=f"Evaluation of {ev.get('model')} on the {ev.get('split')} split")
-    for name in (
-        "n",
-        "agreement",
-        "ece",
-        "target_agreement",
-        "threshold",
-        "coverage_at_threshold",
-        "agreement_at_threshold",
-        "latency_ms_p50",
-        "cost_per_1k_usd",
-        "teacher_cost_per_1k_usd",
-    ):
+    rows: list[list[Cell]] = []
+    for name in _EVAL_KEYS:
         value = ev.get(name)
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+        rows.append([name, f"{value:.4f}" if isinstance(value, float) else str(value)])
+    title = literal(f"Evaluation of {ev.get('model')} on the {ev.get('split')} split")
+    console.print(fit_table((Col("metric", "id"), Col("value", "num")), rows, width=console.width, title=title))
 
 
 def _agreement(result: PhaseResult, teacher: Any) -> float | None:
@@ -124,38 +136,41 @@ def _share(part: float, whole: float) -> str:
     return f"{part / whole:.0%}" if whole > 0 else "n/a"
 
 
+_FINAL_COLUMNS = (
+    Col("phase"),
+    Col("requests", "num", short="reqs"),
+    Col("insourced", "num"),
+    Col("agreement", "num", short="agr."),
+    Col("spend", "num"),
+    Col("avoided", "num"),
+    Col("per month", "num", short="month"),
+)
+
+
 def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
     monthly = f"{s['monthly_requests']:,} requests/month"
-    table = Table(
-        "phase",
-        "requests",
-        "insourced",
-        "agreement",
-        "spend",
-        "avoided",
-        "per month",
-        title="Before / after insourcing",
-        caption=(
-            "before: the teacher answers all; after: cascade. agreement: with the teacher's labels; "
-            f"avoided: teacher cost not paid; per month: projected at {monthly}"
-        ),
-        box=box.SIMPLE_HEAD,
+    caption = (
+        "before: the teacher answers all; after: cascade. agreement: with the teacher's labels; "
+        f"avoided: teacher cost not paid; per month: projected at {monthly}"
     )
+    rows: list[list[Cell]] = []
     for name, key in (("before", "before"), ("after", "after")):
         p = s[key]
-        table.add_row(
-            name,
-            str(p["requests"]),
-            f"{p['insourced']} ({p['insourced'] / max(1, p['requests']):.0%})",
-            _pct(p["agreement"]),
-            f"${p['cost_usd']:.4f}",
-            f"${p['avoided_usd']:.4f}",
-            f"${s[f'monthly_cost_{key}_usd']:,.0f}",
+        rows.append(
+            [
+                name,
+                str(p["requests"]),
+                f"{p['insourced']} ({p['insourced'] / max(1, p['requests']):.0%})",
+                _pct(p["agreement"]),
+                f"${p['cost_usd']:.4f}",
+                f"${p['avoided_usd']:.4f}",
+                f"${s[f'monthly_cost_{key}_usd']:,.0f}",
+            ]
         )
     saved, before = s["projected_monthly_savings_usd"], s["monthly_cost_before_usd"]
-    table.add_section()
-    table.add_row("savings", "", "", "", "", "", f"[bold green]${saved:,.0f}[/] ({_share(saved, before)})")
-    console.print(table)
+    rows.append(["savings", "", "", "", "", "", Text(f"${saved:,.0f}", style="bold green")])
+    title = "Before / after insourcing"
+    console.print(fit_table(_FINAL_COLUMNS, rows, width=console.width, title=title, caption=caption))
     console.print(
         f"Projected monthly savings at {monthly}: [bold green]${saved:,.0f}[/] ({_share(saved, before)} of "
         f"${before:,.0f}); audited live agreement {_pct(s['audited_agreement'])} over {s['audits']} audits.",

@@ -144,9 +144,11 @@ def check_trainable(
         )
     classes = {ex.output for ex in train}
     if classifier and man.get("kind") == "generation":
+        why = man.get("kind_reason") or f"{len(classes)} distinct answers"
         raise NotReady(
-            f"dataset {ds.path} holds a generation task ({len(classes)} distinct answers): "
-            "a classifier student answers from a fixed set of labels; use --student lora"
+            f"dataset {ds.path} holds a generation task ({why}): a classifier student answers from a fixed set "
+            "of labels; train a generative one with --student lora --base-model DIR (docs/lora.md), or rebuild "
+            "the dataset with --kind classification if its answers are labels"
         )
     if classifier and len(classes) < 2:
         only = next(iter(classes)) if classes else ""

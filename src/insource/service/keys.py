@@ -14,6 +14,7 @@ import orjson
 
 from insource.config import Config, resolve_secret
 from insource.errors import BadRequest, ConfigError, NotFound
+from insource.service.spend import keys_month_to_date
 from insource.store import Store
 
 KEY_PREFIX = "isk-"
@@ -128,13 +129,16 @@ def create_key(
 
 
 def list_keys(store: Store) -> list[dict[str, Any]]:
-    """Key metadata for operators. Never the key, never its hash."""
+    """Key metadata for operators, with `spent_usd`: the key's spend this month (UTC), the period its monthly
+    budget covers. Never the key, never its hash."""
     rows = store.query(
         "SELECT id, tenant, prefix, created_at, revoked_at, budget_usd, rpm, tpm, models FROM keys ORDER BY created_at"
     )
+    spent = keys_month_to_date(store, time.time())
     for row in rows:
         row["models"] = orjson.loads(row["models"]) if row["models"] else None
         row["revoked"] = row["revoked_at"] is not None
+        row["spent_usd"] = round(spent.get(row["id"], 0.0), 8)
     return rows
 
 

@@ -89,6 +89,11 @@ def month_start(now: float) -> float:
     return datetime(dt.year, dt.month, 1, tzinfo=UTC).timestamp()
 
 
+def keys_month_to_date(store: Store, now: float) -> dict[str, float]:
+    """Month-to-date spend per key id (the period a key's monthly budget covers)."""
+    return {k.removeprefix("key:"): v for k, v in month_to_date(store, now).items() if k.startswith("key:")}
+
+
 def month_to_date(store: Store, now: float) -> dict[str, float]:
     """Month-to-date spend (UTC month) per budget scope ("key:ID", "tenant:NAME"), gateway records only.
 

@@ -507,7 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated model list; other models get 404")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="replay pre-serialised responses (benchmarks)")
-    p.add_argument("--teacher", action="store_true", help="answer as the simulated demo teacher")
+    p.add_argument(
+        "--teacher",
+        action="store_true",
+        help="answer as the simulated demo teacher: customer-support messages -> one of 15 intent labels",
+    )
     p.add_argument("--teacher-speed", type=float, default=1.0, help="teacher latency factor (0 = none)")
     return p
 

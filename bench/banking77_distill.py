@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from insource.capture.dataset_read import write_dataset
 from insource.config import parse_config
-from insource.distill.dataset import write_dataset
 from insource.distill.service import distill
 from insource.evals.run import evaluate
 

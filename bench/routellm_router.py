@@ -121,9 +121,9 @@ def load_rows() -> list[dict[str, str]]:
 def embed(texts: list[str], cache_root: Path) -> np.ndarray:
     import os
 
-    from insource.distill.embed_cache import EmbeddingCache
-    from insource.distill.encoder import OnnxEncoder
     from insource.distill.export import cached_base_encoder
+    from insource.registry.embed_cache import EmbeddingCache
+    from insource.registry.encoder import OnnxEncoder
 
     folder = cached_base_encoder(cache_root)
     encoder = OnnxEncoder(folder, workers=os.cpu_count() or 1)

@@ -179,7 +179,7 @@ def test_terms_profiles_shipped_and_overridable() -> None:
     ("provider", "terms"),
     [
         ({"kind": "openai", "base_url": "http://127.0.0.1:8000/v1"}, "undeclared"),  # a local server or a proxy
-        ({"kind": "simulated", "base_url": "http://localhost:9/v1"}, "undeclared"),
+        ({"kind": "openai", "base_url": "http://localhost:9/v1"}, "undeclared"),
         ({"kind": "openai", "base_url": "https://api.openai.com/v1"}, "openai"),
         ({"kind": "openai", "base_url": "https://API.OpenAI.com./v1"}, "openai"),
         ({"kind": "openai", "base_url": "https://api.openai.com.evil.example/v1"}, "undeclared"),

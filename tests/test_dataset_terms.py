@@ -127,13 +127,13 @@ def test_provider_without_terms_is_not_trainable(tmp_path: Path) -> None:
 
 # -- what distill checks: the terms recorded per example, not just the manifest's purpose --------------------
 def _loaded(path: Path) -> Any:
-    from insource.distill.dataset import load_dataset
+    from insource.capture.dataset_read import load_dataset
 
     return load_dataset(path)
 
 
 def test_internal_carve_out_trains_a_classifier_never_a_lora_student(corpus: Corpus, tmp_path: Path) -> None:
-    from insource.distill.dataset import check_trainable
+    from insource.capture.dataset_read import check_trainable
 
     out = tmp_path / "internal"
     assert build(corpus, out, "--allow-internal").exit_code == 0
@@ -149,7 +149,7 @@ def test_internal_carve_out_trains_a_classifier_never_a_lora_student(corpus: Cor
 
 
 def test_hand_edited_manifest_cannot_launder_eval_data(corpus: Corpus, tmp_path: Path) -> None:
-    from insource.distill.dataset import check_trainable
+    from insource.capture.dataset_read import check_trainable
 
     out = tmp_path / "eval"
     assert build(corpus, out, "--purpose", "eval").exit_code == 0

@@ -19,11 +19,11 @@ import pytest
 from tests.conftest import make_home
 from typer.testing import CliRunner
 
+from insource.capture.dataset_read import write_dataset
 from insource.cli import _register, app
 from insource.config import load_config
-from insource.distill.dataset import write_dataset
-from insource.distill.registry import list_models, load_student
 from insource.errors import NotReady
+from insource.registry.entries import list_models, load_student
 from insource.store import open_store
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"

@@ -12,8 +12,8 @@ from tests.test_distill import DATA, banking_subset, cli
 
 from insource.config import load_config
 from insource.distill.export import cached_base_encoder
-from insource.distill.registry import list_models, resolve
 from insource.distill.select import pick
+from insource.registry.entries import list_models, resolve
 
 needs_banking77 = pytest.mark.skipif(not (DATA / "train.csv").is_file(), reason="Banking77 not found in ../shared/data")
 TARGET = "0.99"  # the default; reachable with the subset's 160 validation examples (coverage > 0)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from insource.capture.dataset_read import write_dataset
 from insource.cli import _register, app
-from insource.distill.dataset import write_dataset
-from insource.distill.registry import load_student
+from insource.registry.entries import load_student
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
 pytestmark = [

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from insource.distill.fit import fit_temperature, nll
-from insource.distill.head import softmax
 from insource.evals import metrics as M
+from insource.registry.head import softmax
 
 
 def test_wilson_lower_bound_known_values() -> None:

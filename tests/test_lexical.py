@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from insource.distill.head import Head
-from insource.distill.lexical import Lexical, char_grams, fit_lexical, word_grams
+from insource.distill.lexical_fit import fit_lexical
+from insource.registry.head import Head
+from insource.registry.lexical import Lexical, char_grams, word_grams
 
 TEXTS = [
     "I lost my card yesterday, can I get a new one?",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from insource.capture.dataset_read import write_dataset
 from insource.cli import _register, app
-from insource.distill.dataset import write_dataset
-from insource.distill.registry import load_student
 from insource.errors import NotReady
+from insource.registry.entries import load_student
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

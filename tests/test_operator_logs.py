@@ -215,19 +215,19 @@ def test_text_format_and_warning_level(upstream: tuple[FakeUpstream, ServerHandl
         stop_gateway(quiet)
     log = quiet.log.read_text()
     assert rid not in log and "insource.access" not in log  # no access lines at warning
-    assert "WARNING insource.upstream: upstream failed" in log and "provider=badkey" in log
+    assert "WARNING insource.upstream: upstream failed" in log and '"provider":"badkey"' in log
     text = _start(tmp_path / "text", upstream, "--log-format", "text")
     try:
         rid = _chat(_client(text, text.key()["key"]), extra_headers={"X-Request-Id": "t-1"}).headers["x-request-id"]
         deadline = time.monotonic() + 5
-        while "request_id=t-1" not in text.log.read_text() and time.monotonic() < deadline:
+        while '"request_id":"t-1"' not in text.log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         stop_gateway(text)
-    (line,) = [ln for ln in text.log.read_text().splitlines() if "request_id=t-1" in ln]
-    assert " INFO insource.access: request " in line and rid == "t-1"
-    for field in ACCESS_FIELDS:
-        assert f" {field}=" in line
+    (line,) = [ln for ln in text.log.read_text().splitlines() if '"request_id":"t-1"' in ln]
+    head, _, fields = line.partition(" INFO insource.access: request ")
+    assert head.endswith("Z") and rid == "t-1"
+    assert set(json.loads(fields)) >= ACCESS_FIELDS and json.loads(fields)["status"] == 200
     assert "PROMPT-MARKER" not in text.log.read_text()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from insource.demo import data as demo_data
 from insource.routing.policy import (
     Answerer,
     RoutePolicy,
@@ -16,7 +17,7 @@ from insource.routing.policy import (
 )
 from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
 from insource.routing.tokens import completion_tokens, prompt_tokens
-from insource.testing import demo_data, wire
+from insource.testing import wire
 
 
 def policy(mode: str, **kw: float) -> RoutePolicy:

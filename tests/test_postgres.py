@@ -17,11 +17,11 @@ import openai
 import pytest
 from tests.conftest import Gateway, free_port, start_gateway, stop_gateway
 
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher
 from insource.store.postgres import PgStore, translate
-from insource.testing import demo_data
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import run_server
-from insource.testing.teacher import SimulatedTeacher
 
 INITDB = shutil.which("initdb")
 pytestmark = pytest.mark.skipif(

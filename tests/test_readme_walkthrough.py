@@ -67,7 +67,7 @@ def test_the_section_holds_the_whole_walkthrough() -> None:
     names = [s.name for s in steps if s.kind == "file"]
     runs = [s.text.split("#")[0].strip() for s in steps if s.kind == "run"]
     assert names == ["insource.toml", "traffic.py"]
-    for needed in ("fake_upstream", "keys create", "serve", "dataset build", "distill", "eval", "route set"):
+    for needed in ("insource.demo.teacher", "keys create", "serve", "dataset build", "distill", "eval", "route set"):
         assert any(needed in r for r in runs), needed
     assert any("--mode cascade" in r for r in runs) and runs[-1].startswith("python traffic.py")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from insource.distill.registry import list_models, register, resolve
 from insource.errors import ModelNotFound, NotReady
+from insource.registry.entries import list_models, register, resolve
 
 
 def _builder(payload: str) -> Any:
@@ -88,7 +88,7 @@ def test_corrupt_entries_are_listed_with_an_error(tmp_path: Path) -> None:
     assert "unreadable" in rows["intent@v2"]["error"] and "missing" in rows["intent@v3"]["error"]
     assert [rows[n]["status"] for n in ("intent@v1", "intent@v2", "intent@v3")] == ["ok", "damaged", "damaged"]
     assert resolve(root, "intent@latest").name == "intent@v1"  # latest skips corrupt versions
-    from insource.distill.registry import load_student
+    from insource.registry.entries import load_student
 
     with pytest.raises(NotReady, match="corrupt registry entry intent@v2"):
         load_student(root, "intent@v2")

@@ -19,11 +19,11 @@ from tests.test_distill import DATA, banking_subset, cli
 from tests.test_eval_metrics import _result as chart_result
 from tests.test_registry import _builder
 
+from insource.capture.dataset_read import write_dataset
 from insource.config import load_config
 from insource.distill import export
-from insource.distill.dataset import write_dataset
-from insource.distill.registry import list_models, load_student, register, resolve, write_json_atomic
 from insource.errors import ModelNotFound, NotReady
+from insource.registry.entries import list_models, load_student, register, resolve, write_json_atomic
 
 needs_banking77 = pytest.mark.skipif(not (DATA / "train.csv").is_file(), reason="Banking77 not found in ../shared/data")
 WEIGHT_FILES = ("encoder.onnx", "tokenizer.json", "encoder.json")

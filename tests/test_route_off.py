@@ -20,11 +20,11 @@ import openai
 import pytest
 from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
-from insource.distill.dataset import write_dataset
-from insource.testing import demo_data
+from insource.capture.dataset_read import write_dataset
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
-from insource.testing.teacher import SimulatedTeacher
 
 TASK = "support"
 TEACHER = "teacher:gpt-4o-mini"
@@ -139,3 +139,25 @@ def test_route_off_an_unknown_task_is_a_clear_error(home: Home) -> None:
     assert error["code"] == "route_not_found" and "no-such-task" in error["message"]
     bad = httpx.post(f"{home.gw.url}/admin/routes/{TASK}/off", json={"reason": 7}, headers=admin)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "reason"
+
+
+def test_a_config_route_turned_off_stays_off_until_route_set(home: Home, tmp_path: Path) -> None:
+    """A route from `[routes.T]` in the config, before any store exists: `route off` writes the store (it must
+    outlive the command) and the route is off until `route set`."""
+    registry = home.gw.config.parent / "models"
+    config = tmp_path / "insource.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "{registry}"\n'
+        f'[providers.teacher]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nterms = "self-hosted"\n'
+        f'[models."gpt-4o-mini"]\ntargets = ["{TEACHER}"]\n[routes.{TASK}]\nmodel = "{home.model}"\nmode = "full"\n'
+    )
+
+    def state() -> str:
+        rows = json.loads(run_cli("route", "show", "--json", "--config", str(config)).stdout)
+        return str(next(r for r in rows if r["task"] == TASK)["state"])
+
+    assert state() == "answering"
+    run_cli("route", "off", "--task", TASK, "--reason", "maintenance", "--config", str(config))
+    assert (tmp_path / "insource.db").exists() and state() == "off"
+    run_cli("route", "set", "--task", TASK, "--model", home.model, "--mode", "full", "--config", str(config))
+    assert state() == "answering"

@@ -17,10 +17,10 @@ import pytest
 from openai.types import CompletionUsage
 from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
-from insource.testing import demo_data
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
-from insource.testing.teacher import SimulatedTeacher
 
 TASK = "intent"
 

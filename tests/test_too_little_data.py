@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from tests.conftest import make_home
 
-from insource.distill.dataset import write_dataset
-from insource.testing import demo_data
+from insource.capture.dataset_read import write_dataset
+from insource.demo import data as demo_data
 
 TASK = "tiny"
 

@@ -98,8 +98,20 @@ def default_terms(kind: str, base_url: str) -> str:
     return host_terms(base_url) or ("azure-openai" if kind == "azure" else UNDECLARED_TERMS)
 
 
+PROVIDER_GROUP = "insource.providers"  # entry point group: built-in and third-party provider kinds alike
+BUILTIN_PROVIDER_KINDS = ("azure", "openai")  # what a source tree that was never installed still offers
+
+
+def provider_kinds() -> set[str]:
+    """The provider kinds installed: the names in the `insource.providers` entry point group (read from
+    package metadata; nothing is imported), else the built-ins when insource runs uninstalled."""
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group=PROVIDER_GROUP)} | set(BUILTIN_PROVIDER_KINDS)
+
+
 class ProviderConfig(Strict):
-    kind: Literal["openai", "azure", "simulated"]
+    kind: str
     base_url: str
     api_key: str | None = None
     terms: str = UNDECLARED_TERMS  # filled from kind/base_url when absent: see default_terms
@@ -112,6 +124,17 @@ class ProviderConfig(Strict):
     circuit_reset_s: float = Field(default=10.0, gt=0)
 
     _check_key = field_validator("api_key")(_secret_ref)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        kinds = provider_kinds()
+        if value not in kinds:
+            raise ValueError(
+                f"unknown provider kind {value!r}; installed: {', '.join(sorted(kinds))} "
+                f"(a plugin adds one under the entry point group {PROVIDER_GROUP!r})"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod

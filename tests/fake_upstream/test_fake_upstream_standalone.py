@@ -17,8 +17,9 @@ import openai
 import pytest
 from tests.fake_upstream.helpers import KEY, chat
 
-from insource.testing import FakeUpstream, SimulatedTeacher, demo_data, run_server
-from insource.testing.teacher import customer_text, keyword_label
+from insource.demo import data as demo_data
+from insource.demo.teacher import SimulatedTeacher, customer_text, keyword_label
+from insource.testing import FakeUpstream, run_server
 
 # ---------------------------------------------------------------- server lifecycle, fast mode, CLI
 
@@ -85,6 +86,34 @@ def test_standalone_cli() -> None:
     assert "simulated" in err and "Traceback" not in err and "Warning" not in err
     missing = subprocess.run([*cmd[:-1], "NOT_SET_ANYWHERE"], capture_output=True, text=True, timeout=30, env=env)
     assert missing.returncode == 2 and "NOT_SET_ANYWHERE" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_standalone_simulated_teacher() -> None:
+    """`python -m insource.demo.teacher` is the fake upstream answering as the demo's teacher: labels, not echoes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "insource.demo.teacher", "--port", str(port), "--teacher-speed", "0"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "standalone teacher did not start"
+                time.sleep(0.05)
+        text = "Hi, I want a refund for the blender I returned last week."
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="any", max_retries=0) as c:
+            answer = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])
+        assert answer.choices[0].message.content in demo_data.INTENTS
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "SIMULATED teacher" in err and "Traceback" not in err
+    bad = subprocess.run([*cmd[:-1], "-1"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--teacher-speed" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ---------------------------------------------------------------- demo data and teacher

@@ -23,12 +23,11 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 
 from insource.config import CONFIG_ENV, DEFAULT_CONFIG_NAME, Config, StoreConfig, find_config, load_config
 from insource.errors import BadRequest, InsourceError, NotReady
 from insource.store import Store, open_store
+from insource.text import literal, shown, visible  # noqa: F401  (re-exported for the cli modules)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,32 +48,9 @@ UrlOpt = Annotated[
 ]
 
 
-# C0 controls, DEL, C1 controls, bidirectional overrides/isolates and line/paragraph separators: shown as
-# escapes (\x1b, \u202e), never passed to the terminal.
-_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
-_CONTROLS = (*range(0x00, 0x20), *range(0x7F, 0xA0), *_BIDI)
-_VISIBLE = {cp: (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}") for cp in _CONTROLS}
-_VISIBLE.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
-_MULTILINE = {cp: esc for cp, esc in _VISIBLE.items() if cp not in (0x09, 0x0A)}  # tabs, newlines kept
-
 MAX_LIMIT = 100_000  # --limit options: more rows than anyone reads in a terminal
 MAX_SEED = 2**32 - 1
 _LAST_TS = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
-
-
-def visible(value: object, *, multiline: bool = False) -> str:
-    """`value` as text with every control character shown as an escape (tabs/newlines kept if multiline)."""
-    return str(value).translate(_MULTILINE if multiline else _VISIBLE)
-
-
-def literal(value: object, *, multiline: bool = False, style: str = "") -> Text:
-    """Stored or user-supplied text to print or put in a table: shown exactly, never read as markup."""
-    return Text(visible("" if value is None else value, multiline=multiline), style=style)
-
-
-def shown(value: object) -> str:
-    """The same, for use inside a markup string (f"[bold]{shown(task)}[/]")."""
-    return escape(visible("" if value is None else value))
 
 
 def finite(value: float | None) -> float | None:

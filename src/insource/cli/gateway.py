@@ -114,7 +114,10 @@ def serve(
         typer.Option(envvar="INSOURCE_LOG_LEVEL", help="info: one access-log line per request; warning: failures."),
     ] = LogLevel.info,
     log_format: Annotated[
-        LogFormat, typer.Option(envvar="INSOURCE_LOG_FORMAT", help="text (key=value) or json (one object a line).")
+        LogFormat,
+        typer.Option(
+            envvar="INSOURCE_LOG_FORMAT", help="text (time level logger: message {fields}) or json (one object a line)."
+        ),
     ] = LogFormat.text,
 ) -> None:
     """Run the OpenAI-compatible gateway."""
@@ -310,24 +313,24 @@ def spend(
         from insource.service.spend import spend as spend_rows
 
         rows = spend_rows(get_store(get_config(config)), by, since, until)
-    if emit(rows, json=json, csv=csv, empty=_no_spend(since, until)):
+    if emit(rows, json=json, csv=csv, empty=_no_spend(since)):
         return
-    print_table(_spend_columns(by), [_spend_cells(r, dims) for r in rows])
+    print_table(_spend_columns(dims), [_spend_cells(r, dims) for r in rows])
 
 
-def _no_spend(since: str | None, until: str | None) -> str:
-    when = (f" since {since}" if since else "") + (f" until {until}" if until else "")
+def _no_spend(since: str | None) -> str:
+    when = f" since {since}" if since else ""
     return (
-        f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key, or import a"
-        " bill (`insource usage import FILE --format csv`)"
+        f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key, or bring a"
+        " bill's history in with `insource usage import FILE --format csv`"
     )
 
 
-def _spend_columns(by: str) -> list[Col]:
-    """The dimension column(s) of `--by` ("task" or "task,day"), then the figures."""
-    dims = [Col(d, "id" if d in ("day", "week", "month") else "text") for d in by.split(",")]
+def _spend_columns(by: str | list[str]) -> list[Col]:
+    """The dimension column(s) of `--by` ("task,day" or ["task", "day"]; days are never wrapped), then the figures."""
+    dims = by.split(",") if isinstance(by, str) else by
     return [
-        *dims,
+        *(Col(d, "id" if d in ("day", "week", "month") else "text") for d in dims),
         Col("requests", "num", short="reqs"),
         Col("refused", "num", short="ref."),
         Col("audits", "num", drop=4),

@@ -106,8 +106,9 @@ def distill(
 ) -> None:
     """Train a student on a task's dataset and register it as TASK@vN (auto: the better of two).
 
-    A dataset whose validation split is too small to estimate agreement is refused (exit 2, saying how many
-    examples are needed): at least 9 to show agreement 0.9, A/(1-A) for --target-agreement A; --force trains anyway.
+    A validation split too small to estimate agreement is refused (exit 2, saying how many examples it needs).
+
+    Needed: 9 to show agreement 0.9, A/(1-A) for --target-agreement A (99 for 0.99). --force trains anyway.
     """
     from insource.cli.progress import StageProgress
     from insource.distill.service import distill as run_distill
@@ -237,8 +238,7 @@ def eval_cmd(
 ) -> None:
     """Measure a student against its teacher: agreement, calibration, coverage, threshold, latency, cost.
 
-    Exit codes: 0 done; 2 bad input; 3 --target-agreement A was given and no confidence threshold reaches A
-    on validation (the teacher would keep answering everything at A).
+    Exit codes: 0 done; 2 bad input; 3 no confidence threshold reaches the --target-agreement A given.
     """
     from insource.evals.run import evaluate
 
@@ -276,7 +276,7 @@ def eval_cmd(
 @handle_errors
 def models_list(json_out: JsonOpt = False, csv: CsvOpt = False, config: ConfigOpt = None) -> None:
     """Every registered student version, with its status (missing or damaged weight files are named)."""
-    from insource.distill.registry import list_models
+    from insource.registry.entries import list_models
 
     rows = list_models(get_config(config).registry_path())
     if emit(rows, json=json_out, csv=csv, empty="No students registered yet: run `insource distill --task TASK`"):
@@ -322,8 +322,8 @@ def models_show(
     config: ConfigOpt = None,
 ) -> None:
     """One student: its model.json, status (its weights are loaded to check them), thresholds, model card."""
-    from insource.distill.registry import read_model_info, read_thresholds, resolve, verify_entry
     from insource.errors import NotReady
+    from insource.registry.entries import read_model_info, read_thresholds, resolve, verify_entry
 
     folder = resolve(get_config(config).registry_path(), name)
     info = read_model_info(folder)

@@ -23,7 +23,7 @@ from insource.cli.common import visible
 
 
 class StageProgress:
-    """Use as a context manager; pass `step` wherever a `insource.distill.progress.Step` is expected."""
+    """Use as a context manager; pass `step` wherever a `insource.registry.progress.Step` is expected."""
 
     def __init__(self, console: Console, prefix: str) -> None:
         self.prefix = prefix

@@ -114,7 +114,8 @@ def route_off(
         from insource.service.routes import route_off as turn_off
 
         cfg = get_config(config)
-        row = turn_off(cfg, get_store(cfg), task, reason, by="cli")
+        store = get_store(cfg, create=bool(cfg.routes))  # a config route's off must outlive this command
+        row = turn_off(cfg, store, task, reason, by="cli")
     if json:
         print_json(row)
     else:

@@ -21,15 +21,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from insource.capture.terms import load_profiles
-from insource.cli.common import literal
 from insource.config import load_config
+from insource.demo import data as demo_data
 from insource.demo import report
 from insource.demo.steps import StepFailed, cli_json, start_gateway, stop_gateway
 from insource.demo.workload import PhaseResult, send_phase
 from insource.errors import ConfigError
 from insource.service.keys import create_key, server_secret
 from insource.store import open_store
-from insource.testing import demo_data
+from insource.text import literal
 
 TASK = "support-intent"
 FALLBACK_TARGETS = (0.97, 0.95)
@@ -135,9 +135,9 @@ def simulated_teacher(s: DemoSettings, console: Console) -> Iterator[tuple[str, 
         console.print(f"Teacher: the real upstream at [bold]{url}[/] (model {model}).", highlight=False)
         yield s.teacher_url.rstrip("/"), None
         return
+    from insource.demo.teacher import SimulatedTeacher
     from insource.testing.fake_upstream import FakeUpstream
     from insource.testing.server import run_server
-    from insource.testing.teacher import SimulatedTeacher
 
     teacher = SimulatedTeacher(speed=0.1 if s.quick else 1.0, seed=s.seed)
     handle = run_server(teacher.attach(FakeUpstream(seed=s.seed)))

@@ -16,15 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from insource.distill.dataset import Dataset, Example
-from insource.distill.embed_cache import EmbeddingCache
-from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxEncoder
-from insource.distill.head import Head
-from insource.distill.lexical import Lexical
-from insource.distill.progress import Step
-from insource.distill.registry import ENCODER_INFO
-
-EMBED_CHUNK = 512
+from insource.capture.dataset_read import Dataset, Example
+from insource.registry.embedding import embed_examples, encoder_cache
+from insource.registry.encoder import ENCODER_FILE, TOKENIZER_FILE, Matrix, OnnxEncoder
+from insource.registry.entries import ENCODER_INFO
+from insource.registry.head import Head
+from insource.registry.lexical import Lexical
+from insource.registry.progress import Step
 
 
 def install_encoder(encoder_dir: Path, folder: Path) -> None:
@@ -36,30 +34,6 @@ def install_encoder(encoder_dir: Path, folder: Path) -> None:
         shutil.copyfile(encoder_dir / name, folder / name)
 
 
-def embed_examples(
-    encoder: OnnxEncoder, cache: EmbeddingCache, examples: list[Example], step: Step | None = None
-) -> Matrix:
-    """Embeddings of the examples' inputs; only inputs not in the cache are encoded (in chunks, reported)."""
-
-    def encode(texts: list[str]) -> Matrix:
-        if step is None or len(texts) <= EMBED_CHUNK:
-            return encoder.encode(texts)
-        parts = []
-        for i in range(0, len(texts), EMBED_CHUNK):
-            step(f"embedding {len(texts)} new inputs", done=i, total=len(texts))
-            parts.append(encoder.encode(texts[i : i + EMBED_CHUNK]))
-        return np.concatenate(parts).astype(np.float32)
-
-    return cache.embed([ex.input for ex in examples], encode, encoder.dim)
-
-
-def encoder_cache(cache_root: Path, encoder_dir: Path) -> EmbeddingCache:
-    """The embedding cache of one encoder, keyed by the hash of the weights it was exported from."""
-    from insource.distill.registry import read_encoder_info
-
-    return EmbeddingCache(cache_root / "embeddings" / str(read_encoder_info(encoder_dir)["source"]))
-
-
 def label_indices(examples: list[Example], index: dict[str, int]) -> np.ndarray:
     return np.array([index.get(ex.output, -1) for ex in examples], dtype=np.int64)
 
@@ -68,7 +42,7 @@ def train_lexical(ds: Dataset, index: dict[str, int], step: Step) -> tuple[Lexic
     """Fit the lexical view on train and temperature-scale it on val; returns it and its val probs
     (None, None when the inputs give it nothing to learn from)."""
     from insource.distill.fit import fit_temperature
-    from insource.distill.lexical import fit_lexical
+    from insource.distill.lexical_fit import fit_lexical
 
     step("lexical view: TF-IDF n-grams + logistic regression")
     train, val = ds.split("train"), ds.split("val")

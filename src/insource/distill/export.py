@@ -19,10 +19,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from insource.distill.encoder import ENCODER_FILE, TOKENIZER_FILE
-from insource.distill.progress import Step
-from insource.distill.registry import ENCODER_INFO
 from insource.errors import NotReady
+from insource.registry.encoder import ENCODER_FILE, TOKENIZER_FILE
+from insource.registry.entries import ENCODER_INFO
+from insource.registry.progress import Step
 
 log = logging.getLogger(__name__)
 MIN_COSINE = 0.97
@@ -158,7 +158,7 @@ def export_encoder(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Export `model_dir` to `out_dir/encoder.onnx` (int8) + tokenizer; returns export info (fidelity)."""
     import numpy as np
 
-    from insource.distill.encoder import OnnxEncoder
+    from insource.registry.encoder import OnnxEncoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:

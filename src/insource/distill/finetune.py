@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from insource.distill.dataset import Dataset
+from insource.capture.dataset_read import Dataset
 from insource.distill.export import base_model_dir, export_encoder, quiet_transformers
-from insource.distill.progress import Step
+from insource.registry.progress import Step
 
 EPOCHS = 4
 TRAIN_LAYERS = 6  # all of MiniLM-L6: measured on Banking77, +5 points insourced at 99% over the top 2

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from insource.distill.head import Head, Matrix, mix, softmax
-from insource.distill.progress import Step
+from insource.registry.head import Head, Matrix, mix, softmax
+from insource.registry.progress import Step
 
 IntArray = npt.NDArray[np.int64]
 C_GRID = (16.0,)  # chosen on Banking77 val (4 and 64 were worse); one fit keeps retraining fast

@@ -16,9 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Any, cast
 
-from insource.distill.dataset import Dataset
-from insource.distill.progress import Step
+from insource.capture.dataset_read import Dataset
 from insource.errors import NotReady
+from insource.registry.progress import Step
 
 LORA_R = 8
 LORA_ALPHA = 16

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from insource.distill.dataset import Dataset
-from insource.distill.registry import MODEL_FILE, read_model_info, write_json_atomic
+from insource.capture.dataset_read import Dataset
 from insource.errors import NotReady
 from insource.evals import metrics as M
+from insource.registry.entries import MODEL_FILE, read_model_info, write_json_atomic
 
 AUTO_STUDENTS = ("classifier", "classifier-strong")
 

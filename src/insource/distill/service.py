@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from insource.capture.dataset_read import Dataset, check_trainable, load_dataset
 from insource.config import Config
 from insource.distill.card import render_card
-from insource.distill.dataset import Dataset, check_trainable, load_dataset
-from insource.distill.progress import Step, quiet
-from insource.distill.registry import check_task_name, commit, discard, register, stage
 from insource.distill.select import AUTO_STUDENTS, check_target, pick, record_choice, val_at_target
 from insource.distill.validation import COMMON_TARGET, val_requirement, val_warnings
 from insource.errors import NotReady
+from insource.registry.entries import check_task_name, commit, discard, register, stage
+from insource.registry.progress import Step, quiet
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
 
@@ -111,14 +111,13 @@ def distill(
 
     `student="auto"` trains every student of `AUTO_STUDENTS`, registers each (the winner last, so it is the
     task's latest) and returns the one with the highest validation coverage at `target` agreement (default
-    0.99), with all of them under `"candidates"`. A validation split too small to show agreement `target` (or
-    the route's default floor) is refused unless `force`; what it cannot show is listed under `"warnings"`.
+    0.99), with all of them under `"candidates"`. A validation split too small to show agreement `target` (when
+    given, else the route's default floor) is refused unless `force`; what it cannot show (`target`, else 0.99)
+    is listed under `"warnings"`.
     """
     check_task_name(task)
     if student not in (*STUDENTS, "auto"):
         raise NotReady(f"unknown student {student!r}: choose one of {', '.join((*STUDENTS, 'auto'))}")
-    if student == "auto" and target is None:
-        target = COMMON_TARGET
     if target is not None:
         check_target(target)
     if base_model is not None and student != "lora":
@@ -131,12 +130,12 @@ def distill(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     say("reading the dataset")
     ds = load_dataset(dataset)
-    min_val, val_why = val_requirement(student, target, force)
+    min_val, val_why = val_requirement(student, target, force)  # the agreement asked for, else the route floor
     check_trainable(ds, task, classifier=student != "lora", min_val=min_val, val_why=val_why)
     warnings = val_warnings(student, len(ds.split("val")), target)
     if student == "auto":
-        assert target is not None
-        return {**_distill_auto(cfg, task, ds, say, target), "warnings": warnings}
+        picked_at = COMMON_TARGET if target is None else target
+        return {**_distill_auto(cfg, task, ds, say, picked_at), "warnings": warnings}
     return {**_train_and_register(cfg, task, ds, student, say, base_model), "warnings": warnings}
 
 

@@ -8,7 +8,7 @@ student whose agreement nobody can measure; `--force` trains it anyway, and says
 
 from __future__ import annotations
 
-from insource.distill.dataset import MIN_VAL_EXAMPLES
+from insource.capture.dataset_read import MIN_VAL_EXAMPLES
 from insource.evals.metrics import examples_needed
 from insource.routing.policy import RoutePolicy
 

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from insource.distill.registry import publish_mode
 from insource.errors import NotReady
+from insource.registry.entries import publish_mode
 
 
 def _figure(result: dict[str, Any]) -> Any:

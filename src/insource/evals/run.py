@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from insource.capture.dataset_read import Dataset, Example, load_dataset
 from insource.config import Config
-from insource.distill.dataset import Dataset, Example, load_dataset
-from insource.distill.registry import (
+from insource.errors import NotReady
+from insource.evals import metrics as M
+from insource.registry.entries import (
     CLASSIFIER_KINDS,
     EVAL_FILE,
     load_student,
@@ -29,8 +31,6 @@ from insource.distill.registry import (
     resolve,
     write_json_atomic,
 )
-from insource.errors import NotReady
-from insource.evals import metrics as M
 
 LATENCY_SAMPLES = 200
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class Scored:
 def score_splits(folder: Path, cache_root: Path, *splits: list[Example]) -> list[Scored]:
     """Run the registered student over each list of examples (loaded once; embeddings through the content-hash
     cache, looked up in one pass)."""
-    from insource.distill.classifier import embed_examples, encoder_cache
-    from insource.distill.registry import load_parts, model_labels
+    from insource.registry.embedding import embed_examples, encoder_cache
+    from insource.registry.entries import load_parts, model_labels
 
     labels = model_labels(folder, read_model_info(folder))
     encoder, head, lexical = load_parts(folder, labels, os.cpu_count() or 1)

@@ -21,7 +21,7 @@ from insource.errors import InsourceError, NotFound, PayloadTooLarge
 from insource.server.auth import resolve_key
 from insource.server.responses import RawJSON, SSEResponse
 from insource.service import chat
-from insource.service.access_log import log_refused
+from insource.service.access_log import log_unmetered
 from insource.service.context import new_request_id
 from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
@@ -151,8 +151,6 @@ class FastPath:
         seen = read_headers(scope)
         rid = seen.caller_id or new_request_id()
         try:
-            if scope["method"] != "POST":
-                raise NotFound(f"Method {scope['method']} is not allowed on {scope['path']}.", status=405)
             response: Any = await self._handle(use_case, scope, receive, deployment, seen, rid)
         except InsourceError as exc:  # refused by insource itself unless a target answered it (set upstream)
             response = RawJSON(
@@ -176,7 +174,7 @@ class FastPath:
             key = resolve_key(gw, seen.auth, seen.api_key)
         except InsourceError as exc:  # not metered (no tenant): still one access-log line
             if gw.access_log:
-                log_refused(rid, scope["method"], scope["path"], exc.status, exc.code)
+                log_unmetered(rid, scope["method"], scope["path"], exc.status, exc.code)
             raise
         try:
             raw = await read_body(receive, gw.max_body, seen.declared)
@@ -202,7 +200,7 @@ class FastPath:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), header]
                 if gw is not None and gw.access_log:
-                    log_refused(rid, scope["method"], scope["path"], message["status"], None)
+                    log_unmetered(rid, scope["method"], scope["path"], message["status"], None)
             await send(message)
 
         await self.app(scope, receive, send_with_id)

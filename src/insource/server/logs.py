@@ -4,15 +4,15 @@ The setup is a `logging.config.dictConfig` mapping handed to uvicorn (`log_confi
 main process and again in each worker it spawns, so `--log-level` and `--log-format` reach them all.
 uvicorn's own access log stays off: insource writes one richer line per request (`insource.access`).
 
-Records may carry structured fields (`extra={"fields": {...}}`): the text format appends them as `key=value`
-(values with spaces, quotes or control characters JSON-quoted, so a line cannot be forged); the JSON format
-puts them at the top level of one JSON object per line.
+Records may carry structured fields (`extra={"fields": {...}}`): the text format appends them as one compact
+JSON object (so a client-chosen value cannot forge a line or a field); the JSON format puts them at the top
+level of one JSON object per line.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import threading
 import time
 from typing import Any
 
@@ -20,26 +20,6 @@ import orjson
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+()-]")
-
-
-def key_values(fields: dict[str, Any]) -> str:
-    """`k=v k=v`: None as `-`, floats to 6 significant digits, text JSON-quoted unless plain (one pass, inline)."""
-    parts = []
-    for key, value in fields.items():
-        kind = value.__class__
-        if kind is str:
-            plain = value and _UNSAFE.search(value) is None
-            parts.append(f"{key}={value}" if plain else f"{key}={orjson.dumps(value).decode()}")
-        elif value is None:
-            parts.append(f"{key}=-")
-        elif kind is float:
-            parts.append(f"{key}={value:.6g}")
-        else:
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text (one strftime a second)
 
 
@@ -51,13 +31,15 @@ def _iso(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-12-06T22:00:00.123Z INFO insource.access: request request_id=req_… status=200 …`"""
+    """`2026-12-06T22:00:00.123Z INFO insource.access: request {"request_id":"req_…","status":200,…}`: the
+    fields as one compact JSON object after the message (as zap's console encoder does): unambiguous, greppable,
+    and a tenth of the CPU of a Python-built key=value list."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         if fields:
-            line += " " + key_values(fields)
+            line += " " + orjson.dumps(fields, default=str).decode()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -81,12 +63,46 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class FlushingStreamHandler(logging.StreamHandler):
+    """A StreamHandler that does not flush after every info line (the write syscall was a third of the access
+    log's cost): a background thread flushes every `interval` seconds when something was written, warnings and
+    errors are flushed at once, and `logging.shutdown` flushes at exit."""
+
+    def __init__(self, stream: Any = None, interval: float = 0.2) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self._dirty = False
+        threading.Thread(target=self._flusher, name="insource-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except (OSError, ValueError, TypeError):  # a closed stream, a bad format: logging's handleError reports it
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        else:
+            self._dirty = True
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            if self._dirty:
+                self._dirty = False
+                self.flush()
+
+
 def log_config(level: str, fmt: str) -> dict[str, Any]:
     """The dictConfig for the gateway's processes (insource's loggers and uvicorn's)."""
     if level not in LEVELS or fmt not in FORMATS:
         raise ValueError(f"log level must be one of {LEVELS} and format one of {FORMATS}")
     formatter = JsonFormatter if fmt == "json" else TextFormatter
-    handler = {"class": "logging.StreamHandler", "formatter": "insource", "stream": "ext://sys.stderr"}
+    handler = {
+        "class": f"{FlushingStreamHandler.__module__}.{FlushingStreamHandler.__qualname__}",
+        "formatter": "insource",
+        "stream": "ext://sys.stderr",
+    }
     lvl = level.upper()
     return {
         "version": 1,

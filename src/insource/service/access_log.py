@@ -43,8 +43,9 @@ def log_request(row: dict[str, Any]) -> None:
     )
 
 
-def log_refused(request_id: str, method: str, path: str, status: int, code: str | None) -> None:
-    """A request answered before it could be metered (no valid key, unknown path, method not allowed...)."""
+def log_unmetered(request_id: str, method: str, path: str, status: int, code: str | None) -> None:
+    """A request with no usage record: refused before a key was known (401, 405), or not metered (`/v1/models`,
+    unknown paths)."""
     _emit(
         "request",
         {

@@ -63,7 +63,7 @@ def check_fit(policy: RoutePolicy, cli: bool = True) -> None:
 
 
 def _check_model(registry: Path, task: str, model: str) -> Path:
-    from insource.distill.registry import CLASSIFIER_KINDS, list_models, resolve
+    from insource.registry.entries import CLASSIFIER_KINDS, list_models, resolve
 
     entries = {m.get("name"): m for m in list_models(registry)}
     entry = entries.get(model)
@@ -86,7 +86,7 @@ def _check_model(registry: Path, task: str, model: str) -> Path:
 
 def _eval_found_none(folder: Path, target: float) -> bool:
     """Whether an `insource eval` at this target agreement ran and found no threshold reaching it."""
-    from insource.distill.registry import EVAL_FILE, read_json
+    from insource.registry.entries import EVAL_FILE, read_json
 
     try:
         runs = read_json(folder / EVAL_FILE).get("runs")
@@ -102,7 +102,7 @@ def _eval_found_none(folder: Path, target: float) -> bool:
 
 def _cascade_threshold(folder: Path, policy: RoutePolicy, cli: bool = True) -> float:
     """The explicit threshold, or the one `insource eval` found for the target agreement."""
-    from insource.distill.registry import read_thresholds
+    from insource.registry.entries import read_thresholds
 
     if policy.threshold is not None:
         return policy.threshold
@@ -144,7 +144,7 @@ def _fields(policy: RoutePolicy) -> dict[str, Any]:
 def pin_model(registry: Path, model: str) -> str:
     """`TASK@latest` (or a bare `TASK`) named in `route set`: the version it is now, so that a route always names
     one version and a later `insource distill` never changes what answers without a new `route set`."""
-    from insource.distill.registry import resolve
+    from insource.registry.entries import resolve
 
     _task, sep, version = model.partition("@")
     return resolve(registry, model).name if not sep or version == "latest" else model

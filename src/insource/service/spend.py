@@ -91,7 +91,7 @@ def month_start(now: float) -> float:
 
 def keys_month_to_date(store: Store, now: float) -> dict[str, float]:
     """Month-to-date spend per key id (the period a key's monthly budget covers)."""
-    return {k.removeprefix("key:"): v for k, v in month_to_date(store, now).items() if k.startswith("key:")}
+    return {scope[4:]: spent for scope, spent in month_to_date(store, now).items() if scope.startswith("key:")}
 
 
 def month_to_date(store: Store, now: float) -> dict[str, float]:

@@ -96,7 +96,7 @@ class StudentPool:
         return self._students[name]
 
     def _load(self, name: str) -> Any:
-        from insource.distill.registry import load_student
+        from insource.registry.entries import load_student
 
         student = load_student(self.registry, name)
         self._templates[name] = input_template(student.template)

@@ -1,5 +1,5 @@
-"""insource.testing: a fake OpenAI / Azure OpenAI upstream, a background server runner and the demo's
-simulated teacher and generated data. Everything here is simulated and says so.
+"""insource.testing: test doubles users can use too: a fake OpenAI / Azure OpenAI upstream and a background
+server runner. (The demo's simulated teacher and generated data live in `insource.demo`.)
 
 Names are resolved lazily (PEP 562) so that ``python -m insource.testing.fake_upstream`` does not import
 the module twice.
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from insource.testing.fake_upstream import FakeUpstream, RecordedRequest, echo_responder
     from insource.testing.server import ServerHandle, run_server
-    from insource.testing.teacher import SimulatedTeacher
 
 _EXPORTS = {
     "FakeUpstream": "insource.testing.fake_upstream",
@@ -21,10 +20,9 @@ _EXPORTS = {
     "echo_responder": "insource.testing.fake_upstream",
     "ServerHandle": "insource.testing.server",
     "run_server": "insource.testing.server",
-    "SimulatedTeacher": "insource.testing.teacher",
 }
 
-__all__ = ["FakeUpstream", "RecordedRequest", "ServerHandle", "SimulatedTeacher", "echo_responder", "run_server"]
+__all__ = ["FakeUpstream", "RecordedRequest", "ServerHandle", "echo_responder", "run_server"]
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,8 @@ fault (queued `fail_next` first, then `error_rate`), validation, model lookup, a
 chat and embeddings requests only (not to ``/v1/models``).
 
 Run standalone: ``python -m insource.testing.fake_upstream --port 9000 [--api-key-env NAME]
-[--azure-key-env NAME] [--delay-ms N] [--token-delay-ms N] [--fast] [--teacher]``.
+[--azure-key-env NAME] [--delay-ms N] [--token-delay-ms N] [--fast]``
+(``python -m insource.demo.teacher`` takes the same options and answers as the demo's simulated teacher).
 """
 
 from __future__ import annotations
@@ -507,19 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated model list; other models get 404")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="replay pre-serialised responses (benchmarks)")
-    p.add_argument(
-        "--teacher",
-        action="store_true",
-        help="answer as the simulated demo teacher: customer-support messages -> one of 15 intent labels",
-    )
-    p.add_argument("--teacher-speed", type=float, default=1.0, help="teacher latency factor (0 = none)")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.delay_ms < 0 or args.token_delay_ms < 0 or args.embedding_dim < 1 or args.teacher_speed < 0:
-        print("error: delays, --teacher-speed must be >= 0 and --embedding-dim >= 1", file=sys.stderr)
+Attach = Callable[[FakeUpstream, argparse.Namespace], None]
+
+
+def main(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None, attach: Attach | None = None
+) -> int:
+    """Run the fake upstream; `parser` and `attach` let a program built on it (the demo's simulated teacher)
+    add options and responders."""
+    args = (parser or build_parser()).parse_args(argv)
+    if args.delay_ms < 0 or args.token_delay_ms < 0 or args.embedding_dim < 1:
+        print("error: delays must be >= 0 and --embedding-dim >= 1", file=sys.stderr)
         return 2
     if not 0 <= args.port <= 65535:
         print(f"error: --port must be in 0..65535, got {args.port}", file=sys.stderr)
@@ -540,12 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     upstream.delay_s = args.delay_ms / 1000
     upstream.token_delay_s = args.token_delay_ms / 1000
-    if args.teacher:
-        from insource.testing.teacher import SimulatedTeacher
-
-        teacher = SimulatedTeacher(speed=args.teacher_speed, seed=args.seed)
-        teacher.attach(upstream)
-        print(teacher.describe(), file=sys.stderr)
+    if attach is not None:
+        attach(upstream, args)
     import uvicorn
 
     install_log_filter()

@@ -1,6 +1,6 @@
 """The demo's own data: customer-support intent classification for a fictional online shop.
 
-Generated here from hand-written templates (:mod:`insource.testing.demo_templates`); nothing is copied
+Generated here from hand-written templates (:mod:`insource.demo.templates`); nothing is copied
 from external datasets. `generate(n, seed)` is deterministic for a given (n, seed) and records each text's
 gold label in a process-wide registry (`gold_label`) that the simulated teacher consults.
 """
@@ -12,7 +12,7 @@ import re
 import threading
 from typing import Any
 
-from insource.testing.demo_templates import (
+from insource.demo.templates import (
     AMBIGUOUS,
     CITIES,
     CLOSINGS,

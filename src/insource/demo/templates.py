@@ -1,7 +1,7 @@
 """Hand-written message templates and slot fillers for the demo shop ("Northwind Goods").
 
 This is the project's own generated data (fictional shop, fictional orders). Slots in braces are filled
-by :mod:`insource.testing.demo_data`: {product} {order} {date} {days} {amount} {city} {code} {size}
+by :mod:`insource.demo.data`: {product} {order} {date} {days} {amount} {city} {code} {size}
 {color} {email} {item_count} {deadline}.
 """
 

@@ -388,7 +388,7 @@ def runtime_load_error(exc: Exception) -> bool:
 
 def check_weights(folder: Path) -> None:
     """Everything about the entry that can be checked without loading the models; NotReady names the file."""
-    from insource.distill.encoder import TOKENIZER_FILE
+    from insource.registry.encoder import TOKENIZER_FILE
 
     problem = file_problem(folder, read_model_info(folder))
     if problem is not None:
@@ -401,9 +401,9 @@ def load_parts(folder: Path, labels: list[Any], workers: int) -> tuple[Any, Any,
     """(encoder, head, lexical view or None) of a classifier student; a damaged file → NotReady, naming it."""
     import zipfile
 
-    from insource.distill.encoder import OnnxEncoder
-    from insource.distill.head import Head
-    from insource.distill.lexical import Lexical
+    from insource.registry.encoder import OnnxEncoder
+    from insource.registry.head import Head
+    from insource.registry.lexical import Lexical
 
     check_weights(folder)
     try:

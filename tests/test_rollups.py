@@ -249,7 +249,7 @@ def test_the_migration_can_run_again(tmp_path: Path) -> None:
     store = Store(tmp_path / "r.db")
     store.write_batch([("usage", r, False) for r in rows])
     with store.transaction():
-        for name in ("m005_usage_rollups", "m006_usage_rollup_keys"):
+        for name in ("m005_usage_rollups", "m007_usage_rollup_keys"):
             dict(MIGRATIONS)[name](store.conn())
     assert_same(as_table(store, "task"), expected(rows, "UTC", "task"))
     assert store.query("SELECT zone FROM usage_daily_zone") == [{"zone": "UTC"}]

@@ -14,6 +14,7 @@ from tests.conftest import Gateway, run_cli
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
+from insource.service.spend import MEASURES as SPEND_MEASURES
 from insource.store import Store
 
 runner = CliRunner()
@@ -210,6 +211,8 @@ def test_remote_spend_by_pairs_until(gateway: Gateway) -> None:
 def test_empty_spend_says_what_to_do(tmp_path: Path) -> None:
     config = project(tmp_path)
     Store(tmp_path / "insource.db").close()
-    code, out = cli("spend", "--by", "task,day", "--config", str(config))
-    assert code == 0 and "No usage recorded" in out and "usage import" in " ".join(out.split())
+    code, out = cli("spend", "--config", str(config))
+    assert code == 0 and "no usage recorded" in out.lower() and "usage import" in " ".join(out.split())
     assert spend_json(config) == []
+    code, out = cli("spend", "--csv", "--config", str(config))
+    assert code == 0 and out.strip() == ",".join(["tenant", *SPEND_MEASURES])

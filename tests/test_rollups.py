@@ -177,14 +177,10 @@ def test_migration_backfills_existing_records(tmp_path: Path) -> None:
     rows = random_rows(500, seed=5)
     store = Store(tmp_path / "r.db")
     store.write_batch([("usage", r, False) for r in rows])
-    for table in (
-        "usage_daily",
-        "usage_daily_lite",
-        "usage_imports",
-        "usage_daily_zone",
-    ):  # back to a store from before the rollups
+    tables = ("usage_daily", "usage_daily_lite", "usage_daily_keys", "usage_imports", "usage_daily_zone")
+    for table in tables:  # back to a store from before the rollups
         store.execute(f"DROP TABLE {table}")
-    store.execute("DELETE FROM _migrations WHERE name = 'm005_usage_rollups'")
+    store.execute("DELETE FROM _migrations WHERE name IN ('m005_usage_rollups', 'm007_usage_rollup_keys')")
     store.close()
     upgraded = Store(tmp_path / "r.db")
     assert_same(as_table(upgraded, "task"), expected(rows, "UTC", "task"))

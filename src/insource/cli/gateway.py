@@ -28,11 +28,10 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
-    print_csv,
     print_json,
     shown,
 )
-from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_csv, print_table
 from insource.config import Config, missing_env
 from insource.errors import ConfigError
 

@@ -222,10 +222,10 @@ def csv_value(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def print_csv(rows: Sequence[dict[str, Any]]) -> None:
-    """A header row (every key, in order of first appearance), then one line per row."""
-    fields: dict[str, None] = {}
-    for row in rows:
+def print_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ()) -> None:
+    """A header row (`columns`, else every key in order of first appearance), then one line per row."""
+    fields: dict[str, None] = dict.fromkeys(columns)
+    for row in [] if columns else rows:
         fields.update(dict.fromkeys(row))
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(fields)

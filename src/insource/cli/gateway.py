@@ -28,11 +28,10 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
-    print_csv,
     print_json,
     shown,
 )
-from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_csv, print_table
 from insource.config import CONFIG_ENV, Config, find_config, missing_env
 from insource.errors import ConfigError
 
@@ -333,9 +332,11 @@ def _no_spend(since: str | None) -> str:
     )
 
 
-def _spend_columns(dims: list[str]) -> list[Col]:
+def _spend_columns(by: str | list[str]) -> list[Col]:
+    """The dimension column(s) of `--by` ("task,day" or ["task", "day"]; days are never wrapped), then the figures."""
+    dims = by.split(",") if isinstance(by, str) else by
     return [
-        *(Col(d) for d in dims),
+        *(Col(d, "id" if d in ("day", "week", "month") else "text") for d in dims),
         Col("requests", "num", short="reqs"),
         Col("refused", "num", short="ref."),
         Col("audits", "num", drop=4),

@@ -388,7 +388,8 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
     if opts.feedback is not None:
         examples, feedback = apply_feedback(store, opts.task, examples, opts.feedback)
         if not examples:
-            raise NotReady(f"--feedback {opts.feedback} left no example of task {opts.task!r}: all were scored negative")
+            detail = f"task {opts.task!r}: every answer was scored negative"
+            raise NotReady(f"--feedback {opts.feedback} left no example of {detail}")
     kind = decide_kind(Counter(ex["output"] for ex in examples), opts.kind)
     dup = {"exact": 0, "near": 0}
     if opts.dedup:

@@ -388,8 +388,8 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
     if opts.feedback is not None:
         examples, feedback = apply_feedback(store, opts.task, examples, opts.feedback)
         if not examples:
-            detail = f"task {opts.task!r}: every answer was scored negative"
-            raise NotReady(f"--feedback {opts.feedback} left no example of {detail}")
+            why = f"task {opts.task!r}: every answer was scored negative"
+            raise NotReady(f"--feedback {opts.feedback} left no example of {why}")
     kind = decide_kind(Counter(ex["output"] for ex in examples), opts.kind)
     dup = {"exact": 0, "near": 0}
     if opts.dedup:

@@ -98,6 +98,11 @@ def echo_responder(model: str, messages: list[dict[str, Any]], body: dict[str, A
     return f"This is a simulated reply from {model} to: {quoted}"
 
 
+def _replayable(path: str) -> bool:
+    """Fast mode replays chat and embeddings answers only (files and batches have state)."""
+    return path.endswith(("/chat/completions", "/embeddings"))
+
+
 class FakeUpstream:
     """A controllable fake LLM upstream; an ASGI app (call it, or pass it to `run_server`)."""
 
@@ -207,7 +212,7 @@ class FakeUpstream:
     # ------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast and scope["type"] == "http" and scope["method"] == "POST":
+        if self.fast and scope["type"] == "http" and scope["method"] == "POST" and _replayable(scope["path"]):
             await self._fast_call(scope, receive, send)
         else:
             await self._app(scope, receive, send)

@@ -11,7 +11,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from tests.conftest import Gateway
+from tests.conftest import UPSTREAM_KEY, Gateway, free_port, gateway_config, start_gateway, stop_gateway
+
+from insource.testing.fake_upstream import FakeUpstream
+from insource.testing.server import ServerHandle
 
 
 def _client(gateway: Gateway, key: dict[str, str]) -> openai.OpenAI:
@@ -198,3 +201,31 @@ def test_dataset_build_says_when_feedback_leaves_nothing(gateway: Gateway, tmp_p
     )
     assert result.returncode != 0 and "left no example" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_feedback_right_after_the_answer_with_two_workers(
+    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path
+) -> None:
+    """The request may have been answered (and its record queued) by the other worker."""
+    config = tmp_path / "insource.toml"
+    config.write_text(gateway_config(upstream[1].url, f"http://127.0.0.1:{free_port()}"))
+    env = {"LOCAL_UPSTREAM_KEY": UPSTREAM_KEY, "TEST_ADMIN_KEY": "adm-1", "WRONG_UPSTREAM_KEY": "sk-wrong-1"}
+    gw = start_gateway(config, env, workers=2)
+    try:
+        key = gw.key("fbworkers")
+        client = _client(gw, key)
+        task = f"fb-{uuid.uuid4().hex[:8]}"
+        statuses = []
+        with httpx.Client(timeout=10) as http:  # new connections: the two workers share the requests
+            for i in range(12):
+                rid = _ask(client, f"Question {i} for two workers", task)
+                reply = http.post(
+                    gw.base_url + "/feedback",
+                    json={"request_id": rid, "score": 1},
+                    headers={"Authorization": f"Bearer {key['key']}", "Connection": "close"},
+                )
+                statuses.append(reply.status_code)
+        assert statuses == [200] * 12
+        assert len(_listed(gw, task)) == 12
+    finally:
+        stop_gateway(gw)

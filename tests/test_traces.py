@@ -201,3 +201,19 @@ def test_traces_are_off_by_default_and_import_nothing(tmp_path: Path) -> None:
         "assert not any(m.startswith('opentelemetry.sdk') for m in sys.modules), 'otel sdk imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=60)
+
+
+def test_a_student_prediction_is_its_own_span() -> None:
+    exporter, tracing, ctx, _ = _finished(Config.model_validate({"otel": {"enabled": True}}))
+    ctx.spans = None
+    ctx.served_by, ctx.provider, ctx.upstream_model = "intent@v2", None, None
+    tracing.note_student(ctx, "intent@v2", ctx.t0 + 0.001, ctx.t0 + 0.004)
+    tracing.record(ctx, ctx.t0 + 0.005)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"chat m", "admission", "student intent@v2"}
+    student = spans["student intent@v2"]
+    assert student.attributes is not None and student.attributes["insource.answered"] is True
+    assert student.end_time is not None and student.start_time is not None
+    assert student.end_time - student.start_time == pytest.approx(3_000_000, rel=0.01)
+    admission = spans["admission"]
+    assert admission.end_time == student.start_time

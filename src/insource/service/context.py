@@ -15,7 +15,7 @@ from insource.service.keys import KeyInfo
 
 @dataclass(slots=True)
 class Attempt:
-    """One upstream attempt, for traces: perf_counter() times, and the error code when it failed."""
+    """One upstream attempt or student prediction, for traces: perf_counter() times, the error code when it failed."""
 
     provider: str
     upstream_model: str
@@ -23,6 +23,7 @@ class Attempt:
     end: float
     status: int = 200
     error: str | None = None
+    student: bool = False  # a student's prediction (provider "insource", upstream_model its name), not an upstream
 
 
 def new_request_id() -> str:

@@ -4,9 +4,10 @@ When off, nothing here is imported and the request path pays one `is not None` t
 request becomes, once finished, one span named after the OpenTelemetry GenAI conventions
 (`{gen_ai.operation.name} {gen_ai.request.model}`, kind SERVER) with child spans:
 
-- `admission`: from arrival to the first upstream attempt (parsing, key, limits, budget, routing), or to the
-  end when no upstream was asked (refused, or answered by a student);
-- `student {name}`: a student's answer (from the end of admission to the end: its timing is the request's);
+- `admission`: from arrival to the first student prediction or upstream attempt (parsing, key, limits, budget,
+  routing), or to the end when neither was asked (a refused request);
+- `student {name}`: a student's prediction (`insource.answered`: whether its answer was served; a cascade or an
+  audit may send the request on to the teacher);
 - one `{operation} {upstream_model}` CLIENT span per upstream attempt (retries and fallbacks included), until
   the upstream answered (for a stream: until it started), with `error.type` when it failed.
 
@@ -65,6 +66,15 @@ class Tracing:
         self.provider.shutdown()  # exports what is still queued
 
     @staticmethod
+    def note_student(ctx: RequestContext, model: str, start: float, end: float, failed: bool = False) -> None:
+        """A student's prediction, for its span (called by the insourcing router when traces are on)."""
+        if ctx.spans is None:
+            ctx.spans = []
+        ctx.spans.append(
+            Attempt("insource", model, start, end, 500 if failed else 200, "student_failed" if failed else None, True)
+        )
+
+    @staticmethod
     def _ns(ctx: RequestContext, perf: float) -> int:
         return int((ctx.ts + (perf - ctx.t0)) * 1e9)
 
@@ -82,12 +92,19 @@ class Tracing:
         root = self.tracer.start_span(name, kind=self._server, attributes=attributes, start_time=self._ns(ctx, ctx.t0))
         parent = trace.set_span_in_context(root)
         attempts = ctx.spans or []
-        admitted = attempts[0].start if attempts else end
+        admitted = min((a.start for a in attempts), default=end)
         self._child("admission", ctx, ctx.t0, admitted, parent, {})
-        if ctx.served_by and ":" not in ctx.served_by and ctx.status < 400 and not attempts:
-            self._child(f"student {ctx.served_by}", ctx, admitted, end, parent, {"insource.student": ctx.served_by})
         for attempt in attempts:
-            self._attempt(ctx, operation, attempt, parent)
+            if attempt.student:
+                attrs = {
+                    "insource.student": attempt.upstream_model,
+                    "insource.answered": ctx.served_by == attempt.upstream_model,
+                }
+                if attempt.error is not None:
+                    attrs["error.type"] = attempt.error
+                self._child(f"student {attempt.upstream_model}", ctx, attempt.start, attempt.end, parent, attrs)
+            else:
+                self._attempt(ctx, operation, attempt, parent)
         root.end(end_time=self._ns(ctx, end))
 
     def _request_attributes(self, ctx: RequestContext, operation: str) -> dict[str, Any]:

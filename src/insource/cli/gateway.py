@@ -331,7 +331,7 @@ def _no_spend(since: str | None) -> str:
 
 def _spend_columns(dims: list[str]) -> list[Col]:
     return [
-        *(Col(d) for d in dims),
+        *(Col(d, "id" if d in ("day", "week", "month") else "text") for d in dims),  # dates never wrap
         Col("requests", "num", short="reqs"),
         Col("refused", "num", short="ref."),
         Col("audits", "num", drop=4),

@@ -9,7 +9,8 @@ in batches of 1,000, the batch writer's path, so the daily rollups are kept as i
   writer thread, off the request path: the gateway's per-request overhead is unchanged by construction);
 - rollup rows vs records;
 - `spend --by task,day` (service function = the server time of `/admin/spend`), `spend --by tenant`,
-  `daily_spend` for one tenant, month-to-date total: median of 5 runs each;
+  `daily_spend` for one tenant, month-to-date total, `forecast` (statsmodels imported before timing), `savings`:
+  median of 5 runs each;
 - the same `task,day` report computed from the raw records, for comparison.
 
 Cardinality (realistic, not worst case): 20 tenants, 100 keys (each belongs to one tenant), 6 models, 12 tasks,
@@ -28,6 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from insource.config import parse_config
+from insource.service.money import forecast_report, savings_report
 from insource.service.spend import spend
 from insource.store import Store
 from insource.store.postgres import PgStore
@@ -158,6 +161,10 @@ def main() -> None:
         "month_to_date_ms_wall_cpu": timed(lambda: usage_total(store, UsageFilter(since=month))),
         "raw_task_day_ms_wall_cpu": timed(lambda: raw_task_day(store), runs=1),
     }
+    cfg = parse_config({}, Path.cwd())
+    forecast_report(cfg, store, horizon_days=30)  # imports numpy and statsmodels: not part of the figure
+    out["forecast_ms_wall_cpu"] = timed(lambda: forecast_report(cfg, store, horizon_days=30))
+    out["savings_ms_wall_cpu"] = timed(lambda: savings_report(store))
     with_rollups, plain = writer_cpu(store)
     out["writer_cpu_us_per_record_with_rollups"] = round(with_rollups, 2)
     out["writer_cpu_us_per_record_plain_insert"] = round(plain, 2)

@@ -251,3 +251,20 @@ def test_the_migration_can_run_again(tmp_path: Path) -> None:
     assert_same(as_table(store, "task"), expected(rows, "UTC", "task"))
     assert store.query("SELECT zone FROM usage_daily_zone") == [{"zone": "UTC"}]
     assert_lite_matches(store)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_budget_month_to_date_equals_the_records(tmp_path: Path, zone: str) -> None:
+    from insource.service.spend import month_start, month_to_date
+    from insource.store.usage_queries import month_to_date_from_records
+
+    rows = random_rows(800, seed=17, days=20)  # 2026-03-25 .. 04-14: the month turns
+    store = Store(tmp_path / "r.db", zone)
+    store.write_batch([("usage", r, False) for r in rows])
+    now = dt.datetime(2026, 4, 10, tzinfo=dt.UTC).timestamp()
+    got = month_to_date(store, now)
+    want = month_to_date_from_records(store, month_start(now))
+    assert got.keys() == want.keys() and len(got) > 4
+    assert all(got[k] == pytest.approx(want[k]) for k in want)
+    april = [r for r in rows if r["ts"] >= month_start(now)]
+    assert sum(v for k, v in got.items() if k.startswith("tenant:")) == pytest.approx(sum(r["cost_usd"] for r in april))

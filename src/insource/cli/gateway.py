@@ -326,7 +326,10 @@ def spend(
 
 def _no_spend(since: str | None) -> str:
     when = f" since {since}" if since else ""
-    return f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key"
+    return (
+        f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key, or bring a"
+        " bill's history in with `insource usage import FILE --format csv`"
+    )
 
 
 def _spend_columns(dims: list[str]) -> list[Col]:

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from insource.capture.assigned import AssignedTemplates
 from insource.capture.record import CaptureRaw
 from insource.capture.redact import check_redactors
 from insource.config import Config, resolve_secret
@@ -26,6 +27,7 @@ from insource.service.limits import Limits, LocalLimits, RedisLimits
 from insource.service.spend import month_start, month_to_date
 from insource.service.upstream import Upstreams
 from insource.store import open_store
+from insource.store.opportunities import assignments
 from insource.store.writer import BatchWriter
 
 log = logging.getLogger("insource.gateway")
@@ -40,6 +42,7 @@ class Gateway:
         self.secret = server_secret(cfg, self.store)
         self.keys = KeyCache(self.store, self.secret)
         self.keys.refresh()
+        self.assigned = AssignedTemplates.from_rows(assignments(self.store))  # `insource tasks assign`
         spool = (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
         self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size)
         self.upstreams = Upstreams(
@@ -78,6 +81,7 @@ class Gateway:
         await self.limits.seed(await asyncio.to_thread(month_to_date, self.store, time.time()))
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
         self._tasks.append(asyncio.create_task(self._sync_spend_loop()))
+        self._tasks.append(asyncio.create_task(self._refresh_assigned_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -94,6 +98,16 @@ class Gateway:
                 self.keys.refresh(await asyncio.to_thread(self.keys.load_all))
             except Exception:  # keep serving with the last good cache; the error is logged
                 log.exception("key refresh failed")
+
+    async def _refresh_assigned_loop(self) -> None:
+        """Templates assigned to a task reach every worker within a second (`insource tasks assign`)."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                rows = await asyncio.to_thread(assignments, self.store)
+                self.assigned = AssignedTemplates.from_rows(rows)
+            except Exception:  # keep tagging with the last good assignments; the error is logged
+                log.exception("template assignment refresh failed")
 
     async def _sync_spend_loop(self) -> None:
         while True:

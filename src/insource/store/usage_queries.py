@@ -230,6 +230,17 @@ def existing_import_ids(store: QueryStore, ids: Sequence[str]) -> set[str]:
     return found
 
 
+def month_to_date_from_records(store: QueryStore, start: float) -> dict[str, float]:
+    """Spend since `start` (a Unix time) per budget scope ("key:ID", "tenant:NAME"), from the raw records: for
+    budgets when the rollups' days are not UTC days."""
+    out: dict[str, float] = {}
+    for row in store.query("SELECT key_id, SUM(cost_usd) AS c FROM usage WHERE ts >= ? GROUP BY key_id", (start,)):
+        out[f"key:{row['key_id']}"] = float(row["c"] or 0.0)
+    for row in store.query("SELECT tenant, SUM(cost_usd) AS c FROM usage WHERE ts >= ? GROUP BY tenant", (start,)):
+        out[f"tenant:{row['tenant']}"] = float(row["c"] or 0.0)
+    return out
+
+
 def today(store: QueryStore, now: float | None = None) -> dt.date:
     """Today (or the day of `now`, a Unix time) in the reporting timezone."""
     tz = ZoneInfo(store.report_timezone())

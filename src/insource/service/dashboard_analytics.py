@@ -1,10 +1,9 @@
 """The dashboard's sections backed by the analytics functions (forecast, savings, opportunities, revenue): each
 calls one function and lays its result out as a panel. Each function's module is imported when its section is
-built; a section whose function is not available says so instead of failing the page."""
+built, never on the gateway's path; costly ones are reused for a while per process (`_cached`)."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,19 +25,6 @@ def _cached(name: str, store: Store, now: float, compute: Callable[[], Any], ttl
     return hit[1]
 
 
-def _function(module: str, name: str) -> Any:
-    """An analytics function, or None when this installation does not have it."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
-FORECAST = ("insource.service.money", "forecast_report")  # returns the `insource forecast --json` object
-SAVINGS = ("insource.service.money", "savings_report")  # returns the `insource savings --json` object
-OPPORTUNITIES = ("insource.analytics.opportunities", "find_opportunities")  # the `opportunities --json` list
-
-
 @dataclass
 class Outlook:
     """The forecast's part of the overview: key figures, the panel, and when each budget runs out."""
@@ -50,12 +36,10 @@ class Outlook:
 
 def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
     """This month's forecast with its 80% band (`insource forecast`), when the function is available."""
-    report_fn = _function(*FORECAST)
-    if report_fn is None:
-        empty = "The spend forecast appears here once `insource forecast` is available in this installation."
-        return Outlook([], _forecast_panel(None, empty), {})
+    from insource.service.money import forecast_report
+
     try:
-        report = _cached("forecast", store, span.now, lambda: report_fn(cfg, store, now=span.now), ttl_s=600.0)
+        report = _cached("forecast", store, span.now, lambda: forecast_report(cfg, store, now=span.now), ttl_s=600.0)
     except InsourceError as exc:  # e.g. the analytics extra is not installed: the message says what to do
         return Outlook([], _forecast_panel(None, exc.message), {})
     return forecast_outlook(report)
@@ -106,10 +90,9 @@ def _forecast_panel(report: dict[str, Any] | None, empty: str) -> Panel:
 
 def savings(cfg: Config, store: Store, span: Span) -> Panel:
     """What insourcing saved per task (`insource savings`), when the function is available."""
-    report_fn = _function(*SAVINGS)
-    if report_fn is None:
-        return _unavailable("savings", "Savings per task", "insource savings")
-    return savings_panel(report_fn(store))
+    from insource.service.money import savings_report
+
+    return savings_panel(savings_report(store))
 
 
 def savings_panel(report: dict[str, Any]) -> Panel:
@@ -136,10 +119,10 @@ def savings_panel(report: dict[str, Any]) -> Panel:
 
 def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
     """Templates mined from captured traffic, ranked (`insource opportunities`); mined at most every 10 minutes."""
-    find = _function(*OPPORTUNITIES)
-    if find is None:
-        return _unavailable("opportunities", "What to insource next", "insource opportunities")
-    return opportunities_panel(_cached("opportunities", store, span.now, lambda: find(store), ttl_s=600.0))
+    from insource.analytics.opportunities import find_opportunities
+
+    found = _cached("opportunities", store, span.now, lambda: find_opportunities(store), ttl_s=600.0)
+    return opportunities_panel(found)
 
 
 def opportunities_panel(found: list[dict[str, Any]], top: int = 20) -> Panel:
@@ -165,10 +148,9 @@ def opportunities_panel(found: list[dict[str, Any]], top: int = 20) -> Panel:
 
 def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[Panel]]:
     """The provider's view this month (`insource revenue`): revenue per tenant, concentration, extraction risk."""
-    revenue_report = _function("insource.analytics.revenue", "revenue_report")
-    if revenue_report is None:
-        return _plain_revenue(store, span)
-    report = revenue_report(store)
+    from insource.analytics.revenue import revenue_report
+
+    report = _cached("revenue", store, span.now, lambda: revenue_report(store), ttl_s=60.0)
     rows = []
     for t in report["tenants"]:
         risk = t["extraction_risk"]
@@ -195,39 +177,3 @@ def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[P
         "--what-if TENANT=-PCT`.",
     )
     return figures, [panel]
-
-
-def _plain_revenue(store: Store, span: Span) -> tuple[list[Figure], list[Panel]]:
-    """Revenue per tenant and its concentration from the rollups alone (without `insource.analytics.revenue`)."""
-    from insource.store import usage_queries as uq
-
-    found = uq.usage_by(store, ["tenant"], uq.UsageFilter(since=span.month_first))
-    rows = [r for r in found if r.cost_usd > 0]
-    total = sum(r.cost_usd for r in rows)
-    table = [[r.keys["tenant"], r.cost_usd, r.cost_usd / total] for r in rows] if total else []
-    hhi = sum((row[2] * 100) ** 2 for row in table)
-    figures = [
-        Figure("Revenue this month", total, "usd"),
-        Figure("Top tenant's share", table[0][2] if table else None, "share"),
-        Figure("Herfindahl-Hirschman index", round(hhi) if table else None, "int", "above 1,800: highly concentrated"),
-    ]
-    chart = Chart("bar", [Series("revenue_usd", [r[0] for r in table], [r[1] for r in table])], "USD")
-    panel = Panel(
-        id="revenue",
-        title="Revenue per tenant this month",
-        columns=cols("tenant", "revenue_usd:usd", "share:share"),
-        rows=table,
-        empty="No revenue this month yet.",
-        chart=chart if table else None,
-    )
-    return figures, [panel]
-
-
-def _unavailable(panel_id: str, title: str, command: str) -> Panel:
-    return Panel(
-        id=panel_id,
-        title=title,
-        columns=cols("name"),
-        rows=[],
-        empty=f"This section appears once `{command}` is available in this installation.",
-    )

@@ -4,7 +4,9 @@ built, never on the gateway's path; costly ones are reused for a while per proce
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,14 +17,43 @@ from insource.service.dashboard_types import Chart, Figure, Panel, Series
 from insource.store import Store
 
 _CACHE: dict[tuple[str, int], tuple[float, Any]] = {}
+_RUNNING: dict[tuple[str, int], Future[Any]] = {}
+_LOCK = threading.Lock()
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="insource-ui-analysis")
+PENDING = object()  # an analysis still running after the page's patience ran out
 
 
-def _cached(name: str, store: Store, now: float, compute: Callable[[], Any], ttl_s: float = 60.0) -> Any:
-    """A costly analysis (a forecast fit, mining every capture) at most once per `ttl_s` per store."""
-    hit = _CACHE.get((name, id(store)))
-    if hit is None or not 0 <= now - hit[0] < ttl_s:
-        hit = _CACHE[(name, id(store))] = (now, compute())
-    return hit[1]
+def _cached(name: str, store: Store, span: Span, compute: Callable[[], Any], ttl_s: float) -> Any:
+    """A costly analysis (a forecast fit, mining every capture) at most once per `ttl_s` per store, run aside: a
+    page waits `span.patience_s` for it, then shows the previous result or PENDING (the run goes on, for the next
+    view). Its errors reach the page that waits."""
+    key = (name, id(store))
+    hit = _CACHE.get(key)
+    if hit is not None and 0 <= span.now - hit[0] < ttl_s:
+        return hit[1]
+    with _LOCK:
+        running = _RUNNING.get(key)
+        if running is None:
+            running = _RUNNING[key] = _POOL.submit(_run, key, span.now, compute)
+    try:
+        return running.result(timeout=span.patience_s)
+    except TimeoutError:
+        return hit[1] if hit is not None else PENDING
+
+
+def _run(key: tuple[str, int], now: float, compute: Callable[[], Any]) -> Any:
+    try:
+        value = compute()
+        _CACHE[key] = (now, value)
+        return value
+    finally:
+        with _LOCK:
+            _RUNNING.pop(key, None)
+
+
+def _pending(panel_id: str, title: str, what: str) -> Panel:
+    text = f"{what} is still running (it reads every record on a large store): reload this page in a minute."
+    return Panel(id=panel_id, title=title, columns=cols("status"), rows=[], empty=text)
 
 
 @dataclass
@@ -39,9 +70,11 @@ def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
     from insource.service.money import forecast_report
 
     try:
-        report = _cached("forecast", store, span.now, lambda: forecast_report(cfg, store, now=span.now), ttl_s=600.0)
+        report = _cached("forecast", store, span, lambda: forecast_report(cfg, store, now=span.now), ttl_s=600.0)
     except InsourceError as exc:  # e.g. the analytics extra is not installed: the message says what to do
         return Outlook([], _forecast_panel(None, exc.message), {})
+    if report is PENDING:
+        return Outlook([], _pending("forecast", "Spend forecast", "The forecast"), {})
     return forecast_outlook(report)
 
 
@@ -121,7 +154,9 @@ def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
     """Templates mined from captured traffic, ranked (`insource opportunities`); mined at most every 10 minutes."""
     from insource.analytics.opportunities import find_opportunities
 
-    found = _cached("opportunities", store, span.now, lambda: find_opportunities(store), ttl_s=600.0)
+    found = _cached("opportunities", store, span, lambda: find_opportunities(store), ttl_s=600.0)
+    if found is PENDING:
+        return _pending("opportunities", "What to insource next", "Mining the captured traffic")
     return opportunities_panel(found)
 
 
@@ -150,7 +185,9 @@ def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[P
     """The provider's view this month (`insource revenue`): revenue per tenant, concentration, extraction risk."""
     from insource.analytics.revenue import revenue_report
 
-    report = _cached("revenue", store, span.now, lambda: revenue_report(store), ttl_s=60.0)
+    report = _cached("revenue", store, span, lambda: revenue_report(store), ttl_s=60.0)
+    if report is PENDING:
+        return [], [_pending("revenue", "Revenue per tenant", "The revenue report (with each tenant's traffic)")]
     rows = []
     for t in report["tenants"]:
         risk = t["extraction_risk"]

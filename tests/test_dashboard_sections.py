@@ -145,3 +145,14 @@ def test_a_slow_analysis_never_holds_a_page_beyond_its_patience(tmp_path: Any) -
     assert da._cached("slow", store, patient, slow, ttl_s=60)["month"] == "2026-12"
     assert len(runs) == 1
     assert da._pending("forecast", "Spend forecast", "The forecast").empty.startswith("The forecast is still running")
+
+
+def test_without_plotly_pages_say_how_to_install_it_and_keep_their_tables(monkeypatch: Any) -> None:
+    from insource.server.ui import render
+    from insource.service.dashboard_types import Page
+
+    monkeypatch.setattr(render, "plotly_js", lambda: None)
+    chart = Chart("bar", [Series("cost", ["a"], [1.0])])
+    panel = Panel("spend", "Spend", [Column("task"), Column("cost_usd", "usd")], [["a", 1.0]], "", chart=chart)
+    html = render.render_page(Page("overview", "Overview", [], [panel]), "tok", title="t", active="overview")
+    assert "pip install &#34;insource[ui]&#34;" in html and "plotly-" not in html and "<td" in html

@@ -188,3 +188,24 @@ def test_a_batch_nobody_retrieves_is_metered_by_the_poller(
         assert len(gw.usage_rows("endpoint = 'batch' AND task = ?", ("batch-polled",))) == 3
     finally:
         stop_gateway(gw)
+
+
+def test_an_embeddings_batch_is_metered_on_its_input_tokens(gateway: Gateway, fake: FakeUpstream) -> None:
+    client = _client(gateway, gateway.key("batchembed"))
+    task = f"batch-emb-{uuid.uuid4().hex[:8]}"
+    rows = [
+        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": "text-embedding-3-small", "input": f"text number {i}"}}
+        for i in range(2)
+    ]  # fmt: skip
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    uploaded = client.files.create(file=("emb.jsonl", data), purpose="batch")
+    created = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        extra_headers={"X-Insource-Task": task},
+    )
+    assert client.batches.retrieve(created.id).status == "completed"
+    records = gateway.usage_rows("endpoint = 'batch' AND task = ?", (task,))
+    assert len(records) == 2 and all(r["prompt_tokens"] > 0 and r["completion_tokens"] == 0 for r in records)

@@ -121,7 +121,9 @@ class Walkthrough:
         export = re.match(r"export (\w+)=(\$\(.*\))\s*(#.*)?$", command)
         if export:  # `export X=$(cmd)` would hide cmd's exit code; a plain assignment keeps it
             body = f"{export.group(1)}={export.group(2)}\nrc=$?\nexport {export.group(1)}\n"
-        script = f"set -o pipefail\nsource {shlex.quote(str(self.env_file))}\n{body}"
+        script = (
+            f"set -o pipefail -o allexport\nsource {shlex.quote(str(self.env_file))}\n{body}"  # VAR=... carries on too
+        )
         script += f"export -p > {shlex.quote(str(self.env_file))}\nexit $rc\n"
         started = time.monotonic()
         result = subprocess.run(

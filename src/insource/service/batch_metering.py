@@ -9,6 +9,7 @@ metering a batch twice (two workers, a retry after a crash) adds nothing. The re
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from insource.service.gateway import Gateway
 from insource.service.streams import output_of
 from insource.store.sqlite import Row
 
+log = logging.getLogger("insource.batches")
 WriteItem = tuple[str, Row, bool]
 ENDPOINT = "batch"  # the usage records' endpoint: batch traffic is its own row in `spend --by endpoint`
 
@@ -132,7 +134,10 @@ def meter(
     gw: Gateway, batch: Row, finished: dict[str, Any], inputs: bytes, outputs: list[bytes], policy: Policy
 ) -> Metered:
     """The rows to write for a finished batch (run in a thread: parsing and redaction are CPU work)."""
-    price: ModelPrice = batch_price(gw.prices[batch["model"]])
+    listed = gw.prices.get(batch["model"])
+    if listed is None:  # the alias left the config since: the records still count, at no price
+        log.warning("batch %s: model %r has no price any more; metered at 0", batch["id"], batch["model"])
+    price: ModelPrice = batch_price(listed or ModelPrice.free())
     requests = {line["custom_id"]: line.get("body") or {} for line in _lines(inputs)}
     tasks: dict[str, str] = orjson.loads(batch.get("tasks") or "{}")
     ts = float(finished.get("completed_at") or finished.get("failed_at") or finished.get("cancelled_at") or 0)

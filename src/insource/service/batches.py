@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from insource.errors import BadRequest, NotFound
+from insource.errors import BadRequest, NotFound, ServiceUnavailable
 from insource.metering.budgets import Reservation
 from insource.providers.openai_batch import BatchUpstream
 from insource.service import batch_metering
@@ -61,6 +61,8 @@ class BatchService:
         self._metering: set[str] = set()
 
     def upstream(self, provider: str) -> BatchUpstream:
+        if provider not in self.gw.cfg.providers:
+            raise ServiceUnavailable(f"The provider '{provider}' of this file or batch is no longer configured.")
         if provider not in self._upstreams:
             self._upstreams[provider] = BatchUpstream(provider, self.gw.cfg.providers[provider])
         return self._upstreams[provider]
@@ -200,7 +202,7 @@ class BatchService:
             if not await _to_thread(q.claim_poll, self.gw.store, batch["id"], now, now - every):
                 continue  # another worker's turn
             if batch["provider"] not in self.gw.cfg.providers:
-                continue  # its provider left the config: nothing to ask
+                continue  # its provider left the config: nothing to ask (a retrieve says so)
             obj = await self.upstream(batch["provider"]).batch(batch["id"])
             await self._seen(None, dict(batch), obj)
             polled += 1

@@ -63,6 +63,7 @@ class ServerConfig(Strict):
 
 class StoreConfig(Strict):
     url: str = "sqlite:///./insource.db"
+    fsync: Literal["batch", "off"] = "batch"  # the usage journal: fsync'd once per writer batch, or never
 
 
 class RegistryConfig(Strict):

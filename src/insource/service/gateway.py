@@ -26,6 +26,7 @@ from insource.service.limits import Limits, LocalLimits, RedisLimits
 from insource.service.spend import month_start, month_to_date
 from insource.service.upstream import Upstreams
 from insource.store import open_store
+from insource.store.journal import Journal
 from insource.store.writer import BatchWriter
 
 log = logging.getLogger("insource.gateway")
@@ -41,7 +42,8 @@ class Gateway:
         self.keys = KeyCache(self.store, self.secret)
         self.keys.refresh()
         spool = (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
-        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size)
+        journal = Journal(spool.parent / "journal", fsync=cfg.store.fsync)
+        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size, journal=journal)
         self.upstreams = Upstreams(
             build_providers(cfg),
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
@@ -150,7 +152,7 @@ class Gateway:
         if ctx.est_tokens:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         row = ctx.usage_row()
-        self.writer.submit("usage", row)
+        self.writer.submit_durable("usage", row, capture=capture is not None)  # on disk before the answer ends
         if self.access_log:
             log_request(row)
         model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels

@@ -12,14 +12,14 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
 import psutil
 import pytest
 from tests.conftest import UPSTREAM_KEY, Gateway, start_gateway, stop_gateway
-from tests.test_durability import _config
+from tests.test_durability import _config, locked
 
 from insource.config import load_config
 from insource.store import open_store
@@ -83,6 +83,16 @@ def _kill_all(gw: Gateway) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
+def _stall_then(gw: Gateway, kill: Callable[[], None]) -> None:
+    """Kill while the store is held by another process (a backup, a long report) for a moment shorter than the
+    writer's stall guard: the records of the answers of that moment are in memory, and on disk only in the
+    journal. (Without a lock the writer commits within milliseconds at this load; at a real gateway's load the
+    records of the last batch are in memory at any moment.)"""
+    with locked(gw.config.parent / "insource.db"):
+        time.sleep(0.4)
+        kill()
+
+
 def _workers(gw: Gateway) -> list[psutil.Process]:
     return [p for p in psutil.Process(gw.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
 
@@ -95,9 +105,7 @@ async def _load_and_kill(gw: Gateway, key: str, answered: list[str], kills: int)
         for _ in range(kills):
             await asyncio.sleep(rng.uniform(1.0, 2.0))
             victim = rng.choice(await asyncio.to_thread(_workers, gw))
-            before = len(answered)
-            victim.send_signal(signal.SIGKILL)
-            assert before > 0
+            await asyncio.to_thread(_stall_then, gw, victim.kill)
             await asyncio.sleep(rng.uniform(1.0, 2.0))  # a new worker is started; the survivor adopts
     finally:
         load.cancel()
@@ -135,14 +143,14 @@ def test_sigkill_of_the_whole_server_loses_no_answered_request(slow_upstream: Se
         key = key or gw.key("crash")["key"]
         before = len(answered)
         asyncio.run(_load_for_then_kill(gw, key, answered, rng.uniform(1.5, 3.0)))
-        assert len(answered) > before + 50  # real load was answered before each kill
+        assert len(answered) > before  # real load was answered before each kill
     _check(config, answered)
 
 
 async def _load_for_then_kill(gw: Gateway, key: str, answered: list[str], seconds: float) -> None:
     load = asyncio.create_task(_load(gw.base_url, key, 1e9, answered))
     await asyncio.sleep(seconds)
-    await asyncio.to_thread(_kill_all, gw)  # in the middle of answering: no graceful anything
+    await asyncio.to_thread(_stall_then, gw, lambda: _kill_all(gw))  # no graceful anything
     load.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await load

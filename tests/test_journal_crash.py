@@ -43,7 +43,9 @@ async def _one(client: openai.AsyncOpenAI, i: int, answered: list[str]) -> None:
     messages = [{"role": "user", "content": f"crash test {i}"}]
     if i % 2:
         async with client.chat.completions.with_streaming_response.create(
-            model="gpt-4o-mini", messages=messages, stream=True  # type: ignore[arg-type]
+            model="gpt-4o-mini",
+            messages=messages,
+            stream=True,  # type: ignore[arg-type]
         ) as resp:
             rid = resp.headers["x-request-id"]
             async for _chunk in await resp.parse():

@@ -23,6 +23,8 @@ from insource.server.auth import resolve_key
 from insource.server.fastpath import INTERNAL_ERROR, FastPath
 from insource.server.metrics import render as render_metrics
 from insource.server.responses import RawJSON
+from insource.server.ui import OFF_MESSAGE, LazyUI
+from insource.server.ui import enabled as ui_enabled
 from insource.service.gateway import Gateway
 from insource.service.insourcing import attach_router
 from insource.service.keys import KeyInfo
@@ -92,6 +94,8 @@ def create_app(cfg: Config) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = Gateway(cfg)
         app.state.gateway = gw
+        if not ui_enabled(cfg):
+            log.warning(OFF_MESSAGE)
         router = attach_router(gw)
         await gw.start()
         refresher = asyncio.create_task(router.refresh_loop())
@@ -102,12 +106,15 @@ def create_app(cfg: Config) -> Any:
             await router.close()
             await gw.stop()
 
+    ui = LazyUI()
     routes = [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
+        Route("/ui", ui),  # the dashboard; its imports wait for its first request
+        Route("/ui/{rest:path}", ui),
     ]
     handlers: dict[Any, Any] = {
         InsourceError: on_insource_error,

@@ -101,6 +101,8 @@ async def chat_completion(
         ctx.model = model_name(body)
         ctx.stream = body.get("stream") is True
         ctx.task = take_task(body, header_task)
+        if ctx.task is None and gw.assigned:  # untagged: a template assigned to a task may name it
+            ctx.task = gw.assigned.task_for(body.get("messages"))
         validate_chat(body)
         await admit(gw, ctx, body, len(raw))
         if gw.router is not None:

@@ -15,12 +15,18 @@ from typing import Any
 from insource.store.usage_queries import STUDENT_PROVIDER, UsageRow
 
 AUDIT = "audit"
+CACHE = "cache"  # served_by of answers from the response cache: a source of savings of its own
 
 
 def is_student(served_by: str | None, endpoint: str | None) -> bool:
     """A student's answer: served by a registry name (`TASK@vN`), not by a teacher (`PROVIDER:MODEL`), not by
     nobody ("insource": refused, or every upstream failed), and not an audit."""
-    return bool(served_by) and ":" not in str(served_by) and served_by != STUDENT_PROVIDER and endpoint != AUDIT
+    return (
+        bool(served_by)
+        and ":" not in str(served_by)
+        and served_by not in (STUDENT_PROVIDER, CACHE)
+        and endpoint != AUDIT
+    )
 
 
 @dataclass(slots=True)
@@ -31,6 +37,8 @@ class Savings:
     avoided_usd: float = 0.0
     student_usd: float = 0.0
     audit_usd: float = 0.0
+    cache_hits: int = 0
+    cache_avoided_usd: float = 0.0
 
     def add(self, row: UsageRow) -> None:
         """Fold in one rollup row that has `served_by` and `endpoint` among its keys."""
@@ -40,6 +48,9 @@ class Savings:
         self.avoided_usd += row.cost_avoided_usd
         if endpoint == AUDIT:
             self.audit_usd += row.cost_usd
+        elif served_by == CACHE:
+            self.cache_hits += answered
+            self.cache_avoided_usd += row.cost_avoided_usd
         elif is_student(served_by, endpoint):
             self.insourced += answered
             self.student_usd += row.cost_usd
@@ -53,6 +64,8 @@ class Savings:
             "student_cost_usd": round(self.student_usd, 6),
             "audit_cost_usd": round(self.audit_usd, 6),
             "net_savings_usd": round(self.avoided_usd - self.student_usd - self.audit_usd, 6),
+            "cache_hits": self.cache_hits,  # answers from the response cache (their avoided cost is in the total)
+            "cache_cost_avoided_usd": round(self.cache_avoided_usd, 6),
         }
 
 
@@ -86,4 +99,6 @@ def savings_table(groups: Sequence[Savings], key: str = "task") -> dict[str, Any
         total.avoided_usd += g.avoided_usd
         total.student_usd += g.student_usd
         total.audit_usd += g.audit_usd
+        total.cache_hits += g.cache_hits
+        total.cache_avoided_usd += g.cache_avoided_usd
     return {"rows": out, "total": total.figures()}

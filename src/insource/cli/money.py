@@ -131,10 +131,9 @@ def savings(
     if note:
         console.print(literal(note, style="yellow"))
         return
-    caption = "USD; net = teacher cost avoided − student − audits"
-    table = Table(
-        "requests", "insourced", "share", "avoided", "student", "audits", "net", box=box.SIMPLE, caption=caption
-    )
+    caption = "USD; net = teacher cost avoided (by students and the response cache) − student − audits"
+    columns = ("requests", "insourced", "share", "cache hits", "cache avoided", "avoided", "student", "audits", "net")
+    table = Table(*columns, box=box.SIMPLE, caption=caption)
     table.columns.insert(0, Column(by, no_wrap=True))
     for row in [*report["rows"], {by: "total", **report["total"]}]:
         table.add_row(
@@ -142,6 +141,8 @@ def savings(
             str(row["requests"]),
             str(row["insourced"]),
             f"{row['share_insourced']:.1%}",
+            str(row["cache_hits"]),
+            f"{row['cache_cost_avoided_usd']:,.4f}",
             f"{row['teacher_cost_avoided_usd']:,.4f}",
             f"{row['student_cost_usd']:,.4f}",
             f"{row['audit_cost_usd']:,.4f}",

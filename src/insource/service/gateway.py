@@ -24,6 +24,7 @@ from insource.service.context import RequestContext
 from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
 from insource.service.keys import KeyCache, KeyInfo, server_secret
 from insource.service.limits import Limits, LocalLimits, RedisLimits
+from insource.service.response_cache import CacheBackend, make_cache
 from insource.service.spend import month_start, month_to_date
 from insource.service.upstream import Upstreams
 from insource.store import open_store
@@ -52,6 +53,7 @@ class Gateway:
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
         self.limits: Limits = self._make_limits(cfg)
+        self.cache: CacheBackend | None = make_cache(cfg, self._redis_url(cfg))
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
@@ -64,14 +66,21 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
     @staticmethod
     def _make_limits(cfg: Config) -> Limits:
-        url = cfg.server.redis_url
+        url = Gateway._redis_url(cfg)
         if url is None:
             shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
             return HostLimits(Path(shared)) if shared else LocalLimits()
+        return RedisLimits(url)
+
+    @staticmethod
+    def _redis_url(cfg: Config) -> str | None:
+        url = cfg.server.redis_url
+        if url is None:
+            return None
         resolved = resolve_secret(url) if url.startswith("env::") else url
         if not resolved:
             raise ConfigError(f"[server] redis_url references {url}, which is not set")
-        return RedisLimits(resolved)
+        return resolved
 
     async def start(self) -> None:
         # Startup objects go to the permanent generation, so full collections stop re-scanning them (each
@@ -91,6 +100,8 @@ class Gateway:
         for provider in self.upstreams.providers.values():
             await provider.close()
         await self.limits.close()
+        if self.cache is not None:
+            await self.cache.close()
         await asyncio.to_thread(self.writer.close)
 
     async def _refresh_keys_loop(self) -> None:

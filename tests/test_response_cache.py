@@ -13,6 +13,7 @@ from typing import Any
 import openai
 import pytest
 from tests.conftest import UPSTREAM_KEY, Gateway, run_cli, start_gateway, stop_gateway
+from tests.test_redis_limits import REDIS, redis_url  # noqa: F401 - the fixture that starts redis-server
 
 from insource.config import parse_config
 from insource.service.context import RequestContext
@@ -222,3 +223,25 @@ def test_the_key_follows_the_temperature_rule_and_the_request() -> None:
     assert key(base) == key({**base, "stream": True, "user": "u1"})  # transport details are not the request
     assert key(base) != key({**base, "max_tokens": 5}) != key({**base, "tools": [{"type": "function"}]})
     assert key(base) != key(base, tenant="b")
+
+
+# -- shared by every worker through Redis ------------------------------------------------------------------------
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (.ci/run installs it)")
+def test_workers_share_the_cache_through_redis(
+    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path, redis_url: str
+) -> None:
+    config = _config(tmp_path, upstream[1].url)
+    config.write_text(config.read_text().replace("[store]", f'[server]\nredis_url = "{redis_url}"\n\n[store]', 1))
+    gw = start_gateway(config, ENV, workers=2)
+    try:
+        key = gw.key("acme")["key"]
+        seen = []
+        for _ in range(8):  # a new client (connection) each time: the kernel spreads them over both workers
+            client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+            _text, headers, _ = _ask(client, "shared by workers", temperature=0)
+            seen.append(headers["x-insource-cache"])
+            client.close()
+        assert seen == ["miss"] + ["hit"] * 7
+        assert _upstream_calls(upstream[0], "shared by workers") == 1
+    finally:
+        stop_gateway(gw)

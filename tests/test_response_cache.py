@@ -228,10 +228,11 @@ def test_the_key_follows_the_temperature_rule_and_the_request() -> None:
 # -- shared by every worker through Redis ------------------------------------------------------------------------
 @pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (.ci/run installs it)")
 def test_workers_share_the_cache_through_redis(
-    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path, redis_url: str
+    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    redis = request.getfixturevalue("redis_url")
     config = _config(tmp_path, upstream[1].url)
-    config.write_text(config.read_text().replace("[store]", f'[server]\nredis_url = "{redis_url}"\n\n[store]', 1))
+    config.write_text(config.read_text().replace("[store]", f'[server]\nredis_url = "{redis}"\n\n[store]', 1))
     gw = start_gateway(config, ENV, workers=2)
     try:
         key = gw.key("acme")["key"]

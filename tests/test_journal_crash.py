@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 import pytest
@@ -115,10 +116,26 @@ async def _load_and_kill(gw: Gateway, key: str, answered: list[str], kills: int)
             await load
 
 
+def _wait_replayed(gw: Gateway) -> int:
+    """`insource_writer_records{state="journal_replayed"}` from /metrics, once the start-up replay counted some."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = httpx.get(gw.url + "/metrics").text
+        line = next(ln for ln in text.splitlines() if 'state="journal_replayed"' in ln)
+        replayed = int(line.rsplit(" ", 1)[1])
+        if replayed or time.monotonic() > deadline:
+            return replayed
+        time.sleep(0.1)
+
+
 def _check(config: Path, answered: list[str]) -> None:
     """Restart once more (the journals of the killed workers are replayed), stop, and count."""
     gw = start_gateway(config, ENV)
-    stop_gateway(gw)
+    try:
+        replayed = _wait_replayed(gw)
+    finally:
+        stop_gateway(gw)
+    assert replayed > 0  # the last kill left records only in a journal
     store = open_store(load_config(config))
     try:
         rows = store.query("SELECT id, request_id FROM usage WHERE status = 200")

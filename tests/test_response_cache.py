@@ -246,3 +246,20 @@ def test_workers_share_the_cache_through_redis(
         assert _upstream_calls(upstream[0], "shared by workers") == 1
     finally:
         stop_gateway(gw)
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        ({"cache": {"ttl_s": 0}}, "cache.ttl_s"),
+        ({"cache": {"max_mb": -1}}, "cache.max_mb"),
+        ({"cache": {"enabeld": True}}, "cache.enabeld"),
+        ({"store": {"fsync": "always"}}, "store.fsync"),
+    ],
+)
+def test_bad_cache_and_journal_settings_are_refused(section: dict[str, Any], path: str) -> None:
+    from insource.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(section, Path("."))
+    assert path in err.value.message

@@ -182,11 +182,15 @@ def test_spend_and_savings_show_the_cache_as_its_own_source(gw: Gateway) -> None
     spend = json.loads(run_cli("spend", "--by", "served_by", "--json", "--config", str(gw.config)).stdout)
     cache_row = next(r for r in spend if r["served_by"] == "cache")
     assert cache_row["requests"] >= 2 and cache_row["cost_usd"] == 0
-    savings = json.loads(run_cli("savings", "--json", "--config", str(gw.config)).stdout)
-    faq = next(r for r in savings["rows"] if r["task"] == "faq")
-    assert faq["cache_hits"] == 2 and faq["insourced"] == 0
-    assert faq["cache_cost_avoided_usd"] > 0 and faq["teacher_cost_avoided_usd"] >= faq["cache_cost_avoided_usd"]
-    assert {"net_savings_usd", "share_insourced", "student_cost_usd"} <= set(savings["total"])
+    by_task = json.loads(run_cli("savings", "--json", "--config", str(gw.config)).stdout)
+    faq = next(r for r in by_task["rows"] if r["task"] == "faq")
+    assert faq["insourced"] == 0 and faq["teacher_cost_avoided_usd"] > 0  # a hit is no student's answer
+    by_source = json.loads(run_cli("savings", "--by", "source", "--json", "--config", str(gw.config)).stdout)
+    sources = {r["source"]: r for r in by_source["rows"]}
+    assert sources["cache"]["requests"] >= 2 and sources["cache"]["teacher_cost_avoided_usd"] > 0
+    assert sources["cache"]["net_savings_usd"] == sources["cache"]["teacher_cost_avoided_usd"]
+    assert sources["teacher"]["teacher_cost_avoided_usd"] == 0
+    assert set(by_source["total"]) == set(faq) - {"task"}  # the same figures as every savings report
 
 
 # -- the parts on their own --------------------------------------------------------------------------------------

@@ -37,8 +37,6 @@ class Savings:
     avoided_usd: float = 0.0
     student_usd: float = 0.0
     audit_usd: float = 0.0
-    cache_hits: int = 0
-    cache_avoided_usd: float = 0.0
 
     def add(self, row: UsageRow) -> None:
         """Fold in one rollup row that has `served_by` and `endpoint` among its keys."""
@@ -48,9 +46,6 @@ class Savings:
         self.avoided_usd += row.cost_avoided_usd
         if endpoint == AUDIT:
             self.audit_usd += row.cost_usd
-        elif served_by == CACHE:
-            self.cache_hits += answered
-            self.cache_avoided_usd += row.cost_avoided_usd
         elif is_student(served_by, endpoint):
             self.insourced += answered
             self.student_usd += row.cost_usd
@@ -64,9 +59,30 @@ class Savings:
             "student_cost_usd": round(self.student_usd, 6),
             "audit_cost_usd": round(self.audit_usd, 6),
             "net_savings_usd": round(self.avoided_usd - self.student_usd - self.audit_usd, 6),
-            "cache_hits": self.cache_hits,  # answers from the response cache (their avoided cost is in the total)
-            "cache_cost_avoided_usd": round(self.cache_avoided_usd, 6),
         }
+
+
+def source_of(served_by: str | None, endpoint: str | None) -> str:
+    """Where an answer's savings come from: "student", "cache" (the response cache), or neither ("teacher"; an
+    "audit" costs)."""
+    if endpoint == AUDIT:
+        return AUDIT
+    if served_by == CACHE:
+        return CACHE
+    return "student" if is_student(served_by, endpoint) else "teacher"
+
+
+def fold_sources(rows: Iterable[UsageRow]) -> list[Savings]:
+    """Group rollup rows (keys: "served_by", "endpoint") by source; untagged traffic counts too (the response
+    cache needs no task)."""
+    groups: dict[str, Savings] = {}
+    for row in rows:
+        source = source_of(row.keys.get("served_by"), row.keys.get("endpoint"))
+        acc = groups.get(source)
+        if acc is None:
+            acc = groups[source] = Savings(source)
+        acc.add(row)
+    return list(groups.values())
 
 
 def fold(rows: Iterable[UsageRow], key: str) -> list[Savings]:
@@ -99,6 +115,4 @@ def savings_table(groups: Sequence[Savings], key: str = "task") -> dict[str, Any
         total.avoided_usd += g.avoided_usd
         total.student_usd += g.student_usd
         total.audit_usd += g.audit_usd
-        total.cache_hits += g.cache_hits
-        total.cache_avoided_usd += g.cache_avoided_usd
     return {"rows": out, "total": total.figures()}

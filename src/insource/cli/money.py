@@ -110,7 +110,9 @@ def _print_forecast(report: dict[str, Any], note: str | None) -> None:
 @app.command()
 @handle_errors
 def savings(
-    by: Annotated[str, typer.Option("--by", help="Rows per task or per day.")] = "task",
+    by: Annotated[
+        str, typer.Option("--by", help="Rows per task, per day, or per source (student, cache, teacher, audit).")
+    ] = "task",
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -132,8 +134,9 @@ def savings(
         console.print(literal(note, style="yellow"))
         return
     caption = "USD; net = teacher cost avoided (by students and the response cache) − student − audits"
-    columns = ("requests", "insourced", "share", "cache hits", "cache avoided", "avoided", "student", "audits", "net")
-    table = Table(*columns, box=box.SIMPLE, caption=caption)
+    table = Table(
+        "requests", "insourced", "share", "avoided", "student", "audits", "net", box=box.SIMPLE, caption=caption
+    )
     table.columns.insert(0, Column(by, no_wrap=True))
     for row in [*report["rows"], {by: "total", **report["total"]}]:
         table.add_row(
@@ -141,8 +144,6 @@ def savings(
             str(row["requests"]),
             str(row["insourced"]),
             f"{row['share_insourced']:.1%}",
-            str(row["cache_hits"]),
-            f"{row['cache_cost_avoided_usd']:,.4f}",
             f"{row['teacher_cost_avoided_usd']:,.4f}",
             f"{row['student_cost_usd']:,.4f}",
             f"{row['audit_cost_usd']:,.4f}",

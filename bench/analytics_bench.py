@@ -141,7 +141,7 @@ def main() -> None:
         store: Store = Store(Path(tempfile.mkdtemp(prefix="insource-analytics-")) / "bench.db")
     else:
         store = PgStore(args.store)
-        for table in ("usage", "usage_daily", "usage_daily_lite", "usage_imports"):
+        for table in ("usage", "usage_daily", "usage_daily_lite", "usage_daily_keys", "usage_imports"):
             store.execute(f"DELETE FROM {table}")
     fill_s = fill(store, args.records, args.days)
     rollup_rows = store.query_one("SELECT COUNT(*) AS n FROM usage_daily")

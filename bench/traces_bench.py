@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import tomllib
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -63,6 +63,7 @@ class ServerConfig(Strict):
 
 class StoreConfig(Strict):
     url: str = "sqlite:///./insource.db"
+    fsync: Literal["batch", "off"] = "batch"  # the usage journal: fsync'd once per writer batch, or never
 
 
 class RegistryConfig(Strict):
@@ -180,6 +181,7 @@ class ModelConfig(Strict):
     targets: Annotated[list[str], Field(min_length=1)]
     price: Price | None = None
     free: bool = False
+    cache: bool = False  # answers of this alias may come from the response cache (when `[cache] enabled`)
 
     @field_validator("targets")
     @classmethod
@@ -223,6 +225,16 @@ class RouteConfig(Strict):
 
 class TenantConfig(Strict):
     budget_usd: float | None = Field(default=None, ge=0)
+    cache: bool = False  # every model this tenant uses may be answered from the response cache
+
+
+class CacheConfig(Strict):
+    """The response cache: exact repeats of a request, per tenant, answered without the upstream."""
+
+    enabled: bool = False
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_mb: float = Field(default=64.0, gt=0)
+    cache_nondeterministic: bool = False  # also cache requests with temperature > 0
 
 
 class OtelConfig(Strict):
@@ -273,6 +285,7 @@ class Config(Strict):
     otel: OtelConfig = OtelConfig()
     batch: BatchConfig = BatchConfig()
     tenants: dict[str, TenantConfig] = {}
+    cache: CacheConfig = CacheConfig()
     base_dir: str = "."
 
     def resolve_path(self, path: str) -> Path:

@@ -69,6 +69,7 @@ class RequestContext:
     on_output: Callable[[str | None], None] | None = None  # e.g. a shadow comparison, called on success
     request_id: str | None = None  # the caller's X-Request-Id, when it sent a valid one; else `id`
     spans: list[Attempt] | None = None  # upstream attempts, kept only when traces are on (`service/tracing.py`)
+    cache_key: str | None = None  # set when the request may be answered from (and fill) the response cache
 
     def mark_first_byte(self) -> None:
         if self.ttft_ms is None:

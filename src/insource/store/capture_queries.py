@@ -70,3 +70,14 @@ def search_captures(store: Store, task: str, contains: str, places: Collection[s
     pattern = like_pattern(contains)
     params = (task, *([pattern] * len(conditions)), limit)
     return store.query(_pg(sql) if store.dialect == "postgres" else sql, params)
+
+
+def captured_ids(store: Store, ids: Collection[str]) -> set[str]:
+    """Which of these request ids have a capture in the store."""
+    found: set[str] = set()
+    wanted = list(ids)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        sql = f"SELECT id FROM captures WHERE id IN ({', '.join('?' * len(chunk))})"
+        found.update(str(r["id"]) for r in store.query(sql, chunk))
+    return found

@@ -57,6 +57,13 @@ def home(tmp_path: Path) -> Path:
             "billing" if i % 3 else "tech",
             t0 + i,
         )
+    for i in range(4):  # the same message sent again and again is input, never shown as template text
+        put(
+            store,
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Jane Roe here, call me"}],
+            "tech",
+            t0 + 50 + i,
+        )
     for i in range(12):  # tagged traffic with an instruction prefix and suffix
         put(
             store,
@@ -81,9 +88,10 @@ def test_templates_constant_text_and_slots(home: Path) -> None:
     rows = opportunities(home)
     by_text = {r["template"]: r for r in rows}
     route = by_text[f"[system] {SYSTEM}\n[user] <*>"]
-    assert route["requests"] == 30 and route["task"] is None and route["kind"] == "classification"
+    assert route["requests"] == 34 and route["task"] is None and route["kind"] == "classification"
+    assert not any("Jane Roe" in r["template"] for r in rows)
     assert route["labels"] == ["billing", "tech"]
-    assert route["monthly_spend_usd"] == pytest.approx(30 * 0.001 * 30, rel=0.01)  # under a day: one day scaled to 30
+    assert route["monthly_spend_usd"] == pytest.approx(34 * 0.001 * 30, rel=0.01)  # under a day: one day scaled to 30
     french = by_text["[user] Translate to French:\n<*>\nFrench:"]
     assert french["task"] == "fr" and french["kind"] == "generation" and french["labels"] is None
     assert "insource dataset build --task fr" in french["next"] or "keep on the teacher" in french["next"]
@@ -97,9 +105,9 @@ def test_templates_constant_text_and_slots(home: Path) -> None:
 def test_assign_tags_past_requests_and_checks_input(home: Path) -> None:
     tid = next(r["template_id"] for r in opportunities(home) if SYSTEM in r["template"])
     out = run_cli("tasks", "assign", "--template", tid, "--task", "router", "--config", str(home), "--json")
-    assert json.loads(out.stdout) == {"template_id": tid, "task": "router", "tagged": 30}
+    assert json.loads(out.stdout) == {"template_id": tid, "task": "router", "tagged": 34}
     tasks = json.loads(run_cli("tasks", "--json", "--config", str(home)).stdout)
-    assert {t["task"]: t["requests"] for t in tasks} == {"fr": 12, "router": 30}
+    assert {t["task"]: t["requests"] for t in tasks} == {"fr": 12, "router": 34}
     again = run_cli("tasks", "assign", "--template", tid, "--task", "router", "--config", str(home), "--json")
     assert json.loads(again.stdout)["tagged"] == 0  # idempotent
     assert next(r for r in opportunities(home) if r["template_id"] == tid)["task"] == "router"

@@ -124,3 +124,17 @@ def test_extraction_risk_signal_names_its_reasons(home: Path) -> None:
     for tenant in "abc":
         assert by[tenant]["level"] == "low" and by[tenant]["reasons"] == []
     assert all(0 <= r["score"] <= 1 for r in by.values())
+
+
+def test_months_follow_the_reporting_timezone(tmp_path: Path) -> None:
+    """A request at 23:30 UTC on 30 November is December's revenue in Berlin (UTC+1)."""
+    config = tmp_path / "insource.toml"
+    config.write_text('[store]\nurl = "sqlite:///./insource.db"\n[report]\ntimezone = "Europe/Berlin"\n')
+    store = open_store(load_config(config))
+    late = datetime(2026, 11, 30, 23, 30, tzinfo=UTC).timestamp()
+    store.insert_many("usage", [usage("a", late, 2.0), usage("b", NOV, 1.0)])
+    store.close()
+    assert revenue(config, "--month", "2026-12", "--json")["tenants"][0]["tenant"] == "a"
+    nov = revenue(config, "--month", "2026-11", "--json")
+    assert [t["tenant"] for t in nov["tenants"]] == ["b"] and nov["total_usd"] == pytest.approx(1.0)
+    assert revenue(config, "--json")["month"] == "2026-12"  # the latest local month with usage

@@ -1,16 +1,17 @@
 """The provider's view (`insource revenue`): revenue per tenant, concentration, what-ifs, extraction risk.
 
-Revenue is what tenants were billed (the `cost_usd` of their usage records). Months are calendar months in UTC;
-without `--month`, the latest month with usage.
+Revenue is what tenants were billed (the `cost_usd` of their usage, read from the daily rollups). Months are
+calendar months in the reporting timezone (`[report] timezone`); without `--month`, the latest month with usage.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from insource.analytics.concentration import (
     MAJOR_SHARE,
@@ -27,27 +28,47 @@ from insource.errors import NotReady
 from insource.store import Store
 from insource.store.opportunities import capture_span, iter_capture_pages, repeating_blobs
 from insource.store.revenue import tenant_figures
+from insource.store.usage_queries import day_span
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 
 
-def _start(year: int, month: int) -> float:
-    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+@dataclass(frozen=True)
+class Month:
+    label: str  # YYYY-MM
+    first: dt.date
+    last: dt.date
+    prev_first: dt.date
+    prev_last: dt.date
+    start: float  # Unix times of the local month's bounds (captures are read by timestamp)
+    end: float
+    prev_start: float
 
 
-def month_bounds(month: str | None, latest: float | None) -> tuple[str, float, float, float]:
-    """(YYYY-MM, start, end, previous month's start) in UTC."""
+def _first(year: int, month: int) -> dt.date:
+    return dt.date(year, month, 1)
+
+
+def month_bounds(month: str | None, latest: dt.date | None, zone: str = "UTC") -> Month:
+    """The calendar month in the reporting timezone (`month` "YYYY-MM", else the month of `latest`, else now)."""
     if month is None:
-        when = datetime.fromtimestamp(latest if latest is not None else time.time(), UTC)
+        when = latest or dt.datetime.now(ZoneInfo(zone)).date()
         year, mon = when.year, when.month
     else:
         match = _MONTH.match(month.strip())
         if not match or not 1 <= int(match.group(2)) <= 12:
             raise NotReady(f"--month {month!r}: expected YYYY-MM, e.g. 2026-11")
         year, mon = int(match.group(1)), int(match.group(2))
-    nxt = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    prev = (year - 1, 12) if mon == 1 else (year, mon - 1)
-    return f"{year:04d}-{mon:02d}", _start(year, mon), _start(*nxt), _start(*prev)
+    first = _first(year, mon)
+    nxt = _first(year + 1, 1) if mon == 12 else _first(year, mon + 1)
+    prev = _first(year - 1, 12) if mon == 1 else _first(year, mon - 1)
+    tz = ZoneInfo(zone)
+
+    def ts(day: dt.date) -> float:
+        return dt.datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
+
+    one = dt.timedelta(days=1)
+    return Month(f"{year:04d}-{mon:02d}", first, nxt - one, prev, first - one, ts(first), ts(nxt), ts(prev))
 
 
 def _traffic(store: Store, since: float, until: float, constant: set[str]) -> dict[str, TenantTraffic]:
@@ -55,10 +76,8 @@ def _traffic(store: Store, since: float, until: float, constant: set[str]) -> di
     return traffic_by_tenant(iter_prompts(store, pages), constant, message_hashes)
 
 
-def _risks(
-    store: Store, cur: dict[str, Any], prev: dict[str, Any], bounds: tuple[float, float, float]
-) -> dict[str, Any]:
-    start, end, prev_start = bounds
+def _risks(store: Store, cur: dict[str, Any], prev: dict[str, Any], m: Month) -> dict[str, Any]:
+    start, end, prev_start = m.start, m.end, m.prev_start
     count, _, _ = capture_span(store)
     constant = repeating_blobs(store, max(MIN_CONSTANT_USES, count // 10_000)) if count else set()
     now, before = _traffic(store, start, end, constant), _traffic(store, prev_start, start, constant)
@@ -68,13 +87,13 @@ def _risks(
 
 def revenue_report(store: Store, month: str | None = None, what_ifs: Sequence[str] = ()) -> dict[str, Any]:
     """The exact `insource revenue --json` object."""
-    latest = store.query_one("SELECT MAX(ts) AS ts FROM usage")
-    label, start, end, prev_start = month_bounds(month, None if latest is None else latest["ts"])
-    cur, prev = tenant_figures(store, start, end), tenant_figures(store, prev_start, start)
+    span = day_span(store)
+    m = month_bounds(month, None if span is None else span[1], store.report_timezone())
+    cur, prev = tenant_figures(store, m.first, m.last), tenant_figures(store, m.prev_first, m.prev_last)
     revenue = {t: float(r["revenue_usd"]) for t, r in cur.items()}
     scenarios = [parse_what_if(w, set(revenue)) for w in what_ifs]
     share_of = shares(revenue)
-    risks = _risks(store, cur, prev, (start, end, prev_start)) if cur else {}
+    risks = _risks(store, cur, prev, m) if cur else {}
     tenants = []
     for t in sorted(revenue, key=lambda name: (-revenue[name], name)):
         before = float(prev[t]["revenue_usd"]) if t in prev else 0.0
@@ -90,7 +109,7 @@ def revenue_report(store: Store, month: str | None = None, what_ifs: Sequence[st
         )
     index = hhi(share_of)
     return {
-        "month": label,
+        "month": m.label,
         "total_usd": round(sum(revenue.values()), 6),
         "tenants": tenants,
         "top1_share": round(top_share(share_of, 1), 6),

@@ -223,6 +223,10 @@ class Miner:
                 layout.append((role, ""))
                 if role == "user" or slot is None:
                     slot = message
+        if slot is None and layout:  # the same prompt sent again and again is input, not template: its last
+            last = _last_user(layout)  # user message stays a slot (so a repeated message is never shown)
+            layout[last] = (layout[last][0], "")
+            slot = messages[last]
         shape = tuple(layout)
         text = message_text(slot) if slot is not None else ""
         key = (shape, self._cluster(shape, head(text)), tail(text))
@@ -275,6 +279,11 @@ class Miner:
             else:
                 merged[tid] = Mined(tid, text, template, group, head_regex(tokens) if tokens else None)
         return list(merged.values())
+
+
+def _last_user(layout: list[tuple[str, str]]) -> int:
+    users = [i for i, (role, _) in enumerate(layout) if role == "user"]
+    return users[-1] if users else len(layout) - 1
 
 
 def head_regex(tokens: list[str]) -> str:

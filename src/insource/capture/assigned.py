@@ -61,6 +61,10 @@ class AssignedTemplates:
 
     def __init__(self, items: Sequence[Assigned] = ()) -> None:
         self.items = tuple(items)
+        self._by_length: dict[int | None, tuple[Assigned, ...]] = {}  # message count -> the templates to try
+        lengths = {i.template.n_messages for i in self.items}
+        for n in lengths | {None}:
+            self._by_length[n] = tuple(i for i in self.items if i.template.n_messages in (n, None))
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict[str, Any]]) -> AssignedTemplates:
@@ -77,7 +81,8 @@ class AssignedTemplates:
     def task_for(self, messages: Any) -> str | None:
         if not isinstance(messages, list):
             return None
-        for item in self.items:
+        candidates = self._by_length.get(len(messages))
+        for item in self._by_length[None] if candidates is None else candidates:
             if fits(item.template, messages, item.head):
                 return item.task
         return None

@@ -88,7 +88,8 @@ def tasks_assign(
 @handle_errors
 def revenue_cmd(
     month: Annotated[
-        str | None, typer.Option("--month", help="YYYY-MM (UTC); default: the latest month with usage.")
+        str | None,
+        typer.Option("--month", help="YYYY-MM ([report] timezone); default: the latest month with usage."),
     ] = None,
     what_if: Annotated[
         list[str] | None,
@@ -118,7 +119,7 @@ def revenue_cmd(
 def revenue_report_empty(month: str | None) -> dict[str, Any]:
     from insource.analytics.revenue import month_bounds
 
-    label = month_bounds(month, None)[0]
+    label = month_bounds(month, None).label
     return {
         "month": label, "total_usd": 0.0, "tenants": [], "top1_share": 0.0, "top5_share": 0.0, "hhi": 0.0,
         "concentration": "unconcentrated", "what_if": [],

@@ -67,6 +67,11 @@ class SearchIn(StrEnum):
     all = "all"
 
 
+class FeedbackUse(StrEnum):
+    exclude_negative = "exclude-negative"
+    use_corrections = "use-corrections"
+
+
 class Kind(StrEnum):
     classification = "classification"
     generation = "generation"
@@ -107,6 +112,13 @@ def dataset_build(
         Kind | None,
         typer.Option(help="Override the inferred task kind (recorded in the manifest); default: inferred."),
     ] = None,
+    feedback: Annotated[
+        FeedbackUse | None,
+        typer.Option(
+            help="Use feedback: exclude-negative drops answers scored below 0; use-corrections also makes "
+            "corrected answers the targets (recorded in the manifest)."
+        ),
+    ] = None,
     allow_internal: Annotated[
         bool,
         typer.Option(
@@ -132,6 +144,7 @@ def dataset_build(
         allow_internal=allow_internal,
         seed=seed,
         kind=kind.value if kind else None,
+        feedback=feedback.value if feedback else None,
     )
     store = open_existing_store(cfg)
     try:
@@ -185,9 +198,9 @@ def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = Fals
         return
     print_table(TASK_COLUMNS, [_task_cells(r) for r in rows])
     for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
-        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
+        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"))
         verdict = "distillable" if r["distillable"] else "stays on the teacher"
-        console.print(literal(f"  {verdict}: {r['distillable_reason']}"), soft_wrap=True)
+        console.print(literal(f"  {verdict}: {r['distillable_reason']}"))
 
 
 TASK_COLUMNS = (

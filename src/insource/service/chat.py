@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from insource.capture.record import CaptureRaw
 from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
 from insource.providers import Provider
+from insource.service import response_cache as cache
 from insource.service.admission import (
     admit,
     model_name,
@@ -105,19 +108,50 @@ async def chat_completion(
             ctx.task = gw.assigned.task_for(body.get("messages"))
         validate_chat(body)
         await admit(gw, ctx, body, len(raw))
+        cached = await _from_cache(gw, ctx, body)
+        if cached is not None:
+            return cached
         if gw.router is not None:
             routed = await gw.router.handle(gw, ctx, body)
             if routed is not None:
-                return routed
+                return _miss(ctx, routed)
         if ctx.stream:
-            return await _open_stream(gw, ctx, body)
-        return await _complete(gw, ctx, body)
+            return _miss(ctx, await _open_stream(gw, ctx, body))
+        return _miss(ctx, await _complete(gw, ctx, body))
     except InsourceError as exc:
         _fail(gw, ctx, exc)
         raise
     except asyncio.CancelledError:
         _cancelled(gw, ctx)
         raise
+
+
+async def _from_cache(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply | StreamReply | None:
+    """Answer from the response cache when the request may be and an entry is there (`response_cache.py`)."""
+    if gw.cache is None:
+        return None
+    ctx.cache_key = cache.cache_key(gw.cfg, ctx, body)
+    if ctx.cache_key is None:
+        return None
+    raw = await gw.cache.get(ctx.cache_key)
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    cache.meter_hit(ctx, data, gw.prices.get(ctx.model or ""))
+    ctx.output = output_of(data)[0]
+    gw.finish(ctx)
+    headers = {SERVED_BY: cache.SERVED_BY_CACHE, cache.CACHE_HEADER: "hit"}
+    if ctx.stream:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return StreamReply(cache.replay_stream(data, include_usage), headers)
+    return Reply(raw, headers)
+
+
+def _miss(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
+    if ctx.cache_key is not None:
+        reply.headers.setdefault(cache.CACHE_HEADER, "miss")
+    return reply
 
 
 async def _complete(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply:
@@ -127,6 +161,8 @@ async def _complete(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> R
     output, finish = output_of(resp.data)
     ctx.output = output
     gw.finish(ctx, _capture(gw, ctx, body, output, resp.data, finish))
+    if ctx.cache_key is not None and gw.cache is not None:
+        gw.cache.put(ctx.cache_key, resp.body)
     return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
 
 
@@ -192,6 +228,8 @@ async def _relay(
         ctx.output = acc.output()
         capture = _capture(gw, ctx, body, ctx.output, acc.response(), acc.finish_reason)
         gw.finish(ctx, capture if ctx.status == 200 else None)
+        if ctx.status == 200 and ctx.cache_key is not None and gw.cache is not None:
+            gw.cache.put(ctx.cache_key, cache.stream_entry(acc.response(), acc.usage))
 
 
 async def embeddings(

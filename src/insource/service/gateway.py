@@ -24,9 +24,12 @@ from insource.service.context import RequestContext
 from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
 from insource.service.keys import KeyCache, KeyInfo, server_secret
 from insource.service.limits import Limits, LocalLimits, RedisLimits
+from insource.service.response_cache import CacheBackend, make_cache
 from insource.service.spend import month_start, month_to_date
+from insource.service.tracing import make_tracing
 from insource.service.upstream import Upstreams
 from insource.store import open_store
+from insource.store.journal import Journal
 from insource.store.opportunities import assignments
 from insource.store.writer import BatchWriter
 
@@ -44,12 +47,16 @@ class Gateway:
         self.keys.refresh()
         self.assigned = AssignedTemplates.from_rows(assignments(self.store))  # `insource tasks assign`
         spool = (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
-        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size)
+        journal = Journal(spool.parent / "journal", fsync=cfg.store.fsync)
+        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size, journal=journal)
         self.upstreams = Upstreams(
             build_providers(cfg),
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
         self.limits: Limits = self._make_limits(cfg)
+        self.tracing = make_tracing(cfg, {name: p.kind for name, p in cfg.providers.items()})  # None: traces off
+        self.upstreams.trace = self.tracing is not None
+        self.cache: CacheBackend | None = make_cache(cfg, self._redis_url(cfg))
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
@@ -62,14 +69,21 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
     @staticmethod
     def _make_limits(cfg: Config) -> Limits:
-        url = cfg.server.redis_url
+        url = Gateway._redis_url(cfg)
         if url is None:
             shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
             return HostLimits(Path(shared)) if shared else LocalLimits()
+        return RedisLimits(url)
+
+    @staticmethod
+    def _redis_url(cfg: Config) -> str | None:
+        url = cfg.server.redis_url
+        if url is None:
+            return None
         resolved = resolve_secret(url) if url.startswith("env::") else url
         if not resolved:
             raise ConfigError(f"[server] redis_url references {url}, which is not set")
-        return RedisLimits(resolved)
+        return resolved
 
     async def start(self) -> None:
         # Startup objects go to the permanent generation, so full collections stop re-scanning them (each
@@ -89,7 +103,11 @@ class Gateway:
         for provider in self.upstreams.providers.values():
             await provider.close()
         await self.limits.close()
+        if self.cache is not None:
+            await self.cache.close()
         await asyncio.to_thread(self.writer.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
 
     async def _refresh_keys_loop(self) -> None:
         while True:
@@ -164,7 +182,9 @@ class Gateway:
         if ctx.est_tokens:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         row = ctx.usage_row()
-        self.writer.submit("usage", row)
+        self.writer.submit_durable("usage", row, capture=capture is not None)  # on disk before the answer ends
+        if self.tracing is not None:
+            self.tracing.record(ctx, time.perf_counter(), capture)
         if self.access_log:
             log_request(row)
         model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels

@@ -110,7 +110,10 @@ class InsourcingRouter:
             return None
         if self.generative.serves(policy.model):
             return await self._handle_generative(gw, ctx, body, policy, draws)
+        started = time.perf_counter()
         pred, threshold, serve_s = await self._predict(policy, body)
+        if gw.tracing is not None:
+            gw.tracing.note_student(ctx, policy.model, started, time.perf_counter(), failed=pred is None)
         decision = decide(policy, threshold, pred.confidence if pred else None, bool(pred and pred.ood), draws)
         if decision.answerer is Answerer.TEACHER:
             if pred is not None and decision.audit:
@@ -128,6 +131,7 @@ class InsourcingRouter:
         """A LoRA student served by llama.cpp: answers when its confidence clears the threshold (cascade)."""
         if int(body.get("n") or 1) != 1:
             return None  # one greedy answer per request: the teacher answers n > 1
+        started = time.perf_counter()
         try:
             student = self.generative.get(policy.model)
             async with asyncio.timeout(GENERATIVE_TIMEOUT_S):
@@ -136,6 +140,8 @@ class InsourcingRouter:
             self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
             log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
             got = None
+        if gw.tracing is not None:
+            gw.tracing.note_student(ctx, policy.model, started, time.perf_counter(), failed=got is None)
         usable = got is not None and (not got.ood or policy.mode == "shadow")
         threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
         decision = decide(policy, threshold, got.confidence if got and usable else None, bool(got and got.ood), draws)

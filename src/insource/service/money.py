@@ -101,13 +101,16 @@ def _budgets(cfg: Config, store: Store, today: dt.date) -> list[BudgetState]:
 
 # -- savings ----------------------------------------------------------------------------------
 def savings_report(store: Store, *, by: str = "task") -> dict[str, Any]:
-    """The `insource savings --json` object, per task or per day of the reporting timezone."""
-    from insource.analytics.savings import fold, savings_table
+    """The `insource savings --json` object, per task, per day of the reporting timezone, or per source of the
+    savings (`student`, `cache`: the response cache, `teacher`, `audit`)."""
+    from insource.analytics.savings import fold, fold_sources, savings_table
 
-    if by not in ("task", "day"):
-        raise BadRequest(f"--by must be task or day, got {by!r}", param="by")
-    dims = ["task", "served_by", "endpoint"] if by == "task" else ["day", "task", "served_by", "endpoint"]
+    if by not in ("task", "day", "source"):
+        raise BadRequest(f"--by must be task or day (or source: student, cache, teacher), got {by!r}", param="by")
     gateway = UsageFilter(imported=False)  # imported bills are history from before insource: nothing to insource
+    if by == "source":
+        return savings_table(fold_sources(usage_by(store, ["served_by", "endpoint"], gateway)), by)
+    dims = ["task", "served_by", "endpoint"] if by == "task" else ["day", "task", "served_by", "endpoint"]
     return savings_table(fold(usage_by(store, dims, gateway), by), by)
 
 
@@ -171,7 +174,7 @@ def _unknown_task(store: Store, task: str) -> NotFound:
 
 def _student_folder(cfg: Config, task: str, served_by: str | None) -> Path | None:
     """The student that answered most of the task's recent requests, else the task's newest usable one."""
-    from insource.distill.registry import resolve
+    from insource.registry.entries import resolve
 
     for name in (served_by, task):
         if name is None:
@@ -188,7 +191,7 @@ def _student_folder(cfg: Config, task: str, served_by: str | None) -> Path | Non
 def _cpu_seconds(cfg: Config, task: str, folder: Path | None, seen: Traffic) -> float:
     """CPU seconds per answer: the student's measured throughput (`insource eval`), else what its answers
     cost at the gateway (which charges their measured CPU time)."""
-    from insource.distill.registry import EVAL_FILE, read_json
+    from insource.registry.entries import EVAL_FILE, read_json
 
     if folder is not None and (folder / EVAL_FILE).is_file():
         latest = read_json(folder / EVAL_FILE).get("latest")
@@ -206,7 +209,7 @@ def _cpu_seconds(cfg: Config, task: str, folder: Path | None, seen: Traffic) -> 
 
 def _training_usd(cfg: Config, folder: Path | None) -> float:
     """What training the student cost: its recorded training time at `[inhouse] cpu_usd_per_hour` (0 if none)."""
-    from insource.distill.registry import read_model_info
+    from insource.registry.entries import read_model_info
 
     if folder is None:
         return 0.0

@@ -85,3 +85,14 @@ def task_token_lengths(store: Store, limit: int = 20_000) -> dict[str, tuple[lis
         prompts.append(int(r["prompt_tokens"] or 0))
         answers.append(int(r["completion_tokens"] or 0))
     return out
+
+
+def captured_ids(store: Store, ids: Collection[str]) -> set[str]:
+    """Which of these request ids have a capture in the store."""
+    found: set[str] = set()
+    wanted = list(ids)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        sql = f"SELECT id FROM captures WHERE id IN ({', '.join('?' * len(chunk))})"
+        found.update(str(r["id"]) for r in store.query(sql, chunk))
+    return found

@@ -1,25 +1,30 @@
-"""Queries of the provider view (`insource revenue`): revenue and usage figures per tenant over a time window.
+"""Figures of the provider view (`insource revenue`) per tenant, read from the daily rollups (`usage_queries`).
 
-Revenue is what the tenants were billed: the `cost_usd` of their usage records (teacher audits included).
+Revenue is what tenants were billed: the `cost_usd` of their usage (teacher audits and imported bills included).
 """
 
 from __future__ import annotations
 
-from insource.store.sqlite import Row, Store
+import datetime as dt
+from typing import Any
 
-_PER_TENANT = """
-SELECT tenant, COALESCE(SUM(cost_usd), 0) AS revenue_usd, COUNT(*) AS requests,
-       COUNT(DISTINCT key_id) AS keys, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,
-       COALESCE(SUM(completion_tokens), 0) AS completion_tokens
-FROM usage WHERE ts >= ? AND ts < ?
-GROUP BY tenant
-"""
+from insource.store import usage_queries as uq
 
 
-def tenant_figures(store: Store, since: float, until: float) -> dict[str, Row]:
-    """tenant -> {revenue_usd, requests, keys, prompt_tokens, completion_tokens} in [since, until)."""
-    return {str(r["tenant"]): r for r in store.query(_PER_TENANT, (since, until))}
-
-
-def known_tenants(store: Store) -> set[str]:
-    return {str(r["tenant"]) for r in store.query("SELECT DISTINCT tenant FROM usage")}
+def tenant_figures(store: uq.QueryStore, first: dt.date, last: dt.date) -> dict[str, dict[str, Any]]:
+    """tenant -> {revenue_usd, requests, keys, prompt_tokens, completion_tokens} over local days first..last."""
+    flt = uq.UsageFilter(since=first, until=last)
+    out: dict[str, dict[str, Any]] = {}
+    for r in uq.usage_by(store, ["tenant"], flt):
+        out[str(r.keys["tenant"])] = {
+            "revenue_usd": r.cost_usd,
+            "requests": r.requests + r.audits,
+            "keys": 0,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+        }
+    for r in uq.usage_by(store, ["tenant", "key"], flt):
+        tenant = str(r.keys["tenant"])
+        if r.keys["key"] is not None and tenant in out:
+            out[tenant]["keys"] += 1
+    return out

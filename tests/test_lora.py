@@ -189,3 +189,23 @@ def test_eval_of_a_lora_student_has_the_classifier_keys_plus_metric(json_student
         app, ["eval", "--task", "ext", "--model", "ext@v1", "--metric", "bleu", "--config", str(config)]
     )
     assert res.exit_code == 2 and "json, exact, similarity" in res.stderr
+
+
+def test_a_base_folder_without_weights_or_a_too_long_dataset_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "insource.toml"
+    config.write_text('[registry]\npath = "models"\n')
+    ds = chat_dataset(tmp_path / "ds")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["distill", "--task", "gen", "--student", "lora", "--config", str(config)]
+    res = runner.invoke(app, [*args, "--dataset", str(ds), "--base-model", str(empty)])
+    assert res.exit_code == 2 and "config.json missing" in res.stderr
+    (empty / "config.json").write_text('{"model_type": "llama"}')
+    res = runner.invoke(app, [*args, "--dataset", str(ds), "--base-model", str(empty)])
+    assert res.exit_code == 2 and "cannot be loaded" in res.stderr and "Traceback" not in res.stderr
+    pairs = [(f"customer says {a}", " ".join(WORDS * 100)) for a in WORDS * 3]  # 1,200-token answers
+    long_ds = write_dataset(tmp_path / "long", "gen", {"train": pairs, "val": pairs[:6], "test": pairs[:6]})
+    base = tiny_llama(tmp_path / "base", [" ".join(WORDS) + " customer says <|user|> <|assistant|>"])
+    res = runner.invoke(app, [*args, "--dataset", str(long_ds), "--base-model", str(base)])
+    assert res.exit_code == 2 and "more than the student's context of 1024" in res.stderr
+    assert not [p for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")]

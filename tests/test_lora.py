@@ -137,7 +137,7 @@ def json_student(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ]
     base = tiny_llama(tmp / "base", [*corpus, "<|user|> <|assistant|>"])
     config = tmp / "insource.toml"
-    config.write_text('[registry]\npath = "models"\n')
+    config.write_text('[registry]\npath = "models"\n[store]\nurl = "sqlite:///./insource.db"\n')
     args = ["distill", "--task", "ext", "--student", "lora", "--dataset", str(ds), "--base-model", str(base)]
     res = runner.invoke(app, [*args, "--config", str(config)])
     assert res.exit_code == 0, res.stderr
@@ -189,6 +189,11 @@ def test_eval_of_a_lora_student_has_the_classifier_keys_plus_metric(json_student
         app, ["eval", "--task", "ext", "--model", "ext@v1", "--metric", "bleu", "--config", str(config)]
     )
     assert res.exit_code == 2 and "json, exact, similarity" in res.stderr
+    route = ["route", "set", "--task", "ext", "--model", "ext@v1", "--config", str(config)]
+    res = runner.invoke(app, [*route, "--mode", "shadow"])  # the router serves generative students now
+    assert res.exit_code == 0, res.stderr
+    res = runner.invoke(app, ["models", "show", "ext@v1", "--config", str(config)])
+    assert res.exit_code == 0 and "thresholds:" in res.stdout
 
 
 def test_a_base_folder_without_weights_or_a_too_long_dataset_is_refused(tmp_path: Path) -> None:

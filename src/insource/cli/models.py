@@ -353,10 +353,7 @@ def models_show(
         from rich.markdown import Markdown
 
         console.print(Markdown(visible(card.read_text("utf-8", errors="replace"), multiline=True)))
-    if info["student"] == "lora":
-        console.print("thresholds: none (a generative student has no confidence threshold)")
-    else:
-        console.print(literal(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}"))
+    console.print(literal(f"thresholds: {info['thresholds'] or 'none yet (run insource eval)'}"))
     if "eval_error" in info:
         err_console.print(literal(info["eval_error"], style="yellow"))
     status = "[green]ok[/]" if problem is None else f"[red]damaged: {shown(problem)}[/]"

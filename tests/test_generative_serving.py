@@ -192,3 +192,47 @@ def test_audits_judge_with_the_metric_and_roll_back_on_drift(served: Served) -> 
     assert row["agreement"] == 0.0 and not row["active"] and row["state"] == "rolled_back", row
     time.sleep(1.1)
     assert ask(served)[1] == "teacher:gpt-4o-mini"
+
+
+def test_an_external_server_declared_in_config_serves_the_student(served: Served) -> None:
+    """`[inhouse] generative_base_url`: a server already serving the adapter under the student's name (vLLM
+    `--lora-modules NAME=adapter/`, or llama.cpp as here) answers; the gateway starts no llama.cpp itself."""
+    import subprocess
+    import sys
+
+    import httpx
+    from tests.conftest import free_port
+
+    folder = served.gw.config.parent
+    entry = folder / "models" / served.model
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--lora_path",
+           str(entry / "adapter.gguf"), "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1",
+           "--n_ctx", "1024", "--model_alias", served.model, "--logits_all", "true"]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = folder / "external.toml"
+    config.write_text(
+        served.gw.config.read_text().replace(
+            "[registry]", f'[inhouse]\ngenerative_base_url = "http://127.0.0.1:{port}/v1"\n[registry]'
+        )
+    )
+    gw = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+            assert server.poll() is None and time.monotonic() < deadline, "llama.cpp did not start"
+        gw = start_gateway(config)
+        set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+        other = Served(gw, served.fake, served.model, served.key)
+        assert ask(other) == (STUDENT_SAYS, served.model)
+        assert llama_servers(gw.proc.pid) == []  # nothing started by this gateway
+    finally:
+        if gw is not None:
+            stop_gateway(gw)
+        server.terminate()
+        server.wait(10)

@@ -254,6 +254,9 @@ class BatchConfig(Strict):
 
 class InhouseConfig(Strict):
     cpu_usd_per_hour: float = Field(default=0.10, ge=0)
+    # generative students: an OpenAI-compatible server (vLLM --enable-lora, llama.cpp) already serving each
+    # student's adapter under its name TASK@vN; unset, `insource serve` runs llama.cpp itself
+    generative_base_url: str | None = None
 
 
 class ReportConfig(Strict):

@@ -147,17 +147,18 @@ def eval_metric(folder: Path) -> str:
 class GenerativeStudent:
     """A LoRA student answering through its supervised llama.cpp server."""
 
-    def __init__(self, registry: Path, name: str, log_dir: Path) -> None:
+    def __init__(self, registry: Path, name: str, log_dir: Path, external_url: str | None = None) -> None:
         folder = resolve(registry, name)
         info = read_model_info(folder)
         if info["student"] != "lora":
             raise NotReady(f"{name} is not a generative student")
-        base, adapter = serving_files(folder, info)
         self.name = str(info["name"])
+        self.external_url = external_url.rstrip("/") if external_url else None
         self.system_prompt: str | None = info.get("system_prompt")
         longest = (info.get("metrics") or {}).get("max_answer_tokens")
         self.max_tokens = int(longest * 1.5) + 8 if isinstance(longest, int) and longest > 0 else DEFAULT_MAX_TOKENS
         self.metric = eval_metric(folder)
+        base, adapter = serving_files(folder, info) if self.external_url is None else (Path(), Path())
         self.server = LlamaCppProcess(self.name, base, adapter, log_dir)
         self.failures = 0
         self._lock = asyncio.Lock()  # llama.cpp answers one request at a time: measure each one's CPU alone
@@ -175,7 +176,10 @@ class GenerativeStudent:
 
     async def _ensure(self) -> Any:
         """The client of a running server: (re)starts it when it is not running, in the background (a caller
-        that gives up waiting leaves the start going; the teacher answers it meanwhile)."""
+        that gives up waiting leaves the start going; the teacher answers it meanwhile). An external server
+        (`[inhouse] generative_base_url`) is neither started nor supervised."""
+        if self.external_url is not None:
+            return self._client(self.external_url)
         if self._starting is None and not self.server.alive():
             if self.server.starts:
                 self.failures += 1  # it died: counted and restarted
@@ -184,10 +188,12 @@ class GenerativeStudent:
             self._starting.add_done_callback(self._started)
         if self._starting is not None:
             await asyncio.shield(self._starting)
+        return self._client(f"http://127.0.0.1:{self.server.port}/v1")
+
+    def _client(self, url: str) -> Any:
         if self._provider is None:
             from insource.providers.openai import OpenAIProvider
 
-            url = f"http://127.0.0.1:{self.server.port}/v1"
             cfg = ProviderConfig(kind="openai", base_url=url, terms="self-hosted", max_retries=0,
                                  ttft_timeout_s=ANSWER_TIMEOUT_S, total_timeout_s=ANSWER_TIMEOUT_S)  # fmt: skip
             self._provider = OpenAIProvider(self.name, cfg)
@@ -206,7 +212,7 @@ class GenerativeStudent:
         request = {"messages": messages, "max_tokens": limit, "temperature": 0.0, "logprobs": True, "top_logprobs": 1}
         provider = await self._ensure()
         async with self._lock:
-            pid = self.server.proc.pid if self.server.proc else 0
+            pid = self.server.proc.pid if self.server.proc and self.external_url is None else 0
             before, wall = _cpu_seconds(pid), time.perf_counter()
             resp = await provider.complete(self.name, request)
             after = _cpu_seconds(pid)
@@ -232,8 +238,9 @@ class GenerativeStudent:
 class GenerativePool:
     """The generative students a worker serves, by name; their llama.cpp servers stop with the worker."""
 
-    def __init__(self, registry: Path) -> None:
+    def __init__(self, registry: Path, external_url: str | None = None) -> None:
         self.registry = registry
+        self.external_url = external_url
         self.students: dict[str, GenerativeStudent] = {}
         self._kinds: dict[str, bool] = {}
 
@@ -251,7 +258,8 @@ class GenerativePool:
     def get(self, name: str) -> GenerativeStudent:
         student = self.students.get(name)
         if student is None:
-            student = self.students[name] = GenerativeStudent(self.registry, name, self.registry / ".serving")
+            student = GenerativeStudent(self.registry, name, self.registry / ".serving", self.external_url)
+            self.students[name] = student
         return student
 
     async def close(self) -> None:

@@ -70,7 +70,7 @@ class InsourcingRouter:
         self.policies: dict[str, RoutePolicy] = load_policies(gw.cfg, gw.store, self.configured)
         self.rolled_back: set[tuple[str, float]] = set()  # (task, since) this worker rolled back
         self.pool = StudentPool(gw.cfg.registry_path())
-        self.generative = GenerativePool(gw.cfg.registry_path())
+        self.generative = GenerativePool(gw.cfg.registry_path(), gw.cfg.inhouse.generative_base_url)
         self.outcomes: dict[str, deque[bool]] = {}
         self.failures: dict[str, int] = {}
         self.rng = random.Random()

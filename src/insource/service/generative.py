@@ -12,8 +12,10 @@ raises: the router counts it and the teacher answers. No ML import here: llama.c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +61,14 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _quit_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the gateway worker that started it dies, even by SIGKILL."""
+    import ctypes
+
+    with contextlib.suppress(OSError):  # not glibc Linux: the worker's clean stop still stops it
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LlamaCppProcess:
     """One supervised `llama_cpp.server` serving a base GGUF with one LoRA adapter."""
 
@@ -89,7 +99,13 @@ class LlamaCppProcess:
         self.port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"llama-{self.name}.log").open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_quit_with_parent,
+            )
         self.starts += 1
         self._wait_ready()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -71,6 +70,16 @@ def _check_folder(spec: BaseSpec) -> None:
         raise NotReady(f"--base-model {spec.folder} is not a Hugging Face model folder (config.json missing)")
 
 
+def _quiet_gguf_loader() -> None:
+    """transformers' GGUF loader draws its own tqdm bar (not behind its progress-bar switch): ours reports."""
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+
+
 def load_base(spec: BaseSpec) -> tuple[Any, Any]:
     """(model, tokenizer) of the base; fp32 on CPU, bf16 on the first GPU when one is visible."""
     import torch
@@ -78,7 +87,8 @@ def load_base(spec: BaseSpec) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's own tqdm bar: our progress display reports
+    if spec.gguf_file:
+        _quiet_gguf_loader()
     _check_folder(spec)
     extra: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:

@@ -169,6 +169,8 @@ class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    batch_input_per_mtok: float | None = Field(default=None, ge=0)  # Batch API; default: half of input
+    batch_output_per_mtok: float | None = Field(default=None, ge=0)  # Batch API; default: half of output
 
     @property
     def cached(self) -> float:
@@ -235,6 +237,21 @@ class CacheConfig(Strict):
     cache_nondeterministic: bool = False  # also cache requests with temperature > 0
 
 
+class OtelConfig(Strict):
+    """OpenTelemetry traces (the `otel` extra): the OTLP exporter reads the standard `OTEL_*` variables."""
+
+    enabled: bool = False
+    capture_content: bool = False  # prompt and answer text on spans (gen_ai.input/output.messages)
+    service_name: str = "insource"  # unless OTEL_SERVICE_NAME is set
+
+
+class BatchConfig(Strict):
+    """The Batch API: how often each worker asks the upstream about unfinished batches (to meter them when they
+    finish, even if no caller asks); 0 never (then a batch is metered when its tenant retrieves it)."""
+
+    poll_s: float = Field(default=60.0, ge=0)
+
+
 class InhouseConfig(Strict):
     cpu_usd_per_hour: float = Field(default=0.10, ge=0)
 
@@ -265,6 +282,8 @@ class Config(Strict):
     routes: dict[str, RouteConfig] = {}
     inhouse: InhouseConfig = InhouseConfig()
     report: ReportConfig = ReportConfig()
+    otel: OtelConfig = OtelConfig()
+    batch: BatchConfig = BatchConfig()
     tenants: dict[str, TenantConfig] = {}
     cache: CacheConfig = CacheConfig()
     base_dir: str = "."

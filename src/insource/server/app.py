@@ -19,6 +19,8 @@ from starlette.routing import Route
 from insource.config import Config, load_config
 from insource.errors import InsourceError, ModelNotFound, NotFound
 from insource.server import admin
+from insource.server import batch as batch_api
+from insource.server import feedback as feedback_api
 from insource.server.auth import resolve_key
 from insource.server.fastpath import INTERNAL_ERROR, FastPath
 from insource.server.metrics import render as render_metrics
@@ -99,10 +101,12 @@ def create_app(cfg: Config) -> Any:
         router = attach_router(gw)
         await gw.start()
         refresher = asyncio.create_task(router.refresh_loop())
+        poller = batch_api.start(app)
         try:
             yield
         finally:
             refresher.cancel()
+            await batch_api.close(app, poller)
             await router.close()
             await gw.stop()
 
@@ -113,6 +117,8 @@ def create_app(cfg: Config) -> Any:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
+        *feedback_api.routes(),
+        *batch_api.routes(),
         Route("/ui", ui),  # the dashboard; its imports wait for its first request
         Route("/ui/{rest:path}", ui),
     ]

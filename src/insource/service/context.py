@@ -13,6 +13,19 @@ from insource.metering.usage import Usage
 from insource.service.keys import KeyInfo
 
 
+@dataclass(slots=True)
+class Attempt:
+    """One upstream attempt or student prediction, for traces: perf_counter() times, the error code when it failed."""
+
+    provider: str
+    upstream_model: str
+    start: float
+    end: float
+    status: int = 200
+    error: str | None = None
+    student: bool = False  # a student's prediction (provider "insource", upstream_model its name), not an upstream
+
+
 def new_request_id() -> str:
     # random.getrandbits: ~0.2 µs and keeps the GIL; uuid4() calls os.urandom, which releases the GIL, so the
     # event loop then waits up to sys.getswitchinterval() (5 ms) for the writer thread to hand it back.
@@ -55,6 +68,7 @@ class RequestContext:
     output: str | None = None  # choice 0's final text, once known
     on_output: Callable[[str | None], None] | None = None  # e.g. a shadow comparison, called on success
     request_id: str | None = None  # the caller's X-Request-Id, when it sent a valid one; else `id`
+    spans: list[Attempt] | None = None  # upstream attempts, kept only when traces are on (`service/tracing.py`)
     cache_key: str | None = None  # set when the request may be answered from (and fill) the response cache
 
     def mark_first_byte(self) -> None:

@@ -26,6 +26,7 @@ from insource.service.keys import KeyCache, KeyInfo, server_secret
 from insource.service.limits import Limits, LocalLimits, RedisLimits
 from insource.service.response_cache import CacheBackend, make_cache
 from insource.service.spend import month_start, month_to_date
+from insource.service.tracing import make_tracing
 from insource.service.upstream import Upstreams
 from insource.store import open_store
 from insource.store.journal import Journal
@@ -53,6 +54,8 @@ class Gateway:
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
         self.limits: Limits = self._make_limits(cfg)
+        self.tracing = make_tracing(cfg, {name: p.kind for name, p in cfg.providers.items()})  # None: traces off
+        self.upstreams.trace = self.tracing is not None
         self.cache: CacheBackend | None = make_cache(cfg, self._redis_url(cfg))
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
@@ -103,6 +106,8 @@ class Gateway:
         if self.cache is not None:
             await self.cache.close()
         await asyncio.to_thread(self.writer.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
 
     async def _refresh_keys_loop(self) -> None:
         while True:
@@ -178,6 +183,8 @@ class Gateway:
             self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
         row = ctx.usage_row()
         self.writer.submit_durable("usage", row, capture=capture is not None)  # on disk before the answer ends
+        if self.tracing is not None:
+            self.tracing.record(ctx, time.perf_counter(), capture)
         if self.access_log:
             log_request(row)
         model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels

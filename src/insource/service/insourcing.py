@@ -104,7 +104,10 @@ class InsourcingRouter:
         draws = (self.rng.random(), self.rng.random())
         if not needs_prediction(policy, draws[0]):
             return None
+        started = time.perf_counter()
         pred, threshold, serve_s = await self._predict(policy, body)
+        if gw.tracing is not None:
+            gw.tracing.note_student(ctx, policy.model, started, time.perf_counter(), failed=pred is None)
         decision = decide(policy, threshold, pred.confidence if pred else None, bool(pred and pred.ood), draws)
         if decision.answerer is Answerer.TEACHER:
             if pred is not None and decision.audit:

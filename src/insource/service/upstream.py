@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -11,7 +12,7 @@ from typing import TypeVar
 from insource.errors import InsourceError, ServiceUnavailable, UpstreamError
 from insource.providers import Provider
 from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
-from insource.service.context import RequestContext
+from insource.service.context import Attempt, RequestContext
 
 T = TypeVar("T")
 SERVED_BY = "X-Insource-Served-By"
@@ -44,6 +45,7 @@ class Upstreams:
     targets: dict[str, list[tuple[str, str]]]
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    trace: bool = False  # keep each attempt on the request's context (traces are on)
 
     def __post_init__(self) -> None:
         for name, provider in self.providers.items():
@@ -54,6 +56,8 @@ class Upstreams:
     async def call(self, ctx: RequestContext, alias: str, op: Operation[T]) -> T:
         """Try each target in order; returns the first success. Raises the last error otherwise."""
         targets = self.targets[alias]
+        if self.trace and ctx.spans is None:
+            ctx.spans = []
         last: InsourceError = ServiceUnavailable(f"no upstream available for model '{alias}'")
         for pname, umodel in targets:
             breaker = self.breakers[pname]
@@ -89,9 +93,12 @@ class Upstreams:
         try:
             while True:
                 ctx.attempts += 1
+                started = time.perf_counter() if ctx.spans is not None else 0.0
                 try:
                     result = await op(provider, umodel)
                 except UpstreamError as exc:
+                    if ctx.spans is not None:
+                        ctx.spans.append(Attempt(pname, umodel, started, time.perf_counter(), exc.status, exc.code))
                     warn_upstream(ctx, pname, umodel, exc)
                     if not exc.retryable:
                         breaker.record_success()  # the upstream is healthy; the request was refused
@@ -111,6 +118,8 @@ class Upstreams:
                     finally:
                         budget.active_retries -= 1
                     continue
+                if ctx.spans is not None:
+                    ctx.spans.append(Attempt(pname, umodel, started, time.perf_counter()))
                 breaker.record_success()
                 return result
         finally:

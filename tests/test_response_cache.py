@@ -267,3 +267,26 @@ def test_bad_cache_and_journal_settings_are_refused(section: dict[str, Any], pat
     with pytest.raises(ConfigError) as err:
         parse_config(section, Path("."))
     assert path in err.value.message
+
+
+async def test_a_cached_tool_call_replays_as_stream_chunks() -> None:
+    from insource.service.response_cache import replay_stream
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    data = {
+        "id": "chatcmpl-1",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    events = [e async for e in replay_stream(data, include_usage=False)]
+    assert events[-1] == b"data: [DONE]\n\n" and not any(b'"usage"' in e for e in events)
+    first = json.loads(events[0][6:])
+    assert first["choices"][0]["delta"]["tool_calls"] == [{**call, "index": 0}]
+    assert json.loads(events[1][6:])["choices"][0]["finish_reason"] == "tool_calls"

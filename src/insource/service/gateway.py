@@ -8,21 +8,19 @@ import logging
 import os
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from insource.capture.record import CaptureRaw
 from insource.capture.redact import check_redactors
-from insource.config import Config, resolve_secret
-from insource.errors import BadRequest, ConfigError, ModelNotFound
+from insource.config import Config
+from insource.errors import BadRequest, ModelNotFound
 from insource.metering.prices import ModelPrice, resolve_prices
 from insource.metering.usage import cost_usd
 from insource.providers import build_providers
 from insource.service.access_log import access_enabled, log_request
 from insource.service.context import RequestContext
-from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
 from insource.service.keys import KeyCache, KeyInfo, server_secret
-from insource.service.limits import Limits, LocalLimits, RedisLimits
+from insource.service.limits import Limits, LocalLimits, make_limits
 from insource.service.spend import month_start, month_to_date
 from insource.service.upstream import Upstreams
 from insource.store import open_store
@@ -46,7 +44,7 @@ class Gateway:
             build_providers(cfg),
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
-        self.limits: Limits = self._make_limits(cfg)
+        self.limits: Limits = make_limits(cfg)
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
@@ -57,17 +55,6 @@ class Gateway:
         self.access_log = access_enabled()  # checked once: the line is built only when it is written
 
     # -- lifecycle ---------------------------------------------------------------------------
-    @staticmethod
-    def _make_limits(cfg: Config) -> Limits:
-        url = cfg.server.redis_url
-        if url is None:
-            shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
-            return HostLimits(Path(shared)) if shared else LocalLimits()
-        resolved = resolve_secret(url) if url.startswith("env::") else url
-        if not resolved:
-            raise ConfigError(f"[server] redis_url references {url}, which is not set")
-        return RedisLimits(resolved)
-
     async def start(self) -> None:
         # Startup objects go to the permanent generation, so full collections stop re-scanning them (each
         # took ~40 ms CPU, a stall for every request in flight); request garbage is freed by refcount, so

@@ -3,7 +3,6 @@ Starlette handlers over the service layer."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -24,7 +23,6 @@ from insource.server.fastpath import INTERNAL_ERROR, FastPath
 from insource.server.metrics import render as render_metrics
 from insource.server.responses import RawJSON
 from insource.service.gateway import Gateway
-from insource.service.insourcing import attach_router
 from insource.service.keys import KeyInfo
 
 log = logging.getLogger("insource.server")
@@ -92,14 +90,10 @@ def create_app(cfg: Config) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = Gateway(cfg)
         app.state.gateway = gw
-        router = attach_router(gw)
         await gw.start()
-        refresher = asyncio.create_task(router.refresh_loop())
         try:
             yield
         finally:
-            refresher.cancel()
-            await router.close()
             await gw.stop()
 
     routes = [

@@ -22,9 +22,10 @@ from insource.server.auth import resolve_key
 from insource.server.responses import RawJSON, SSEResponse
 from insource.service import chat
 from insource.service.access_log import log_unmetered
-from insource.service.context import new_request_id
+from insource.service.embeddings import embeddings
 from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.request import new_request_id
 
 log = logging.getLogger("insource.server")
 
@@ -35,8 +36,8 @@ UseCase = Callable[
 USE_CASES: dict[str, UseCase] = {
     "/v1/chat/completions": chat.chat_completion,
     "/chat/completions": chat.chat_completion,
-    "/v1/embeddings": chat.embeddings,
-    "/embeddings": chat.embeddings,
+    "/v1/embeddings": embeddings,
+    "/embeddings": embeddings,
 }
 REQUEST_ID = "X-Request-Id"
 SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,128}")  # a caller's id is echoed and logged: bounded, plain

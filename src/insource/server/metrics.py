@@ -24,8 +24,7 @@ def render(gw: Gateway) -> bytes:
         lines.append(f"insource_requests_total{{{labels}}} {int(n)}")
         cost.append(f"insource_cost_usd_total{{{labels}}} {c!r}")
         avoided.append(f"insource_cost_avoided_usd_total{{{labels}}} {a!r}")
-    router = getattr(gw, "router", None)
-    failures = getattr(router, "failures", {}) or {}
+    failures = gw.router.failures
     tail_students = [
         "# HELP insource_student_failures_total Student errors and timeouts (the teacher answered).",
         "# TYPE insource_student_failures_total counter",

@@ -1,78 +1,85 @@
-"""Use cases: chat completions (plain and streamed) and embeddings. route → call → meter → capture."""
+"""Use case: chat completions, plain and streamed. admit → route → answer (teacher or student) → meter →
+capture, and the audit that reuses the same teacher call.
+
+The router (`service/insourcing.py`) says who answers (`Routing`); this module carries that out. There is one
+teacher call (`_teacher_completion`, used by the caller's request and by audits), one student path
+(`_serve_student`), one relay for streams, and `WorkerState.finish` builds every usage record.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from insource.capture.record import CaptureRaw
 from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
-from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
-from insource.providers import Provider
-from insource.service.admission import (
-    admit,
-    model_name,
-    parse_body,
-    take_task,
-    validate_chat,
-    validate_embeddings,
-)
-from insource.service.context import RequestContext, context_for
+from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens, parse_usage
+from insource.providers import Provider, UpstreamResponse
+from insource.service.admission import admit, model_name, parse_body, take_task, validate_chat
+from insource.service.answerers import ReplyIds
 from insource.service.gateway import Gateway
+from insource.service.insourcing import Routing
 from insource.service.keys import KeyInfo
+from insource.service.request import (
+    NOT_ADMITTED,
+    Admission,
+    Outcome,
+    Reply,
+    RequestFacts,
+    StreamReply,
+    facts_for,
+)
 from insource.service.streams import StreamAccumulator, output_of
-from insource.service.upstream import SERVED_BY, warn_upstream
+from insource.service.upstream import SERVED_BY, CallTrail, warn_upstream
+
+__all__ = ["SERVED_BY", "Reply", "StreamReply", "chat_completion", "gone", "refused"]
 
 
-@dataclass(slots=True)
-class Reply:
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    status: int = 200
+def ended(trail: CallTrail, status: int, code: str | None) -> Outcome:
+    """The outcome of a request that ended without an answer (refused, failed, cancelled, disconnected)."""
+    return Outcome(status, code, served_by=trail.served_by, provider=trail.provider, attempts=trail.attempts)
 
 
-@dataclass(slots=True)
-class StreamReply:
-    events: AsyncIterator[bytes]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _fail(gw: Gateway, ctx: RequestContext, exc: InsourceError) -> None:
-    ctx.status, ctx.error_code = exc.status, exc.code
-    gw.finish(ctx)
-
-
-def _cancelled(gw: Gateway, ctx: RequestContext) -> None:
-    """The request's task was cancelled before an answer (e.g. shutdown's grace period ran out): still metered."""
-    ctx.status, ctx.error_code = 499, "cancelled"
-    gw.finish(ctx)
+def answered(trail: CallTrail, usage: Usage, ttft_ms: float, status: int = 200, code: str | None = None) -> Outcome:
+    """The outcome of a request a teacher target answered (`status` says whether a stream completed)."""
+    return Outcome(
+        status,
+        code,
+        usage,
+        served_by=trail.served_by,
+        provider=trail.provider,
+        upstream_model=trail.upstream_model,
+        attempts=trail.attempts,
+        ttft_ms=ttft_ms,
+    )
 
 
 def _capture(
     gw: Gateway,
-    ctx: RequestContext,
+    facts: RequestFacts,
+    outcome: Outcome,
     body: dict[str, Any],
     output: str | None,
     response: dict[str, Any] | None,
     finish: str | None,
 ) -> CaptureRaw | None:
-    consent, redact = gw.capture_policy(ctx.key)
+    consent, redact = gw.capture_policy(facts.key)
     if not consent:
         return None
-    provider = gw.upstreams.providers.get(ctx.provider or "")
+    provider = gw.upstreams.providers.get(outcome.provider or "")
     return CaptureRaw(
-        id=ctx.id,
-        ts=ctx.ts,
-        tenant=ctx.key.tenant,
-        key_id=ctx.key.id,
-        task=ctx.task,
-        model=ctx.model or "",
-        provider=ctx.provider,
-        upstream_model=ctx.upstream_model,
-        served_by=ctx.served_by or "",
+        id=facts.id,
+        ts=facts.ts,
+        tenant=facts.key.tenant,
+        key_id=facts.key.id,
+        task=facts.task,
+        model=facts.model or "",
+        provider=outcome.provider,
+        upstream_model=outcome.upstream_model,
+        served_by=outcome.served_by or "",
         terms=provider.config.terms if provider else "in-house",
         consent=True,
         redact=redact,
@@ -82,7 +89,7 @@ def _capture(
         response=response,
         upstream_version=(response or {}).get("model"),
         finish_reason=finish,
-        status=ctx.status,
+        status=outcome.status,
     )
 
 
@@ -95,40 +102,63 @@ async def chat_completion(
     request_id: str | None = None,
     from_caller: bool = False,
 ) -> Reply | StreamReply:
-    ctx = context_for(key, "chat", request_id, from_caller)
+    facts = facts_for(key, "chat", request_id, from_caller)
+    admission, trail = NOT_ADMITTED, CallTrail()
     try:
         body = parse_body(raw, path_model)
-        ctx.model = model_name(body)
-        ctx.stream = body.get("stream") is True
-        ctx.task = take_task(body, header_task)
+        facts = dataclasses.replace(
+            facts, model=model_name(body), stream=body.get("stream") is True, task=take_task(body, header_task)
+        )
         validate_chat(body)
-        await admit(gw, ctx, body, len(raw))
-        if gw.router is not None:
-            routed = await gw.router.handle(gw, ctx, body)
-            if routed is not None:
-                return routed
-        if ctx.stream:
-            return await _open_stream(gw, ctx, body)
-        return await _complete(gw, ctx, body)
+        facts, admission, _ = await admit(gw, facts, body, len(raw))
+        routing = await gw.router.route(facts.task, body, reply_ids(facts))
+        if routing.student is not None:
+            return _serve_student(gw, facts, admission, body, routing)
+        if facts.stream:
+            return await _open_stream(gw, facts, admission, trail, body, routing)
+        return await _complete(gw, facts, admission, trail, body, routing)
     except InsourceError as exc:
-        _fail(gw, ctx, exc)
+        gw.finish(facts, ended(trail, exc.status, exc.code), admission)
         raise
-    except asyncio.CancelledError:
-        _cancelled(gw, ctx)
+    except asyncio.CancelledError:  # e.g. shutdown's grace period ran out: still metered
+        gw.finish(facts, ended(trail, 499, "cancelled"), admission)
         raise
 
 
-async def _complete(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply:
-    resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.complete(m, body))
-    ctx.mark_first_byte()
-    ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(resp.body)), 0, 0, 0)
+def reply_ids(facts: RequestFacts) -> ReplyIds:
+    return ReplyIds("chatcmpl-" + facts.id[4:], int(facts.ts))
+
+
+# -- the teacher answers -----------------------------------------------------------------------------------------
+async def _teacher_completion(
+    gw: Gateway, facts: RequestFacts, trail: CallTrail, body: dict[str, Any]
+) -> tuple[UpstreamResponse, Outcome]:
+    """The one call of the model's targets for a whole (non-streamed) completion, and its outcome."""
+    resp = await gw.upstreams.call(facts, trail, facts.model or "", lambda p, m: p.complete(m, body))
+    ttft_ms = facts.elapsed_ms()
+    usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(resp.body)), 0, 0, 0)
+    return resp, answered(trail, usage, ttft_ms)
+
+
+async def _complete(
+    gw: Gateway, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
+) -> Reply:
+    resp, outcome = await _teacher_completion(gw, facts, trail, body)
     output, finish = output_of(resp.data)
-    ctx.output = output
-    gw.finish(ctx, _capture(gw, ctx, body, output, resp.data, finish))
-    return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
+    gw.finish(facts, outcome, admission, _capture(gw, facts, outcome, body, output, resp.data, finish))
+    _compare_shadow(gw, routing, output)
+    return Reply(resp.body, {SERVED_BY: outcome.served_by or ""})
 
 
-async def _open_stream(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> StreamReply:
+def _compare_shadow(gw: Gateway, routing: Routing, teacher_output: str | None) -> None:
+    """Shadow mode: the teacher's answer to the caller is compared with the student's."""
+    if routing.compare == "shadow" and routing.reply is not None and routing.policy is not None:
+        gw.router.record(routing.policy, routing.reply.text, teacher_output)
+
+
+async def _open_stream(
+    gw: Gateway, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
+) -> StreamReply:
     raw_options = body.get("stream_options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     acc = StreamAccumulator(client_wants_usage=options.get("include_usage") is True)
@@ -148,88 +178,117 @@ async def _open_stream(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
             raise
         return stream, events, first
 
-    stream, events, first = await gw.upstreams.call(ctx, ctx.model or "", open_one)
-    ctx.mark_first_byte()
-    return StreamReply(_relay(gw, ctx, forwarded, stream, events, first, acc), {SERVED_BY: ctx.served_by or ""})
+    stream, events, first = await gw.upstreams.call(facts, trail, facts.model or "", open_one)
+    opened = _Opened(stream, events, first, acc, facts.elapsed_ms())
+    relay = _relay(gw, facts, admission, trail, routing, forwarded, opened)
+    return StreamReply(relay, {SERVED_BY: trail.served_by or ""})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Opened:
+    """An upstream stream whose first event arrived (`first`), and what reads it."""
+
+    stream: Any
+    events: AsyncIterator[bytes]
+    first: bytes | None
+    acc: StreamAccumulator
+    ttft_ms: float
 
 
 async def _relay(
     gw: Gateway,
-    ctx: RequestContext,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    routing: Routing,
     body: dict[str, Any],
-    stream: Any,
-    events: AsyncIterator[bytes],
-    first: bytes | None,
-    acc: StreamAccumulator,
+    opened: _Opened,
 ) -> AsyncIterator[bytes]:
     """Relay upstream events as they come. Whatever happens (even a client disconnect), meter once."""
-    ctx.status = 499  # until the stream completes
+    acc = opened.acc
+    status, code = 499, None  # until the stream completes
     try:
-        if first is not None:
-            out = acc.feed(first)
+        if opened.first is not None:
+            out = acc.feed(opened.first)
             if out is not None:
                 yield out
-        async for event in events:
+        async for event in opened.events:
             out = acc.feed(event)
             if out is not None:
                 yield out
             if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
                 break
-        ctx.status = 200
+        status = 200
     except UpstreamError as exc:
-        ctx.status, ctx.error_code = exc.status, exc.code
-        warn_upstream(ctx, ctx.provider or "", ctx.upstream_model or "", exc)
+        status, code = exc.status, exc.code
+        warn_upstream(facts, trail, trail.provider or "", trail.upstream_model or "", exc)
         yield b"data: " + exc.body_bytes() + b"\n\n"
     finally:
         with contextlib.suppress(Exception):
-            await stream.aclose()
-        if acc.usage is not None:
-            ctx.usage = acc.usage
-        else:  # metered from what was relayed: the upstream billed what it generated
-            ctx.usage = Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
-        ctx.output = acc.output()
-        capture = _capture(gw, ctx, body, ctx.output, acc.response(), acc.finish_reason)
-        gw.finish(ctx, capture if ctx.status == 200 else None)
+            await opened.stream.aclose()
+        # metered from what was relayed when the upstream sent no usage: it billed what it generated
+        usage = acc.usage or Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
+        outcome = answered(trail, usage, opened.ttft_ms, status, code)
+        output = acc.output()
+        capture = (
+            _capture(gw, facts, outcome, body, output, acc.response(), acc.finish_reason) if status == 200 else None
+        )
+        gw.finish(facts, outcome, admission, capture)
+        if status == 200:
+            _compare_shadow(gw, routing, output)
 
 
-async def embeddings(
-    gw: Gateway,
-    key: KeyInfo,
-    raw: bytes,
-    header_task: str | None,
-    path_model: str | None = None,
-    request_id: str | None = None,
-    from_caller: bool = False,
-) -> Reply:
-    ctx = context_for(key, "embeddings", request_id, from_caller)
+# -- a student answers -------------------------------------------------------------------------------------------
+def _serve_student(
+    gw: Gateway, facts: RequestFacts, admission: Admission, body: dict[str, Any], routing: Routing
+) -> Reply | StreamReply:
+    """Serve the student's reply (priced at its serving cost, the teacher's price recorded as avoided); an audit
+    follows in the background when the routing says so."""
+    student, reply = routing.student, routing.reply
+    assert student is not None and reply is not None
+    price = gw.prices.get(facts.model or "")
+    outcome = Outcome(
+        usage=reply.usage,
+        served_by=student.name,
+        ttft_ms=facts.elapsed_ms(),
+        cost_usd=reply.compute_s * gw.cfg.inhouse.cpu_usd_per_hour / 3600.0,
+        cost_avoided_usd=cost_usd(reply.usage, price) if price else 0.0,
+    )
+    if routing.compare == "audit":
+        gw.router.spawn(_audit(gw, facts, body, routing))
+    gw.finish(facts, outcome, admission)
+    headers = {SERVED_BY: student.name}
+    if facts.stream:
+        raw_options = body.get("stream_options")
+        include_usage = isinstance(raw_options, dict) and raw_options.get("include_usage") is True
+        return StreamReply(student.stream(body, reply, reply_ids(facts), include_usage), headers)
+    return Reply(reply.body, headers)
+
+
+async def _audit(gw: Gateway, facts: RequestFacts, body: dict[str, Any], routing: Routing) -> None:
+    """The teacher answers the same request too (its own usage record, endpoint 'audit': spend, not a caller's
+    request) and its answer is compared with the student's."""
+    audit = RequestFacts(facts.key, "audit", model=facts.model, task=facts.task, request_id=facts.trace_id)
+    plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    trail = CallTrail()
     try:
-        body = parse_body(raw, path_model)
-        ctx.model = model_name(body)
-        ctx.task = take_task(body, header_task)
-        validate_embeddings(body)
-        await admit(gw, ctx, body, len(raw))
-        resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.embed(m, body))
+        resp, outcome = await _teacher_completion(gw, audit, trail, plain)
     except InsourceError as exc:
-        _fail(gw, ctx, exc)
-        raise
-    except asyncio.CancelledError:
-        _cancelled(gw, ctx)
-        raise
-    ctx.mark_first_byte()
-    ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)
-    gw.finish(ctx)
-    return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
+        gw.finish(audit, ended(trail, exc.status, exc.code))
+        return
+    gw.finish(audit, outcome)
+    if routing.reply is not None and routing.policy is not None:
+        gw.router.record(routing.policy, routing.reply.text, output_of(resp.data)[0])
 
 
+# -- requests that ended before their body was read --------------------------------------------------------------
 def refused(
     gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError, request_id: str | None = None, from_caller: bool = False
 ) -> None:
     """Meter a request refused after authentication before its body could be read (e.g. too large)."""
-    _fail(gw, context_for(key, kind, request_id, from_caller), exc)
+    gw.finish(facts_for(key, kind, request_id, from_caller), Outcome(exc.status, exc.code))
 
 
 def gone(gw: Gateway, key: KeyInfo, kind: str, request_id: str | None = None, from_caller: bool = False) -> None:
     """Meter a request whose client disconnected after authentication, before its body arrived (499)."""
-    ctx = context_for(key, kind, request_id, from_caller)
-    ctx.status = 499
-    gw.finish(ctx)
+    gw.finish(facts_for(key, kind, request_id, from_caller), Outcome(499))

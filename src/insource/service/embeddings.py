@@ -1,0 +1,44 @@
+"""Use case: embeddings. admit → the model's targets → meter (no routing, no capture)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from insource.errors import InsourceError
+from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
+from insource.service.admission import admit, model_name, parse_body, take_task, validate_embeddings
+from insource.service.chat import answered, ended
+from insource.service.gateway import Gateway
+from insource.service.keys import KeyInfo
+from insource.service.request import NOT_ADMITTED, Reply, facts_for
+from insource.service.upstream import SERVED_BY, CallTrail
+
+
+async def embeddings(
+    gw: Gateway,
+    key: KeyInfo,
+    raw: bytes,
+    header_task: str | None,
+    path_model: str | None = None,
+    request_id: str | None = None,
+    from_caller: bool = False,
+) -> Reply:
+    facts = facts_for(key, "embeddings", request_id, from_caller)
+    admission, trail = NOT_ADMITTED, CallTrail()
+    try:
+        body = parse_body(raw, path_model)
+        facts = dataclasses.replace(facts, model=model_name(body), task=take_task(body, header_task))
+        validate_embeddings(body)
+        facts, admission, _ = await admit(gw, facts, body, len(raw))
+        resp = await gw.upstreams.call(facts, trail, facts.model or "", lambda p, m: p.embed(m, body))
+    except InsourceError as exc:
+        gw.finish(facts, ended(trail, exc.status, exc.code), admission)
+        raise
+    except asyncio.CancelledError:
+        gw.finish(facts, ended(trail, 499, "cancelled"), admission)
+        raise
+    ttft_ms = facts.elapsed_ms()
+    usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)
+    gw.finish(facts, answered(trail, usage, ttft_ms), admission)
+    return Reply(resp.body, {SERVED_BY: trail.served_by or ""})

@@ -328,7 +328,7 @@ def redaction_summary(examples: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- the build -------------------------------------------------------------------------------
 def spool_path(cfg: Config) -> Path:
-    """The folder where the gateway's writer spools records it could not save yet (as service/gateway.py)."""
+    """The folder where the gateway's writer spools records it could not save yet (as service/worker_state.py)."""
     return (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
 
 

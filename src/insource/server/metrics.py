@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from insource.service.gateway import Gateway
+from insource.service.worker_state import WorkerState
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def render(gw: Gateway) -> bytes:
+def render(gw: WorkerState) -> bytes:
     lines = [
         "# HELP insource_requests_total Requests metered by this worker.",
         "# TYPE insource_requests_total counter",

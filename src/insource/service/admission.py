@@ -11,8 +11,8 @@ import orjson
 from insource.errors import BadRequest, RateLimited
 from insource.metering.prices import ModelPrice
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
-from insource.service.gateway import Gateway
 from insource.service.request import Admission, RequestFacts
+from insource.service.worker_state import WorkerState
 
 MAX_DEPTH = 254  # what orjson can re-encode when forwarding
 MAX_NAME = 200
@@ -93,7 +93,7 @@ def validate_embeddings(body: dict[str, Any]) -> None:
 
 
 async def admit(
-    gw: Gateway, facts: RequestFacts, body: dict[str, Any], body_len: int
+    gw: WorkerState, facts: RequestFacts, body: dict[str, Any], body_len: int
 ) -> tuple[RequestFacts, Admission, ModelPrice]:
     """Resolve the model, then check rate limits and reserve the estimated cost on every budget. Returns the
     facts with the resolved model and what was booked; a refusal gives back the tokens it counted."""

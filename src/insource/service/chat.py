@@ -20,7 +20,6 @@ from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens, par
 from insource.providers import Provider, UpstreamResponse
 from insource.service.admission import admit, model_name, parse_body, take_task, validate_chat
 from insource.service.answerers import ReplyIds
-from insource.service.gateway import Gateway
 from insource.service.insourcing import Routing
 from insource.service.keys import KeyInfo
 from insource.service.request import (
@@ -34,6 +33,7 @@ from insource.service.request import (
 )
 from insource.service.streams import StreamAccumulator, output_of
 from insource.service.upstream import SERVED_BY, CallTrail, warn_upstream
+from insource.service.worker_state import WorkerState
 
 __all__ = ["SERVED_BY", "Reply", "StreamReply", "chat_completion", "gone", "refused"]
 
@@ -58,7 +58,7 @@ def answered(trail: CallTrail, usage: Usage, ttft_ms: float, status: int = 200, 
 
 
 def _capture(
-    gw: Gateway,
+    gw: WorkerState,
     facts: RequestFacts,
     outcome: Outcome,
     body: dict[str, Any],
@@ -94,7 +94,7 @@ def _capture(
 
 
 async def chat_completion(
-    gw: Gateway,
+    gw: WorkerState,
     key: KeyInfo,
     raw: bytes,
     header_task: str | None,
@@ -131,7 +131,7 @@ def reply_ids(facts: RequestFacts) -> ReplyIds:
 
 # -- the teacher answers -----------------------------------------------------------------------------------------
 async def _teacher_completion(
-    gw: Gateway, facts: RequestFacts, trail: CallTrail, body: dict[str, Any]
+    gw: WorkerState, facts: RequestFacts, trail: CallTrail, body: dict[str, Any]
 ) -> tuple[UpstreamResponse, Outcome]:
     """The one call of the model's targets for a whole (non-streamed) completion, and its outcome."""
     resp = await gw.upstreams.call(facts, trail, facts.model or "", lambda p, m: p.complete(m, body))
@@ -141,7 +141,7 @@ async def _teacher_completion(
 
 
 async def _complete(
-    gw: Gateway, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
+    gw: WorkerState, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
 ) -> Reply:
     resp, outcome = await _teacher_completion(gw, facts, trail, body)
     output, finish = output_of(resp.data)
@@ -150,14 +150,14 @@ async def _complete(
     return Reply(resp.body, {SERVED_BY: outcome.served_by or ""})
 
 
-def _compare_shadow(gw: Gateway, routing: Routing, teacher_output: str | None) -> None:
+def _compare_shadow(gw: WorkerState, routing: Routing, teacher_output: str | None) -> None:
     """Shadow mode: the teacher's answer to the caller is compared with the student's."""
     if routing.compare == "shadow" and routing.reply is not None and routing.policy is not None:
         gw.router.record(routing.policy, routing.reply.text, teacher_output)
 
 
 async def _open_stream(
-    gw: Gateway, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
+    gw: WorkerState, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
 ) -> StreamReply:
     raw_options = body.get("stream_options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
@@ -196,7 +196,7 @@ class _Opened:
 
 
 async def _relay(
-    gw: Gateway,
+    gw: WorkerState,
     facts: RequestFacts,
     admission: Admission,
     trail: CallTrail,
@@ -240,7 +240,7 @@ async def _relay(
 
 # -- a student answers -------------------------------------------------------------------------------------------
 def _serve_student(
-    gw: Gateway, facts: RequestFacts, admission: Admission, body: dict[str, Any], routing: Routing
+    gw: WorkerState, facts: RequestFacts, admission: Admission, body: dict[str, Any], routing: Routing
 ) -> Reply | StreamReply:
     """Serve the student's reply (priced at its serving cost, the teacher's price recorded as avoided); an audit
     follows in the background when the routing says so."""
@@ -265,7 +265,7 @@ def _serve_student(
     return Reply(reply.body, headers)
 
 
-async def _audit(gw: Gateway, facts: RequestFacts, body: dict[str, Any], routing: Routing) -> None:
+async def _audit(gw: WorkerState, facts: RequestFacts, body: dict[str, Any], routing: Routing) -> None:
     """The teacher answers the same request too (its own usage record, endpoint 'audit': spend, not a caller's
     request) and its answer is compared with the student's."""
     audit = RequestFacts(facts.key, "audit", model=facts.model, task=facts.task, request_id=facts.trace_id)
@@ -283,12 +283,17 @@ async def _audit(gw: Gateway, facts: RequestFacts, body: dict[str, Any], routing
 
 # -- requests that ended before their body was read --------------------------------------------------------------
 def refused(
-    gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError, request_id: str | None = None, from_caller: bool = False
+    gw: WorkerState,
+    key: KeyInfo,
+    kind: str,
+    exc: InsourceError,
+    request_id: str | None = None,
+    from_caller: bool = False,
 ) -> None:
     """Meter a request refused after authentication before its body could be read (e.g. too large)."""
     gw.finish(facts_for(key, kind, request_id, from_caller), Outcome(exc.status, exc.code))
 
 
-def gone(gw: Gateway, key: KeyInfo, kind: str, request_id: str | None = None, from_caller: bool = False) -> None:
+def gone(gw: WorkerState, key: KeyInfo, kind: str, request_id: str | None = None, from_caller: bool = False) -> None:
     """Meter a request whose client disconnected after authentication, before its body arrived (499)."""
     gw.finish(facts_for(key, kind, request_id, from_caller), Outcome(499))

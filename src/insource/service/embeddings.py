@@ -9,14 +9,14 @@ from insource.errors import InsourceError
 from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
 from insource.service.admission import admit, model_name, parse_body, take_task, validate_embeddings
 from insource.service.chat import answered, ended
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
 from insource.service.request import NOT_ADMITTED, Reply, facts_for
 from insource.service.upstream import SERVED_BY, CallTrail
+from insource.service.worker_state import WorkerState
 
 
 async def embeddings(
-    gw: Gateway,
+    gw: WorkerState,
     key: KeyInfo,
     raw: bytes,
     header_task: str | None,

@@ -30,7 +30,9 @@ from insource.store.writer import BatchWriter
 log = logging.getLogger("insource.gateway")
 
 
-class Gateway:
+class WorkerState:
+    """One worker process's state: config, store, writer, providers, limits, key cache, router, counters."""
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.prices: dict[str, ModelPrice] = resolve_prices(cfg)

@@ -27,6 +27,8 @@ def test_demo_quick_runs_the_whole_loop(tmp_path: Path) -> None:
     assert summary["projected_monthly_savings_usd"] > 0
     assert summary["after"]["agreement"] > 0.9
     assert "insourced" in result.stderr and "savings" in result.stderr and "SIMULATED" in result.stderr
+    assert summary["report"] == str(folder / "report.html") and "Plotly.newPlot" in (folder / "report.html").read_text()
+    assert "insource ui --config" in result.stderr
     # everything it made stays inspectable with ordinary commands
     config = str(folder / "insource.toml")
     models = json.loads(

@@ -14,6 +14,7 @@ from tests.conftest import Gateway, run_cli
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
+from insource.service.spend import MEASURES as SPEND_MEASURES
 from insource.store import Store
 
 runner = CliRunner()
@@ -82,6 +83,7 @@ def test_a_malformed_line_names_file_line_and_column_and_imports_nothing(tmp_pat
         "2026-11-03,acme,no-such-model,,5,1000,100,\n"
         "2026-11-03,acme,gpt-4o,,5,1000,100,-1\n"
         "2026-11-03,acme\n"
+        "2026-11-03,acme,gpt-4o,,²,1000,100,0.5\n"
     )
     code, out = cli("usage", "import", str(bad), "--format", "csv", "--config", str(config))
     assert code == 2 and "Traceback" not in out
@@ -162,6 +164,11 @@ def test_spend_by_pairs_and_csv(tmp_path: Path) -> None:
     assert code == 2 and "--since" in out
     code, out = cli("spend", "--by", "task,day", "--config", str(config))
     assert code == 0 and "intent" in out and "2026-11-01" in out
+    hostile = tmp_path / "hostile.csv"
+    hostile.write_text(HEADER + '2026-11-05,acme,gpt-4o,"=HYPERLINK(""http://x"")",1,1,1,0.1\n')
+    assert cli("usage", "import", str(hostile), "--format", "csv", "--config", str(config))[0] == 0
+    code, out = cli("spend", "--by", "task", "--csv", "--config", str(config))
+    assert "'=HYPERLINK" in out  # a spreadsheet shows it as text, never runs it
 
 
 def test_refused_requests_are_counted_apart(tmp_path: Path) -> None:
@@ -199,3 +206,13 @@ def test_remote_spend_by_pairs_until(gateway: Gateway) -> None:
     assert any(r["tenant"] == "remote-pairs" and r["requests"] == 1 and len(r["day"]) == 10 for r in remote)
     past = json.loads(gateway.cli("spend", "--by", "tenant,day", "--until", "2000-01-01", "--json").stdout)
     assert past == []
+
+
+def test_empty_spend_says_what_to_do(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    Store(tmp_path / "insource.db").close()
+    code, out = cli("spend", "--config", str(config))
+    assert code == 0 and "no usage recorded" in out.lower() and "usage import" in " ".join(out.split())
+    assert spend_json(config) == []
+    code, out = cli("spend", "--csv", "--config", str(config))
+    assert code == 0 and out.strip() == ",".join(["tenant", *SPEND_MEASURES])

@@ -164,11 +164,20 @@ def _print_build(result: BuildResult, json: bool) -> None:
         console.print(literal("refused:" + refusal_line(name, r).removeprefix("  -")))
 
 
-@app.command("tasks")
+tasks_app = typer.Typer(
+    help="Tasks seen in traffic (no subcommand: the list); `assign` makes a mined template's requests a task.",
+    invoke_without_command=True,
+)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.callback()
 @handle_errors
-def tasks_cmd(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
+def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = False) -> None:
     """Tasks seen in traffic: requests answered and refused, spend, distinct outputs, classification or generation
     (and why)."""
+    if ctx.invoked_subcommand is not None:
+        return
     cfg = get_config(config)
     rows = list_tasks(open_store(cfg)) if store_exists(cfg) else []
     empty = "No tasks seen yet: send requests through `insource serve` naming a task (metadata.task or X-Insource-Task)"

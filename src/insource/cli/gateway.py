@@ -28,6 +28,7 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
+    print_csv,
     print_json,
     shown,
 )
@@ -301,7 +302,7 @@ def spend(
 ) -> None:
     """Where the money goes, from the daily rollups (days in [report] timezone). `requests` reached a teacher or a
     student; `refused` did not (rate limit, budget, invalid request) and cost nothing."""
-    from insource.service.spend import parse_by, parse_since
+    from insource.service.spend import MEASURES, parse_by, parse_since
 
     dims = parse_by(by)  # bad input is refused here, before any store or gateway is asked
     parse_since(since)
@@ -313,14 +314,22 @@ def spend(
         from insource.service.spend import spend as spend_rows
 
         rows = spend_rows(get_store(get_config(config)), by, since, until)
-    if emit(rows, json=json, csv=csv, empty=_no_spend(since)):
+    if json and csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    if csv:
+        print_csv(rows, [*dims, *MEASURES])  # the same columns, with or without rows
+        return
+    if emit(rows, json=json, empty=_no_spend(since)):
         return
     print_table(_spend_columns(dims), [_spend_cells(r, dims) for r in rows])
 
 
 def _no_spend(since: str | None) -> str:
     when = f" since {since}" if since else ""
-    return f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key"
+    return (
+        f"No usage recorded{when}: send requests through the gateway (`insource serve`) with a key, or bring a"
+        " bill's history in with `insource usage import FILE --format csv`"
+    )
 
 
 def _spend_columns(dims: list[str]) -> list[Col]:

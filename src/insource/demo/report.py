@@ -176,6 +176,17 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
     console.print(
         f"Everything stays in {s['folder']}. Inspect it with:\n"
         f"  insource spend --by task --config {config}\n  insource models list --config {config}\n"
-        f"  insource route show --config {config}",
+        f"  insource route show --config {config}\n"
+        f"  insource ui --config {config}   (the dashboard, on 127.0.0.1: open the link it prints)\n"
+        f"The overview as one HTML file: {s.get('report', '')}",
         highlight=False,
     )
+
+
+def write_overview(cfg: Config, store: Store, path: Path) -> Path:
+    """The dashboard's overview as one self-contained HTML file (what `insource report --out` writes)."""
+    from insource.server.ui.render import render_report
+    from insource.service.dashboard import overview
+
+    path.write_text(render_report(overview(cfg, store)), encoding="utf-8")
+    return path

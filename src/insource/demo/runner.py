@@ -310,6 +310,7 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
             "seconds": round(time.time() - started, 1),
             "simulated_teacher": s.teacher_url is None,
             "eval": evaluated,
+            "report": str(report.write_overview(cfg, store, s.folder / "report.html")),
         }
     )
     report.print_final(console, summary, config)

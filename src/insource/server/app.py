@@ -23,6 +23,8 @@ from insource.server.errors import error_response
 from insource.server.metrics import render as render_metrics
 from insource.server.openai_endpoints import OpenAIEndpoints
 from insource.server.responses import RawJSON
+from insource.server.ui import OFF_MESSAGE, LazyUI
+from insource.server.ui import enabled as ui_enabled
 from insource.service.keys import KeyInfo
 from insource.service.worker_state import WorkerState
 
@@ -78,18 +80,23 @@ def create_app(cfg: Config) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gw = WorkerState(cfg)
         app.state.gateway = gw
+        if not ui_enabled(cfg):
+            log.warning(OFF_MESSAGE)
         await gw.start()
         try:
             yield
         finally:
             await gw.stop()
 
+    ui = LazyUI()
     routes = [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
+        Route("/ui", ui),  # the dashboard; its imports wait for its first request
+        Route("/ui/{rest:path}", ui),
     ]
     handlers: dict[Any, Any] = {InsourceError: on_error, 404: on_error, 405: on_error, Exception: on_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

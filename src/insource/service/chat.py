@@ -106,9 +106,10 @@ async def chat_completion(
     admission, trail = NOT_ADMITTED, CallTrail()
     try:
         body = parse_body(raw, path_model)
-        facts = dataclasses.replace(
-            facts, model=model_name(body), stream=body.get("stream") is True, task=take_task(body, header_task)
-        )
+        task = take_task(body, header_task)
+        if task is None and gw.assigned:  # untagged: a template assigned to a task may name it
+            task = gw.assigned.task_for(body.get("messages"))
+        facts = dataclasses.replace(facts, model=model_name(body), stream=body.get("stream") is True, task=task)
         validate_chat(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
         routing = await gw.router.route(facts.task, body, reply_ids(facts))

@@ -73,7 +73,7 @@ def _text(value: str, column: str, *, required: bool = True) -> str | None:
 
 def _count(value: str, column: str) -> int:
     text = value.strip()
-    if not text.isdigit() or int(text) > MAX_COUNT:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_COUNT:  # "²" is a digit int() refuses
         raise _LineError(column, f"{text[:40]!r} is not a whole number ≥ 0")
     return int(text)
 

@@ -10,6 +10,7 @@ import time
 from functools import partial
 from typing import Any
 
+from insource.capture.assigned import AssignedTemplates
 from insource.capture.record import CaptureRaw
 from insource.capture.redact import check_redactors
 from insource.config import Config
@@ -25,6 +26,7 @@ from insource.service.request import NOT_ADMITTED, Admission, Outcome, RequestFa
 from insource.service.spend import month_start, month_to_date
 from insource.service.upstream import Upstreams
 from insource.store import open_store
+from insource.store.opportunities import assignments
 from insource.store.writer import BatchWriter
 
 log = logging.getLogger("insource.gateway")
@@ -41,6 +43,7 @@ class WorkerState:
         self.secret = server_secret(cfg, self.store)
         self.keys = KeyCache(self.store, self.secret)
         self.keys.refresh()
+        self.assigned = AssignedTemplates.from_rows(assignments(self.store))  # `insource tasks assign`
         spool = (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
         self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size)
         self.upstreams = Upstreams(
@@ -69,6 +72,7 @@ class WorkerState:
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
         self._tasks.append(asyncio.create_task(self._sync_spend_loop()))
         self._tasks.append(asyncio.create_task(self.router.refresh_loop()))
+        self._tasks.append(asyncio.create_task(self._refresh_assigned_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -86,6 +90,16 @@ class WorkerState:
                 self.keys.refresh(await asyncio.to_thread(self.keys.load_all))
             except Exception:  # keep serving with the last good cache; the error is logged
                 log.exception("key refresh failed")
+
+    async def _refresh_assigned_loop(self) -> None:
+        """Templates assigned to a task reach every worker within a second (`insource tasks assign`)."""
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                rows = await asyncio.to_thread(assignments, self.store)
+                self.assigned = AssignedTemplates.from_rows(rows)
+            except Exception:  # keep tagging with the last good assignments; the error is logged
+                log.exception("template assignment refresh failed")
 
     async def _sync_spend_loop(self) -> None:
         while True:

@@ -175,3 +175,22 @@ def m005_usage_rollups(db: DB) -> None:
         GROUP BY day, tenant, model, task, served_by, endpoint, imported
         """,
     )
+
+
+@migration
+def m006_opportunities(db: DB) -> None:
+    """Mined prompt templates (`insource opportunities`) and templates assigned to a task (`tasks assign`).
+    IF NOT EXISTS: safe to run again should this migration be renumbered on a merge."""
+    run_script(
+        db,
+        """
+        CREATE INDEX IF NOT EXISTS captures_ts_id ON captures(ts, id);
+        CREATE TABLE IF NOT EXISTS templates (
+            id TEXT PRIMARY KEY, text TEXT NOT NULL, template TEXT NOT NULL, kind TEXT NOT NULL,
+            requests INTEGER NOT NULL, mined_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS template_tasks (
+            template_id TEXT PRIMARY KEY, task TEXT NOT NULL, template TEXT NOT NULL, assigned_at REAL NOT NULL
+        );
+        """,
+    )

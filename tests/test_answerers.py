@@ -18,10 +18,19 @@ from insource.metering.usage import Usage
 from insource.routing.policy import RoutePolicy
 from insource.service.answerers import Answerer, ReplyIds, StudentReply, completion_body, completion_events
 from insource.service.insourcing import TEACHER, InsourcingRouter
+from insource.service.keys import KeyInfo
+from insource.service.request import RequestFacts
 from insource.store import open_store
 from insource.store.writer import BatchWriter
 
 IDS = ReplyIds("chatcmpl-test", 1_700_000_000)
+KEY = KeyInfo("key_t", "acme", None, None, None, None, capture=None, revoked=False)
+
+
+def facts(task: str) -> RequestFacts:
+    return RequestFacts(KEY, "chat", id="req_test", ts=1_700_000_000.0, model="gpt-4o-mini", task=task)
+
+
 BODY: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "where is my card?"}]}
 
 
@@ -65,7 +74,7 @@ def router(tmp_path: Path) -> Iterator[InsourcingRouter]:
 def route_with(router: InsourcingRouter, policy: RoutePolicy, student: Scripted) -> Any:
     router.policies = {policy.task: policy}
     router.pool._answerers[policy.model] = student  # type: ignore[assignment]
-    return asyncio.run(router.route(policy.task, dict(BODY), IDS))
+    return asyncio.run(router.route(facts(policy.task), dict(BODY)))
 
 
 def test_scripted_student_is_an_answerer() -> None:
@@ -108,7 +117,7 @@ def test_requests_a_classifier_cannot_honour_never_ask_the_student(router: Insou
     router.policies = {"intent": RoutePolicy("intent", "intent@v1", "full")}
     router.pool._answerers["intent@v1"] = student  # type: ignore[assignment]
     body = {**BODY, "tools": [{"type": "function", "function": {"name": "f"}}]}
-    assert asyncio.run(router.route("intent", body, IDS)) == TEACHER
+    assert asyncio.run(router.route(facts("intent"), body)) == TEACHER
     assert student.calls == 0
 
 

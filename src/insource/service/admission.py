@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
@@ -98,7 +97,8 @@ async def admit(
     """Resolve the model, then check rate limits and reserve the estimated cost on every budget. Returns the
     facts with the resolved model and what was booked; a refusal gives back the tokens it counted."""
     price = gw.model_for(facts.key, body.get("model"))
-    facts = dataclasses.replace(facts, model=body["model"])
+    if facts.model != body["model"]:  # a name longer than model_name keeps
+        facts = facts.parsed(body["model"], facts.task, facts.stream)
     key = facts.key
     completion = body.get("max_completion_tokens") or body.get("max_tokens")
     if facts.endpoint == "chat":

@@ -19,7 +19,6 @@ from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens, parse_usage
 from insource.providers import Provider, UpstreamResponse
 from insource.service.admission import admit, model_name, parse_body, take_task, validate_chat
-from insource.service.answerers import ReplyIds
 from insource.service.insourcing import Routing
 from insource.service.keys import KeyInfo
 from insource.service.request import (
@@ -109,10 +108,10 @@ async def chat_completion(
         task = take_task(body, header_task)
         if task is None and gw.assigned:  # untagged: a template assigned to a task may name it
             task = gw.assigned.task_for(body.get("messages"))
-        facts = dataclasses.replace(facts, model=model_name(body), stream=body.get("stream") is True, task=task)
+        facts = facts.parsed(model_name(body), task, body.get("stream") is True)
         validate_chat(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
-        routing = await gw.router.route(facts.task, body, reply_ids(facts))
+        routing = await gw.router.route(facts, body)
         if routing.student is not None:
             return _serve_student(gw, facts, admission, body, routing)
         if facts.stream:
@@ -124,10 +123,6 @@ async def chat_completion(
     except asyncio.CancelledError:  # e.g. shutdown's grace period ran out: still metered
         gw.finish(facts, ended(trail, 499, "cancelled"), admission)
         raise
-
-
-def reply_ids(facts: RequestFacts) -> ReplyIds:
-    return ReplyIds("chatcmpl-" + facts.id[4:], int(facts.ts))
 
 
 # -- the teacher answers -----------------------------------------------------------------------------------------
@@ -262,7 +257,7 @@ def _serve_student(
     if facts.stream:
         raw_options = body.get("stream_options")
         include_usage = isinstance(raw_options, dict) and raw_options.get("include_usage") is True
-        return StreamReply(student.stream(body, reply, reply_ids(facts), include_usage), headers)
+        return StreamReply(student.stream(body, reply, facts.reply_ids, include_usage), headers)
     return Reply(reply.body, headers)
 
 

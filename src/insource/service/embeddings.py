@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from insource.errors import InsourceError
 from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
@@ -28,7 +27,7 @@ async def embeddings(
     admission, trail = NOT_ADMITTED, CallTrail()
     try:
         body = parse_body(raw, path_model)
-        facts = dataclasses.replace(facts, model=model_name(body), task=take_task(body, header_task))
+        facts = facts.parsed(model_name(body), take_task(body, header_task))
         validate_embeddings(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
         resp = await gw.upstreams.call(facts, trail, facts.model or "", lambda p, m: p.embed(m, body))

@@ -29,6 +29,7 @@ from insource.config import Config
 from insource.routing.policy import Answerer as Who
 from insource.routing.policy import RoutePolicy, decide, needs_prediction
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
+from insource.service.request import RequestFacts
 from insource.service.routes import (
     agreement_window,
     config_policies,
@@ -118,16 +119,16 @@ class InsourcingRouter:
         return judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
 
     # -- request path ------------------------------------------------------------------------
-    async def route(self, task: str | None, body: dict[str, Any], ids: ReplyIds) -> Routing:
+    async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:
         """Who answers this request (the body is validated and its task taken out)."""
-        policy = self.policies.get(task or "")
+        policy = self.policies.get(facts.task or "")
         if policy is None or not policy.active or needs_the_teacher(body):
             return TEACHER
         draws = (self.rng.random(), self.rng.random())
         if not needs_prediction(policy, draws[0]):
             return TEACHER
         student = self.pool.answerer(policy.model)
-        reply = await self._ask(student, policy, body, ids)
+        reply = await self._ask(student, policy, body, facts.reply_ids)
         threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
         confidence = reply.confidence if reply is not None else None
         decision = decide(policy, threshold, confidence, bool(reply and reply.ood), draws)

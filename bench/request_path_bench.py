@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import asyncio, sys, tempfile, time
+import asyncio, gc, sys, tempfile, time
 from pathlib import Path
 import orjson
 from insource.config import parse_config
@@ -55,6 +55,9 @@ async def main():
     key = KeyInfo("key_bench", "bench", 1000.0, None, None, None, capture=False, revoked=False)
     for _ in range(500):
         await chat.chat_completion(gw, key, RAW, None)
+    gc.collect()  # as WorkerState.start does in the server
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     start = time.thread_time()
     for _ in range(N):
         await chat.chat_completion(gw, key, RAW, None)

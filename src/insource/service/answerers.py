@@ -21,8 +21,13 @@ classifier students of `service/students.py`):
   ending with `data: [DONE]\\n\\n`) of a reply `complete` made (a cascade judged its confidence first);
   `completion_events` renders them from `text`. The usage chunk is sent only when `include_usage`.
 
-Answerers are found by `StudentPool.answerer(name)`; a served model would be another kind of answerer that
-the pool hands out for the registry entries it serves.
+Plugging one in: `service/students.py:StudentPool.answerer(name)` is the one place that picks the answerer of a
+registry entry (today always a `ClassifierStudent`); return the served student's answerer there for the entries
+of its kind, and let `service/routes.py:_check_model` accept that kind (it refuses non-classifier students
+today). Nothing else changes: the router decides from `StudentReply.confidence`, `service/chat.py` serves
+`reply.body` or `stream(...)`, meters `usage` and `compute_s`, and audits compare `text` with the teacher's.
+A served student that bills per request rather than per CPU second can put its price in `compute_s` (seconds
+at `[inhouse] cpu_usd_per_hour`) until the economics layer gives it a price of its own.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ async def admit(
     facts with the resolved model and what was booked; a refusal gives back the tokens it counted."""
     price = gw.model_for(facts.key, body.get("model"))
     if facts.model != body["model"]:  # a name longer than model_name keeps
-        facts = facts.parsed(body["model"], facts.task, facts.stream)
+        facts = facts.with_model(body["model"])
     key = facts.key
     completion = body.get("max_completion_tokens") or body.get("max_tokens")
     if facts.endpoint == "chat":

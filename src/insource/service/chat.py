@@ -28,6 +28,7 @@ from insource.service.request import (
     Reply,
     RequestFacts,
     StreamReply,
+    arrive,
     facts_for,
 )
 from insource.service.streams import StreamAccumulator, output_of
@@ -101,14 +102,17 @@ async def chat_completion(
     request_id: str | None = None,
     from_caller: bool = False,
 ) -> Reply | StreamReply:
-    facts = facts_for(key, "chat", request_id, from_caller)
+    arrival = arrive(key, "chat", request_id, from_caller)
+    facts: RequestFacts | None = None
     admission, trail = NOT_ADMITTED, CallTrail()
+    model, stream = None, False
     try:
         body = parse_body(raw, path_model)
+        model, stream = model_name(body), body.get("stream") is True
         task = take_task(body, header_task)
         if task is None and gw.assigned:  # untagged: a template assigned to a task may name it
             task = gw.assigned.task_for(body.get("messages"))
-        facts = facts.parsed(model_name(body), task, body.get("stream") is True)
+        facts = arrival.facts(model, task, stream)
         validate_chat(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
         routing = await gw.router.route(facts, body)
@@ -118,10 +122,10 @@ async def chat_completion(
             return await _open_stream(gw, facts, admission, trail, body, routing)
         return await _complete(gw, facts, admission, trail, body, routing)
     except InsourceError as exc:
-        gw.finish(facts, ended(trail, exc.status, exc.code), admission)
+        gw.finish(facts or arrival.facts(model, None, stream), ended(trail, exc.status, exc.code), admission)
         raise
     except asyncio.CancelledError:  # e.g. shutdown's grace period ran out: still metered
-        gw.finish(facts, ended(trail, 499, "cancelled"), admission)
+        gw.finish(facts or arrival.facts(model, None, stream), ended(trail, 499, "cancelled"), admission)
         raise
 
 

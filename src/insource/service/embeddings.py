@@ -9,7 +9,7 @@ from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
 from insource.service.admission import admit, model_name, parse_body, take_task, validate_embeddings
 from insource.service.chat import answered, ended
 from insource.service.keys import KeyInfo
-from insource.service.request import NOT_ADMITTED, Reply, facts_for
+from insource.service.request import NOT_ADMITTED, Reply, RequestFacts, arrive
 from insource.service.upstream import SERVED_BY, CallTrail
 from insource.service.worker_state import WorkerState
 
@@ -23,19 +23,22 @@ async def embeddings(
     request_id: str | None = None,
     from_caller: bool = False,
 ) -> Reply:
-    facts = facts_for(key, "embeddings", request_id, from_caller)
+    arrival = arrive(key, "embeddings", request_id, from_caller)
+    facts: RequestFacts | None = None
     admission, trail = NOT_ADMITTED, CallTrail()
+    model = None
     try:
         body = parse_body(raw, path_model)
-        facts = facts.parsed(model_name(body), take_task(body, header_task))
+        model = model_name(body)
+        facts = arrival.facts(model, take_task(body, header_task))
         validate_embeddings(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
         resp = await gw.upstreams.call(facts, trail, facts.model or "", lambda p, m: p.embed(m, body))
     except InsourceError as exc:
-        gw.finish(facts, ended(trail, exc.status, exc.code), admission)
+        gw.finish(facts or arrival.facts(model), ended(trail, exc.status, exc.code), admission)
         raise
     except asyncio.CancelledError:
-        gw.finish(facts, ended(trail, 499, "cancelled"), admission)
+        gw.finish(facts or arrival.facts(model), ended(trail, 499, "cancelled"), admission)
         raise
     ttft_ms = facts.elapsed_ms()
     usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)

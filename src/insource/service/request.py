@@ -46,9 +46,11 @@ class RequestFacts:
         """The id the caller sees (X-Request-Id) and the logs name."""
         return self.request_id or self.id
 
-    def parsed(self, model: str | None, task: str | None, stream: bool = False) -> RequestFacts:
-        """These facts with what the body said (`dataclasses.replace` costs several times more per request)."""
-        return RequestFacts(self.key, self.endpoint, self.id, self.request_id, self.ts, self.t0, model, task, stream)
+    def with_model(self, model: str) -> RequestFacts:
+        """These facts naming `model` (`dataclasses.replace` costs several times more per request)."""
+        return RequestFacts(
+            self.key, self.endpoint, self.id, self.request_id, self.ts, self.t0, model, self.task, self.stream
+        )
 
     @property
     def reply_ids(self) -> ReplyIds:
@@ -59,14 +61,32 @@ class RequestFacts:
         return (time.perf_counter() - self.t0) * 1000.0
 
 
-def facts_for(key: KeyInfo, endpoint: str, request_id: str | None, from_caller: bool) -> RequestFacts:
-    """A request's facts: a caller's X-Request-Id is kept apart from the record id (callers may repeat one);
+class Arrival(NamedTuple):
+    """What is known when a request arrives, before its body is read: who sent it and its ids and times. Its
+    `facts` are made once, when the body has said what it asks for (or when it ends before that)."""
+
+    key: KeyInfo
+    endpoint: str
+    id: str
+    request_id: str | None
+    ts: float
+    t0: float
+
+    def facts(self, model: str | None = None, task: str | None = None, stream: bool = False) -> RequestFacts:
+        return RequestFacts(self.key, self.endpoint, self.id, self.request_id, self.ts, self.t0, model, task, stream)
+
+
+def arrive(key: KeyInfo, endpoint: str, request_id: str | None, from_caller: bool) -> Arrival:
+    """A request arriving now: a caller's X-Request-Id is kept apart from the record id (callers may repeat one);
     an id the gateway made is both."""
-    if request_id is None:
-        return RequestFacts(key, endpoint)
-    if from_caller:
-        return RequestFacts(key, endpoint, request_id=request_id)
-    return RequestFacts(key, endpoint, id=request_id)
+    caller = request_id if from_caller else None
+    own = request_id if request_id is not None and not from_caller else new_request_id()
+    return Arrival(key, endpoint, own, caller, time.time(), time.perf_counter())
+
+
+def facts_for(key: KeyInfo, endpoint: str, request_id: str | None, from_caller: bool) -> RequestFacts:
+    """The facts of a request that ended before its body was read."""
+    return arrive(key, endpoint, request_id, from_caller).facts()
 
 
 class Admission(NamedTuple):

@@ -45,16 +45,7 @@ def ended(trail: CallTrail, status: int, code: str | None) -> Outcome:
 
 def answered(trail: CallTrail, usage: Usage, ttft_ms: float, status: int = 200, code: str | None = None) -> Outcome:
     """The outcome of a request a teacher target answered (`status` says whether a stream completed)."""
-    return Outcome(
-        status,
-        code,
-        usage,
-        served_by=trail.served_by,
-        provider=trail.provider,
-        upstream_model=trail.upstream_model,
-        attempts=trail.attempts,
-        ttft_ms=ttft_ms,
-    )
+    return Outcome(status, code, usage, trail.served_by, trail.provider, trail.upstream_model, trail.attempts, ttft_ms)
 
 
 def _capture(

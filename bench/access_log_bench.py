@@ -65,7 +65,7 @@ def main() -> None:
             logging.config.dictConfig(log_config(level, fmt))
             handler = logging.getLogger("insource").handlers[0]
             assert isinstance(handler, logging.StreamHandler)
-            handler.setStream(out.open("a"))
+            handler.setStream(out.open("a", buffering=1))  # line-buffered, as stderr is (Python >= 3.9)
             gw.access_log = logging.getLogger("insource.access").isEnabledFor(logging.INFO)
             results[variant].append(finish_us(gw, key, args.n))
     gw.writer.close()

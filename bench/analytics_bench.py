@@ -8,6 +8,7 @@ in batches of 1,000, the batch writer's path, so the daily rollups are kept as i
 - fill rate with rollups, and the writer's CPU per record with and without them (the rollup work runs in the
   writer thread, off the request path: the gateway's per-request overhead is unchanged by construction);
 - rollup rows vs records;
+- the dashboard's overview page (built and rendered, as `/ui` serves it), first and warm;
 - `spend --by task,day` (service function = the server time of `/admin/spend`), `spend --by tenant`,
   `daily_spend` for one tenant, month-to-date total, `forecast` (statsmodels imported before timing), `savings`:
   median of 5 runs each;
@@ -130,6 +131,21 @@ def raw_task_day(store: Store) -> Any:
     )
 
 
+def dashboard_overview(cfg: Any, store: Store) -> dict[str, Any]:
+    """The dashboard's overview page as `/ui` serves it (page built, then rendered): the first time (it fits the
+    forecast) and then (the forecast reused for 10 minutes)."""
+    from insource.server.ui.render import render_page
+    from insource.service.dashboard import overview
+
+    def page() -> str:
+        return render_page(overview(cfg, store), "csrf", title="Overview", active="overview")
+
+    return {
+        "dashboard_overview_first_ms_wall_cpu": timed(page, runs=1),
+        "dashboard_overview_ms_wall_cpu": timed(page),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=1_000_000)
@@ -141,7 +157,7 @@ def main() -> None:
         store: Store = Store(Path(tempfile.mkdtemp(prefix="insource-analytics-")) / "bench.db")
     else:
         store = PgStore(args.store)
-        for table in ("usage", "usage_daily", "usage_daily_lite", "usage_imports"):
+        for table in ("usage", "usage_daily", "usage_daily_lite", "usage_daily_keys", "usage_imports"):
             store.execute(f"DELETE FROM {table}")
     fill_s = fill(store, args.records, args.days)
     rollup_rows = store.query_one("SELECT COUNT(*) AS n FROM usage_daily")
@@ -165,6 +181,7 @@ def main() -> None:
     forecast_report(cfg, store, horizon_days=30)  # imports numpy and statsmodels: not part of the figure
     out["forecast_ms_wall_cpu"] = timed(lambda: forecast_report(cfg, store, horizon_days=30))
     out["savings_ms_wall_cpu"] = timed(lambda: savings_report(store))
+    out.update(dashboard_overview(cfg, store))
     with_rollups, plain = writer_cpu(store)
     out["writer_cpu_us_per_record_with_rollups"] = round(with_rollups, 2)
     out["writer_cpu_us_per_record_plain_insert"] = round(plain, 2)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from typer.testing import CliRunner
 
 from insource.cli import _register, app
@@ -34,6 +38,14 @@ READ_COMMANDS = [
     ["dataset", "build", "--task", "t", "--out", "ds"],
     ["distill", "--task", "t"],
     ["eval", "--task", "t", "--model", "t@v1"],
+    ["route", "off", "--task", "t"],
+    ["tasks", "assign", "--template", "tpl_1", "--task", "t"],
+    ["opportunities"],
+    ["revenue"],
+    ["forecast"],
+    ["savings"],
+    ["makebuy", "--task", "t"],
+    ["report", "--json"],
 ]
 
 
@@ -118,3 +130,29 @@ def test_a_config_without_a_store_is_not_given_one(empty: Path) -> None:
 def test_version() -> None:
     result = run_cli("--version")
     assert result.stdout == f"insource {importlib.metadata.version('insource')}\n"
+
+
+def test_serve_finds_dot_insource_toml_for_every_worker(empty: Path) -> None:
+
+    home = empty / "home"
+    _home(home)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insource", "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert (home / "data" / "gw.db").exists() and not (home / "insource.db").exists()

@@ -178,6 +178,9 @@ def test_pages_show_known_figures_and_every_chart_has_its_csv(filled: tuple[Gate
     tasks = {r["task"]: r for r in csv.DictReader(io.StringIO(client.get("/ui/tasks/csv/tasks.csv").text))}
     assert set(tasks) == {"support-intent", "headline", "(untagged)"}
     assert int(tasks["support-intent"]["audits"]) == 60
+    savings = {r["task"]: r for r in csv.DictReader(io.StringIO(client.get("/ui/routes/csv/savings.csv").text))}
+    # every day: a student answer (costs 0.0001, avoids 0.02) and an audit (0.003): 60 days
+    assert float(savings["support-intent"]["net_savings_usd"]) == pytest.approx(60 * (0.02 - 0.0001 - 0.003))
 
 
 def test_pages_never_show_a_key_or_a_hash(filled: tuple[Gateway, dict[str, Any]]) -> None:
@@ -348,3 +351,24 @@ def test_insource_ui_on_a_busy_port_and_report_to_a_missing_folder_say_so(tmp_pa
     assert result.returncode == 2 and "in use" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("report", "--config", str(config), "--out", str(tmp_path / "nope" / "r.html"), check=False)
     assert result.returncode == 2 and "r.html" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_traffic_through_the_gateway_shows_on_its_dashboard(gateway: Gateway, fake: Any) -> None:
+    """Requests sent with the official SDK through the shared `insource serve` appear on its /ui pages."""
+    import openai
+
+    key = gateway.key("ui-live-tenant")["key"]
+    sdk = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    for i in range(5):
+        sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"Classify the ticket: order {i} is late"}],
+            extra_headers={"X-Insource-Task": "ui-live-task"},
+        )
+    client = login(gateway.url, os.environ["TEST_ADMIN_KEY"])
+    tenants = {r["tenant"]: r for r in csv.DictReader(io.StringIO(client.get("/ui/tenants/csv/tenants.csv").text))}
+    assert int(tenants["ui-live-tenant"]["requests"]) == 5 and float(tenants["ui-live-tenant"]["cost_usd"]) > 0
+    tasks = {r["task"]: r for r in csv.DictReader(io.StringIO(client.get("/ui/tasks/csv/tasks.csv").text))}
+    assert int(tasks["ui-live-task"]["requests"]) == 5 and int(tasks["ui-live-task"]["captured"]) == 5
+    page = client.get("/ui/tasks/ui-live-task")
+    assert page.status_code == 200 and key not in page.text and key[:12] not in page.text

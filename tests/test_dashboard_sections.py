@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from insource.server.ui.render import figure, fmt, json_for_script
 from insource.service.dashboard_analytics import forecast_outlook, opportunities_panel, savings_panel
 from insource.service.dashboard_types import Chart, Column, Panel, Series
@@ -117,3 +119,40 @@ def test_names_from_traffic_are_escaped_in_pages_and_reports() -> None:
     for html in (render_page(page, "tok", title="t", active="overview"), render_report(page)):
         assert evil not in html and "<img" not in html.split("<main>", 1)[1]
         assert "&lt;img" in html
+
+
+def test_a_slow_analysis_never_holds_a_page_beyond_its_patience(tmp_path: Any) -> None:
+    import threading
+
+    from insource.service import dashboard_analytics as da
+    from insource.service.dashboard_panels import Span
+    from insource.store.sqlite import Store
+
+    store = Store(tmp_path / "insource.db")
+    release = threading.Event()
+    runs: list[int] = []
+
+    def slow() -> dict[str, Any]:
+        runs.append(1)
+        release.wait(10)
+        return {"month": "2026-12", "daily": [], "budgets": []}
+
+    impatient = Span.of(store, patience_s=0.05)
+    assert da._cached("slow", store, impatient, slow, ttl_s=60) is da.PENDING
+    assert da._cached("slow", store, impatient, slow, ttl_s=60) is da.PENDING  # one run, not two
+    release.set()
+    patient = Span.of(store, now=impatient.now, patience_s=None)
+    assert da._cached("slow", store, patient, slow, ttl_s=60)["month"] == "2026-12"
+    assert len(runs) == 1
+    assert da._pending("forecast", "Spend forecast", "The forecast").empty.startswith("The forecast is still running")
+
+
+def test_without_plotly_pages_say_how_to_install_it_and_keep_their_tables(monkeypatch: Any) -> None:
+    from insource.server.ui import render
+    from insource.service.dashboard_types import Page
+
+    monkeypatch.setattr(render, "plotly_js", lambda: None)
+    chart = Chart("bar", [Series("cost", ["a"], [1.0])])
+    panel = Panel("spend", "Spend", [Column("task"), Column("cost_usd", "usd")], [["a", 1.0]], "", chart=chart)
+    html = render.render_page(Page("overview", "Overview", [], [panel]), "tok", title="t", active="overview")
+    assert "pip install &#34;insource[ui]&#34;" in html and "plotly-" not in html and "<td" in html

@@ -260,3 +260,39 @@ def test_the_in_process_ledger_names_the_first_budget_that_would_overshoot() -> 
     with pytest.raises(BudgetExceeded) as err:
         ledger.reserve([("key:key_1", 0.001)], 0.01)
     assert "key key_1" in err.value.message and "($0.001)" in err.value.message
+
+
+def test_the_log_handler_writes_whole_lines_in_atomic_chunks() -> None:
+    import io
+    import logging
+
+    from insource.server.logs import FlushingStreamHandler, TextFormatter
+
+    class Recorder(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, s: str) -> int:
+            self.writes.append(s)
+            return super().write(s)
+
+    stream = Recorder()
+    handler = FlushingStreamHandler(stream, interval=0.05)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("insource.test-handler")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        for i in range(100):
+            logger.info("line %d", i, extra={"fields": {"pad": "x" * 100}})
+        assert all(len(w) <= FlushingStreamHandler.CHUNK and w.endswith("\n") for w in stream.writes)
+        assert 1 <= len(stream.writes) < 20  # buffered: not a write per line
+        deadline = time.monotonic() + 2
+        while stream.getvalue().count("\n") < 100:  # the rest within the flush interval
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        logger.warning("now")
+        assert stream.getvalue().endswith("now\n")  # warnings at once
+    finally:
+        logger.removeHandler(handler)

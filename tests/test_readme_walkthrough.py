@@ -29,7 +29,8 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Use it as a gateway"
-PORTS = ("9000", "8700")  # the fake upstream's and the gateway's, as the README writes them
+AFTER = "## After the walkthrough"  # its commands run in the walkthrough's folder, the gateway still up
+PORTS = ("9000", "8700", "8701")  # the fake upstream's and the gateway's, as the README writes them
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```\n", re.S | re.M)
 STEP_TIMEOUT_S = 300
 
@@ -41,9 +42,9 @@ class Step:
     name: str = ""  # the file name
 
 
-def section(readme: str) -> str:
-    start = readme.index(SECTION)
-    end = re.compile(r"^#{2,3} ", re.M).search(readme, start + len(SECTION))
+def section(readme: str, title: str = SECTION) -> str:
+    start = readme.index(title)
+    end = re.compile(r"^#{2,3} ", re.M).search(readme, start + len(title))
     return readme[start : end.start() if end else len(readme)]
 
 
@@ -120,7 +121,9 @@ class Walkthrough:
         export = re.match(r"export (\w+)=(\$\(.*\))\s*(#.*)?$", command)
         if export:  # `export X=$(cmd)` would hide cmd's exit code; a plain assignment keeps it
             body = f"{export.group(1)}={export.group(2)}\nrc=$?\nexport {export.group(1)}\n"
-        script = f"set -o pipefail\nsource {shlex.quote(str(self.env_file))}\n{body}"
+        script = (
+            f"set -o pipefail -o allexport\nsource {shlex.quote(str(self.env_file))}\n{body}"  # VAR=... carries on too
+        )
         script += f"export -p > {shlex.quote(str(self.env_file))}\nexit $rc\n"
         started = time.monotonic()
         result = subprocess.run(
@@ -166,7 +169,8 @@ class Walkthrough:
 
 @pytest.fixture()
 def walkthrough(tmp_path: Path, encoder_cache: Path) -> Iterator[tuple[Walkthrough, list[Step]]]:
-    text = section((ROOT / "README.md").read_text("utf-8"))
+    readme = (ROOT / "README.md").read_text("utf-8")
+    text = section(readme) + "\n" + section(readme, AFTER)
     taken: set[int] = set()
     for port in PORTS:
         while (free := free_port()) in taken:
@@ -185,7 +189,9 @@ def walkthrough(tmp_path: Path, encoder_cache: Path) -> Iterator[tuple[Walkthrou
 
 
 def test_the_readme_walkthrough_runs_to_a_student_answering(walkthrough: tuple[Walkthrough, list[Step]]) -> None:
-    run, steps = walkthrough
+    run, all_steps = walkthrough
+    n = len(extract_steps(section((ROOT / "README.md").read_text("utf-8"))))  # the walkthrough's own steps
+    steps, after = all_steps[:n], all_steps[n:]
     for step in steps:
         if step.kind == "file":
             (run.folder / step.name).write_text(step.text, "utf-8")
@@ -207,3 +213,8 @@ def test_the_readme_walkthrough_runs_to_a_student_answering(walkthrough: tuple[W
     by_server = {r["served_by"]: r for r in json.loads(run.run("insource spend --by served_by --json"))}
     assert by_server["intent@v1"]["requests"] == counts["intent@v1"], by_server  # metered as the student's
     assert by_server["intent@v1"]["cost_avoided_usd"] > 0
+    for step in after:  # the next section's examples, as written, in the same folder
+        run.run(step.text)
+    report = run.folder / "report.html"
+    assert report.is_file() and "plotly" in report.read_text("utf-8").lower()
+    assert "/ui/login?token=" in (run.folder.parent / f"bg-{len(run.background) - 1}.log").read_text()

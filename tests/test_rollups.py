@@ -177,14 +177,10 @@ def test_migration_backfills_existing_records(tmp_path: Path) -> None:
     rows = random_rows(500, seed=5)
     store = Store(tmp_path / "r.db")
     store.write_batch([("usage", r, False) for r in rows])
-    for table in (
-        "usage_daily",
-        "usage_daily_lite",
-        "usage_imports",
-        "usage_daily_zone",
-    ):  # back to a store from before the rollups
+    tables = ("usage_daily", "usage_daily_lite", "usage_daily_keys", "usage_imports", "usage_daily_zone")
+    for table in tables:  # back to a store from before the rollups
         store.execute(f"DROP TABLE {table}")
-    store.execute("DELETE FROM _migrations WHERE name = 'm005_usage_rollups'")
+    store.execute("DELETE FROM _migrations WHERE name IN ('m005_usage_rollups', 'm007_usage_rollup_keys')")
     store.close()
     upgraded = Store(tmp_path / "r.db")
     assert_same(as_table(upgraded, "task"), expected(rows, "UTC", "task"))
@@ -192,15 +188,18 @@ def test_migration_backfills_existing_records(tmp_path: Path) -> None:
 
 
 def assert_lite_matches(store: Store) -> None:
-    """`usage_daily_lite` (no key) holds exactly `usage_daily` summed over keys."""
-    dims = "day, tenant, model, task, served_by, endpoint, imported"
+    """Each smaller rollup table holds exactly `usage_daily` summed over the columns it lacks."""
+    from insource.store.rollups import TABLES
+
     sums = "SUM(requests) AS r, SUM(refused) AS f, SUM(audits) AS a, SUM(prompt_tokens) AS p, SUM(cost_usd) AS c"
-    full = store.query(f"SELECT {dims}, {sums} FROM usage_daily GROUP BY {dims} ORDER BY {dims}")
-    lite = store.query(f"SELECT {dims}, {sums} FROM usage_daily_lite GROUP BY {dims} ORDER BY {dims}")
-    assert len(full) == len(lite) > 0
-    for a, b in zip(full, lite, strict=True):
-        assert {k: v for k, v in a.items() if k != "c"} == {k: v for k, v in b.items() if k != "c"}
-        assert a["c"] == pytest.approx(b["c"])
+    for table, keys in TABLES[:-1]:
+        dims = ", ".join(keys)
+        full = store.query(f"SELECT {dims}, {sums} FROM usage_daily GROUP BY {dims} ORDER BY {dims}")
+        small = store.query(f"SELECT {dims}, {sums} FROM {table} GROUP BY {dims} ORDER BY {dims}")
+        assert len(full) == len(small) > 0, table
+        for a, b in zip(full, small, strict=True):
+            assert {k: v for k, v in a.items() if k != "c"} == {k: v for k, v in b.items() if k != "c"}
+            assert a["c"] == pytest.approx(b["c"])
 
 
 def test_filters_and_dimensions(tmp_path: Path) -> None:
@@ -245,9 +244,9 @@ def test_the_migration_can_run_again(tmp_path: Path) -> None:
     rows = random_rows(300, seed=13)
     store = Store(tmp_path / "r.db")
     store.write_batch([("usage", r, False) for r in rows])
-    migration = dict(MIGRATIONS)["m005_usage_rollups"]
     with store.transaction():
-        migration(store.conn())
+        for name in ("m005_usage_rollups", "m007_usage_rollup_keys"):
+            dict(MIGRATIONS)[name](store.conn())
     assert_same(as_table(store, "task"), expected(rows, "UTC", "task"))
     assert store.query("SELECT zone FROM usage_daily_zone") == [{"zone": "UTC"}]
     assert_lite_matches(store)
@@ -268,3 +267,26 @@ def test_budget_month_to_date_equals_the_records(tmp_path: Path, zone: str) -> N
     assert all(got[k] == pytest.approx(want[k]) for k in want)
     april = [r for r in rows if r["ts"] >= month_start(now)]
     assert sum(v for k, v in got.items() if k.startswith("tenant:")) == pytest.approx(sum(r["cost_usd"] for r in april))
+
+
+def test_each_query_reads_the_smallest_table_that_answers_it(tmp_path: Path) -> None:
+    from insource.store import usage_queries as uq
+
+    assert uq._table({"key_id", "day"}) == "usage_daily_keys"
+    assert uq._table({"task", "day"}) == "usage_daily_lite"
+    assert uq._table({"task", "key_id"}) == "usage_daily"
+    rows = random_rows(1200, seed=23)
+    store = Store(tmp_path / "r.db")
+    store.write_batch([("usage", r, False) for r in rows])
+    key_task = usage_by(store, ["task"], UsageFilter(key="k2"))  # a key filter with a task: the full table
+    assert {r.keys["task"]: r.cost_usd for r in key_task} == pytest.approx(
+        {
+            t: sum(r["cost_usd"] for r in rows if r["key_id"] == "k2" and r["task"] == t)
+            for t in ("intent", "headline", None)
+        }
+    )
+    per_key = {r.keys["key"]: r.requests for r in usage_by(store, ["key"], UsageFilter(tenant="acme"))}
+    assert per_key == {
+        k: sum(r["endpoint"] != "audit" for r in rows if r["key_id"] == k and r["tenant"] == "acme")
+        for k in ("k1", "k2", "k3", "k4")
+    }

@@ -26,6 +26,7 @@ def fresh(url: str, zone: str | None = None) -> PgStore:
     store.execute("DELETE FROM usage_imports")
     store.execute("DELETE FROM usage_daily")
     store.execute("DELETE FROM usage_daily_lite")
+    store.execute("DELETE FROM usage_daily_keys")
     store.execute("UPDATE usage_daily_zone SET zone = 'UTC'")
     return PgStore(url, zone) if zone else store
 

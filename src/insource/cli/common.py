@@ -124,26 +124,6 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _csv_cell(value: Any) -> Any:
-    """None as an empty cell; text that a spreadsheet would run as a formula (a task name from traffic such as
-    "=HYPERLINK(...)") gets a leading apostrophe (OWASP's advice for CSV injection)."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
-def print_csv(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Rows as CSV on stdout (a header row of `columns`)."""
-    import csv
-
-    out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow(columns)
-    out.writerows([[_csv_cell(r.get(c)) for c in columns] for r in rows])
-    sys.stdout.flush()
-
-
 def fail(message: str, code: int = 1) -> typer.Exit:
     err_console.print("[bold red]error:[/] ", literal(message, multiline=True), sep="", highlight=False, soft_wrap=True)
     return typer.Exit(code)

@@ -185,7 +185,7 @@ def tasks_cmd(ctx: typer.Context, config: ConfigOpt = None, json: JsonOpt = Fals
         return
     print_table(TASK_COLUMNS, [_task_cells(r) for r in rows])
     for r in rows:  # why each task got its kind, under the table (long reasons would squeeze its columns)
-        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"), soft_wrap=True)
+        console.print(literal(f"{r['task']} is {r['kind']}: {r['kind_reason']}"))
 
 
 TASK_COLUMNS = (

@@ -28,12 +28,11 @@ from insource.cli.common import (
     get_store,
     handle_errors,
     literal,
-    print_csv,
     print_json,
     shown,
 )
-from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
-from insource.config import Config, missing_env
+from insource.cli.tables import Cell, Col, CsvOpt, emit, print_csv, print_table
+from insource.config import CONFIG_ENV, Config, find_config, missing_env
 from insource.errors import ConfigError
 
 keys_app = typer.Typer(help="Tenants' virtual keys.", no_args_is_help=True)
@@ -156,8 +155,9 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return
-    if config is not None:
-        os.environ["INSOURCE_CONFIG"] = str(config.resolve())
+    found = find_config(config)  # --config, $INSOURCE_CONFIG or ./insource.toml: the workers read the same file
+    if found is not None:
+        os.environ[CONFIG_ENV] = str(found.resolve())
     os.environ["INSOURCE_WORKERS"] = str(workers)
     if cfg.server.redis_url is not None:
         uvicorn.run("insource.server.app:app_factory", factory=True, workers=workers, **common)
@@ -332,9 +332,11 @@ def _no_spend(since: str | None) -> str:
     )
 
 
-def _spend_columns(dims: list[str]) -> list[Col]:
+def _spend_columns(by: str | list[str]) -> list[Col]:
+    """The dimension column(s) of `--by` ("task,day" or ["task", "day"]; days are never wrapped), then the figures."""
+    dims = by.split(",") if isinstance(by, str) else by
     return [
-        *(Col(d) for d in dims),
+        *(Col(d, "id" if d in ("day", "week", "month") else "text") for d in dims),
         Col("requests", "num", short="reqs"),
         Col("refused", "num", short="ref."),
         Col("audits", "num", drop=4),

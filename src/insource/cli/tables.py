@@ -204,24 +204,28 @@ def print_table(
     target.print(fit_table(cols, rows, width=target.width, title=title, caption=caption))
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # OWASP: cells starting so run as formulas in spreadsheets
+
+
 def csv_value(value: Any) -> str:
     """A JSON value as one CSV field: unformatted numbers, true/false, empty for null, JSON for lists and objects;
-    control characters in text shown as escapes (tabs and newlines kept: CSV quotes them), as in tables."""
+    control characters in text shown as escapes (tabs and newlines kept: CSV quotes them), as in tables; text
+    starting with = + - @ (a task name comes from traffic) gets a leading apostrophe, so it is never a formula."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    if isinstance(value, str):
-        return visible(value, multiline=True)
+    if isinstance(value, str):  # text a spreadsheet would run as a formula gets an apostrophe (CSV injection)
+        return ("'" if value[:1] in _FORMULA else "") + visible(value, multiline=True)
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def print_csv(rows: Sequence[dict[str, Any]]) -> None:
-    """A header row (every key, in order of first appearance), then one line per row."""
-    fields: dict[str, None] = {}
-    for row in rows:
+def print_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ()) -> None:
+    """A header row (`columns`, else every key in order of first appearance), then one line per row."""
+    fields: dict[str, None] = dict.fromkeys(columns)
+    for row in [] if columns else rows:
         fields.update(dict.fromkeys(row))
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(fields)

@@ -24,6 +24,7 @@ from insource.capture.terms import load_profiles
 from insource.config import load_config
 from insource.demo import data as demo_data
 from insource.demo import report
+from insource.demo.history import import_history
 from insource.demo.steps import StepFailed, cli_json, start_gateway, stop_gateway
 from insource.demo.workload import PhaseResult, send_phase
 from insource.errors import ConfigError
@@ -282,6 +283,12 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
         cfg = load_config(config)
         store = open_store(cfg)
         key = create_key(store, server_secret(cfg, store), "demo-shop")["key"]
+        past = import_history(cfg, store, s.folder)
+        console.print(
+            f"[yellow]History:[/] 90 days of a SYNTHETIC bill for {len(past['tenants'])} made-up tenants, imported "
+            f"as `insource usage import` would ({past['file']}), so the forecast and provider pages have a past.",
+            highlight=False,
+        )
         port = _free_port()
         gateway = start_gateway(config, port, s.folder / "gateway.log")
         base_url = f"http://127.0.0.1:{port}/v1"
@@ -311,6 +318,7 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
             "simulated_teacher": s.teacher_url is None,
             "eval": evaluated,
             "report": str(report.write_overview(cfg, store, s.folder / "report.html")),
+            "history": past,
         }
     )
     report.print_final(console, summary, config)

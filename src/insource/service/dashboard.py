@@ -29,8 +29,8 @@ def _empty(store: Store) -> bool:
     return uq.day_span(store) is None
 
 
-def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
-    span = Span.of(store, now)
+def overview(cfg: Config, store: Store, now: float | None = None, patience_s: float | None = None) -> Page:
+    span = Span.of(store, now, patience_s)
     mtd = uq.usage_total(store, UsageFilter(since=span.month_first))
     month = span.month_first.strftime("%B %Y")
     outlook = analytics.forecast(cfg, store, span)
@@ -48,17 +48,19 @@ def overview(cfg: Config, store: Store, now: float | None = None) -> Page:
     return Page("overview", "Overview", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
-def tasks(cfg: Config, store: Store, now: float | None = None) -> Page:
-    span = Span.of(store, now)
+def tasks(cfg: Config, store: Store, now: float | None = None, patience_s: float | None = None) -> Page:
+    span = Span.of(store, now, patience_s)
     page_panels = [panels.task_table(cfg, store, span), analytics.opportunities(cfg, store, span)]
     return Page("tasks", "Tasks and opportunities", [], page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
-def task_detail(cfg: Config, store: Store, task: str, now: float | None = None) -> Page:
+def task_detail(
+    cfg: Config, store: Store, task: str, now: float | None = None, patience_s: float | None = None
+) -> Page:
     """One task's spend, agreement and route history; 404 for a task no record names."""
     if not q.task_known(store, task):
         raise NotFound(f"No record names the task {task!r}.", code="task_not_found")
-    span = Span.of(store, now)
+    span = Span.of(store, now, patience_s)
     page_panels = [
         panels.task_spend(store, task, span),
         panels.agreement(store, span, task),
@@ -68,8 +70,8 @@ def task_detail(cfg: Config, store: Store, task: str, now: float | None = None) 
     return Page(f"task:{task}", f"Task {task}", [], page_panels, None, span.as_of)
 
 
-def routes(cfg: Config, store: Store, now: float | None = None) -> Page:
-    span = Span.of(store, now)
+def routes(cfg: Config, store: Store, now: float | None = None, patience_s: float | None = None) -> Page:
+    span = Span.of(store, now, patience_s)
     page_panels = [
         panels.route_table(cfg, store),
         panels.agreement(store, span),
@@ -81,8 +83,8 @@ def routes(cfg: Config, store: Store, now: float | None = None) -> Page:
     return Page("routes", "Students and routes", [], page_panels, None, span.as_of)
 
 
-def tenants(cfg: Config, store: Store, now: float | None = None) -> Page:
-    span = Span.of(store, now)
+def tenants(cfg: Config, store: Store, now: float | None = None, patience_s: float | None = None) -> Page:
+    span = Span.of(store, now, patience_s)
     page_panels = [
         *panels.daily_spend(store, ("tenant",), span),
         panels.tenant_table(cfg, store, span),
@@ -91,8 +93,8 @@ def tenants(cfg: Config, store: Store, now: float | None = None) -> Page:
     return Page("tenants", "Tenants and keys", [], page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 
 
-def provider(cfg: Config, store: Store, now: float | None = None) -> Page:
-    span = Span.of(store, now)
+def provider(cfg: Config, store: Store, now: float | None = None, patience_s: float | None = None) -> Page:
+    span = Span.of(store, now, patience_s)
     figures, page_panels = analytics.revenue(cfg, store, span)
     return Page("provider", "Provider view", figures, page_panels, NO_TRAFFIC if _empty(store) else None, span.as_of)
 

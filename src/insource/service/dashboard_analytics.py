@@ -1,11 +1,12 @@
 """The dashboard's sections backed by the analytics functions (forecast, savings, opportunities, revenue): each
 calls one function and lays its result out as a panel. Each function's module is imported when its section is
-built; a section whose function is not available says so instead of failing the page."""
+built, never on the gateway's path; costly ones are reused for a while per process (`_cached`)."""
 
 from __future__ import annotations
 
-import importlib
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,27 +17,43 @@ from insource.service.dashboard_types import Chart, Figure, Panel, Series
 from insource.store import Store
 
 _CACHE: dict[tuple[str, int], tuple[float, Any]] = {}
+_RUNNING: dict[tuple[str, int], Future[Any]] = {}
+_LOCK = threading.Lock()
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="insource-ui-analysis")
+PENDING = object()  # an analysis still running after the page's patience ran out
 
 
-def _cached(name: str, store: Store, now: float, compute: Callable[[], Any], ttl_s: float = 60.0) -> Any:
-    """A costly analysis (a forecast fit, mining every capture) at most once per `ttl_s` per store."""
-    hit = _CACHE.get((name, id(store)))
-    if hit is None or not 0 <= now - hit[0] < ttl_s:
-        hit = _CACHE[(name, id(store))] = (now, compute())
-    return hit[1]
-
-
-def _function(module: str, name: str) -> Any:
-    """An analytics function, or None when this installation does not have it."""
+def _cached(name: str, store: Store, span: Span, compute: Callable[[], Any], ttl_s: float) -> Any:
+    """A costly analysis (a forecast fit, mining every capture) at most once per `ttl_s` per store, run aside: a
+    page waits `span.patience_s` for it, then shows the previous result or PENDING (the run goes on, for the next
+    view). Its errors reach the page that waits."""
+    key = (name, id(store))
+    hit = _CACHE.get(key)
+    if hit is not None and 0 <= span.now - hit[0] < ttl_s:
+        return hit[1]
+    with _LOCK:
+        running = _RUNNING.get(key)
+        if running is None:
+            running = _RUNNING[key] = _POOL.submit(_run, key, span.now, compute)
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+        return running.result(timeout=span.patience_s)
+    except TimeoutError:
+        return hit[1] if hit is not None else PENDING
 
 
-FORECAST = ("insource.service.money", "forecast_report")  # returns the `insource forecast --json` object
-SAVINGS = ("insource.service.money", "savings_report")  # returns the `insource savings --json` object
-OPPORTUNITIES = ("insource.analytics.opportunities", "find_opportunities")  # the `opportunities --json` list
+def _run(key: tuple[str, int], now: float, compute: Callable[[], Any]) -> Any:
+    try:
+        value = compute()
+        _CACHE[key] = (now, value)
+        return value
+    finally:
+        with _LOCK:
+            _RUNNING.pop(key, None)
+
+
+def _pending(panel_id: str, title: str, what: str) -> Panel:
+    text = f"{what} is still running (it reads every record on a large store): reload this page in a minute."
+    return Panel(id=panel_id, title=title, columns=cols("status"), rows=[], empty=text)
 
 
 @dataclass
@@ -50,14 +67,14 @@ class Outlook:
 
 def forecast(cfg: Config, store: Store, span: Span) -> Outlook:
     """This month's forecast with its 80% band (`insource forecast`), when the function is available."""
-    report_fn = _function(*FORECAST)
-    if report_fn is None:
-        empty = "The spend forecast appears here once `insource forecast` is available in this installation."
-        return Outlook([], _forecast_panel(None, empty), {})
+    from insource.service.money import forecast_report
+
     try:
-        report = _cached("forecast", store, span.now, lambda: report_fn(cfg, store, now=span.now), ttl_s=600.0)
+        report = _cached("forecast", store, span, lambda: forecast_report(cfg, store, now=span.now), ttl_s=600.0)
     except InsourceError as exc:  # e.g. the analytics extra is not installed: the message says what to do
         return Outlook([], _forecast_panel(None, exc.message), {})
+    if report is PENDING:
+        return Outlook([], _pending("forecast", "Spend forecast", "The forecast"), {})
     return forecast_outlook(report)
 
 
@@ -106,10 +123,9 @@ def _forecast_panel(report: dict[str, Any] | None, empty: str) -> Panel:
 
 def savings(cfg: Config, store: Store, span: Span) -> Panel:
     """What insourcing saved per task (`insource savings`), when the function is available."""
-    report_fn = _function(*SAVINGS)
-    if report_fn is None:
-        return _unavailable("savings", "Savings per task", "insource savings")
-    return savings_panel(report_fn(store))
+    from insource.service.money import savings_report
+
+    return savings_panel(savings_report(store))
 
 
 def savings_panel(report: dict[str, Any]) -> Panel:
@@ -136,10 +152,12 @@ def savings_panel(report: dict[str, Any]) -> Panel:
 
 def opportunities(cfg: Config, store: Store, span: Span) -> Panel:
     """Templates mined from captured traffic, ranked (`insource opportunities`); mined at most every 10 minutes."""
-    find = _function(*OPPORTUNITIES)
-    if find is None:
-        return _unavailable("opportunities", "What to insource next", "insource opportunities")
-    return opportunities_panel(_cached("opportunities", store, span.now, lambda: find(store), ttl_s=600.0))
+    from insource.analytics.opportunities import find_opportunities
+
+    found = _cached("opportunities", store, span, lambda: find_opportunities(store), ttl_s=600.0)
+    if found is PENDING:
+        return _pending("opportunities", "What to insource next", "Mining the captured traffic")
+    return opportunities_panel(found)
 
 
 def opportunities_panel(found: list[dict[str, Any]], top: int = 20) -> Panel:
@@ -165,10 +183,11 @@ def opportunities_panel(found: list[dict[str, Any]], top: int = 20) -> Panel:
 
 def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[Panel]]:
     """The provider's view this month (`insource revenue`): revenue per tenant, concentration, extraction risk."""
-    revenue_report = _function("insource.analytics.revenue", "revenue_report")
-    if revenue_report is None:
-        return _plain_revenue(store, span)
-    report = revenue_report(store)
+    from insource.analytics.revenue import revenue_report
+
+    report = _cached("revenue", store, span, lambda: revenue_report(store), ttl_s=60.0)
+    if report is PENDING:
+        return [], [_pending("revenue", "Revenue per tenant", "The revenue report (with each tenant's traffic)")]
     rows = []
     for t in report["tenants"]:
         risk = t["extraction_risk"]
@@ -195,39 +214,3 @@ def revenue(cfg: Config, store: Store, span: Span) -> tuple[list[Figure], list[P
         "--what-if TENANT=-PCT`.",
     )
     return figures, [panel]
-
-
-def _plain_revenue(store: Store, span: Span) -> tuple[list[Figure], list[Panel]]:
-    """Revenue per tenant and its concentration from the rollups alone (without `insource.analytics.revenue`)."""
-    from insource.store import usage_queries as uq
-
-    found = uq.usage_by(store, ["tenant"], uq.UsageFilter(since=span.month_first))
-    rows = [r for r in found if r.cost_usd > 0]
-    total = sum(r.cost_usd for r in rows)
-    table = [[r.keys["tenant"], r.cost_usd, r.cost_usd / total] for r in rows] if total else []
-    hhi = sum((row[2] * 100) ** 2 for row in table)
-    figures = [
-        Figure("Revenue this month", total, "usd"),
-        Figure("Top tenant's share", table[0][2] if table else None, "share"),
-        Figure("Herfindahl-Hirschman index", round(hhi) if table else None, "int", "above 1,800: highly concentrated"),
-    ]
-    chart = Chart("bar", [Series("revenue_usd", [r[0] for r in table], [r[1] for r in table])], "USD")
-    panel = Panel(
-        id="revenue",
-        title="Revenue per tenant this month",
-        columns=cols("tenant", "revenue_usd:usd", "share:share"),
-        rows=table,
-        empty="No revenue this month yet.",
-        chart=chart if table else None,
-    )
-    return figures, [panel]
-
-
-def _unavailable(panel_id: str, title: str, command: str) -> Panel:
-    return Panel(
-        id=panel_id,
-        title=title,
-        columns=cols("name"),
-        rows=[],
-        empty=f"This section appears once `{command}` is available in this installation.",
-    )

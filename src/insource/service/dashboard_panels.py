@@ -35,13 +35,14 @@ class Span:
     today: dt.date
     since: dt.date  # the first of the last HISTORY_DAYS days
     month_first: dt.date
+    patience_s: float | None = None  # how long a page waits for a costly analysis (None: until it is done)
 
     @classmethod
-    def of(cls, store: Store, now: float | None = None) -> Span:
+    def of(cls, store: Store, now: float | None = None, patience_s: float | None = None) -> Span:
         now = time.time() if now is None else now
         today = uq.today(store, now)
         since = today - dt.timedelta(days=HISTORY_DAYS - 1)
-        return cls(store.report_timezone(), now, today, since, today.replace(day=1))
+        return cls(store.report_timezone(), now, today, since, today.replace(day=1), patience_s)
 
     @property
     def since_ts(self) -> float:

@@ -171,7 +171,7 @@ def _unknown_task(store: Store, task: str) -> NotFound:
 
 def _student_folder(cfg: Config, task: str, served_by: str | None) -> Path | None:
     """The student that answered most of the task's recent requests, else the task's newest usable one."""
-    from insource.distill.registry import resolve
+    from insource.registry.entries import resolve
 
     for name in (served_by, task):
         if name is None:
@@ -188,7 +188,7 @@ def _student_folder(cfg: Config, task: str, served_by: str | None) -> Path | Non
 def _cpu_seconds(cfg: Config, task: str, folder: Path | None, seen: Traffic) -> float:
     """CPU seconds per answer: the student's measured throughput (`insource eval`), else what its answers
     cost at the gateway (which charges their measured CPU time)."""
-    from insource.distill.registry import EVAL_FILE, read_json
+    from insource.registry.entries import EVAL_FILE, read_json
 
     if folder is not None and (folder / EVAL_FILE).is_file():
         latest = read_json(folder / EVAL_FILE).get("latest")
@@ -206,7 +206,7 @@ def _cpu_seconds(cfg: Config, task: str, folder: Path | None, seen: Traffic) -> 
 
 def _training_usd(cfg: Config, folder: Path | None) -> float:
     """What training the student cost: its recorded training time at `[inhouse] cpu_usd_per_hour` (0 if none)."""
-    from insource.distill.registry import read_model_info
+    from insource.registry.entries import read_model_info
 
     if folder is None:
         return 0.0

@@ -194,3 +194,28 @@ def m006_opportunities(db: DB) -> None:
         );
         """,
     )
+
+
+@migration
+def m007_usage_rollup_keys(db: DB) -> None:
+    """`usage_daily_keys`: the daily rollups per key only (day × tenant × key × imported), for budgets and per-key
+    reports, which otherwise read the full table. Built from `usage_daily`; safe to run again."""
+    run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS usage_daily_keys (
+            day TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, imported INTEGER NOT NULL,
+            requests BIGINT NOT NULL, refused BIGINT NOT NULL, audits BIGINT NOT NULL, errors BIGINT NOT NULL,
+            prompt_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL, cost_usd REAL NOT NULL, cost_avoided_usd REAL NOT NULL,
+            PRIMARY KEY (day, tenant, key_id, imported)
+        );
+        CREATE INDEX IF NOT EXISTS usage_daily_keys_key ON usage_daily_keys(key_id, day);
+        INSERT INTO usage_daily_keys
+        SELECT day, tenant, key_id, imported, SUM(requests), SUM(refused), SUM(audits), SUM(errors),
+            SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_usd),
+            SUM(cost_avoided_usd)
+        FROM usage_daily WHERE NOT EXISTS (SELECT 1 FROM usage_daily_keys)
+        GROUP BY day, tenant, key_id, imported
+        """,
+    )

@@ -2,9 +2,10 @@
 
 Every report reads `usage_daily` (days), never `usage` (requests). One rollup row per local day × tenant × key ×
 model × task × served_by × endpoint × imported, with counts (requests, refused, audits, errors), token sums and
-costs; `usage_daily_lite` holds the same without the key (with many keys, several times fewer rows: what reports
-read unless they group or filter by key). NULL dimensions are stored as '' (key columns cannot be NULL); readers
-turn '' back into None.
+costs; `usage_daily_lite` holds the same without the key (with many keys, several times fewer rows) and
+`usage_daily_keys` only day × tenant × key × imported (budgets, per-key pages). A query reads the smallest table
+that has the columns it groups and filters by (`TABLES`). NULL dimensions are stored as '' (key columns cannot be
+NULL); readers turn '' back into None.
 
 **Why days in the reporting timezone, computed at write time** (and not UTC hours bucketed at read time): a
 report then reads ~24× fewer rows (with keys × tasks × served_by in the key, the hourly table is nearly as big as
@@ -47,7 +48,9 @@ ROLLED_UP = frozenset({"usage", "usage_imports"})  # tables whose inserted rows 
 ZONE_SQL = "SELECT zone FROM usage_daily_zone"  # the zone the rollups use (one row)
 
 LITE_KEYS = tuple(k for k in KEYS if k != "key_id")  # `usage_daily_lite`: the same without the key
-_KEY_AT = KEYS.index("key_id")
+KEY_KEYS = ("day", "tenant", "key_id", "imported")  # `usage_daily_keys`: per key only (budgets, keys pages)
+# Every rollup table and its key columns, smallest first: a query reads the first one that has its columns.
+TABLES = (("usage_daily_keys", KEY_KEYS), ("usage_daily_lite", LITE_KEYS), ("usage_daily", KEYS))
 
 
 def _upsert_values(table: str, keys: tuple[str, ...]) -> str:
@@ -59,8 +62,7 @@ def _upsert_values(table: str, keys: tuple[str, ...]) -> str:
     )
 
 
-UPSERT_SQL = _upsert_values("usage_daily", KEYS)
-UPSERT_LITE_SQL = _upsert_values("usage_daily_lite", LITE_KEYS)
+UPSERTS = [(_upsert_values(table, keys), [KEYS.index(k) for k in keys]) for table, keys in TABLES]
 
 # The same classification in SQL (rebuilds) and in Python (`_usage_cell`): keep them in step.
 _MEASURES_SQL = """
@@ -168,13 +170,13 @@ class Rollup:
         """(SQL, values) per rollup table: one upsert per cell, sorted (concurrent writers lock cells in the same
         order: no deadlock)."""
         cells = self._cells(day_of)
-        lite: dict[tuple[Any, ...], list[Any]] = {}
-        for key, measures in cells.items():
-            _add(lite, key[:_KEY_AT] + key[_KEY_AT + 1 :], measures)
-        return [
-            (UPSERT_SQL, [(*key, *cells[key]) for key in sorted(cells)]),
-            (UPSERT_LITE_SQL, [(*key, *lite[key]) for key in sorted(lite)]),
-        ]
+        out = []
+        for sql, positions in UPSERTS:
+            table: dict[tuple[Any, ...], list[Any]] = {}
+            for key, measures in cells.items():
+                _add(table, tuple(key[i] for i in positions), measures)
+            out.append((sql, [(*key, *table[key]) for key in sorted(table)]))
+        return out
 
     def _cells(self, day_of: DayOf) -> dict[tuple[Any, ...], list[Any]]:
         cells: dict[tuple[Any, ...], list[Any]] = {}
@@ -241,8 +243,8 @@ def rebuild(store: RebuildStore, zone: str) -> None:
     """Recompute `usage_daily` from the raw records with days in `zone`. Call inside a store transaction."""
     if store.dialect == "postgres":  # no record is written meanwhile (its rollup would use the old zone)
         store.execute("LOCK TABLE usage, usage_imports IN SHARE ROW EXCLUSIVE MODE")
-    store.execute("DELETE FROM usage_daily")
-    store.execute("DELETE FROM usage_daily_lite")
+    for table, _ in TABLES:
+        store.execute(f"DELETE FROM {table}")
     span = store.query_one("SELECT MIN(ts) AS lo, MAX(ts) AS hi FROM usage")
     if span and span["lo"] is not None:
         lo, hi = float(span["lo"]), float(span["hi"])
@@ -259,9 +261,9 @@ def rebuild(store: RebuildStore, zone: str) -> None:
         " GROUP BY day, tenant, model, COALESCE(task, '')"
     )
     store.execute(_upsert_select(store.dialect, select))
-    lite, sums = ", ".join(LITE_KEYS), ", ".join(f"SUM({m})" for m in MEASURES)
-    store.execute(
-        f"INSERT INTO usage_daily_lite ({lite}, {', '.join(MEASURES)}) SELECT {lite}, {sums} FROM usage_daily"
-        f" GROUP BY {lite}"
-    )
+    sums = ", ".join(f"SUM({m})" for m in MEASURES)
+    for table, keys in TABLES[:-1]:  # the smaller tables, from the full one
+        cols = ", ".join(keys)
+        insert = f"INSERT INTO {table} ({cols}, {', '.join(MEASURES)})"
+        store.execute(f"{insert} SELECT {cols}, {sums} FROM usage_daily GROUP BY {cols}")
     store.execute("UPDATE usage_daily_zone SET zone = ?", (zone,))

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL
-from insource.store.rollups import MEASURES
+from insource.store.rollups import MEASURES, TABLES
 
 DIMENSIONS = ("tenant", "key", "model", "provider", "task", "served_by", "endpoint", "imported", "day", "week", "month")
 TIME_DIMENSIONS = ("day", "week", "month")
@@ -131,6 +131,21 @@ def _value(dim: str, raw: Any) -> Any:
     return raw if raw != "" else None  # served_by is already resolved (`_served_by`)
 
 
+def _table(columns: set[str]) -> str:
+    """The smallest rollup table with these columns."""
+    return next(table for table, keys in TABLES if columns <= set(keys))
+
+
+def _filter_columns(flt: UsageFilter) -> set[str]:
+    cols = {"day"} if flt.since is not None or flt.until is not None else set()
+    for dim in ("tenant", "key", "model", "task", "served_by", "endpoint", "imported"):
+        if getattr(flt, dim) is not None:
+            cols.add(_SOURCE[dim])
+    if flt.provider is not None or flt.served_by is not None:
+        cols |= {"served_by", "imported"}
+    return cols
+
+
 def _where(flt: UsageFilter) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
@@ -178,7 +193,7 @@ def usage_by(store: QueryStore, by: Sequence[str], flt: UsageFilter = UsageFilte
     where, params = _where(flt)
     sums = ", ".join(f"SUM({m}) AS {m}" for m in MEASURES)
     select = ", ".join([*cols, sums])
-    table = "usage_daily" if "key" in by or flt.key is not None else "usage_daily_lite"
+    table = _table(set(cols) | _filter_columns(flt))
     sql = f"SELECT {select} FROM {table}{where}" + (f" GROUP BY {', '.join(cols)}" if cols else "")
     groups: dict[tuple[Any, ...], UsageRow] = {}
     for raw in store.query(sql, params):
@@ -214,7 +229,7 @@ def usage_total(store: QueryStore, flt: UsageFilter = UsageFilter()) -> UsageRow
 def day_span(store: QueryStore, flt: UsageFilter = UsageFilter()) -> tuple[dt.date, dt.date] | None:
     """The first and the last local day with usage matching `flt`, or None."""
     where, params = _where(flt)
-    table = "usage_daily" if flt.key is not None else "usage_daily_lite"
+    table = _table({"day"} | _filter_columns(flt))
     rows = store.query(f"SELECT MIN(day) AS lo, MAX(day) AS hi FROM {table}{where}", params)
     if not rows or rows[0]["lo"] is None:
         return None

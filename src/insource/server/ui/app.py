@@ -28,6 +28,7 @@ from insource.store import Store
 
 log = logging.getLogger("insource.ui")
 MAX_FORM_BYTES = 16 * 1024
+PATIENCE_S = 8.0  # a page waits this long for a costly analysis, then says it is running (see dashboard_analytics)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -164,12 +165,12 @@ async def _logout(request: Request, session: dict[str, Any]) -> Response:
     return response
 
 
-def _build_page(source: UISource, name: str, task: str | None) -> Page:
+def _build_page(source: UISource, name: str, task: str | None, patience_s: float | None = None) -> Page:
     if source.flush is not None:
         source.flush()
     if task is not None:
-        return dashboard.task_detail(source.cfg, source.store, task)
-    return dashboard.PAGES[name][1](source.cfg, source.store)
+        return dashboard.task_detail(source.cfg, source.store, task, patience_s=patience_s)
+    return dashboard.PAGES[name][1](source.cfg, source.store, patience_s=patience_s)
 
 
 async def _page(request: Request, session: dict[str, Any]) -> Response:
@@ -178,7 +179,7 @@ async def _page(request: Request, session: dict[str, Any]) -> Response:
     task = request.path_params.get("task")
     if task is None and name not in dashboard.PAGES:
         return await message(404, "Not found", f"There is no dashboard page {name!r}.", session["csrf"])
-    page = await asyncio.to_thread(_build_page, source, name, task)
+    page = await asyncio.to_thread(_build_page, source, name, task, PATIENCE_S)
     active = "tasks" if task is not None else name
     note = request.query_params.get("done")
     text = "The route was turned off: the teacher answers that task again." if note == "off" else None
@@ -194,7 +195,7 @@ async def _csv(request: Request, session: dict[str, Any]) -> Response:
     task = request.path_params.get("task")
     if task is None and name not in dashboard.PAGES:
         return await message(404, "Not found", f"There is no dashboard page {name!r}.", session["csrf"])
-    page = await asyncio.to_thread(_build_page, source, name, task)
+    page = await asyncio.to_thread(_build_page, source, name, task, PATIENCE_S)
     panel = page.panel(request.path_params["panel"])
     if panel is None:
         return await message(404, "Not found", "There is no such table on this page.", session["csrf"])

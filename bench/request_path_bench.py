@@ -33,6 +33,7 @@ except ImportError:  # before issue 11
     from insource.service.insourcing import attach_router as attach
 
 N = int(sys.argv[1])
+CAPTURE = sys.argv[2] == "1"
 CONFIG = {
     "providers": {"up": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
     "models": {"gpt-4o-mini": {"targets": ["up:gpt-4o-mini"]}},
@@ -52,7 +53,7 @@ async def main():
     if attach is not None:
         attach(gw)
     gw.upstreams.providers["up"].complete = complete
-    key = KeyInfo("key_bench", "bench", 1000.0, None, None, None, capture=False, revoked=False)
+    key = KeyInfo("key_bench", "bench", 1000.0, None, None, None, capture=CAPTURE, revoked=False)
     for _ in range(500):
         await chat.chat_completion(gw, key, RAW, None)
     gc.collect()  # as WorkerState.start does in the server
@@ -69,9 +70,10 @@ asyncio.run(main())
 """
 
 
-def run(src: Path, n: int) -> float:
+def run(src: Path, n: int, capture: bool) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, "-c", CHILD, str(n)], env=env, capture_output=True, text=True, check=True)
+    argv = [sys.executable, "-c", CHILD, str(n), "1" if capture else "0"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -81,11 +83,12 @@ def main() -> None:
     p.add_argument("--cand", type=Path, required=True, help="candidate copy of src/")
     p.add_argument("--n", type=int, default=5000, help="requests per run")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--capture", action="store_true", help="the key captures (the capture job is queued too)")
     args = p.parse_args()
     got: dict[str, list[float]] = {"base": [], "cand": []}
     for r in range(args.rounds):
         for name in ("base", "cand") if r % 2 == 0 else ("cand", "base"):
-            got[name].append(run(getattr(args, name).resolve(), args.n))
+            got[name].append(run(getattr(args, name).resolve(), args.n, args.capture))
             print(f"round {r + 1} {name}: {got[name][-1]:.1f} us", flush=True)
     base, cand = statistics.median(got["base"]), statistics.median(got["cand"])
     print(f"chat_completion CPU per request (event-loop thread), median of {args.rounds} rounds of {args.n}:")

@@ -63,6 +63,7 @@ class ServerConfig(Strict):
 
 class StoreConfig(Strict):
     url: str = "sqlite:///./insource.db"
+    fsync: Literal["batch", "off"] = "batch"  # the usage journal: fsync'd once per writer batch, or never
 
 
 class RegistryConfig(Strict):
@@ -168,6 +169,8 @@ class Price(Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(default=0.0, ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    batch_input_per_mtok: float | None = Field(default=None, ge=0)  # Batch API; default: half of input
+    batch_output_per_mtok: float | None = Field(default=None, ge=0)  # Batch API; default: half of output
 
     @property
     def cached(self) -> float:
@@ -178,6 +181,7 @@ class ModelConfig(Strict):
     targets: Annotated[list[str], Field(min_length=1)]
     price: Price | None = None
     free: bool = False
+    cache: bool = False  # answers of this alias may come from the response cache (when `[cache] enabled`)
 
     @field_validator("targets")
     @classmethod
@@ -221,6 +225,31 @@ class RouteConfig(Strict):
 
 class TenantConfig(Strict):
     budget_usd: float | None = Field(default=None, ge=0)
+    cache: bool = False  # every model this tenant uses may be answered from the response cache
+
+
+class CacheConfig(Strict):
+    """The response cache: exact repeats of a request, per tenant, answered without the upstream."""
+
+    enabled: bool = False
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_mb: float = Field(default=64.0, gt=0)
+    cache_nondeterministic: bool = False  # also cache requests with temperature > 0
+
+
+class OtelConfig(Strict):
+    """OpenTelemetry traces (the `otel` extra): the OTLP exporter reads the standard `OTEL_*` variables."""
+
+    enabled: bool = False
+    capture_content: bool = False  # prompt and answer text on spans (gen_ai.input/output.messages)
+    service_name: str = "insource"  # unless OTEL_SERVICE_NAME is set
+
+
+class BatchConfig(Strict):
+    """The Batch API: how often each worker asks the upstream about unfinished batches (to meter them when they
+    finish, even if no caller asks); 0 never (then a batch is metered when its tenant retrieves it)."""
+
+    poll_s: float = Field(default=60.0, ge=0)
 
 
 class InhouseConfig(Strict):
@@ -253,7 +282,10 @@ class Config(Strict):
     routes: dict[str, RouteConfig] = {}
     inhouse: InhouseConfig = InhouseConfig()
     report: ReportConfig = ReportConfig()
+    otel: OtelConfig = OtelConfig()
+    batch: BatchConfig = BatchConfig()
     tenants: dict[str, TenantConfig] = {}
+    cache: CacheConfig = CacheConfig()
     base_dir: str = "."
 
     def resolve_path(self, path: str) -> Path:

@@ -15,12 +15,18 @@ from typing import Any
 from insource.store.usage_queries import STUDENT_PROVIDER, UsageRow
 
 AUDIT = "audit"
+CACHE = "cache"  # served_by of answers from the response cache: a source of savings of its own
 
 
 def is_student(served_by: str | None, endpoint: str | None) -> bool:
     """A student's answer: served by a registry name (`TASK@vN`), not by a teacher (`PROVIDER:MODEL`), not by
     nobody ("insource": refused, or every upstream failed), and not an audit."""
-    return bool(served_by) and ":" not in str(served_by) and served_by != STUDENT_PROVIDER and endpoint != AUDIT
+    return (
+        bool(served_by)
+        and ":" not in str(served_by)
+        and served_by not in (STUDENT_PROVIDER, CACHE)
+        and endpoint != AUDIT
+    )
 
 
 @dataclass(slots=True)
@@ -54,6 +60,29 @@ class Savings:
             "audit_cost_usd": round(self.audit_usd, 6),
             "net_savings_usd": round(self.avoided_usd - self.student_usd - self.audit_usd, 6),
         }
+
+
+def source_of(served_by: str | None, endpoint: str | None) -> str:
+    """Where an answer's savings come from: "student", "cache" (the response cache), or neither ("teacher"; an
+    "audit" costs)."""
+    if endpoint == AUDIT:
+        return AUDIT
+    if served_by == CACHE:
+        return CACHE
+    return "student" if is_student(served_by, endpoint) else "teacher"
+
+
+def fold_sources(rows: Iterable[UsageRow]) -> list[Savings]:
+    """Group rollup rows (keys: "served_by", "endpoint") by source; untagged traffic counts too (the response
+    cache needs no task)."""
+    groups: dict[str, Savings] = {}
+    for row in rows:
+        source = source_of(row.keys.get("served_by"), row.keys.get("endpoint"))
+        acc = groups.get(source)
+        if acc is None:
+            acc = groups[source] = Savings(source)
+        acc.add(row)
+    return list(groups.values())
 
 
 def fold(rows: Iterable[UsageRow], key: str) -> list[Savings]:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
+from insource.capture.dataset_feedback import FeedbackMode, apply_feedback
 from insource.capture.dataset_io import check_out, write_dataset
 from insource.capture.slots import Template, infer_template
 from insource.capture.stats import Kind, answer_key, kind_and_reason, normalise
@@ -57,6 +58,7 @@ class BuildOptions:
     allow_internal: bool = False
     seed: int = 0
     kind: Kind | None = None  # --kind: overrides the inferred classification/generation (recorded)
+    feedback: FeedbackMode | None = None  # --feedback: drop answers scored negative / use corrections (recorded)
 
 
 @dataclass
@@ -365,6 +367,12 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
     messages = load_messages(store, allowed)
     template = infer_template([messages[r["id"]] for r in allowed])
     examples = make_examples(allowed, messages, template, profiles)
+    feedback = None
+    if opts.feedback is not None:
+        examples, feedback = apply_feedback(store, opts.task, examples, opts.feedback)
+        if not examples:
+            why = f"task {opts.task!r}: every answer was scored negative"
+            raise NotReady(f"--feedback {opts.feedback} left no example of {why}")
     kind = decide_kind(Counter(ex["output"] for ex in examples), opts.kind)
     dup = {"exact": 0, "near": 0}
     if opts.dedup:
@@ -381,6 +389,8 @@ def build_dataset(store: Store, cfg: Config, opts: BuildOptions) -> BuildResult:
         template=template.to_dict(),
         warnings=warnings,
     )
+    if feedback is not None:
+        manifest["feedback"] = feedback
     write_dataset(opts.out, splits, manifest, fmt=opts.fmt, force=opts.force, protected=protected, sealed=sealed)
     detail = {k: manifest[k] for k in ("counts", "refused", "dedup", "carve_out", "format", "split", "kind")}
     detail["providers"] = {p: v["count"] for p, v in manifest["providers"].items()}

@@ -46,7 +46,7 @@ def _options(
 
 
 def _register() -> None:
-    from insource.cli import analytics, data, demo, gateway, models, money, route, ui, usage  # noqa: F401
+    from insource.cli import analytics, data, demo, feedback, gateway, models, money, route, ui, usage  # noqa: F401
 
 
 def main() -> None:

@@ -67,6 +67,11 @@ class SearchIn(StrEnum):
     all = "all"
 
 
+class FeedbackUse(StrEnum):
+    exclude_negative = "exclude-negative"
+    use_corrections = "use-corrections"
+
+
 class Kind(StrEnum):
     classification = "classification"
     generation = "generation"
@@ -107,6 +112,13 @@ def dataset_build(
         Kind | None,
         typer.Option(help="Override the inferred task kind (recorded in the manifest); default: inferred."),
     ] = None,
+    feedback: Annotated[
+        FeedbackUse | None,
+        typer.Option(
+            help="Use feedback: exclude-negative drops answers scored below 0; use-corrections also makes "
+            "corrected answers the targets (recorded in the manifest)."
+        ),
+    ] = None,
     allow_internal: Annotated[
         bool,
         typer.Option(
@@ -132,6 +144,7 @@ def dataset_build(
         allow_internal=allow_internal,
         seed=seed,
         kind=kind.value if kind else None,
+        feedback=feedback.value if feedback else None,
     )
     store = open_existing_store(cfg)
     try:

@@ -110,7 +110,9 @@ def _print_forecast(report: dict[str, Any], note: str | None) -> None:
 @app.command()
 @handle_errors
 def savings(
-    by: Annotated[str, typer.Option("--by", help="Rows per task or per day.")] = "task",
+    by: Annotated[
+        str, typer.Option("--by", help="Rows per task, per day, or per source (student, cache, teacher, audit).")
+    ] = "task",
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -131,7 +133,7 @@ def savings(
     if note:
         console.print(literal(note, style="yellow"))
         return
-    caption = "USD; net = teacher cost avoided − student − audits"
+    caption = "USD; net = teacher cost avoided (by students and the response cache) − student − audits"
     table = Table(
         "requests", "insourced", "share", "avoided", "student", "audits", "net", box=box.SIMPLE, caption=caption
     )

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from insource.config import Config, ModelConfig
 from insource.errors import ConfigError
@@ -17,10 +18,32 @@ class ModelPrice:
     output_per_mtok: float
     cached_input_per_mtok: float
     source: str  # "config", "table:VERSION" or "free"
+    batch_input_per_mtok: float | None = None  # the Batch API's prices; None: BATCH_DISCOUNT of the list price
+    batch_output_per_mtok: float | None = None
 
     @staticmethod
     def free() -> ModelPrice:
         return ModelPrice(0.0, 0.0, 0.0, "free")
+
+
+BATCH_DISCOUNT = 0.5  # OpenAI's Batch API: 50% of the list price, input and output
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def batch_price(price: ModelPrice) -> ModelPrice:
+    """The price of a Batch API request: `batch_input_per_mtok` / `batch_output_per_mtok` when set (config or
+    table), else half the list price; cached input keeps its ratio to input."""
+    batch_in = price.batch_input_per_mtok
+    if batch_in is None:
+        batch_in = price.input_per_mtok * BATCH_DISCOUNT
+    batch_out = price.batch_output_per_mtok
+    if batch_out is None:
+        batch_out = price.output_per_mtok * BATCH_DISCOUNT
+    ratio = price.cached_input_per_mtok / price.input_per_mtok if price.input_per_mtok else 0.0
+    return ModelPrice(batch_in, batch_out, batch_in * ratio, f"{price.source}:batch", batch_in, batch_out)
 
 
 @cache
@@ -33,6 +56,8 @@ def price_table() -> tuple[str, dict[str, ModelPrice]]:
             float(p.get("output_per_mtok", 0.0)),
             float(p.get("cached_input_per_mtok", p["input_per_mtok"])),
             f"table:{version}",
+            _optional(p.get("batch_input_per_mtok")),
+            _optional(p.get("batch_output_per_mtok")),
         )
         for name, p in raw["models"].items()
     }
@@ -45,7 +70,9 @@ def price_for(alias: str, model: ModelConfig) -> ModelPrice | None:
         return ModelPrice.free()
     if model.price is not None:
         p = model.price
-        return ModelPrice(p.input_per_mtok, p.output_per_mtok, p.cached, "config")
+        return ModelPrice(
+            p.input_per_mtok, p.output_per_mtok, p.cached, "config", p.batch_input_per_mtok, p.batch_output_per_mtok
+        )
     _, table = price_table()
     if alias in table:
         return table[alias]

@@ -18,6 +18,8 @@ from starlette.routing import Route
 from insource.config import Config, load_config
 from insource.errors import InsourceError, ModelNotFound
 from insource.server import admin
+from insource.server import batch as batch_api
+from insource.server import feedback as feedback_api
 from insource.server.auth import resolve_key
 from insource.server.errors import error_response
 from insource.server.metrics import render as render_metrics
@@ -83,9 +85,11 @@ def create_app(cfg: Config) -> Any:
         if not ui_enabled(cfg):
             log.warning(OFF_MESSAGE)
         await gw.start()
+        poller = batch_api.start(app)
         try:
             yield
         finally:
+            await batch_api.close(app, poller)
             await gw.stop()
 
     ui = LazyUI()
@@ -95,6 +99,8 @@ def create_app(cfg: Config) -> Any:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.routes(),
+        *feedback_api.routes(),
+        *batch_api.routes(),
         Route("/ui", ui),  # the dashboard; its imports wait for its first request
         Route("/ui/{rest:path}", ui),
     ]

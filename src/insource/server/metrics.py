@@ -35,6 +35,7 @@ def render(gw: WorkerState) -> bytes:
         "# HELP insource_writer_records Records handled by the background writer.",
         "# TYPE insource_writer_records gauge",
     ]
-    for name in ("queued", "submitted", "written", "spooled", "replayed", "failed", "dropped"):
+    names = ("queued", "submitted", "written", "spooled", "replayed", "failed", "dropped")
+    for name in (*names, "journal_replayed", "journal_lost", "captures_lost"):
         tail.append(f'insource_writer_records{{state="{name}"}} {writer[name]}')
     return ("\n".join(lines + cost + avoided + tail_students + tail) + "\n").encode()

@@ -14,16 +14,20 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from insource.capture.record import CaptureRaw
 from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens, parse_usage
 from insource.providers import Provider, UpstreamResponse
+from insource.service import response_cache as cache
 from insource.service.admission import admit, model_name, parse_body, take_task, validate_chat
 from insource.service.insourcing import Routing
 from insource.service.keys import KeyInfo
 from insource.service.request import (
     NOT_ADMITTED,
     Admission,
+    Attempt,
     Outcome,
     Reply,
     RequestFacts,
@@ -40,12 +44,26 @@ __all__ = ["SERVED_BY", "Reply", "StreamReply", "chat_completion", "gone", "refu
 
 def ended(trail: CallTrail, status: int, code: str | None) -> Outcome:
     """The outcome of a request that ended without an answer (refused, failed, cancelled, disconnected)."""
-    return Outcome(status, code, served_by=trail.served_by, provider=trail.provider, attempts=trail.attempts)
+    return Outcome(
+        status, code, served_by=trail.served_by, provider=trail.provider, attempts=trail.attempts, spans=trail.spans
+    )
 
 
 def answered(trail: CallTrail, usage: Usage, ttft_ms: float, status: int = 200, code: str | None = None) -> Outcome:
     """The outcome of a request a teacher target answered (`status` says whether a stream completed)."""
-    return Outcome(status, code, usage, trail.served_by, trail.provider, trail.upstream_model, trail.attempts, ttft_ms)
+    return Outcome(
+        status,
+        code,
+        usage,
+        trail.served_by,
+        trail.provider,
+        trail.upstream_model,
+        trail.attempts,
+        ttft_ms,
+        0.0,
+        0.0,
+        trail.spans,
+    )
 
 
 def _capture(
@@ -106,12 +124,18 @@ async def chat_completion(
         facts = arrival.facts(model, task, stream)
         validate_chat(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
+        key = cache.cache_key(gw.cfg, facts, body) if gw.cache is not None else None
+        if key is not None:
+            hit = await _from_cache(gw, facts, admission, body, key)
+            if hit is not None:
+                return hit
         routing = await gw.router.route(facts, body)
+        trail.spans = routing.spans() if gw.tracing is not None else None
         if routing.student is not None:
-            return _serve_student(gw, facts, admission, body, routing)
+            return _miss(key, _serve_student(gw, facts, admission, body, routing, trail.spans))
         if facts.stream:
-            return await _open_stream(gw, facts, admission, trail, body, routing)
-        return await _complete(gw, facts, admission, trail, body, routing)
+            return _miss(key, await _open_stream(gw, facts, admission, trail, body, routing, key))
+        return _miss(key, await _complete(gw, facts, admission, trail, body, routing, key))
     except InsourceError as exc:
         gw.finish(facts or arrival.facts(model, None, stream), ended(trail, exc.status, exc.code), admission)
         raise
@@ -132,13 +156,46 @@ async def _teacher_completion(
 
 
 async def _complete(
-    gw: WorkerState, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    body: dict[str, Any],
+    routing: Routing,
+    key: str | None,
 ) -> Reply:
     resp, outcome = await _teacher_completion(gw, facts, trail, body)
     output, finish = output_of(resp.data)
     gw.finish(facts, outcome, admission, _capture(gw, facts, outcome, body, output, resp.data, finish))
+    if key is not None and gw.cache is not None:
+        gw.cache.put(key, resp.body)
     _compare_shadow(gw, routing, output)
     return Reply(resp.body, {SERVED_BY: outcome.served_by or ""})
+
+
+# -- the response cache answers ----------------------------------------------------------------------------------
+async def _from_cache(
+    gw: WorkerState, facts: RequestFacts, admission: Admission, body: dict[str, Any], key: str
+) -> Reply | StreamReply | None:
+    """Answer from the response cache when an entry is there (`response_cache.py`)."""
+    assert gw.cache is not None
+    raw = await gw.cache.get(key)
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    gw.finish(facts, cache.meter_hit(facts, data, gw.prices.get(facts.model or "")), admission)
+    headers = {SERVED_BY: cache.SERVED_BY_CACHE, cache.CACHE_HEADER: "hit"}
+    if facts.stream:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return StreamReply(cache.replay_stream(data, include_usage), headers)
+    return Reply(raw, headers)
+
+
+def _miss(key: str | None, reply: Reply | StreamReply) -> Reply | StreamReply:
+    if key is not None:
+        reply.headers.setdefault(cache.CACHE_HEADER, "miss")
+    return reply
 
 
 def _compare_shadow(gw: WorkerState, routing: Routing, teacher_output: str | None) -> None:
@@ -148,7 +205,13 @@ def _compare_shadow(gw: WorkerState, routing: Routing, teacher_output: str | Non
 
 
 async def _open_stream(
-    gw: WorkerState, facts: RequestFacts, admission: Admission, trail: CallTrail, body: dict[str, Any], routing: Routing
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    body: dict[str, Any],
+    routing: Routing,
+    key: str | None,
 ) -> StreamReply:
     raw_options = body.get("stream_options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
@@ -170,7 +233,7 @@ async def _open_stream(
         return stream, events, first
 
     stream, events, first = await gw.upstreams.call(facts, trail, facts.model or "", open_one)
-    opened = _Opened(stream, events, first, acc, facts.elapsed_ms())
+    opened = _Opened(stream, events, first, acc, facts.elapsed_ms(), key)
     relay = _relay(gw, facts, admission, trail, routing, forwarded, opened)
     return StreamReply(relay, {SERVED_BY: trail.served_by or ""})
 
@@ -184,6 +247,7 @@ class _Opened:
     first: bytes | None
     acc: StreamAccumulator
     ttft_ms: float
+    cache_key: str | None  # where the completed answer goes in the response cache (None: not cached)
 
 
 async def _relay(
@@ -226,12 +290,19 @@ async def _relay(
         )
         gw.finish(facts, outcome, admission, capture)
         if status == 200:
+            if opened.cache_key is not None and gw.cache is not None:
+                gw.cache.put(opened.cache_key, cache.stream_entry(acc.response(), acc.usage))
             _compare_shadow(gw, routing, output)
 
 
 # -- a student answers -------------------------------------------------------------------------------------------
 def _serve_student(
-    gw: WorkerState, facts: RequestFacts, admission: Admission, body: dict[str, Any], routing: Routing
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    body: dict[str, Any],
+    routing: Routing,
+    spans: list[Attempt] | None,
 ) -> Reply | StreamReply:
     """Serve the student's reply (priced at its serving cost, the teacher's price recorded as avoided); an audit
     follows in the background when the routing says so."""
@@ -244,6 +315,7 @@ def _serve_student(
         ttft_ms=facts.elapsed_ms(),
         cost_usd=reply.compute_s * gw.cfg.inhouse.cpu_usd_per_hour / 3600.0,
         cost_avoided_usd=cost_usd(reply.usage, price) if price else 0.0,
+        spans=spans,
     )
     if routing.compare == "audit":
         gw.router.spawn(_audit(gw, facts, body, routing))

@@ -29,7 +29,7 @@ from insource.config import Config
 from insource.routing.policy import Answerer as Who
 from insource.routing.policy import RoutePolicy, decide, needs_prediction
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
-from insource.service.request import RequestFacts
+from insource.service.request import Attempt, RequestFacts
 from insource.service.routes import (
     agreement_window,
     config_policies,
@@ -61,9 +61,20 @@ class Routing:
     reply: StudentReply | None = None
     compare: Comparison | None = None
     policy: RoutePolicy | None = None
+    asked: Attempt | None = None  # when the student was asked, and whether it failed (for traces)
+
+    def spans(self) -> list[Attempt]:
+        """The request's first trace spans: the student's prediction, when there was one."""
+        return [self.asked] if self.asked is not None else []
 
 
 TEACHER = Routing()
+
+
+def _asked(model: str, started: float, failed: bool) -> Attempt:
+    """A student's prediction as a trace span (provider "insource", its name as the model)."""
+    end = time.perf_counter()
+    return Attempt("insource", model, started, end, 500 if failed else 200, "student_failed" if failed else None, True)
 
 
 def needs_the_teacher(body: dict[str, Any]) -> bool:
@@ -128,15 +139,19 @@ class InsourcingRouter:
         if not needs_prediction(policy, draws[0]):
             return TEACHER
         student = self.pool.answerer(policy.model)
+        started = time.perf_counter()
         reply = await self._ask(student, policy, body, facts.reply_ids)
+        asked = _asked(policy.model, started, reply is None)
         threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
         confidence = reply.confidence if reply is not None else None
         decision = decide(policy, threshold, confidence, bool(reply and reply.ood), draws)
         if reply is None:
-            return TEACHER
+            return Routing(asked=asked)
         if decision.answerer is Who.TEACHER:
-            return Routing(reply=reply, compare="shadow", policy=policy) if decision.audit else TEACHER
-        return Routing(student, reply, "audit" if decision.audit else None, policy)
+            if decision.audit:
+                return Routing(reply=reply, compare="shadow", policy=policy, asked=asked)
+            return Routing(asked=asked)
+        return Routing(student, reply, "audit" if decision.audit else None, policy, asked)
 
     async def _ask(
         self, student: Answerer, policy: RoutePolicy, body: dict[str, Any], ids: ReplyIds

@@ -101,13 +101,16 @@ def _budgets(cfg: Config, store: Store, today: dt.date) -> list[BudgetState]:
 
 # -- savings ----------------------------------------------------------------------------------
 def savings_report(store: Store, *, by: str = "task") -> dict[str, Any]:
-    """The `insource savings --json` object, per task or per day of the reporting timezone."""
-    from insource.analytics.savings import fold, savings_table
+    """The `insource savings --json` object, per task, per day of the reporting timezone, or per source of the
+    savings (`student`, `cache`: the response cache, `teacher`, `audit`)."""
+    from insource.analytics.savings import fold, fold_sources, savings_table
 
-    if by not in ("task", "day"):
-        raise BadRequest(f"--by must be task or day, got {by!r}", param="by")
-    dims = ["task", "served_by", "endpoint"] if by == "task" else ["day", "task", "served_by", "endpoint"]
+    if by not in ("task", "day", "source"):
+        raise BadRequest(f"--by must be task or day (or source: student, cache, teacher), got {by!r}", param="by")
     gateway = UsageFilter(imported=False)  # imported bills are history from before insource: nothing to insource
+    if by == "source":
+        return savings_table(fold_sources(usage_by(store, ["served_by", "endpoint"], gateway)), by)
+    dims = ["task", "served_by", "endpoint"] if by == "task" else ["day", "task", "served_by", "endpoint"]
     return savings_table(fold(usage_by(store, dims, gateway), by), by)
 
 

@@ -20,6 +20,19 @@ from insource.service.answerers import ReplyIds
 from insource.service.keys import KeyInfo
 
 
+@dataclass(slots=True)
+class Attempt:
+    """One upstream attempt or student prediction, for traces: perf_counter() times, the error code when it failed."""
+
+    provider: str
+    upstream_model: str
+    start: float
+    end: float
+    status: int = 200
+    error: str | None = None
+    student: bool = False  # a student's prediction (provider "insource", upstream_model its name), not an upstream
+
+
 def new_request_id() -> str:
     # random.getrandbits: ~0.2 µs and keeps the GIL; uuid4() calls os.urandom, which releases the GIL, so the
     # event loop then waits up to sys.getswitchinterval() (5 ms) for the writer thread to hand it back.
@@ -117,6 +130,7 @@ class Outcome(NamedTuple):
     ttft_ms: float | None = None
     cost_usd: float = 0.0  # a student's own serving cost (a teacher's is priced from `usage`)
     cost_avoided_usd: float = 0.0  # what the teacher would have cost, when a student answered
+    spans: list[Attempt] | None = None  # upstream attempts and student predictions, kept only when traces are on
 
 
 @dataclass(slots=True)

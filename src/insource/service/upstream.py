@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -11,7 +12,7 @@ from typing import TypeVar
 from insource.errors import InsourceError, ServiceUnavailable, UpstreamError
 from insource.providers import Provider
 from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
-from insource.service.request import RequestFacts
+from insource.service.request import Attempt, RequestFacts
 
 T = TypeVar("T")
 SERVED_BY = "X-Insource-Served-By"
@@ -30,6 +31,7 @@ class CallTrail:
     served_by: str | None = None  # "provider:model" of the target asked last
     provider: str | None = None  # set once a target answered
     upstream_model: str | None = None
+    spans: list[Attempt] | None = None  # each attempt's times, kept only when traces are on
 
 
 def warn_upstream(facts: RequestFacts, trail: CallTrail, pname: str, umodel: str, exc: UpstreamError) -> None:
@@ -56,6 +58,7 @@ class Upstreams:
     targets: dict[str, list[tuple[str, str]]]
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    trace: bool = False  # keep each attempt on the request's context (traces are on)
 
     def __post_init__(self) -> None:
         for name, provider in self.providers.items():
@@ -67,6 +70,8 @@ class Upstreams:
         """Try each target in order; returns the first success. Raises the last error otherwise. `trail` says
         who was asked and how often, whichever way the call ends."""
         targets = self.targets[alias]
+        if self.trace and trail.spans is None:
+            trail.spans = []
         last: InsourceError = ServiceUnavailable(f"no upstream available for model '{alias}'")
         for pname, umodel in targets:
             breaker = self.breakers[pname]
@@ -102,9 +107,12 @@ class Upstreams:
         try:
             while True:
                 trail.attempts += 1
+                started = time.perf_counter() if trail.spans is not None else 0.0
                 try:
                     result = await op(provider, umodel)
                 except UpstreamError as exc:
+                    if trail.spans is not None:
+                        trail.spans.append(Attempt(pname, umodel, started, time.perf_counter(), exc.status, exc.code))
                     warn_upstream(facts, trail, pname, umodel, exc)
                     if not exc.retryable:
                         breaker.record_success()  # the upstream is healthy; the request was refused
@@ -124,6 +132,8 @@ class Upstreams:
                     finally:
                         budget.active_retries -= 1
                     continue
+                if trail.spans is not None:
+                    trail.spans.append(Attempt(pname, umodel, started, time.perf_counter()))
                 breaker.record_success()
                 return result
         finally:

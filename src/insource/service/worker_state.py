@@ -21,11 +21,14 @@ from insource.providers import build_providers
 from insource.service.access_log import access_enabled, log_request
 from insource.service.insourcing import InsourcingRouter
 from insource.service.keys import KeyCache, KeyInfo, server_secret
-from insource.service.limits import Limits, LocalLimits, make_limits
+from insource.service.limits import Limits, LocalLimits, make_limits, redis_url
 from insource.service.request import NOT_ADMITTED, Admission, Outcome, RequestFacts, usage_row
+from insource.service.response_cache import CacheBackend, make_cache
 from insource.service.spend import month_start, month_to_date
+from insource.service.tracing import make_tracing
 from insource.service.upstream import Upstreams
 from insource.store import open_store
+from insource.store.journal import Journal
 from insource.store.opportunities import assignments
 from insource.store.writer import BatchWriter
 
@@ -45,12 +48,16 @@ class WorkerState:
         self.keys.refresh()
         self.assigned = AssignedTemplates.from_rows(assignments(self.store))  # `insource tasks assign`
         spool = (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
-        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size)
+        journal = Journal(spool.parent / "journal", fsync=cfg.store.fsync)
+        self.writer = BatchWriter(self.store, spool, max_queue=cfg.capture.queue_size, journal=journal)
         self.upstreams = Upstreams(
             build_providers(cfg),
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
         self.limits: Limits = make_limits(cfg)
+        self.tracing = make_tracing(cfg, {name: p.kind for name, p in cfg.providers.items()})  # None: traces off
+        self.upstreams.trace = self.tracing is not None
+        self.cache: CacheBackend | None = make_cache(cfg, redis_url(cfg))
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
@@ -81,7 +88,11 @@ class WorkerState:
         for provider in self.upstreams.providers.values():
             await provider.close()
         await self.limits.close()
+        if self.cache is not None:
+            await self.cache.close()
         await asyncio.to_thread(self.writer.close)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
 
     async def _refresh_keys_loop(self) -> None:
         while True:
@@ -160,7 +171,9 @@ class WorkerState:
         if admission.est_tokens:
             self.limits.correct_tokens(facts.key.id, outcome.usage.total - admission.est_tokens)
         row = usage_row(facts, outcome, cost)
-        self.writer.submit("usage", row)
+        self.writer.submit_durable("usage", row, capture=capture is not None)  # on disk before the answer ends
+        if self.tracing is not None:
+            self.tracing.record(facts, outcome, cost, time.perf_counter(), capture)
         if self.access_log:
             log_request(row)
         self._count(facts, outcome, cost)

@@ -117,4 +117,14 @@ def blobs(store: Store, hashes: Collection[str]) -> dict[str, Any]:
         marks = ",".join("?" * len(chunk))
         for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", chunk):
             found[b["hash"]] = b["data"]
+
+
+def captured_ids(store: Store, ids: Collection[str]) -> set[str]:
+    """Which of these request ids have a capture in the store."""
+    found: set[str] = set()
+    wanted = list(ids)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        sql = f"SELECT id FROM captures WHERE id IN ({', '.join('?' * len(chunk))})"
+        found.update(str(r["id"]) for r in store.query(sql, chunk))
     return found

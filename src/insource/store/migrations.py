@@ -219,3 +219,48 @@ def m007_usage_rollup_keys(db: DB) -> None:
         GROUP BY day, tenant, key_id, imported
         """,
     )
+
+
+@migration
+def m008_feedback(db: DB) -> None:
+    """Feedback on answered requests (`POST /v1/feedback`): a score, a label, a corrected answer, a comment.
+
+    `request_id` is what the caller saw (X-Request-Id); `usage_id` the usage record (and capture) it names, so
+    datasets can join feedback to captures. Safe to run again (if renumbered when branches merge)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS feedback (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL,
+            request_id TEXT NOT NULL, usage_id TEXT NOT NULL, task TEXT, score REAL, label TEXT,
+            correction TEXT, comment TEXT, redactions TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS feedback_usage ON feedback(usage_id);
+        CREATE INDEX IF NOT EXISTS feedback_task_ts ON feedback(task, ts)
+        """,
+    )
+
+
+@migration
+def m009_batches(db: DB) -> None:
+    """The Batch API (`/v1/files`, `/v1/batches`): which tenant owns each upstream file and batch (the ids are the
+    upstream's), the model alias a batch file's lines name, and when a batch was metered (once). Safe to run
+    again (if renumbered when branches merge)."""
+    run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS batch_files (
+            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, provider TEXT NOT NULL,
+            purpose TEXT NOT NULL, model TEXT, upstream_model TEXT, endpoint TEXT, lines INTEGER, tasks TEXT,
+            object TEXT NOT NULL, created_at REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS batch_files_tenant ON batch_files(tenant, created_at);
+        CREATE TABLE IF NOT EXISTS batches (
+            id TEXT PRIMARY KEY, tenant TEXT NOT NULL, key_id TEXT NOT NULL, provider TEXT NOT NULL,
+            model TEXT NOT NULL, upstream_model TEXT NOT NULL, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL,
+            task TEXT, status TEXT NOT NULL, object TEXT NOT NULL, created_at REAL NOT NULL, metered_at REAL,
+            records INTEGER, polled_at REAL
+        );
+        CREATE INDEX IF NOT EXISTS batches_tenant ON batches(tenant, created_at)
+        """,
+    )

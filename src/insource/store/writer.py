@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from insource.errors import ConfigError
+from insource.store.capture_queries import captured_ids
+from insource.store.journal import CAPTURE_PENDING, Journal, decode_journal, journal_line
 from insource.store.spool import Spool, decode
 from insource.store.sqlite import Row, Store
 
@@ -51,6 +53,8 @@ class WriterStats:
     replayed: int = 0
     failed: int = 0
     dropped: int = 0
+    journal_replayed: int = 0  # records of a dead worker's journal written (or found already written)
+    captures_lost: int = 0  # captures of journaled records a killed worker never wrote (not journaled)
     errors: list[str] = field(default_factory=list)
 
 
@@ -71,6 +75,7 @@ class BatchWriter:
         stall_s: float = 1.0,
         replay_every_s: float = 1.0,
         adopt_every_s: float = 5.0,
+        journal: Journal | None = None,
     ) -> None:
         self.store = store
         self.spool_dir = spool_dir
@@ -82,6 +87,13 @@ class BatchWriter:
         self.adopt_every_s = adopt_every_s
         self.stats = WriterStats()
         self._spool = Spool(spool_dir)
+        self.journal = journal
+        self._submit_lock = threading.Lock()  # a journal line and its queue entry go in together
+        self._guard_lock = threading.Lock()  # held while the guard moves items it took to the spool
+        self._appended = 0  # items ever put in the queue
+        self._popped = 0  # items ever taken from it
+        self._journal_boundary: int | None = None  # the closed segments' items are the first N appended
+        self._journal_rotate_due = 0.0
         self._queue: deque[WriteItem | Deferred] = deque()
         self._cond = threading.Condition()
         self._stats_lock = threading.Lock()
@@ -108,7 +120,16 @@ class BatchWriter:
     def submit_fn(self, fn: Deferred) -> None:
         self._put(fn)
 
-    def _put(self, item: WriteItem | Deferred) -> None:
+    def submit_durable(self, table: str, row: Row, *, capture: bool = False) -> None:
+        """Like `submit`, but on disk (the journal: one `write`) before this returns, so a SIGKILL of the worker
+        right after the answer leaves cannot lose the record. `capture`: a capture follows (counted if lost)."""
+        journal = self.journal
+        if journal is None:
+            self._put((table, row, False))
+            return
+        self._put((table, row, False), journal_line(table, row, CAPTURE_PENDING if capture else 0))
+
+    def _put(self, item: WriteItem | Deferred, line: bytes | None = None) -> None:
         self.stats.submitted += 1
         if self._closed:  # e.g. a request finished during shutdown: straight to disk
             self._spool_items([item])
@@ -118,7 +139,11 @@ class BatchWriter:
         if len(self._queue) >= self.max_queue:
             self._spool_items([item])
             return
-        self._queue.append(item)
+        with self._submit_lock:  # the journal's rotation reads the count of items queued with their lines
+            if line is not None and self.journal is not None:
+                self.journal.append(line)
+            self._queue.append(item)
+            self._appended += 1
         if len(self._queue) >= self.batch_size:
             with self._cond:
                 self._cond.notify()
@@ -161,6 +186,8 @@ class BatchWriter:
                 items.append(self._queue.popleft())
             except IndexError:
                 break
+        with self._stats_lock:
+            self._popped += len(items)
         return items
 
     def _spool_inflight(self) -> None:
@@ -187,8 +214,9 @@ class BatchWriter:
         while not self._guard_stop.wait(max(self.stall_s / 4, 0.01)):
             try:
                 if self._stalled():
-                    self._spool_inflight()
-                    self._spool_queue()
+                    with self._guard_lock:
+                        self._spool_inflight()
+                        self._spool_queue()
             except Exception as exc:  # the guard must outlive any error; counted where it happened
                 self._note_error(f"guard: {type(exc).__name__}: {exc}")
                 log.exception("writer guard failed")
@@ -208,6 +236,7 @@ class BatchWriter:
     def _step(self) -> None:
         try:
             self._drain()
+            self._journal_step()
             self._replay()
         except Exception as exc:  # the writer thread must never die: it is the only one writing
             self._note_error(f"writer: {type(exc).__name__}: {exc}")
@@ -258,6 +287,63 @@ class BatchWriter:
     def _note_error(self, text: str) -> None:
         self.stats.errors = [*self.stats.errors[-9:], text]
 
+    # -- the journal -------------------------------------------------------------------------
+    def _journal_step(self) -> None:
+        """Delete closed journal segments once all their records are written or spooled; rotate the active one
+        (every second, or when large); fsync it when configured (once per batch, off the request path)."""
+        journal = self.journal
+        if journal is None:
+            return
+        boundary = self._journal_boundary
+        if boundary is not None:
+            with self._guard_lock:  # items the guard took are on disk once it lets go
+                if self._popped >= boundary:
+                    journal.drop_closed()
+                    self._journal_boundary = boundary = None
+        now = time.monotonic()
+        if boundary is None and journal.rotate_due(force=now >= self._journal_rotate_due):
+            with self._submit_lock:
+                old = journal.detach()
+                self._journal_boundary = self._appended
+            journal.close_segment(old)
+            self._journal_rotate_due = now + 1.0
+        journal.sync()
+
+    def _adopt_journals(self) -> bool:
+        """Replay the journals of workers that are gone. False when the store is down."""
+        journal = self.journal
+        if journal is None:
+            return True
+        for owner in journal.gone_owners():
+            with journal.adopt(owner) as files:
+                for file in files:
+                    if not self._replay_journal(file):
+                        return False
+        return True
+
+    def _replay_journal(self, file: Path) -> bool:
+        try:
+            lines, bad = decode_journal(file.read_bytes())
+        except FileNotFoundError:
+            return True
+        rows: list[WriteItem] = [(t, r, True) for t, r, _i, _f in lines]
+        for start in range(0, len(rows), self.batch_size):
+            if not self._replay_rows(rows[start : start + self.batch_size]):
+                return False
+        pending = {str(r.get("id")) for _t, r, _i, f in lines if f & CAPTURE_PENDING}
+        if pending:
+            lost = len(pending - captured_ids(self.store, pending))
+            if lost:
+                self._count("captures_lost", lost)
+                log.error("writer: %d captures of a killed worker were never written; counted as lost", lost)
+        if bad:
+            self._count("dropped", bad)
+            self._note_error(f"{bad} unreadable lines in {file.name}")
+            log.error("writer: %d unreadable journal lines in %s; skipped, counted as dropped", bad, file.name)
+        self._count("journal_replayed", len(rows))
+        file.unlink(missing_ok=True)
+        return True
+
     # -- replay ------------------------------------------------------------------------------
     def _replay(self) -> None:
         now = time.monotonic()
@@ -268,7 +354,8 @@ class BatchWriter:
                     break
         if now >= self._adopt_due:
             self._adopt_due = now + self.adopt_every_s
-            self._adopt()
+            if self._adopt_journals():
+                self._adopt()
 
     def _adopt(self) -> None:
         """Replay the files of writers that are gone (crashed, killed, or closed with rows left)."""
@@ -355,6 +442,8 @@ class BatchWriter:
         self._thread.join(timeout if drained else min(timeout, 1.0))
         self._guard_stop.set()
         self._guard.join(1.0)
+        if self.journal is not None:  # drained: every record is in the store or the spool
+            self.journal.close(committed=drained)
         self._spool.release()
         self._released = True
         _LIVE.discard(self)
@@ -374,6 +463,9 @@ class BatchWriter:
             "replayed": s.replayed,
             "failed": s.failed,
             "dropped": s.dropped,
+            "journal_replayed": s.journal_replayed,
+            "journal_lost": self.journal.lost if self.journal is not None else 0,
+            "captures_lost": s.captures_lost,
             "stalled": self._stalled(),
             "errors": list(s.errors),
         }

@@ -47,6 +47,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from insource.testing import wire
 from insource.testing.chat_rules import InvalidRequest, make_choices, validate_chat, validate_embeddings
+from insource.testing.fake_batches import FakeBatches
 from insource.testing.server import StreamBreak, install_log_filter
 
 Responder = Callable[[str, list[dict[str, Any]], dict[str, Any]], "str | Awaitable[str]"]
@@ -97,6 +98,11 @@ def echo_responder(model: str, messages: list[dict[str, Any]], body: dict[str, A
     return f"This is a simulated reply from {model} to: {quoted}"
 
 
+def _replayable(path: str) -> bool:
+    """Fast mode replays chat and embeddings answers only (files and batches have state)."""
+    return path.endswith(("/chat/completions", "/embeddings"))
+
+
 class FakeUpstream:
     """A controllable fake LLM upstream; an ASGI app (call it, or pass it to `run_server`)."""
 
@@ -142,6 +148,7 @@ class FakeUpstream:
         self._faults: deque[_Fault] = deque()
         self._requests: list[RecordedRequest] = []
         self._fast_cache: dict[tuple[Any, ...], list[Message]] = {}
+        self.batches = FakeBatches(self)  # the Files and Batch APIs (`fake_batches.py`)
         self._app = self._build_app()
         self.reset()
 
@@ -167,6 +174,7 @@ class FakeUpstream:
             self._faults.clear()
             self._requests.clear()
             self._fast_cache.clear()
+            self.batches.reset()
 
     def fail_next(
         self, status: int, count: int = 1, retry_after: float | None = None, body: dict[str, Any] | None = None
@@ -204,7 +212,7 @@ class FakeUpstream:
     # ------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast and scope["type"] == "http" and scope["method"] == "POST":
+        if self.fast and scope["type"] == "http" and scope["method"] == "POST" and _replayable(scope["path"]):
             await self._fast_call(scope, receive, send)
         else:
             await self._app(scope, receive, send)
@@ -221,6 +229,7 @@ class FakeUpstream:
             Route("/openai/deployments/{deployment}/chat/completions", self._chat_azure, methods=["POST"]),
             Route("/openai/deployments/{deployment}/embeddings", self._embeddings_azure, methods=["POST"]),
             Route("/health", self._health, methods=["GET"]),
+            *self.batches.routes(),
         ]
         handlers = {404: self._not_found, 405: self._not_found}
         return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from insource.service.limits.host import HOST_LIMITS_ENV, HostLimits
 from insource.service.limits.local import LocalLimits
 from insource.service.limits.redis import RedisLimits
 
-__all__ = ["HOST_LIMITS_ENV", "HostLimits", "Limits", "LocalLimits", "RedisLimits", "make_limits"]
+__all__ = ["HOST_LIMITS_ENV", "HostLimits", "Limits", "LocalLimits", "RedisLimits", "make_limits", "redis_url"]
 
 
 class Limits(Protocol):
@@ -40,13 +40,21 @@ class Limits(Protocol):
     async def close(self) -> None: ...
 
 
-def make_limits(cfg: Config) -> Limits:
-    """Redis when `[server] redis_url` is set; else the host file `serve --workers N` named; else in the worker."""
+def redis_url(cfg: Config) -> str | None:
+    """`[server] redis_url`, its `env::NAME` resolved (None: no Redis)."""
     url = cfg.server.redis_url
     if url is None:
-        shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
-        return HostLimits(Path(shared)) if shared else LocalLimits()
+        return None
     resolved = resolve_secret(url) if url.startswith("env::") else url
     if not resolved:
         raise ConfigError(f"[server] redis_url references {url}, which is not set")
-    return RedisLimits(resolved)
+    return resolved
+
+
+def make_limits(cfg: Config) -> Limits:
+    """Redis when `[server] redis_url` is set; else the host file `serve --workers N` named; else in the worker."""
+    url = redis_url(cfg)
+    if url is None:
+        shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
+        return HostLimits(Path(shared)) if shared else LocalLimits()
+    return RedisLimits(url)

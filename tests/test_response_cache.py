@@ -16,8 +16,8 @@ from tests.conftest import UPSTREAM_KEY, Gateway, run_cli, start_gateway, stop_g
 from tests.test_redis_limits import REDIS, redis_url  # noqa: F401 - the fixture that starts redis-server
 
 from insource.config import parse_config
-from insource.service.context import RequestContext
 from insource.service.keys import KeyInfo
+from insource.service.request import RequestFacts
 from insource.service.response_cache import LocalCache, cache_key
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
@@ -217,9 +217,10 @@ def test_the_key_follows_the_temperature_rule_and_the_request() -> None:
             },
             Path("."),
         )
-        ctx = RequestContext(KeyInfo("k", tenant, None, None, None, None, capture=False, revoked=False), "chat")
-        ctx.model = "m"
-        return cache_key(cfg, ctx, body)
+        facts = RequestFacts(
+            KeyInfo("k", tenant, None, None, None, None, capture=False, revoked=False), "chat", model="m"
+        )
+        return cache_key(cfg, facts, body)
 
     base = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
     assert key({**base, "temperature": 0.5}) is None

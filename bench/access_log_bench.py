@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""What the access log adds to a request's CPU: `Gateway.finish` (meter, queue the usage record, and with the
+"""What the access log adds to a request's CPU: `WorkerState.finish` (meter, queue the usage record, and with the
 log at info write its line) timed on the event-loop thread with the log off and on, text and JSON, alternating.
 
 A noisy shared machine blurs a whole-gateway A/B (``gateway_bench.py --compare-log-level info``): this isolates
-the one place the log costs, with the real Gateway, config, store and formatter, the line written to a file.
+the one place the log costs, with the real WorkerState, config, store and formatter, the line written to a file.
 
 Usage::
 
@@ -25,9 +25,9 @@ from pathlib import Path
 from insource.config import parse_config
 from insource.metering.usage import Usage
 from insource.server.logs import log_config
-from insource.service.context import RequestContext
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.request import Outcome, RequestFacts
+from insource.service.worker_state import WorkerState
 
 CONFIG = {
     "providers": {"up": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
@@ -35,17 +35,15 @@ CONFIG = {
 }
 
 
-def finish_us(gw: Gateway, key: KeyInfo, n: int) -> float:
+def finish_us(gw: WorkerState, key: KeyInfo, n: int) -> float:
     """Thread CPU microseconds per `finish` of a successful, metered request."""
-    contexts = []
-    for _ in range(n):
-        ctx = RequestContext(key, "chat", model="gpt-4o-mini", task="intent")
-        ctx.provider, ctx.upstream_model, ctx.served_by = "up", "gpt-4o-mini", "up:gpt-4o-mini"
-        ctx.usage = Usage(42, 0, 7, 0)
-        contexts.append(ctx)
+    answered = Outcome(
+        usage=Usage(42, 0, 7, 0), served_by="up:gpt-4o-mini", provider="up", upstream_model="gpt-4o-mini", attempts=1
+    )
+    requests = [RequestFacts(key, "chat", model="gpt-4o-mini", task="intent") for _ in range(n)]
     start = time.thread_time()
-    for ctx in contexts:
-        gw.finish(ctx)
+    for facts in requests:
+        gw.finish(facts, answered)
     spent = time.thread_time() - start
     gw.writer.flush(60)  # the writer thread's work is not the event loop's: drained between runs
     return spent / n * 1e6
@@ -57,7 +55,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
     args = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="insource-logbench-"))
-    gw = Gateway(parse_config(CONFIG, folder))
+    gw = WorkerState(parse_config(CONFIG, folder))
     key = KeyInfo("key_bench", "bench", None, None, None, None, capture=False, revoked=False)
     out = folder / "gateway.log"
     results: dict[str, list[float]] = {"off": [], "text": [], "json": []}

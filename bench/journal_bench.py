@@ -19,9 +19,9 @@ from pathlib import Path
 
 from insource.config import parse_config
 from insource.metering.usage import Usage
-from insource.service.context import RequestContext
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.request import Outcome, RequestFacts
+from insource.service.worker_state import WorkerState
 
 CONFIG = {
     "providers": {"up": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
@@ -29,17 +29,13 @@ CONFIG = {
 }
 
 
-def finish_us(gw: Gateway, key: KeyInfo, n: int) -> float:
+def finish_us(gw: WorkerState, key: KeyInfo, n: int) -> float:
     """Thread CPU microseconds per `finish` of a successful, metered request."""
-    contexts = []
-    for _ in range(n):
-        ctx = RequestContext(key, "chat", model="gpt-4o-mini", task="intent")
-        ctx.provider, ctx.upstream_model, ctx.served_by = "up", "gpt-4o-mini", "up:gpt-4o-mini"
-        ctx.usage = Usage(42, 0, 7, 0)
-        contexts.append(ctx)
+    answered = Outcome(200, None, Usage(42, 0, 7, 0), "up:gpt-4o-mini", "up", "gpt-4o-mini", 1)
+    requests = [RequestFacts(key, "chat", model="gpt-4o-mini", task="intent") for _ in range(n)]
     start = time.thread_time()
-    for ctx in contexts:
-        gw.finish(ctx)
+    for facts in requests:
+        gw.finish(facts, answered)
     spent = time.thread_time() - start
     gw.writer.flush(60)  # the writer thread's work is not the event loop's: drained between runs
     return spent / n * 1e6
@@ -51,7 +47,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
     args = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="insource-journalbench-"))
-    gw = Gateway(parse_config(CONFIG, folder))
+    gw = WorkerState(parse_config(CONFIG, folder))
     gw.access_log = False
     key = KeyInfo("key_bench", "bench", None, None, None, None, capture=False, revoked=False)
     journal = gw.writer.journal

@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from insource.config import parse_config
 from insource.metering.usage import Usage
-from insource.service.context import Attempt, RequestContext
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.request import Attempt, Outcome, RequestFacts
+from insource.service.worker_state import WorkerState
 
 CONFIG = """
 [store]
@@ -47,10 +47,10 @@ class Drop(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def gateway(folder: Path, enabled: bool) -> Gateway:
+def gateway(folder: Path, enabled: bool) -> WorkerState:
     text = CONFIG.format(db=folder / f"{enabled}.db", enabled=str(enabled).lower())
     cfg = parse_config(tomllib.loads(text), folder)
-    gw = Gateway(cfg)
+    gw = WorkerState(cfg)
     if gw.tracing is not None:  # the real processor, an exporter that sends nowhere
         gw.tracing.provider = TracerProvider()
         gw.tracing.provider.add_span_processor(BatchSpanProcessor(Drop()))
@@ -58,17 +58,14 @@ def gateway(folder: Path, enabled: bool) -> Gateway:
     return gw
 
 
-def one_round(gw: Gateway, n: int) -> float:
+def one_round(gw: WorkerState, n: int) -> float:
     key = KeyInfo("k1", "t", None, None, None, None, None, False)
     start = time.thread_time()
     for _ in range(n):
-        ctx = RequestContext(key, "chat")
-        ctx.model, ctx.served_by, ctx.provider, ctx.upstream_model = "m", "p:up", "p", "up"
-        ctx.usage = Usage(120, 0, 30, 0)
-        ctx.attempts = 1
-        if gw.tracing is not None:
-            ctx.spans = [Attempt("p", "up", ctx.t0 + 0.001, ctx.t0 + 0.02)]
-        gw.finish(ctx)
+        facts = RequestFacts(key, "chat", model="m")
+        spans = [Attempt("p", "up", facts.t0 + 0.001, facts.t0 + 0.02)] if gw.tracing is not None else None
+        outcome = Outcome(200, None, Usage(120, 0, 30, 0), "p:up", "p", "up", 1, spans=spans)
+        gw.finish(facts, outcome)
     return (time.thread_time() - start) / n * 1e6
 
 

@@ -97,7 +97,13 @@ def _stall_then(gw: Gateway, kill: Callable[[], None]) -> None:
 
 
 def _workers(gw: Gateway) -> list[psutil.Process]:
-    return [p for p in psutil.Process(gw.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    """The live worker processes (a killed one is a zombie until uvicorn reaps it)."""
+    found = []
+    for proc in psutil.Process(gw.proc.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(proc.cmdline()):
+                found.append(proc)
+    return found
 
 
 async def _load_and_kill(gw: Gateway, key: str, answered: list[str], kills: int) -> None:

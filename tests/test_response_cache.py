@@ -16,8 +16,8 @@ from tests.conftest import UPSTREAM_KEY, Gateway, run_cli, start_gateway, stop_g
 from tests.test_redis_limits import REDIS, redis_url  # noqa: F401 - the fixture that starts redis-server
 
 from insource.config import parse_config
-from insource.service.context import RequestContext
 from insource.service.keys import KeyInfo
+from insource.service.request import RequestFacts
 from insource.service.response_cache import LocalCache, cache_key
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
@@ -217,9 +217,10 @@ def test_the_key_follows_the_temperature_rule_and_the_request() -> None:
             },
             Path("."),
         )
-        ctx = RequestContext(KeyInfo("k", tenant, None, None, None, None, capture=False, revoked=False), "chat")
-        ctx.model = "m"
-        return cache_key(cfg, ctx, body)
+        facts = RequestFacts(
+            KeyInfo("k", tenant, None, None, None, None, capture=False, revoked=False), "chat", model="m"
+        )
+        return cache_key(cfg, facts, body)
 
     base = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
     assert key({**base, "temperature": 0.5}) is None
@@ -267,3 +268,26 @@ def test_bad_cache_and_journal_settings_are_refused(section: dict[str, Any], pat
     with pytest.raises(ConfigError) as err:
         parse_config(section, Path("."))
     assert path in err.value.message
+
+
+async def test_a_cached_tool_call_replays_as_stream_chunks() -> None:
+    from insource.service.response_cache import replay_stream
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    data = {
+        "id": "chatcmpl-1",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    events = [e async for e in replay_stream(data, include_usage=False)]
+    assert events[-1] == b"data: [DONE]\n\n" and not any(b'"usage"' in e for e in events)
+    first = json.loads(events[0][6:])
+    assert first["choices"][0]["delta"]["tool_calls"] == [{**call, "index": 0}]
+    assert json.loads(events[1][6:])["choices"][0]["finish_reason"] == "tool_calls"

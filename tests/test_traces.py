@@ -23,8 +23,8 @@ from tests.conftest import UPSTREAM_KEY, Gateway, free_port, gateway_config, sta
 
 from insource.capture.record import CaptureRaw
 from insource.config import Config
-from insource.service.context import Attempt, RequestContext
 from insource.service.keys import KeyInfo
+from insource.service.request import Attempt, Outcome, RequestFacts
 from insource.service.tracing import Tracing
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
@@ -165,14 +165,15 @@ def test_refused_request_has_an_error_type(traced: tuple[Gateway, Collector]) ->
     assert [c["name"] for c in children] == ["admission"]
 
 
-def _finished(cfg: Config) -> tuple[InMemorySpanExporter, Tracing, RequestContext, CaptureRaw]:
+def _finished(cfg: Config) -> tuple[InMemorySpanExporter, Tracing, tuple[RequestFacts, Outcome], CaptureRaw]:
     exporter = InMemorySpanExporter()
     tracing = Tracing(cfg, {"p": "openai"}, exporter=exporter)
-    ctx = RequestContext(KeyInfo("k1", "t", None, None, None, None, None, False), "chat")
-    ctx.model, ctx.served_by, ctx.provider, ctx.upstream_model = "m", "p:up", "p", "up"
-    ctx.spans = [Attempt("p", "up", ctx.t0 + 0.001, ctx.t0 + 0.002)]
+    facts = RequestFacts(KeyInfo("k1", "t", None, None, None, None, None, False), "chat", model="m")
+    spans = [Attempt("p", "up", facts.t0 + 0.001, facts.t0 + 0.002)]
+    outcome = Outcome(served_by="p:up", provider="p", upstream_model="up", spans=spans)
+    ctx = facts, outcome
     capture = CaptureRaw(
-        id=ctx.id, ts=ctx.ts, tenant="t", key_id="k1", task=None, model="m", provider="p", upstream_model="up",
+        id=facts.id, ts=facts.ts, tenant="t", key_id="k1", task=None, model="m", provider="p", upstream_model="up",
         served_by="p:up", terms="self-hosted", consent=True, redact=True, redactors=(),
         request={"messages": [{"role": "user", "content": "the secret question"}]}, output="the answer",
         response=None, upstream_version=None, finish_reason="stop", status=200,
@@ -182,33 +183,32 @@ def _finished(cfg: Config) -> tuple[InMemorySpanExporter, Tracing, RequestContex
 
 def test_capture_content_puts_prompt_and_answer_on_the_span() -> None:
     on = Config.model_validate({"otel": {"enabled": True, "capture_content": True}})
-    exporter, tracing, ctx, capture = _finished(on)
-    tracing.record(ctx, ctx.t0 + 0.003, capture)
+    exporter, tracing, (facts, outcome), capture = _finished(on)
+    tracing.record(facts, outcome, 0.0, facts.t0 + 0.003, capture)
     root = next(s for s in exporter.get_finished_spans() if s.parent is None)
     assert root.attributes is not None
     assert "the secret question" in str(root.attributes["gen_ai.input.messages"])
     assert "the answer" in str(root.attributes["gen_ai.output.messages"])
     off = Config.model_validate({"otel": {"enabled": True}})
-    exporter, tracing, ctx, capture = _finished(off)
-    tracing.record(ctx, ctx.t0 + 0.003, capture)
+    exporter, tracing, (facts, outcome), capture = _finished(off)
+    tracing.record(facts, outcome, 0.0, facts.t0 + 0.003, capture)
     assert all("the secret" not in str(dict(s.attributes or {})) for s in exporter.get_finished_spans())
 
 
 def test_traces_are_off_by_default_and_import_nothing(tmp_path: Path) -> None:
     code = (
-        "import sys\nfrom insource.config import Config\nfrom insource.service.gateway import Gateway\n"
-        "gw = Gateway(Config())\nassert gw.tracing is None and not gw.upstreams.trace\n"
+        "import sys\nfrom insource.config import Config\nfrom insource.service.worker_state import WorkerState\n"
+        "gw = WorkerState(Config())\nassert gw.tracing is None and not gw.upstreams.trace\n"
         "assert not any(m.startswith('opentelemetry.sdk') for m in sys.modules), 'otel sdk imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=60)
 
 
 def test_a_student_prediction_is_its_own_span() -> None:
-    exporter, tracing, ctx, _ = _finished(Config.model_validate({"otel": {"enabled": True}}))
-    ctx.spans = None
-    ctx.served_by, ctx.provider, ctx.upstream_model = "intent@v2", None, None
-    tracing.note_student(ctx, "intent@v2", ctx.t0 + 0.001, ctx.t0 + 0.004)
-    tracing.record(ctx, ctx.t0 + 0.005)
+    exporter, tracing, (facts, _), _ = _finished(Config.model_validate({"otel": {"enabled": True}}))
+    student_span = Attempt("insource", "intent@v2", facts.t0 + 0.001, facts.t0 + 0.004, 200, None, True)
+    outcome = Outcome(served_by="intent@v2", spans=[student_span])  # what the router's Routing.asked records
+    tracing.record(facts, outcome, 0.0, facts.t0 + 0.005)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"chat m", "admission", "student intent@v2"}
     student = spans["student intent@v2"]

@@ -26,7 +26,7 @@ from insource.capture.stats import Kind, answer_key, kind_and_reason, normalise
 from insource.capture.terms import TermsProfile, load_profiles, resolve
 from insource.config import UNDECLARED_TERMS, Config
 from insource.errors import NotReady
-from insource.store import Store
+from insource.store import Store, audit_queries, capture_queries
 
 log = logging.getLogger("insource.dataset")
 
@@ -94,20 +94,8 @@ def json_summary(
 
 
 # -- selection -------------------------------------------------------------------------------
-_SELECT = """
-SELECT c.id, c.ts, c.tenant, c.provider, c.upstream_model, c.upstream_version, c.terms, c.messages,
-       c.output, c.redactors, c.redactions, c.consent, c.status, u.cost_usd AS cost_usd
-FROM captures c LEFT JOIN usage u ON u.id = c.id
-WHERE c.task = ? AND c.ts >= ? AND c.ts < ?
-ORDER BY c.ts, c.id
-"""
-
-
 def known_tasks(store: Store) -> list[str]:
-    rows = store.query(
-        "SELECT task FROM captures WHERE task IS NOT NULL UNION SELECT task FROM usage WHERE task IS NOT NULL"
-    )
-    return sorted(str(r["task"]) for r in rows)
+    return capture_queries.known_tasks(store)
 
 
 def opted_out_tenants(cfg: Config) -> frozenset[str]:
@@ -128,7 +116,7 @@ def select_rows(
     until = opts.until if opts.until is not None else float("inf")
     skipped: Counter[str] = Counter()
     rows = []
-    for row in store.query(_SELECT, (opts.task, since, until)):
+    for row in capture_queries.task_captures(store, opts.task, since, until):
         if not row["consent"]:
             skipped["no_consent"] += 1
         elif row["tenant"] in opted_out:
@@ -151,12 +139,7 @@ def select_rows(
 def load_messages(store: Store, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Resolve each row's message hashes from `blobs` (id -> messages)."""
     hashes = sorted({h for r in rows for h in orjson.loads(r["messages"])})
-    blobs: dict[str, Any] = {}
-    for start in range(0, len(hashes), 500):
-        chunk = hashes[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", chunk):
-            blobs[b["hash"]] = orjson.loads(b["data"])
+    blobs = {h: orjson.loads(data) for h, data in capture_queries.blobs(store, hashes).items()}
     out = {}
     for r in rows:
         ids = orjson.loads(r["messages"])
@@ -347,7 +330,7 @@ def redaction_summary(examples: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- the build -------------------------------------------------------------------------------
 def spool_path(cfg: Config) -> Path:
-    """The folder where the gateway's writer spools records it could not save yet (as service/gateway.py)."""
+    """The folder where the gateway's writer spools records it could not save yet (as service/worker_state.py)."""
     return (cfg.sqlite_path() or cfg.resolve_path("insource.db")).parent / "spool"
 
 
@@ -466,15 +449,13 @@ def record_audit(store: Store, action: str, opts: BuildOptions, detail: dict[str
         "until": opts.until,
         "dedup_enabled": opts.dedup,
     }
-    store.execute(
-        "INSERT INTO audit (id, ts, action, task, purpose, target, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            uuid.uuid4().hex,
-            time.time(),
-            action,
-            opts.task,
-            opts.purpose,
-            str(opts.out.resolve()),
-            orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode(),
-        ),
+    audit_queries.insert_audit(
+        store,
+        id=uuid.uuid4().hex,
+        ts=time.time(),
+        action=action,
+        task=opts.task,
+        purpose=opts.purpose,
+        target=str(opts.out.resolve()),
+        detail=orjson.dumps(full, option=orjson.OPT_NON_STR_KEYS).decode(),
     )

@@ -12,7 +12,7 @@ from insource.capture.dataset import known_tasks
 from insource.capture.slots import last_user_text
 from insource.capture.stats import answer_key, distillable, kind_and_reason
 from insource.errors import NotFound, NotReady
-from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL, Store, capture_queries
+from insource.store import Store, audit_queries, capture_queries, usage_queries
 
 
 def task_answers(store: Store) -> dict[str, Counter[str]]:
@@ -20,25 +20,14 @@ def task_answers(store: Store) -> dict[str, Counter[str]]:
     many status-200 captures got it. Grouped in SQL first, so each distinct raw answer crosses once; trimmed in
     Python because SQL TRIM strips only spaces (and dialects differ), not newlines or tabs."""
     answers: dict[str, Counter[str]] = defaultdict(Counter)
-    rows = store.query(
-        "SELECT task, output, COUNT(*) AS n FROM captures "
-        "WHERE task IS NOT NULL AND status = 200 AND output IS NOT NULL GROUP BY task, output"
-    )
-    for r in rows:
+    for r in capture_queries.answer_counts(store):
         answers[str(r["task"])][answer_key(str(r["output"]))] += int(r["n"])
     return answers
 
 
 def list_tasks(store: Store) -> list[dict[str, Any]]:
     """Per task: requests and spend (usage), distinct outputs and the kind (captures, as the dataset builder)."""
-    usage = {
-        r["task"]: r
-        for r in store.query(
-            f"SELECT task, {CALLER_REQUESTS_SQL} AS requests, {REFUSED_SQL} AS refused,"
-            " COALESCE(SUM(cost_usd), 0) AS cost_usd "
-            "FROM usage WHERE task IS NOT NULL GROUP BY task"
-        )
-    }
+    usage = {r["task"]: r for r in usage_queries.task_usage(store)}
     answers = task_answers(store)
     lengths = capture_queries.task_token_lengths(store)
     out = []
@@ -73,23 +62,16 @@ def _json(text: str | None) -> Any:
 
 
 def show_capture(store: Store, capture_id: str) -> dict[str, Any]:
-    row = store.query_one("SELECT * FROM captures WHERE id = ?", (capture_id,))
+    row = capture_queries.capture(store, capture_id)
     if row is None:
         raise NotFound(f"no capture with id {capture_id!r}")
     hashes = orjson.loads(row["messages"])
-    blobs = {}
-    if hashes:
-        marks = ",".join("?" * len(set(hashes)))
-        for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", sorted(set(hashes))):
-            blobs[b["hash"]] = orjson.loads(b["data"])
+    blobs = {h: orjson.loads(data) for h, data in capture_queries.blobs(store, hashes).items()}
     row["messages"] = [blobs.get(h, {"missing_blob": h}) for h in hashes]
     for key in ("params", "redactors", "redactions"):
         row[key] = _json(row[key])
     row["consent"] = bool(row["consent"])
-    row["usage"] = store.query_one(
-        "SELECT cost_usd, prompt_tokens, completion_tokens, latency_ms, endpoint FROM usage WHERE id = ?",
-        (capture_id,),
-    )
+    row["usage"] = usage_queries.usage_record(store, capture_id)
     return row
 
 
@@ -106,29 +88,16 @@ def search_captures(
         raise NotReady(f"unknown task {task!r}")
     out = []
     for r in capture_queries.search_captures(store, task, contains, places, limit):
-        messages = [orjson.loads(b["data"]) for b in _blobs(store, orjson.loads(r.pop("messages")))]
+        hashes = orjson.loads(r.pop("messages"))
+        found = capture_queries.blobs(store, hashes)
+        messages = [orjson.loads(found[h]) for h in hashes if h in found]
         r["input"] = last_user_text(messages)
         out.append(r)
     return out
 
 
-def _blobs(store: Store, hashes: list[str]) -> list[dict[str, Any]]:
-    if not hashes:
-        return []
-    marks = ",".join("?" * len(hashes))
-    found = {b["hash"]: b for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", hashes)}
-    return [found[h] for h in hashes if h in found]
-
-
 def list_audit(store: Store, *, task: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    sql = "SELECT id, ts, action, task, purpose, target, detail FROM audit"
-    params: list[Any] = []
-    if task is not None:
-        sql += " WHERE task = ?"
-        params.append(task)
-    sql += " ORDER BY ts DESC LIMIT ?"
-    params.append(limit)
-    rows = store.query(sql, params)
+    rows = audit_queries.list_audit(store, task, limit)
     for r in rows:
         r["detail"] = _json(r["detail"])
     return rows

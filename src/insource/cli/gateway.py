@@ -127,7 +127,7 @@ def serve(
     from insource.metering.prices import resolve_prices
     from insource.server.app import create_app
     from insource.server.logs import log_config
-    from insource.service.host_limits import HOST_LIMITS_ENV
+    from insource.service.limits import HOST_LIMITS_ENV
     from insource.service.routes import check_config_routes
 
     cfg = get_config(config, setup=True)

@@ -14,35 +14,24 @@ from insource.cli.tables import Cell, Col, fit_table
 from insource.config import Config
 from insource.demo.workload import PhaseResult
 from insource.service.routes import show_routes
-from insource.store import Store
+from insource.store import Store, usage_queries
 
 
 def _phase_spend(store: Store, task: str, start: float, end: float) -> dict[str, float]:
-    store_row = store.query_one(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(cost_usd), 0) AS cost, COALESCE(SUM(cost_avoided_usd), 0) AS avoided"
-        " FROM usage WHERE task=? AND ts >= ? AND ts <= ?",
-        (task, start, end),
-    )
-    assert store_row is not None
-    return {"records": store_row["n"], "cost_usd": store_row["cost"], "avoided_usd": store_row["avoided"]}
+    return usage_queries.window_spend(store, task, start, end)
 
 
 def wait_for_records(store: Store, start: float, end: float, expected: int, timeout: float = 5.0) -> None:
     """Usage records are written by a background writer: wait (briefly) until a phase's are all visible."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = store.query_one("SELECT COUNT(*) AS n FROM usage WHERE ts >= ? AND ts <= ?", (start, end))
-        if row is not None and row["n"] >= expected:
+        if usage_queries.window_count(store, start, end) >= expected:
             return
         time.sleep(0.1)
 
 
 def print_spend(console: Console, store: Store, start: float, end: float) -> None:
-    rows = store.query(
-        "SELECT task, COUNT(*) AS n, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c, SUM(cost_usd) AS cost"
-        " FROM usage WHERE ts >= ? AND ts <= ? GROUP BY task",
-        (start, end),
-    )
+    rows = usage_queries.window_by_task(store, start, end)
     cols = (
         Col("task"),
         Col("requests", "num", short="reqs"),

@@ -18,6 +18,7 @@ from insource.distill.validation import COMMON_TARGET, val_requirement, val_warn
 from insource.errors import NotReady
 from insource.registry.entries import check_task_name, commit, discard, register, stage
 from insource.registry.progress import Step, quiet
+from insource.store import audit_queries
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
 
@@ -28,9 +29,7 @@ def cache_root(cfg: Config) -> Path:
 
 def find_dataset(store: Any, task: str) -> Path:
     """The newest training dataset of `task` recorded in the audit table (by `insource dataset build`)."""
-    rows = store.query(
-        "SELECT target, purpose, detail FROM audit WHERE task=? AND action='dataset.build' ORDER BY ts DESC", (task,)
-    )
+    rows = audit_queries.dataset_builds(store, task)
     for row in rows:
         target = row.get("target")
         if row.get("purpose") in (None, "train") and target and (Path(target) / "dataset.json").is_file():

@@ -96,8 +96,7 @@ async def route_off(request: Request) -> RawJSON:
         raise BadRequest("'reason' must be a string", param="reason")
     task = request.path_params["task"]
     row = await asyncio.to_thread(routes_service.route_off, gw.cfg, gw.store, task, reason, "admin")
-    if gw.router is not None:
-        gw.router.turn_off(task)
+    gw.router.turn_off(task)
     return RawJSON(orjson.dumps(row))
 
 

@@ -1,9 +1,8 @@
-"""The HTTP surface: the metered endpoints on the ASGI fast path (`fastpath.py`), everything else on thin
-Starlette handlers over the service layer."""
+"""The HTTP surface: the OpenAI endpoints on raw ASGI (`openai_endpoints.py`), everything else on thin
+Starlette handlers over the service layer; one error mapping for both (`errors.py`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -17,29 +16,29 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from insource.config import Config, load_config
-from insource.errors import InsourceError, ModelNotFound, NotFound
+from insource.errors import InsourceError, ModelNotFound
 from insource.server import admin
 from insource.server import batch as batch_api
 from insource.server import feedback as feedback_api
 from insource.server.auth import resolve_key
-from insource.server.fastpath import INTERNAL_ERROR, FastPath
+from insource.server.errors import error_response
 from insource.server.metrics import render as render_metrics
+from insource.server.openai_endpoints import OpenAIEndpoints
 from insource.server.responses import RawJSON
 from insource.server.ui import OFF_MESSAGE, LazyUI
 from insource.server.ui import enabled as ui_enabled
-from insource.service.gateway import Gateway
-from insource.service.insourcing import attach_router
 from insource.service.keys import KeyInfo
+from insource.service.worker_state import WorkerState
 
 log = logging.getLogger("insource.server")
 
 
-def authenticate(gw: Gateway, request: Request) -> KeyInfo:
+def authenticate(gw: WorkerState, request: Request) -> KeyInfo:
     return resolve_key(gw, request.headers.get("authorization"), request.headers.get("api-key"))
 
 
-def _gw(request: Request) -> Gateway:
-    gw: Gateway = request.app.state.gateway
+def _gw(request: Request) -> WorkerState:
+    gw: WorkerState = request.app.state.gateway
     return gw
 
 
@@ -72,42 +71,25 @@ async def metrics(request: Request) -> Any:
     return Response(render_metrics(_gw(request)), media_type="text/plain; version=0.0.4")
 
 
-async def on_insource_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, InsourceError)
-    return Response(exc.body_bytes(), exc.status, exc.headers, media_type="application/json")
-
-
-async def on_unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
-    return Response(INTERNAL_ERROR, 500, media_type="application/json")
-
-
-async def on_http_error(request: Request, exc: Exception) -> Response:
-    status = getattr(exc, "status_code", 404)
-    if status == 405:
-        err: InsourceError = NotFound(f"Method {request.method} is not allowed on {request.url.path}.", status=405)
-    else:
-        err = NotFound(f"Unknown path {request.url.path}.", code="unknown_url")
-    return Response(err.body_bytes(), err.status, media_type="application/json")
+async def on_error(request: Request, exc: Exception) -> Response:
+    """Starlette's door into the one error mapping (`server/errors.py`)."""
+    resp = error_response(exc, request.method, request.url.path)
+    return Response(resp.body, resp.status, resp.headers, media_type="application/json")
 
 
 def create_app(cfg: Config) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gw = Gateway(cfg)
+        gw = WorkerState(cfg)
         app.state.gateway = gw
         if not ui_enabled(cfg):
             log.warning(OFF_MESSAGE)
-        router = attach_router(gw)
         await gw.start()
-        refresher = asyncio.create_task(router.refresh_loop())
         poller = batch_api.start(app)
         try:
             yield
         finally:
-            refresher.cancel()
             await batch_api.close(app, poller)
-            await router.close()
             await gw.stop()
 
     ui = LazyUI()
@@ -122,15 +104,10 @@ def create_app(cfg: Config) -> Any:
         Route("/ui", ui),  # the dashboard; its imports wait for its first request
         Route("/ui/{rest:path}", ui),
     ]
-    handlers: dict[Any, Any] = {
-        InsourceError: on_insource_error,
-        404: on_http_error,
-        405: on_http_error,
-        Exception: on_unexpected,
-    }
+    handlers: dict[Any, Any] = {InsourceError: on_error, 404: on_error, 405: on_error, Exception: on_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.router.redirect_slashes = False  # a 307 built from the client's Host header is an open redirect
-    return FastPath(app)
+    return OpenAIEndpoints(app)
 
 
 def app_factory() -> Any:

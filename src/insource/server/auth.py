@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from insource.errors import Unauthorized
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.worker_state import WorkerState
 
 
-def resolve_key(gw: Gateway, authorization: str | None, api_key: str | None) -> KeyInfo:
+def resolve_key(gw: WorkerState, authorization: str | None, api_key: str | None) -> KeyInfo:
     """The key presented as `Authorization: Bearer KEY` (or Azure-style `api-key`), or 401."""
     if authorization and authorization[:7].lower() == "bearer ":
         presented = authorization[7:].strip()

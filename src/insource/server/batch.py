@@ -17,15 +17,15 @@ from insource.server.auth import resolve_key
 from insource.server.bodies import read_limited
 from insource.server.responses import RawJSON
 from insource.service.batches import BatchService
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.worker_state import WorkerState
 
 MAX_FILE = 200 * 1024 * 1024  # OpenAI's limit for a batch input file
 MAX_LIMIT = 10_000
 
 
 def _service(request: Request) -> tuple[BatchService, KeyInfo]:
-    gw: Gateway = request.app.state.gateway
+    gw: WorkerState = request.app.state.gateway
     key = resolve_key(gw, request.headers.get("authorization"), request.headers.get("api-key"))
     service: BatchService | None = getattr(request.app.state, "batches", None)
     if service is None:
@@ -130,7 +130,7 @@ def routes() -> list[Route]:
 
 def start(app: Any) -> asyncio.Task[None] | None:
     """At startup (after the gateway's): the poller that meters batches as they finish (`[batch] poll_s`)."""
-    gw: Gateway = app.state.gateway
+    gw: WorkerState = app.state.gateway
     if gw.cfg.batch.poll_s <= 0:
         return None
     app.state.batches = service = BatchService(gw)

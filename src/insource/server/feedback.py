@@ -10,11 +10,11 @@ from insource.server.auth import resolve_key
 from insource.server.bodies import read_limited
 from insource.server.responses import RawJSON
 from insource.service.feedback import submit_feedback
-from insource.service.gateway import Gateway
+from insource.service.worker_state import WorkerState
 
 
 async def feedback(request: Request) -> RawJSON:
-    gw: Gateway = request.app.state.gateway
+    gw: WorkerState = request.app.state.gateway
     key = resolve_key(gw, request.headers.get("authorization"), request.headers.get("api-key"))
     raw = await read_limited(request, gw.max_body)
     return RawJSON(orjson.dumps(await submit_feedback(gw, key, raw)))

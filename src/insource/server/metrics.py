@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from insource.service.gateway import Gateway
+from insource.service.worker_state import WorkerState
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def render(gw: Gateway) -> bytes:
+def render(gw: WorkerState) -> bytes:
     lines = [
         "# HELP insource_requests_total Requests metered by this worker.",
         "# TYPE insource_requests_total counter",
@@ -24,8 +24,7 @@ def render(gw: Gateway) -> bytes:
         lines.append(f"insource_requests_total{{{labels}}} {int(n)}")
         cost.append(f"insource_cost_usd_total{{{labels}}} {c!r}")
         avoided.append(f"insource_cost_avoided_usd_total{{{labels}}} {a!r}")
-    router = getattr(gw, "router", None)
-    failures = getattr(router, "failures", {}) or {}
+    failures = gw.router.failures
     tail_students = [
         "# HELP insource_student_failures_total Student errors and timeouts (the teacher answered).",
         "# TYPE insource_student_failures_total counter",

@@ -10,8 +10,8 @@ import orjson
 from insource.errors import BadRequest, RateLimited
 from insource.metering.prices import ModelPrice
 from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens
-from insource.service.context import RequestContext
-from insource.service.gateway import Gateway
+from insource.service.request import Admission, RequestFacts
+from insource.service.worker_state import WorkerState
 
 MAX_DEPTH = 254  # what orjson can re-encode when forwarding
 MAX_NAME = 200
@@ -91,25 +91,36 @@ def validate_embeddings(body: dict[str, Any]) -> None:
         raise BadRequest("'input' must be a string or a non-empty array of strings or token arrays.", param="input")
 
 
-async def admit(gw: Gateway, ctx: RequestContext, body: dict[str, Any], body_len: int) -> ModelPrice:
-    """Resolve the model, then check rate limits and reserve the estimated cost on every budget."""
-    price = gw.model_for(ctx.key, body.get("model"))
-    ctx.model = body["model"]
+async def admit(
+    gw: WorkerState, facts: RequestFacts, body: dict[str, Any], body_len: int
+) -> tuple[RequestFacts, Admission, ModelPrice]:
+    """Resolve the model, then check rate limits and reserve the estimated cost on every budget. Returns the
+    facts with the resolved model and what was booked; a refusal gives back the tokens it counted."""
+    price = gw.model_for(facts.key, body.get("model"))
+    if facts.model != body["model"]:  # a name longer than model_name keeps
+        facts = facts.with_model(body["model"])
+    key = facts.key
     completion = body.get("max_completion_tokens") or body.get("max_tokens")
-    if ctx.endpoint == "chat":
+    if facts.endpoint == "chat":
         completion = (completion or gw.cfg.server.default_max_tokens) * int(body.get("n") or 1)
     else:
         completion = 0
     prompt = estimate_prompt_tokens(body_len)
-    ctx.est_tokens = prompt + completion if ctx.key.tpm is not None else 0
-    retry = await gw.limits.check_rate(ctx.key.id, ctx.key.rpm, ctx.key.tpm, prompt + completion)
-    if retry is not None:
-        raise RateLimited(
-            "Rate limit reached for this key (requests or tokens per minute). Retry later.",
-            headers={"Retry-After": str(int(retry + 0.999))},
-        )
-    limits = gw.budget_limits(ctx.key)
-    if limits:
-        estimate = cost_usd(Usage(prompt, 0, completion, 0), price)
-        ctx.reservation = await gw.limits.reserve(limits, estimate)  # BudgetExceeded names the budget
-    return price
+    est_tokens = prompt + completion if key.tpm is not None else 0
+    try:
+        retry = await gw.limits.check_rate(key.id, key.rpm, key.tpm, prompt + completion)
+        if retry is not None:
+            raise RateLimited(
+                "Rate limit reached for this key (requests or tokens per minute). Retry later.",
+                headers={"Retry-After": str(int(retry + 0.999))},
+            )
+        limits = gw.budget_limits(key)
+        reservation = None
+        if limits:
+            estimate = cost_usd(Usage(prompt, 0, completion, 0), price)
+            reservation = await gw.limits.reserve(limits, estimate)  # BudgetExceeded names the budget
+    except BaseException:
+        if est_tokens:
+            gw.limits.correct_tokens(key.id, -est_tokens)
+        raise
+    return facts, Admission(reservation, est_tokens), price

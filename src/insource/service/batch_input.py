@@ -17,8 +17,8 @@ import orjson
 from insource.errors import BadRequest, NotFound
 from insource.providers.openai_batch import BATCH_KINDS
 from insource.service.admission import take_task, validate_chat
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.worker_state import WorkerState
 
 URLS = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
 MAX_LINES = 50_000  # OpenAI's limit per batch file
@@ -42,7 +42,7 @@ def _bad(n: int, message: str, param: str | None = None) -> BadRequest:
     return BadRequest(f"Line {n} of the batch file: {message}", param=param)
 
 
-def batch_target(gw: Gateway, alias: str) -> tuple[str, str] | None:
+def batch_target(gw: WorkerState, alias: str) -> tuple[str, str] | None:
     """(provider, upstream model) of the alias's first target whose provider speaks the Batch API."""
     for target in gw.cfg.models[alias].targets:
         provider, _, upstream = target.partition(":")
@@ -74,7 +74,7 @@ def _line(raw: bytes, n: int) -> dict[str, Any]:
     return line
 
 
-def _check_body(gw: Gateway, key: KeyInfo, body: dict[str, Any], url: str, n: int) -> str | None:
+def _check_body(gw: WorkerState, key: KeyInfo, body: dict[str, Any], url: str, n: int) -> str | None:
     """The line's task; the body is checked as a request would be (400 naming the line)."""
     try:
         gw.model_for(key, body.get("model"))
@@ -90,7 +90,7 @@ def _check_body(gw: Gateway, key: KeyInfo, body: dict[str, Any], url: str, n: in
     return task
 
 
-def check_input(gw: Gateway, key: KeyInfo, data: bytes) -> BatchInput:
+def check_input(gw: WorkerState, key: KeyInfo, data: bytes) -> BatchInput:
     """Check every line and rewrite it for the upstream; 400 naming the first bad line."""
     rows = [raw for raw in data.splitlines() if raw.strip()]
     if not rows:

@@ -20,8 +20,8 @@ from insource.capture.record import CaptureRaw
 from insource.config import UNDECLARED_TERMS
 from insource.metering.prices import ModelPrice, batch_price
 from insource.metering.usage import Usage, cost_usd, parse_usage
-from insource.service.gateway import Gateway
 from insource.service.streams import output_of
+from insource.service.worker_state import WorkerState
 from insource.store.sqlite import Row
 
 log = logging.getLogger("insource.batches")
@@ -102,7 +102,9 @@ def _usage_row(batch: Row, line: dict[str, Any], ts: float, task: str | None) ->
     }
 
 
-def _capture(gw: Gateway, batch: Row, row: Row, request: dict[str, Any], body: dict[str, Any], policy: Policy) -> Any:
+def _capture(
+    gw: WorkerState, batch: Row, row: Row, request: dict[str, Any], body: dict[str, Any], policy: Policy
+) -> Any:
     output, finish = output_of(body)
     provider = gw.cfg.providers.get(batch["provider"])
     raw = CaptureRaw(
@@ -131,7 +133,7 @@ def _capture(gw: Gateway, batch: Row, row: Row, request: dict[str, Any], body: d
 
 
 def meter(
-    gw: Gateway, batch: Row, finished: dict[str, Any], inputs: bytes, outputs: list[bytes], policy: Policy
+    gw: WorkerState, batch: Row, finished: dict[str, Any], inputs: bytes, outputs: list[bytes], policy: Policy
 ) -> Metered:
     """The rows to write for a finished batch (run in a thread: parsing and redaction are CPU work)."""
     listed = gw.prices.get(batch["model"])

@@ -23,8 +23,8 @@ from insource.providers.openai_batch import BatchUpstream
 from insource.service import batch_metering
 from insource.service.admission import take_task
 from insource.service.batch_input import check_input
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.worker_state import WorkerState
 from insource.store import batch_queries as q
 from insource.store.sqlite import Row
 
@@ -55,7 +55,7 @@ def _not_found(kind: str, ident: str, param: str) -> NotFound:
 class BatchService:
     """Per worker: the upstream clients for files and batches (made on first use) and the use cases."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: WorkerState) -> None:
         self.gw = gw
         self._upstreams: dict[str, BatchUpstream] = {}
         self._metering: set[str] = set()

@@ -1,81 +1,94 @@
-"""Use cases: chat completions (plain and streamed) and embeddings. route → call → meter → capture."""
+"""Use case: chat completions, plain and streamed. admit → route → answer (teacher or student) → meter →
+capture, and the audit that reuses the same teacher call.
+
+The router (`service/insourcing.py`) says who answers (`Routing`); this module carries that out. There is one
+teacher call (`_teacher_completion`, used by the caller's request and by audits), one student path
+(`_serve_student`), one relay for streams, and `WorkerState.finish` builds every usage record.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from insource.capture.record import CaptureRaw
 from insource.errors import InsourceError, UpstreamError, UpstreamTimeout
-from insource.metering.usage import Usage, estimate_prompt_tokens, parse_usage
-from insource.providers import Provider
+from insource.metering.usage import Usage, cost_usd, estimate_prompt_tokens, parse_usage
+from insource.providers import Provider, UpstreamResponse
 from insource.service import response_cache as cache
-from insource.service.admission import (
-    admit,
-    model_name,
-    parse_body,
-    take_task,
-    validate_chat,
-    validate_embeddings,
-)
-from insource.service.context import RequestContext, context_for
-from insource.service.gateway import Gateway
+from insource.service.admission import admit, model_name, parse_body, take_task, validate_chat
+from insource.service.insourcing import Routing
 from insource.service.keys import KeyInfo
+from insource.service.request import (
+    NOT_ADMITTED,
+    Admission,
+    Attempt,
+    Outcome,
+    Reply,
+    RequestFacts,
+    StreamReply,
+    arrive,
+    facts_for,
+)
 from insource.service.streams import StreamAccumulator, output_of
-from insource.service.upstream import SERVED_BY, warn_upstream
+from insource.service.upstream import SERVED_BY, CallTrail, warn_upstream
+from insource.service.worker_state import WorkerState
+
+__all__ = ["SERVED_BY", "Reply", "StreamReply", "chat_completion", "gone", "refused"]
 
 
-@dataclass(slots=True)
-class Reply:
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    status: int = 200
+def ended(trail: CallTrail, status: int, code: str | None) -> Outcome:
+    """The outcome of a request that ended without an answer (refused, failed, cancelled, disconnected)."""
+    return Outcome(
+        status, code, served_by=trail.served_by, provider=trail.provider, attempts=trail.attempts, spans=trail.spans
+    )
 
 
-@dataclass(slots=True)
-class StreamReply:
-    events: AsyncIterator[bytes]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _fail(gw: Gateway, ctx: RequestContext, exc: InsourceError) -> None:
-    ctx.status, ctx.error_code = exc.status, exc.code
-    gw.finish(ctx)
-
-
-def _cancelled(gw: Gateway, ctx: RequestContext) -> None:
-    """The request's task was cancelled before an answer (e.g. shutdown's grace period ran out): still metered."""
-    ctx.status, ctx.error_code = 499, "cancelled"
-    gw.finish(ctx)
+def answered(trail: CallTrail, usage: Usage, ttft_ms: float, status: int = 200, code: str | None = None) -> Outcome:
+    """The outcome of a request a teacher target answered (`status` says whether a stream completed)."""
+    return Outcome(
+        status,
+        code,
+        usage,
+        trail.served_by,
+        trail.provider,
+        trail.upstream_model,
+        trail.attempts,
+        ttft_ms,
+        0.0,
+        0.0,
+        trail.spans,
+    )
 
 
 def _capture(
-    gw: Gateway,
-    ctx: RequestContext,
+    gw: WorkerState,
+    facts: RequestFacts,
+    outcome: Outcome,
     body: dict[str, Any],
     output: str | None,
     response: dict[str, Any] | None,
     finish: str | None,
 ) -> CaptureRaw | None:
-    consent, redact = gw.capture_policy(ctx.key)
+    consent, redact = gw.capture_policy(facts.key)
     if not consent:
         return None
-    provider = gw.upstreams.providers.get(ctx.provider or "")
+    provider = gw.upstreams.providers.get(outcome.provider or "")
     return CaptureRaw(
-        id=ctx.id,
-        ts=ctx.ts,
-        tenant=ctx.key.tenant,
-        key_id=ctx.key.id,
-        task=ctx.task,
-        model=ctx.model or "",
-        provider=ctx.provider,
-        upstream_model=ctx.upstream_model,
-        served_by=ctx.served_by or "",
+        id=facts.id,
+        ts=facts.ts,
+        tenant=facts.key.tenant,
+        key_id=facts.key.id,
+        task=facts.task,
+        model=facts.model or "",
+        provider=outcome.provider,
+        upstream_model=outcome.upstream_model,
+        served_by=outcome.served_by or "",
         terms=provider.config.terms if provider else "in-house",
         consent=True,
         redact=redact,
@@ -85,12 +98,12 @@ def _capture(
         response=response,
         upstream_version=(response or {}).get("model"),
         finish_reason=finish,
-        status=ctx.status,
+        status=outcome.status,
     )
 
 
 async def chat_completion(
-    gw: Gateway,
+    gw: WorkerState,
     key: KeyInfo,
     raw: bytes,
     header_task: str | None,
@@ -98,75 +111,108 @@ async def chat_completion(
     request_id: str | None = None,
     from_caller: bool = False,
 ) -> Reply | StreamReply:
-    ctx = context_for(key, "chat", request_id, from_caller)
+    arrival = arrive(key, "chat", request_id, from_caller)
+    facts: RequestFacts | None = None
+    admission, trail = NOT_ADMITTED, CallTrail()
+    model, stream = None, False
     try:
         body = parse_body(raw, path_model)
-        ctx.model = model_name(body)
-        ctx.stream = body.get("stream") is True
-        ctx.task = take_task(body, header_task)
-        if ctx.task is None and gw.assigned:  # untagged: a template assigned to a task may name it
-            ctx.task = gw.assigned.task_for(body.get("messages"))
+        model, stream = model_name(body), body.get("stream") is True
+        task = take_task(body, header_task)
+        if task is None and gw.assigned:  # untagged: a template assigned to a task may name it
+            task = gw.assigned.task_for(body.get("messages"))
+        facts = arrival.facts(model, task, stream)
         validate_chat(body)
-        await admit(gw, ctx, body, len(raw))
-        cached = await _from_cache(gw, ctx, body)
-        if cached is not None:
-            return cached
-        if gw.router is not None:
-            routed = await gw.router.handle(gw, ctx, body)
-            if routed is not None:
-                return _miss(ctx, routed)
-        if ctx.stream:
-            return _miss(ctx, await _open_stream(gw, ctx, body))
-        return _miss(ctx, await _complete(gw, ctx, body))
+        facts, admission, _ = await admit(gw, facts, body, len(raw))
+        ckey = cache.cache_key(gw.cfg, facts, body) if gw.cache is not None else None
+        if ckey is not None:
+            hit = await _from_cache(gw, facts, admission, body, ckey)
+            if hit is not None:
+                return hit
+        routing = await gw.router.route(facts, body)
+        trail.spans = routing.spans() if gw.tracing is not None else None
+        if routing.student is not None:
+            return _miss(ckey, _serve_student(gw, facts, admission, body, routing, trail.spans))
+        if facts.stream:
+            return _miss(ckey, await _open_stream(gw, facts, admission, trail, body, routing, ckey))
+        return _miss(ckey, await _complete(gw, facts, admission, trail, body, routing, ckey))
     except InsourceError as exc:
-        _fail(gw, ctx, exc)
+        gw.finish(facts or arrival.facts(model, None, stream), ended(trail, exc.status, exc.code), admission)
         raise
-    except asyncio.CancelledError:
-        _cancelled(gw, ctx)
+    except asyncio.CancelledError:  # e.g. shutdown's grace period ran out: still metered
+        gw.finish(facts or arrival.facts(model, None, stream), ended(trail, 499, "cancelled"), admission)
         raise
 
 
-async def _from_cache(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply | StreamReply | None:
-    """Answer from the response cache when the request may be and an entry is there (`response_cache.py`)."""
-    if gw.cache is None:
-        return None
-    ctx.cache_key = cache.cache_key(gw.cfg, ctx, body)
-    if ctx.cache_key is None:
-        return None
-    raw = await gw.cache.get(ctx.cache_key)
+# -- the teacher answers -----------------------------------------------------------------------------------------
+async def _teacher_completion(
+    gw: WorkerState, facts: RequestFacts, trail: CallTrail, body: dict[str, Any]
+) -> tuple[UpstreamResponse, Outcome]:
+    """The one call of the model's targets for a whole (non-streamed) completion, and its outcome."""
+    resp = await gw.upstreams.call(facts, trail, facts.model or "", lambda p, m: p.complete(m, body))
+    ttft_ms = facts.elapsed_ms()
+    usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(resp.body)), 0, 0, 0)
+    return resp, answered(trail, usage, ttft_ms)
+
+
+async def _complete(
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    body: dict[str, Any],
+    routing: Routing,
+    key: str | None,
+) -> Reply:
+    resp, outcome = await _teacher_completion(gw, facts, trail, body)
+    output, finish = output_of(resp.data)
+    gw.finish(facts, outcome, admission, _capture(gw, facts, outcome, body, output, resp.data, finish))
+    if key is not None and gw.cache is not None:
+        gw.cache.put(key, resp.body)
+    _compare_shadow(gw, routing, output)
+    return Reply(resp.body, {SERVED_BY: outcome.served_by or ""})
+
+
+# -- the response cache answers ----------------------------------------------------------------------------------
+async def _from_cache(
+    gw: WorkerState, facts: RequestFacts, admission: Admission, body: dict[str, Any], key: str
+) -> Reply | StreamReply | None:
+    """Answer from the response cache when an entry is there (`response_cache.py`)."""
+    assert gw.cache is not None
+    raw = await gw.cache.get(key)
     if raw is None:
         return None
     data = orjson.loads(raw)
-    cache.meter_hit(ctx, data, gw.prices.get(ctx.model or ""))
-    ctx.output = output_of(data)[0]
-    gw.finish(ctx)
+    gw.finish(facts, cache.meter_hit(facts, data, gw.prices.get(facts.model or "")), admission)
     headers = {SERVED_BY: cache.SERVED_BY_CACHE, cache.CACHE_HEADER: "hit"}
-    if ctx.stream:
+    if facts.stream:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return StreamReply(cache.replay_stream(data, include_usage), headers)
     return Reply(raw, headers)
 
 
-def _miss(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
-    if ctx.cache_key is not None:
+def _miss(key: str | None, reply: Reply | StreamReply) -> Reply | StreamReply:
+    if key is not None:
         reply.headers.setdefault(cache.CACHE_HEADER, "miss")
     return reply
 
 
-async def _complete(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply:
-    resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.complete(m, body))
-    ctx.mark_first_byte()
-    ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(resp.body)), 0, 0, 0)
-    output, finish = output_of(resp.data)
-    ctx.output = output
-    gw.finish(ctx, _capture(gw, ctx, body, output, resp.data, finish))
-    if ctx.cache_key is not None and gw.cache is not None:
-        gw.cache.put(ctx.cache_key, resp.body)
-    return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
+def _compare_shadow(gw: WorkerState, routing: Routing, teacher_output: str | None) -> None:
+    """Shadow mode: the teacher's answer to the caller is compared with the student's."""
+    if routing.compare == "shadow" and routing.reply is not None and routing.policy is not None:
+        gw.router.record(routing.policy, routing.reply.text, teacher_output)
 
 
-async def _open_stream(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> StreamReply:
+async def _open_stream(
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    body: dict[str, Any],
+    routing: Routing,
+    key: str | None,
+) -> StreamReply:
     raw_options = body.get("stream_options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     acc = StreamAccumulator(client_wants_usage=options.get("include_usage") is True)
@@ -186,90 +232,131 @@ async def _open_stream(gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -
             raise
         return stream, events, first
 
-    stream, events, first = await gw.upstreams.call(ctx, ctx.model or "", open_one)
-    ctx.mark_first_byte()
-    return StreamReply(_relay(gw, ctx, forwarded, stream, events, first, acc), {SERVED_BY: ctx.served_by or ""})
+    stream, events, first = await gw.upstreams.call(facts, trail, facts.model or "", open_one)
+    opened = _Opened(stream, events, first, acc, facts.elapsed_ms(), key)
+    relay = _relay(gw, facts, admission, trail, routing, forwarded, opened)
+    return StreamReply(relay, {SERVED_BY: trail.served_by or ""})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Opened:
+    """An upstream stream whose first event arrived (`first`), and what reads it."""
+
+    stream: Any
+    events: AsyncIterator[bytes]
+    first: bytes | None
+    acc: StreamAccumulator
+    ttft_ms: float
+    cache_key: str | None  # where the completed answer goes in the response cache (None: not cached)
 
 
 async def _relay(
-    gw: Gateway,
-    ctx: RequestContext,
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    routing: Routing,
     body: dict[str, Any],
-    stream: Any,
-    events: AsyncIterator[bytes],
-    first: bytes | None,
-    acc: StreamAccumulator,
+    opened: _Opened,
 ) -> AsyncIterator[bytes]:
     """Relay upstream events as they come. Whatever happens (even a client disconnect), meter once."""
-    ctx.status = 499  # until the stream completes
+    acc = opened.acc
+    status, code = 499, None  # until the stream completes
     try:
-        if first is not None:
-            out = acc.feed(first)
+        if opened.first is not None:
+            out = acc.feed(opened.first)
             if out is not None:
                 yield out
-        async for event in events:
+        async for event in opened.events:
             out = acc.feed(event)
             if out is not None:
                 yield out
             if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
                 break
-        ctx.status = 200
+        status = 200
     except UpstreamError as exc:
-        ctx.status, ctx.error_code = exc.status, exc.code
-        warn_upstream(ctx, ctx.provider or "", ctx.upstream_model or "", exc)
+        status, code = exc.status, exc.code
+        warn_upstream(facts, trail, trail.provider or "", trail.upstream_model or "", exc)
         yield b"data: " + exc.body_bytes() + b"\n\n"
     finally:
         with contextlib.suppress(Exception):
-            await stream.aclose()
-        if acc.usage is not None:
-            ctx.usage = acc.usage
-        else:  # metered from what was relayed: the upstream billed what it generated
-            ctx.usage = Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
-        ctx.output = acc.output()
-        capture = _capture(gw, ctx, body, ctx.output, acc.response(), acc.finish_reason)
-        gw.finish(ctx, capture if ctx.status == 200 else None)
-        if ctx.status == 200 and ctx.cache_key is not None and gw.cache is not None:
-            gw.cache.put(ctx.cache_key, cache.stream_entry(acc.response(), acc.usage))
+            await opened.stream.aclose()
+        # metered from what was relayed when the upstream sent no usage: it billed what it generated
+        usage = acc.usage or Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
+        outcome = answered(trail, usage, opened.ttft_ms, status, code)
+        output = acc.output()
+        capture = (
+            _capture(gw, facts, outcome, body, output, acc.response(), acc.finish_reason) if status == 200 else None
+        )
+        gw.finish(facts, outcome, admission, capture)
+        if status == 200:
+            if opened.cache_key is not None and gw.cache is not None:
+                gw.cache.put(opened.cache_key, cache.stream_entry(acc.response(), acc.usage))
+            _compare_shadow(gw, routing, output)
 
 
-async def embeddings(
-    gw: Gateway,
+# -- a student answers -------------------------------------------------------------------------------------------
+def _serve_student(
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    body: dict[str, Any],
+    routing: Routing,
+    spans: list[Attempt] | None,
+) -> Reply | StreamReply:
+    """Serve the student's reply (priced at its serving cost, the teacher's price recorded as avoided); an audit
+    follows in the background when the routing says so."""
+    student, reply = routing.student, routing.reply
+    assert student is not None and reply is not None
+    price = gw.prices.get(facts.model or "")
+    outcome = Outcome(
+        usage=reply.usage,
+        served_by=student.name,
+        ttft_ms=facts.elapsed_ms(),
+        cost_usd=reply.compute_s * gw.cfg.inhouse.cpu_usd_per_hour / 3600.0,
+        cost_avoided_usd=cost_usd(reply.usage, price) if price else 0.0,
+        spans=spans,
+    )
+    if routing.compare == "audit":
+        gw.router.spawn(_audit(gw, facts, body, routing))
+    gw.finish(facts, outcome, admission)
+    headers = {SERVED_BY: student.name}
+    if facts.stream:
+        raw_options = body.get("stream_options")
+        include_usage = isinstance(raw_options, dict) and raw_options.get("include_usage") is True
+        return StreamReply(student.stream(body, reply, facts.reply_ids, include_usage), headers)
+    return Reply(reply.body, headers)
+
+
+async def _audit(gw: WorkerState, facts: RequestFacts, body: dict[str, Any], routing: Routing) -> None:
+    """The teacher answers the same request too (its own usage record, endpoint 'audit': spend, not a caller's
+    request) and its answer is compared with the student's."""
+    audit = RequestFacts(facts.key, "audit", model=facts.model, task=facts.task, request_id=facts.trace_id)
+    plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    trail = CallTrail()
+    try:
+        resp, outcome = await _teacher_completion(gw, audit, trail, plain)
+    except InsourceError as exc:
+        gw.finish(audit, ended(trail, exc.status, exc.code))
+        return
+    gw.finish(audit, outcome)
+    if routing.reply is not None and routing.policy is not None:
+        gw.router.record(routing.policy, routing.reply.text, output_of(resp.data)[0])
+
+
+# -- requests that ended before their body was read --------------------------------------------------------------
+def refused(
+    gw: WorkerState,
     key: KeyInfo,
-    raw: bytes,
-    header_task: str | None,
-    path_model: str | None = None,
+    kind: str,
+    exc: InsourceError,
     request_id: str | None = None,
     from_caller: bool = False,
-) -> Reply:
-    ctx = context_for(key, "embeddings", request_id, from_caller)
-    try:
-        body = parse_body(raw, path_model)
-        ctx.model = model_name(body)
-        ctx.task = take_task(body, header_task)
-        validate_embeddings(body)
-        await admit(gw, ctx, body, len(raw))
-        resp = await gw.upstreams.call(ctx, ctx.model or "", lambda p, m: p.embed(m, body))
-    except InsourceError as exc:
-        _fail(gw, ctx, exc)
-        raise
-    except asyncio.CancelledError:
-        _cancelled(gw, ctx)
-        raise
-    ctx.mark_first_byte()
-    ctx.usage = parse_usage(resp.data.get("usage")) or Usage(estimate_prompt_tokens(len(raw)), 0, 0, 0)
-    gw.finish(ctx)
-    return Reply(resp.body, {SERVED_BY: ctx.served_by or ""})
-
-
-def refused(
-    gw: Gateway, key: KeyInfo, kind: str, exc: InsourceError, request_id: str | None = None, from_caller: bool = False
 ) -> None:
     """Meter a request refused after authentication before its body could be read (e.g. too large)."""
-    _fail(gw, context_for(key, kind, request_id, from_caller), exc)
+    gw.finish(facts_for(key, kind, request_id, from_caller), Outcome(exc.status, exc.code))
 
 
-def gone(gw: Gateway, key: KeyInfo, kind: str, request_id: str | None = None, from_caller: bool = False) -> None:
+def gone(gw: WorkerState, key: KeyInfo, kind: str, request_id: str | None = None, from_caller: bool = False) -> None:
     """Meter a request whose client disconnected after authentication, before its body arrived (499)."""
-    ctx = context_for(key, kind, request_id, from_caller)
-    ctx.status = 499
-    gw.finish(ctx)
+    gw.finish(facts_for(key, kind, request_id, from_caller), Outcome(499))

@@ -20,8 +20,8 @@ import orjson
 
 from insource.capture.redact import get_redactors, redact_text
 from insource.errors import BadRequest, NotFound
-from insource.service.gateway import Gateway
 from insource.service.keys import KeyInfo
+from insource.service.worker_state import WorkerState
 from insource.store import feedback_queries as queries
 from insource.store.sqlite import Row
 
@@ -94,7 +94,7 @@ def parse_body(raw: bytes) -> Feedback:
     return parse_feedback(body)
 
 
-async def find_usage(gw: Gateway, tenant: str, request_id: str) -> Row | None:
+async def find_usage(gw: WorkerState, tenant: str, request_id: str) -> Row | None:
     """The usage record the id names among the tenant's requests, waiting for records still being written."""
     row = await asyncio.to_thread(queries.find_request, gw.store, tenant, request_id)
     if row is None:
@@ -108,7 +108,7 @@ async def find_usage(gw: Gateway, tenant: str, request_id: str) -> Row | None:
     return row
 
 
-def feedback_row(gw: Gateway, key: KeyInfo, fb: Feedback, usage: Row) -> Row:
+def feedback_row(gw: WorkerState, key: KeyInfo, fb: Feedback, usage: Row) -> Row:
     """The row to store: free text redacted unless the tenant switched redaction off."""
     _, redact = gw.capture_policy(key)
     redactors = get_redactors(gw.cfg.capture.redactors) if redact else ()
@@ -131,13 +131,13 @@ def feedback_row(gw: Gateway, key: KeyInfo, fb: Feedback, usage: Row) -> Row:
     }
 
 
-def _store(gw: Gateway, key: KeyInfo, fb: Feedback, usage: Row) -> Row:
+def _store(gw: WorkerState, key: KeyInfo, fb: Feedback, usage: Row) -> Row:
     row = feedback_row(gw, key, fb, usage)  # redaction runs here, in a thread: never on the event loop
     queries.insert_feedback(gw.store, row)
     return row
 
 
-async def submit_feedback(gw: Gateway, key: KeyInfo, raw: bytes) -> dict[str, str]:
+async def submit_feedback(gw: WorkerState, key: KeyInfo, raw: bytes) -> dict[str, str]:
     """`POST /v1/feedback`: `{"id", "request_id"}` of the stored feedback, or 400/404."""
     fb = parse_body(raw)
     usage = await find_usage(gw, key.tenant, fb.request_id)

@@ -20,30 +20,23 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from insource.config import ProviderConfig
 from insource.errors import InsourceError, NotReady
+from insource.metering.usage import Usage
 from insource.registry.entries import read_json, read_model_info, resolve
 from insource.routing.agreement import parses
+from insource.routing.tokens import completion_tokens, prompt_tokens
+from insource.service.answerers import ReplyIds, StudentReply, completion_body, completion_events
 
 START_TIMEOUT_S = 120.0
 RESTART_BACKOFF_S = 5.0
 ANSWER_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 256
 N_CTX = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class GenerativeAnswer:
-    text: str
-    confidence: float
-    ood: bool  # could not be served (stopped on length, unparsable JSON, a system prompt it never saw)
-    compute_s: float  # CPU seconds of the llama.cpp process for this answer
-    prompt_tokens: int
-    completion_tokens: int
 
 
 def free_port() -> int:
@@ -220,8 +213,27 @@ class GenerativeStudent:
         if not task.cancelled() and task.exception() is not None:
             self.failures += 1
 
-    async def complete(self, body: dict[str, Any]) -> GenerativeAnswer:
-        """The student's answer to the chat request `body` (raises when it cannot answer)."""
+    async def complete(self, body: dict[str, Any], ids: ReplyIds) -> StudentReply:
+        """The student's reply to the chat request `body` (raises when it cannot answer: the teacher does)."""
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            text, conf, ood, compute_s = await self._generate(body)
+        usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(text, 1), 0)
+        return StudentReply(
+            text=text,
+            confidence=conf,
+            body=completion_body(self.name, text, 1, usage, ids),
+            usage=usage,
+            ood=ood,
+            compute_s=compute_s,
+        )
+
+    def stream(
+        self, body: dict[str, Any], reply: StudentReply, ids: ReplyIds, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        return completion_events(self.name, reply.text, 1, reply.usage, ids, include_usage)
+
+    async def _generate(self, body: dict[str, Any]) -> tuple[str, float, bool, float]:
+        """(answer, confidence, cannot be served, CPU seconds) from the llama.cpp (or external) server."""
         messages, trained = self._messages(list(body.get("messages") or []))
         wanted = body.get("max_completion_tokens") or body.get("max_tokens")
         limit = min(self.max_tokens, int(wanted)) if isinstance(wanted, int) and wanted > 0 else self.max_tokens
@@ -233,17 +245,12 @@ class GenerativeStudent:
             resp = await provider.complete(self.name, request)
             after = _cpu_seconds(pid)
         spent = after - before if after is not None and before is not None else time.perf_counter() - wall
-        return self._judge(resp.data, trained, spent)
-
-    def _judge(self, data: dict[str, Any], trained: bool, compute_s: float) -> GenerativeAnswer:
-        choice = data["choices"][0]
+        choice = resp.data["choices"][0]
         text = str((choice.get("message") or {}).get("content") or "")
         lps = [float(t["logprob"]) for t in ((choice.get("logprobs") or {}).get("content") or [])]
         usable = trained and choice.get("finish_reason") == "stop" and (self.metric != "json" or parses(text))
         conf = math.exp(min(0.0, min(lps, default=0.0))) if usable else 0.0
-        usage = data.get("usage") or {}
-        return GenerativeAnswer(text, conf, not usable, max(0.0, compute_s), int(usage.get("prompt_tokens") or 0),
-                                int(usage.get("completion_tokens") or 0))  # fmt: skip
+        return text, conf, not usable, max(0.0, spent)
 
     async def close(self) -> None:
         if self._provider is not None:

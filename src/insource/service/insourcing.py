@@ -5,6 +5,11 @@ confident), full (student answers, R% audited by the teacher). Agreement is reco
 agreement is below its floor (`routing.policy.should_roll_back`) rolls back to the teacher by itself, in any
 mode. Each worker judges twice: at once on its own comparisons, and every refresh on every worker's
 comparisons recorded in the store (so `--workers N` is judged on the same evidence as one worker).
+
+`InsourcingRouter.route` returns a `Routing`: a value saying who answers and which comparison follows. It asks
+the student (an `Answerer`, `service/answerers.py`) for its answer and confidence, but never calls the teacher,
+builds a response or meters: `service/chat.py` carries the decision out, and reports comparisons back through
+`InsourcingRouter.record`.
 """
 
 from __future__ import annotations
@@ -16,20 +21,17 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import orjson
-
-from insource.errors import InsourceError
-from insource.metering.usage import Usage, cost_usd
+from insource.config import Config
 from insource.routing.agreement import agree as agree_as
-from insource.routing.policy import Answerer, RoutePolicy, decide, needs_prediction
-from insource.routing.tokens import completion_tokens, prompt_tokens
-from insource.service.chat import SERVED_BY, Reply, StreamReply
-from insource.service.context import RequestContext
-from insource.service.gateway import Gateway
+from insource.routing.policy import Answerer as Who
+from insource.routing.policy import RoutePolicy, decide, needs_prediction
+from insource.service.answerers import Answerer, ReplyIds, StudentReply
 from insource.service.generative import GenerativePool
+from insource.service.request import Attempt, RequestFacts
 from insource.service.routes import (
     agreement_window,
     config_policies,
@@ -38,13 +40,43 @@ from insource.service.routes import (
     roll_back,
     rollback_reason,
 )
-from insource.service.streams import output_of
 from insource.service.students import StudentPool
+from insource.store import Store
+from insource.store.writer import BatchWriter
 
 log = logging.getLogger("insource.router")
-STUDENT_TIMEOUT_S = 2.0
-GENERATIVE_TIMEOUT_S = 60.0  # a generative answer on a busy CPU (and the first request's server start)
 NEVER_SURE = 1.01  # a cascade without a resolved threshold never lets the student answer
+Comparison = Literal["audit", "shadow"]
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Who answers one request, and what comparison follows.
+
+    - `student` None: the teacher's targets (the model alias's) answer; else that student, with `reply`;
+    - `compare` "audit": the teacher also answers (in the background) and its answer is compared with
+      `reply`; "shadow": the teacher's answer to the caller is compared with `reply`; None: nothing.
+    - `policy`: the route the decision was made under (comparisons count for it only while it is current).
+    """
+
+    student: Answerer | None = None
+    reply: StudentReply | None = None
+    compare: Comparison | None = None
+    policy: RoutePolicy | None = None
+    asked: Attempt | None = None  # when the student was asked, and whether it failed (for traces)
+
+    def spans(self) -> list[Attempt]:
+        """The request's first trace spans: the student's prediction, when there was one."""
+        return [self.asked] if self.asked is not None else []
+
+
+TEACHER = Routing()
+
+
+def _asked(model: str, started: float, failed: bool) -> Attempt:
+    """A student's prediction as a trace span (provider "insource", its name as the model)."""
+    end = time.perf_counter()
+    return Attempt("insource", model, started, end, 500 if failed else 200, "student_failed" if failed else None, True)
 
 
 def needs_the_teacher(body: dict[str, Any]) -> bool:
@@ -62,19 +94,19 @@ def needs_the_teacher(body: dict[str, Any]) -> bool:
 
 
 class InsourcingRouter:
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.configured, problems = config_policies(gw.cfg)
+    def __init__(self, cfg: Config, store: Store, writer: BatchWriter) -> None:
+        self.cfg, self.store, self.writer = cfg, store, writer
+        self.configured, problems = config_policies(cfg)
         for problem in problems.values():
             log.error("%s: the teacher answers this task", problem)
-        self.policies: dict[str, RoutePolicy] = load_policies(gw.cfg, gw.store, self.configured)
+        self.policies: dict[str, RoutePolicy] = load_policies(cfg, store, self.configured)
         self.rolled_back: set[tuple[str, float]] = set()  # (task, since) this worker rolled back
-        self.pool = StudentPool(gw.cfg.registry_path())
-        self.generative = GenerativePool(gw.cfg.registry_path(), gw.cfg.inhouse.generative_base_url)
+        self.pool = StudentPool(cfg.registry_path())
+        self.generative = GenerativePool(cfg.registry_path(), cfg.inhouse.generative_base_url)
         self.outcomes: dict[str, deque[bool]] = {}
         self.failures: dict[str, int] = {}
         self.rng = random.Random()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def refresh_loop(self) -> None:
         while True:
@@ -98,123 +130,60 @@ class InsourcingRouter:
             self.policies[task] = dataclasses.replace(policy, active=False)
 
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
-        return judge_routes(self.gw.store, load_policies(self.gw.cfg, self.gw.store, self.configured))
+        return judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
 
     # -- request path ------------------------------------------------------------------------
-    async def handle(self, gw: Gateway, ctx: RequestContext, body: dict[str, Any]) -> Reply | StreamReply | None:
-        policy = self.policies.get(ctx.task or "")
+    async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:
+        """Who answers this request (the body is validated and its task taken out)."""
+        policy = self.policies.get(facts.task or "")
         if policy is None or not policy.active or needs_the_teacher(body):
-            return None
+            return TEACHER
         draws = (self.rng.random(), self.rng.random())
         if not needs_prediction(policy, draws[0]):
-            return None
-        if self.generative.serves(policy.model):
-            return await self._handle_generative(gw, ctx, body, policy, draws)
+            return TEACHER
+        generative = self.generative.serves(policy.model)
+        if generative and int(body.get("n") or 1) != 1:
+            return TEACHER  # one greedy answer per request: the teacher answers n > 1
+        student: Answerer = self.generative.get(policy.model) if generative else self.pool.answerer(policy.model)
         started = time.perf_counter()
-        pred, threshold, serve_s = await self._predict(policy, body)
-        if gw.tracing is not None:
-            gw.tracing.note_student(ctx, policy.model, started, time.perf_counter(), failed=pred is None)
-        decision = decide(policy, threshold, pred.confidence if pred else None, bool(pred and pred.ood), draws)
-        if decision.answerer is Answerer.TEACHER:
-            if pred is not None and decision.audit:
-                answer = pred.answer
-                ctx.on_output = lambda out: self.record(policy, answer, out)
-            return None
-        assert pred is not None
-        if decision.audit:
-            self._spawn(self._audit(ctx, body, policy, pred.answer))
-        return self._answer(gw, ctx, body, policy.model, pred.answer, serve_s)
+        reply = await self._ask(student, policy, body, facts.reply_ids)
+        if generative and reply is not None and reply.ood and policy.mode in ("canary", "full"):
+            reply = None  # an answer it cannot serve (cut off, unparsable JSON): the teacher answers
+        asked = _asked(policy.model, started, reply is None)
+        threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
+        confidence = reply.confidence if reply is not None else None
+        decision = decide(policy, threshold, confidence, bool(reply and reply.ood), draws)
+        if reply is None:
+            return Routing(asked=asked)
+        if decision.answerer is Who.TEACHER:
+            if decision.audit:
+                return Routing(reply=reply, compare="shadow", policy=policy, asked=asked)
+            return Routing(asked=asked)
+        return Routing(student, reply, "audit" if decision.audit else None, policy, asked)
 
-    async def _handle_generative(
-        self, gw: Gateway, ctx: RequestContext, body: dict[str, Any], policy: RoutePolicy, draws: tuple[float, float]
-    ) -> Reply | StreamReply | None:
-        """A LoRA student served by llama.cpp: answers when its confidence clears the threshold (cascade)."""
-        if int(body.get("n") or 1) != 1:
-            return None  # one greedy answer per request: the teacher answers n > 1
-        started = time.perf_counter()
+    async def _ask(
+        self, student: Answerer, policy: RoutePolicy, body: dict[str, Any], ids: ReplyIds
+    ) -> StudentReply | None:
+        """The student's reply, or None when it failed (it never reaches the caller: the teacher answers)."""
         try:
-            student = self.generative.get(policy.model)
-            async with asyncio.timeout(GENERATIVE_TIMEOUT_S):
-                got = await student.complete(body)
-        except Exception as exc:  # a student failure never reaches the caller: the teacher answers
+            return await student.complete(body, ids)
+        except Exception as exc:  # any student failure: counted, logged, and the teacher answers
             self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
             log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
-            got = None
-        if gw.tracing is not None:
-            gw.tracing.note_student(ctx, policy.model, started, time.perf_counter(), failed=got is None)
-        usable = got is not None and (not got.ood or policy.mode == "shadow")
-        threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
-        decision = decide(policy, threshold, got.confidence if got and usable else None, bool(got and got.ood), draws)
-        if got is None or decision.answerer is Answerer.TEACHER:
-            if got is not None and decision.audit:
-                text = got.text
-                ctx.on_output = lambda out: self.record(policy, text, out)
             return None
-        if decision.audit:
-            self._spawn(self._audit(ctx, body, policy, got.text))
-        return self._answer(gw, ctx, body, policy.model, got.text, got.compute_s)
 
-    async def _predict(self, policy: RoutePolicy, body: dict[str, Any]) -> tuple[Any, float, float]:
-        """(prediction or None, threshold, CPU seconds the answer cost to compute)."""
-        try:
-            await self.pool.get(policy.model)
-            text = self.pool.extract(policy.model, body["messages"])
-            async with asyncio.timeout(STUDENT_TIMEOUT_S):
-                pred, compute_s = await self.pool.predict(policy.model, text)
-        except Exception as exc:  # a student failure never reaches the caller: the teacher answers
-            self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
-            log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
-            return None, 1.0, 0.0
-        threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
-        return pred, threshold, compute_s
-
-    def _answer(
-        self, gw: Gateway, ctx: RequestContext, body: dict[str, Any], name: str, answer: str, serve_s: float
-    ) -> Reply | StreamReply:
-        n = int(body.get("n") or 1)
-        ctx.usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(answer, n), 0)
-        ctx.served_by = ctx.output = None
-        ctx.served_by, ctx.output = name, answer
-        ctx.mark_first_byte()
-        price = gw.prices.get(ctx.model or "")
-        ctx.cost_avoided_usd = cost_usd(ctx.usage, price) if price else 0.0
-        ctx.cost_usd = serve_s * gw.cfg.inhouse.cpu_usd_per_hour / 3600.0
-        headers = {SERVED_BY: name}
-        if ctx.stream:
-            raw_options = body.get("stream_options")
-            options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
-            events = _student_stream(ctx, name, answer, n, options.get("include_usage") is True)
-            gw.finish(ctx)
-            return StreamReply(events, headers)
-        gw.finish(ctx)
-        return Reply(_student_completion(ctx, name, answer, n), headers)
-
-    # -- audits and agreement ----------------------------------------------------------------
-    def _spawn(self, coro: Any) -> None:
+    # -- agreement and rollback --------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` in the background (an audit, a rollback), cancelled when the router closes."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _audit(self, ctx: RequestContext, body: dict[str, Any], policy: RoutePolicy, answer: str) -> None:
-        actx = RequestContext(ctx.key, "audit", model=ctx.model, task=ctx.task, request_id=ctx.request_id or ctx.id)
-        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-        try:
-            resp = await self.gw.upstreams.call(actx, actx.model or "", lambda p, m: p.complete(m, plain))
-        except InsourceError as exc:
-            actx.status, actx.error_code = exc.status, exc.code
-            self.gw.finish(actx)
-            return
-        from insource.metering.usage import parse_usage
-
-        actx.usage = parse_usage(resp.data.get("usage")) or Usage()
-        actx.output = output_of(resp.data)[0]
-        self.gw.finish(actx)
-        self.record(policy, answer, actx.output)
-
     def record(self, policy: RoutePolicy, student_answer: str, teacher_output: str | None) -> None:
+        """One comparison of a student's answer with the teacher's (`None`: the teacher failed)."""
         metric = self.generative.get(policy.model).metric if self.generative.serves(policy.model) else "label"
         agree = agree_as(metric, student_answer, teacher_output)
-        self.gw.writer.submit(
+        self.writer.submit(
             "agreements",
             {
                 "id": "agr_" + uuid.uuid4().hex,
@@ -235,69 +204,10 @@ class InsourcingRouter:
         if reason is not None:
             self.policies[policy.task] = dataclasses.replace(policy, active=False)
             self.rolled_back.add((policy.task, policy.since))
-            self._spawn(asyncio.to_thread(roll_back, self.gw.store, policy, reason))
+            self.spawn(asyncio.to_thread(roll_back, self.store, policy, reason))
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         self.pool.close()
         await self.generative.close()
-
-
-def _student_completion(ctx: RequestContext, name: str, answer: str, n: int) -> bytes:
-    u = ctx.usage
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-" + ctx.id[4:],
-            "object": "chat.completion",
-            "created": int(ctx.ts),
-            "model": name,
-            "system_fingerprint": "insource-student",
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": answer, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-                for i in range(n)
-            ],
-            "usage": {
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "total_tokens": u.total,
-            },
-        }
-    )
-
-
-async def _student_stream(ctx: RequestContext, name: str, answer: str, n: int, usage: bool) -> AsyncIterator[bytes]:
-    base = {
-        "id": "chatcmpl-" + ctx.id[4:],
-        "object": "chat.completion.chunk",
-        "created": int(ctx.ts),
-        "model": name,
-        "system_fingerprint": "insource-student",
-    }
-    extra = {"usage": None} if usage else {}
-
-    def chunk(choices: list[dict[str, Any]], **more: Any) -> bytes:
-        return b"data: " + orjson.dumps({**base, "choices": choices, **extra, **more}) + b"\n\n"
-
-    for i in range(n):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {"content": answer}, "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {}, "finish_reason": "stop"}])
-    if usage:
-        u = ctx.usage
-        yield chunk(
-            [],
-            usage={"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total},
-        )
-    yield b"data: [DONE]\n\n"
-
-
-def attach_router(gw: Gateway) -> InsourcingRouter:
-    router = InsourcingRouter(gw)
-    gw.router = router
-    return router

@@ -15,7 +15,7 @@ import orjson
 from insource.config import Config, resolve_secret
 from insource.errors import BadRequest, ConfigError, NotFound
 from insource.service.spend import keys_month_to_date
-from insource.store import Store
+from insource.store import Store, keys_queries
 
 KEY_PREFIX = "isk-"
 
@@ -109,21 +109,20 @@ def create_key(
         raise BadRequest("capture must be true or false", param="capture")
     key_id = "key_" + secrets.token_hex(6)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    store.execute(
-        "INSERT INTO keys (id, tenant, hash, prefix, created_at, budget_usd, rpm, tpm, models, capture)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            key_id,
-            tenant,
-            hash_key(secret, key),
-            key[:8],
-            time.time(),
-            budget_usd,
-            rpm,
-            tpm,
-            orjson.dumps(sorted(models)).decode() if models is not None else None,
-            None if capture is None else int(capture),
-        ),
+    keys_queries.insert_key(
+        store,
+        {
+            "id": key_id,
+            "tenant": tenant,
+            "hash": hash_key(secret, key),
+            "prefix": key[:8],
+            "created_at": time.time(),
+            "budget_usd": budget_usd,
+            "rpm": rpm,
+            "tpm": tpm,
+            "models": orjson.dumps(sorted(models)).decode() if models is not None else None,
+            "capture": None if capture is None else int(capture),
+        },
     )
     return {"id": key_id, "key": key, "tenant": tenant}
 
@@ -131,9 +130,7 @@ def create_key(
 def list_keys(store: Store) -> list[dict[str, Any]]:
     """Key metadata for operators, with `spent_usd`: the key's spend this month (UTC), the period its monthly
     budget covers. Never the key, never its hash."""
-    rows = store.query(
-        "SELECT id, tenant, prefix, created_at, revoked_at, budget_usd, rpm, tpm, models FROM keys ORDER BY created_at"
-    )
+    rows = keys_queries.key_listing(store)
     spent = keys_month_to_date(store, time.time())
     for row in rows:
         row["models"] = orjson.loads(row["models"]) if row["models"] else None
@@ -143,8 +140,7 @@ def list_keys(store: Store) -> list[dict[str, Any]]:
 
 
 def revoke_key(store: Store, key_id: str) -> None:
-    changed = store.execute("UPDATE keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL", (time.time(), key_id))
-    if changed == 0 and store.query_one("SELECT 1 FROM keys WHERE id=?", (key_id,)) is None:
+    if not keys_queries.revoke(store, key_id, time.time()):
         raise NotFound(f"no key with id {key_id!r}", param="id", code="key_not_found")
 
 
@@ -157,7 +153,7 @@ class KeyCache:
         self.by_hash: dict[str, KeyInfo] = {}
 
     def load_all(self) -> dict[str, KeyInfo]:
-        rows = self.store.query("SELECT id, tenant, hash, budget_usd, rpm, tpm, models, capture, revoked_at FROM keys")
+        rows = keys_queries.keys_for_cache(self.store)
         return {row["hash"]: _row_to_info(row) for row in rows}
 
     def refresh(self, loaded: dict[str, KeyInfo] | None = None) -> None:
@@ -170,10 +166,7 @@ class KeyCache:
         digest = hash_key(self.secret, key)
         info = self.by_hash.get(digest)
         if info is None:
-            row = self.store.query_one(
-                "SELECT id, tenant, hash, budget_usd, rpm, tpm, models, capture, revoked_at FROM keys WHERE hash=?",
-                (digest,),
-            )
+            row = keys_queries.key_by_hash(self.store, digest)
             if row is None:
                 return None
             info = _row_to_info(row)

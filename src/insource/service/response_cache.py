@@ -26,7 +26,7 @@ import orjson
 
 from insource.config import Config
 from insource.metering.usage import Usage, cost_usd, parse_usage
-from insource.service.context import RequestContext
+from insource.service.request import Outcome, RequestFacts
 
 log = logging.getLogger("insource.cache")
 
@@ -133,10 +133,10 @@ def make_cache(cfg: Config, redis_url: str | None) -> CacheBackend | None:
     return LocalCache(max_bytes, cfg.cache.ttl_s)
 
 
-def cache_key(cfg: Config, ctx: RequestContext, body: dict[str, Any]) -> str | None:
+def cache_key(cfg: Config, facts: RequestFacts, body: dict[str, Any]) -> str | None:
     """The request's cache key, or None when it may not be cached (off for its model and tenant, or sampled)."""
-    model = cfg.models.get(ctx.model or "")
-    tenant = cfg.tenants.get(ctx.key.tenant)
+    model = cfg.models.get(facts.model or "")
+    tenant = cfg.tenants.get(facts.key.tenant)
     if not ((model is not None and model.cache) or (tenant is not None and tenant.cache)):
         return None
     temperature = body.get("temperature")
@@ -144,7 +144,7 @@ def cache_key(cfg: Config, ctx: RequestContext, body: dict[str, Any]) -> str | N
         return None
     kept = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and k != "model"}
     try:
-        blob = orjson.dumps([ctx.key.tenant, ctx.model, kept], option=orjson.OPT_SORT_KEYS)
+        blob = orjson.dumps([facts.key.tenant, facts.model, kept], option=orjson.OPT_SORT_KEYS)
     except TypeError:  # e.g. a number too large for JSON: such a request is simply not cached
         return None
     return hashlib.sha256(blob).hexdigest()
@@ -168,13 +168,11 @@ def stream_entry(response: dict[str, Any], usage: Usage | None) -> bytes:
     return orjson.dumps(entry)
 
 
-def meter_hit(ctx: RequestContext, data: dict[str, Any], price: Any) -> None:
-    """A hit's usage record: served by the cache, no cost, the teacher's price of its tokens avoided."""
-    ctx.served_by = SERVED_BY_CACHE
-    ctx.status = 200
-    ctx.usage = parse_usage(data.get("usage")) or Usage()
-    ctx.cost_avoided_usd = cost_usd(ctx.usage, price) if price is not None else 0.0
-    ctx.mark_first_byte()
+def meter_hit(facts: RequestFacts, data: dict[str, Any], price: Any) -> Outcome:
+    """A hit's outcome: served by the cache, no cost, the teacher's price of its tokens avoided."""
+    usage = parse_usage(data.get("usage")) or Usage()
+    avoided = cost_usd(usage, price) if price is not None else 0.0
+    return Outcome(200, None, usage, SERVED_BY_CACHE, ttft_ms=facts.elapsed_ms(), cost_avoided_usd=avoided)
 
 
 def _sse(data: dict[str, Any]) -> bytes:

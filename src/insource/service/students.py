@@ -1,12 +1,18 @@
-"""In-house students in the worker: loaded once, predictions micro-batched off the event loop."""
+"""In-house classifier students in the worker: loaded once, predictions micro-batched off the event loop,
+each served through the `Answerer` protocol (`service/answerers.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from insource.metering.usage import Usage
+from insource.routing.tokens import completion_tokens, prompt_tokens
+from insource.service.answerers import ReplyIds, StudentReply, completion_body, completion_events
 
 if TYPE_CHECKING:
     from insource.capture.slots import Template
@@ -71,6 +77,40 @@ def input_template(raw: dict[str, Any]) -> Template | None:
     return Template.from_dict(raw) if raw and "version" in raw else None
 
 
+STUDENT_TIMEOUT_S = 2.0  # a prediction slower than this is a failure: the teacher answers
+
+
+class ClassifierStudent:
+    """An in-process classifier student as an `Answerer`: its answer is one of the labels it was trained on."""
+
+    def __init__(self, pool: StudentPool, name: str) -> None:
+        self.pool = pool
+        self.name = name
+
+    async def complete(self, body: dict[str, Any], ids: ReplyIds) -> StudentReply:
+        await self.pool.get(self.name)
+        text = self.pool.extract(self.name, body["messages"])
+        async with asyncio.timeout(STUDENT_TIMEOUT_S):
+            pred, compute_s = await self.pool.predict(self.name, text)
+        answer = str(pred.answer)
+        n = int(body.get("n") or 1)
+        usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(answer, n), 0)
+        return StudentReply(
+            text=answer,
+            confidence=float(pred.confidence),
+            body=completion_body(self.name, answer, n, usage, ids),
+            usage=usage,
+            ood=bool(pred.ood),
+            compute_s=compute_s,
+        )
+
+    def stream(
+        self, body: dict[str, Any], reply: StudentReply, ids: ReplyIds, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        n = int(body.get("n") or 1)
+        return completion_events(self.name, reply.text, n, reply.usage, ids, include_usage)
+
+
 class StudentPool:
     def __init__(self, registry: Path) -> None:
         self.registry = registry
@@ -79,6 +119,14 @@ class StudentPool:
         self._batchers: dict[str, Batcher] = {}
         self._templates: dict[str, Any] = {}
         self._loading: dict[str, asyncio.Future[Any]] = {}
+        self._answerers: dict[str, ClassifierStudent] = {}
+
+    def answerer(self, name: str) -> ClassifierStudent:
+        """The answerer of the registry entry `name` ("TASK@vN"); loaded on its first answer."""
+        found = self._answerers.get(name)
+        if found is None:
+            found = self._answerers[name] = ClassifierStudent(self, name)
+        return found
 
     async def get(self, name: str) -> Any:
         if name in self._students:

@@ -11,7 +11,7 @@ request becomes, once finished, one span named after the OpenTelemetry GenAI con
 - one `{operation} {upstream_model}` CLIENT span per upstream attempt (retries and fallbacks included), until
   the upstream answered (for a stream: until it started), with `error.type` when it failed.
 
-Spans are built after the fact from the request's recorded times (`RequestContext`), so nothing is created
+Spans are built after the fact from the request's recorded times (`Outcome.spans`), so nothing is created
 while the request runs, and exported by the SDK's batch processor in its own thread to the OTLP/HTTP exporter,
 configured by the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, `OTEL_BSP_*` ...). Prompt and answer text are never on a span
@@ -28,7 +28,7 @@ import orjson
 from insource.capture.record import CaptureRaw
 from insource.config import Config
 from insource.errors import ConfigError
-from insource.service.context import Attempt, RequestContext
+from insource.service.request import Attempt, Outcome, RequestFacts
 
 PROVIDER_NAMES = {"openai": "openai", "azure": "azure.ai.openai"}  # gen_ai.provider.name values
 
@@ -66,76 +66,71 @@ class Tracing:
         self.provider.shutdown()  # exports what is still queued
 
     @staticmethod
-    def note_student(ctx: RequestContext, model: str, start: float, end: float, failed: bool = False) -> None:
-        """A student's prediction, for its span (called by the insourcing router when traces are on)."""
-        if ctx.spans is None:
-            ctx.spans = []
-        ctx.spans.append(
-            Attempt("insource", model, start, end, 500 if failed else 200, "student_failed" if failed else None, True)
-        )
+    def _ns(facts: RequestFacts, perf: float) -> int:
+        return int((facts.ts + (perf - facts.t0)) * 1e9)
 
-    @staticmethod
-    def _ns(ctx: RequestContext, perf: float) -> int:
-        return int((ctx.ts + (perf - ctx.t0)) * 1e9)
-
-    def record(self, ctx: RequestContext, end: float, capture: CaptureRaw | None = None) -> None:
-        """The finished request's spans (`end`: its perf_counter() end time)."""
+    def record(
+        self, facts: RequestFacts, outcome: Outcome, cost: float, end: float, capture: CaptureRaw | None = None
+    ) -> None:
+        """The finished request's spans (`end`: its perf_counter() end time; `cost`: what it was metered at)."""
         from opentelemetry import trace
 
-        operation = "embeddings" if ctx.endpoint == "embeddings" else "chat"
-        attributes = self._request_attributes(ctx, operation)
+        operation = "embeddings" if facts.endpoint == "embeddings" else "chat"
+        attributes = self._request_attributes(facts, outcome, cost, operation)
         if capture is not None and self.capture_content:
             attributes.update(_content(capture))
-        if ctx.status >= 400:
-            attributes["error.type"] = ctx.error_code or str(ctx.status)
-        name = f"{operation} {ctx.model or ''}".strip()
-        root = self.tracer.start_span(name, kind=self._server, attributes=attributes, start_time=self._ns(ctx, ctx.t0))
+        if outcome.status >= 400:
+            attributes["error.type"] = outcome.error_code or str(outcome.status)
+        name = f"{operation} {facts.model or ''}".strip()
+        root = self.tracer.start_span(
+            name, kind=self._server, attributes=attributes, start_time=self._ns(facts, facts.t0)
+        )
         parent = trace.set_span_in_context(root)
-        attempts = ctx.spans or []
+        attempts = outcome.spans or []
         admitted = min((a.start for a in attempts), default=end)
-        self._child("admission", ctx, ctx.t0, admitted, parent, {})
+        self._child("admission", facts, facts.t0, admitted, parent, {})
         for attempt in attempts:
             if attempt.student:
                 attrs = {
                     "insource.student": attempt.upstream_model,
-                    "insource.answered": ctx.served_by == attempt.upstream_model,
+                    "insource.answered": outcome.served_by == attempt.upstream_model,
                 }
                 if attempt.error is not None:
                     attrs["error.type"] = attempt.error
-                self._child(f"student {attempt.upstream_model}", ctx, attempt.start, attempt.end, parent, attrs)
+                self._child(f"student {attempt.upstream_model}", facts, attempt.start, attempt.end, parent, attrs)
             else:
-                self._attempt(ctx, operation, attempt, parent)
-        root.end(end_time=self._ns(ctx, end))
+                self._attempt(facts, operation, attempt, parent)
+        root.end(end_time=self._ns(facts, end))
 
-    def _request_attributes(self, ctx: RequestContext, operation: str) -> dict[str, Any]:
+    def _request_attributes(self, facts: RequestFacts, outcome: Outcome, cost: float, operation: str) -> dict[str, Any]:
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
-            "gen_ai.usage.input_tokens": ctx.usage.prompt_tokens,
-            "gen_ai.usage.output_tokens": ctx.usage.completion_tokens,
-            "http.response.status_code": ctx.status,
-            "insource.request_id": ctx.request_id or ctx.id,
-            "insource.tenant": ctx.key.tenant,
-            "insource.key_id": ctx.key.id,
-            "insource.cost_usd": ctx.cost_usd,
-            "insource.attempts": ctx.attempts,
+            "gen_ai.usage.input_tokens": outcome.usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": outcome.usage.completion_tokens,
+            "http.response.status_code": outcome.status,
+            "insource.request_id": facts.request_id or facts.id,
+            "insource.tenant": facts.key.tenant,
+            "insource.key_id": facts.key.id,
+            "insource.cost_usd": cost,
+            "insource.attempts": outcome.attempts,
         }
         optional = {
-            "gen_ai.request.model": ctx.model,
-            "gen_ai.response.model": ctx.upstream_model,
-            "gen_ai.provider.name": PROVIDER_NAMES.get(self.kinds.get(ctx.provider or "", ""), ctx.provider),
-            "insource.task": ctx.task,
-            "insource.served_by": ctx.served_by,
+            "gen_ai.request.model": facts.model,
+            "gen_ai.response.model": outcome.upstream_model,
+            "gen_ai.provider.name": PROVIDER_NAMES.get(self.kinds.get(outcome.provider or "", ""), outcome.provider),
+            "insource.task": facts.task,
+            "insource.served_by": outcome.served_by,
         }
         attributes.update({k: v for k, v in optional.items() if v is not None})
         return attributes
 
-    def _child(self, name: str, ctx: RequestContext, start: float, end: float, parent: Any, attrs: Any) -> Any:
-        begin = self._ns(ctx, start)
+    def _child(self, name: str, facts: RequestFacts, start: float, end: float, parent: Any, attrs: Any) -> Any:
+        begin = self._ns(facts, start)
         span = self.tracer.start_span(name, context=parent, kind=self._internal, attributes=attrs, start_time=begin)
-        span.end(end_time=self._ns(ctx, max(start, end)))
+        span.end(end_time=self._ns(facts, max(start, end)))
         return span
 
-    def _attempt(self, ctx: RequestContext, operation: str, attempt: Attempt, parent: Any) -> None:
+    def _attempt(self, facts: RequestFacts, operation: str, attempt: Attempt, parent: Any) -> None:
         kind = self.kinds.get(attempt.provider, "")
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
@@ -151,9 +146,9 @@ class Tracing:
             context=parent,
             kind=self._client,
             attributes=attributes,
-            start_time=self._ns(ctx, attempt.start),
+            start_time=self._ns(facts, attempt.start),
         )
-        span.end(end_time=self._ns(ctx, attempt.end))
+        span.end(end_time=self._ns(facts, attempt.end))
 
 
 def _content(capture: CaptureRaw) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import TypeVar
 from insource.errors import InsourceError, ServiceUnavailable, UpstreamError
 from insource.providers import Provider
 from insource.routing.resilience import CircuitBreaker, RetryBudget, backoff_s
-from insource.service.context import Attempt, RequestContext
+from insource.service.request import Attempt, RequestFacts
 
 T = TypeVar("T")
 SERVED_BY = "X-Insource-Served-By"
@@ -21,11 +21,24 @@ Operation = Callable[[Provider, str], Awaitable[T]]
 log = logging.getLogger("insource.upstream")
 
 
-def warn_upstream(ctx: RequestContext, pname: str, umodel: str, exc: UpstreamError) -> None:
+@dataclass(slots=True)
+class CallTrail:
+    """What one call of a model's targets did so far: filled in as it goes, because a failure (or a
+    cancellation) must still be metered with who was asked and how often. Owned by the caller of
+    `Upstreams.call`, which reads it into the request's `Outcome`."""
+
+    attempts: int = 0
+    served_by: str | None = None  # "provider:model" of the target asked last
+    provider: str | None = None  # set once a target answered
+    upstream_model: str | None = None
+    spans: list[Attempt] | None = None  # each attempt's times, kept only when traces are on
+
+
+def warn_upstream(facts: RequestFacts, trail: CallTrail, pname: str, umodel: str, exc: UpstreamError) -> None:
     """An upstream failure (auth, rate limit, timeout, 5xx) as a warning; a relayed client error is not one."""
     if exc.relay is None:
-        fields: dict[str, object] = {"request_id": ctx.request_id or ctx.id, "provider": pname}
-        fields.update(upstream_model=umodel, status=exc.status, error_code=exc.code, attempt=ctx.attempts)
+        fields: dict[str, object] = {"request_id": facts.trace_id, "provider": pname}
+        fields.update(upstream_model=umodel, status=exc.status, error_code=exc.code, attempt=trail.attempts)
         log.warning("upstream failed: %s", exc.message, extra={"fields": fields})
 
 
@@ -53,11 +66,12 @@ class Upstreams:
             self.breakers.setdefault(name, CircuitBreaker(cfg.circuit_failures, cfg.circuit_reset_s))
             self.budgets.setdefault(name, RetryBudget())
 
-    async def call(self, ctx: RequestContext, alias: str, op: Operation[T]) -> T:
-        """Try each target in order; returns the first success. Raises the last error otherwise."""
+    async def call(self, facts: RequestFacts, trail: CallTrail, alias: str, op: Operation[T]) -> T:
+        """Try each target in order; returns the first success. Raises the last error otherwise. `trail` says
+        who was asked and how often, whichever way the call ends."""
         targets = self.targets[alias]
-        if self.trace and ctx.spans is None:
-            ctx.spans = []
+        if self.trace and trail.spans is None:
+            trail.spans = []
         last: InsourceError = ServiceUnavailable(f"no upstream available for model '{alias}'")
         for pname, umodel in targets:
             breaker = self.breakers[pname]
@@ -65,9 +79,9 @@ class Upstreams:
                 last = ServiceUnavailable(f"upstream '{pname}' is failing (circuit open); try again shortly")
                 continue
             trial = breaker.opened_at is not None  # allowed while open: this request is the half-open probe
-            ctx.served_by = target = f"{pname}:{umodel}"  # the usage record says who was asked, even if it fails
+            trail.served_by = target = f"{pname}:{umodel}"  # the usage record says who was asked, even if it fails
             try:
-                result = await self._call_target(ctx, pname, umodel, op)
+                result = await self._call_target(facts, trail, pname, umodel, op)
             except UpstreamError as exc:
                 exc.headers.setdefault(SERVED_BY, target)  # an error a target answered says which
                 if not exc.retryable:
@@ -78,13 +92,13 @@ class Upstreams:
             finally:
                 if trial:
                     breaker.end_trial()  # a probe that was cancelled or raised oddly must not hold the breaker
-            ctx.provider, ctx.upstream_model = pname, umodel
+            trail.provider, trail.upstream_model = pname, umodel
             return result
-        if ctx.attempts > 1:  # insource already retried or fell back: a client's retries would multiply its attempts
+        if trail.attempts > 1:  # insource already retried or fell back: a client's retries would multiply its attempts
             last.headers.update(NO_CLIENT_RETRY)
         raise last
 
-    async def _call_target(self, ctx: RequestContext, pname: str, umodel: str, op: Operation[T]) -> T:
+    async def _call_target(self, facts: RequestFacts, trail: CallTrail, pname: str, umodel: str, op: Operation[T]) -> T:
         provider = self.providers[pname]
         breaker = self.breakers[pname]
         budget = self.budgets[pname]
@@ -92,14 +106,14 @@ class Upstreams:
         budget.active_requests += 1
         try:
             while True:
-                ctx.attempts += 1
-                started = time.perf_counter() if ctx.spans is not None else 0.0
+                trail.attempts += 1
+                started = time.perf_counter() if trail.spans is not None else 0.0
                 try:
                     result = await op(provider, umodel)
                 except UpstreamError as exc:
-                    if ctx.spans is not None:
-                        ctx.spans.append(Attempt(pname, umodel, started, time.perf_counter(), exc.status, exc.code))
-                    warn_upstream(ctx, pname, umodel, exc)
+                    if trail.spans is not None:
+                        trail.spans.append(Attempt(pname, umodel, started, time.perf_counter(), exc.status, exc.code))
+                    warn_upstream(facts, trail, pname, umodel, exc)
                     if not exc.retryable:
                         breaker.record_success()  # the upstream is healthy; the request was refused
                         raise
@@ -118,8 +132,8 @@ class Upstreams:
                     finally:
                         budget.active_retries -= 1
                     continue
-                if ctx.spans is not None:
-                    ctx.spans.append(Attempt(pname, umodel, started, time.perf_counter()))
+                if trail.spans is not None:
+                    trail.spans.append(Attempt(pname, umodel, started, time.perf_counter()))
                 breaker.record_success()
                 return result
         finally:

@@ -31,11 +31,16 @@ _ROLE = "json_extract(CAST(b.data AS TEXT), '$.role')"
 _CONTENT = "json_extract(CAST(b.data AS TEXT), '$.content')"
 
 
+# PostgreSQL's jsonb cannot hold U+0000: a message whose text had one (stored as the escape `\u0000`) would make
+# the whole search fail, so the escape is dropped before the cast (it can only matter to a search for it).
+_PG_JSON = "replace(b.data, '\\u0000', '')::jsonb"
+
+
 def _pg(sql: str) -> str:
     return (
         sql.replace("json_each(c.messages) j", "jsonb_array_elements_text(c.messages::jsonb) AS j(value)")
-        .replace(_ROLE, "(b.data::jsonb ->> 'role')")
-        .replace(_CONTENT, "(b.data::jsonb ->> 'content')")
+        .replace(_ROLE, f"({_PG_JSON} ->> 'role')")
+        .replace(_CONTENT, f"({_PG_JSON} ->> 'content')")
     )
 
 
@@ -70,6 +75,54 @@ def search_captures(store: Store, task: str, contains: str, places: Collection[s
     pattern = like_pattern(contains)
     params = (task, *([pattern] * len(conditions)), limit)
     return store.query(_pg(sql) if store.dialect == "postgres" else sql, params)
+
+
+# -- tasks, one capture, training selection --------------------------------------------------------------------
+_TRAINING = """
+SELECT c.id, c.ts, c.tenant, c.provider, c.upstream_model, c.upstream_version, c.terms, c.messages,
+       c.output, c.redactors, c.redactions, c.consent, c.status, u.cost_usd AS cost_usd
+FROM captures c LEFT JOIN usage u ON u.id = c.id
+WHERE c.task = ? AND c.ts >= ? AND c.ts < ?
+ORDER BY c.ts, c.id
+"""
+
+
+def known_tasks(store: Store) -> list[str]:
+    """Every task named by a capture or a usage record, sorted."""
+    rows = store.query(
+        "SELECT task FROM captures WHERE task IS NOT NULL UNION SELECT task FROM usage WHERE task IS NOT NULL"
+    )
+    return sorted(str(r["task"]) for r in rows)
+
+
+def task_captures(store: Store, task: str, since: float, until: float) -> list[Any]:
+    """The captures of `task` in [since, until), oldest first, with their usage record's cost."""
+    return store.query(_TRAINING, (task, since, until))
+
+
+def answer_counts(store: Store) -> list[Any]:
+    """(task, output, n) of status-200 captures with an output, grouped in SQL."""
+    return store.query(
+        "SELECT task, output, COUNT(*) AS n FROM captures "
+        "WHERE task IS NOT NULL AND status = 200 AND output IS NOT NULL GROUP BY task, output"
+    )
+
+
+def capture(store: Store, capture_id: str) -> Any:
+    """One capture row as stored (None when there is none)."""
+    return store.query_one("SELECT * FROM captures WHERE id = ?", (capture_id,))
+
+
+def blobs(store: Store, hashes: Collection[str]) -> dict[str, Any]:
+    """hash -> the blob's stored data, for the hashes that exist (looked up 500 at a time)."""
+    wanted = sorted(set(hashes))
+    found: dict[str, Any] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", chunk):
+            found[b["hash"]] = b["data"]
+    return found
 
 
 def task_token_lengths(store: Store, limit: int = 20_000) -> dict[str, tuple[list[int], list[int]]]:

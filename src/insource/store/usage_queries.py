@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from insource.store import CALLER_REQUESTS_SQL, REFUSED_SQL
 from insource.store.rollups import MEASURES, TABLES
 
 DIMENSIONS = ("tenant", "key", "model", "provider", "task", "served_by", "endpoint", "imported", "day", "week", "month")
@@ -260,3 +261,48 @@ def today(store: QueryStore, now: float | None = None) -> dt.date:
     """Today (or the day of `now`, a Unix time) in the reporting timezone."""
     tz = ZoneInfo(store.report_timezone())
     return (dt.datetime.now(tz) if now is None else dt.datetime.fromtimestamp(now, tz)).date()
+
+
+# -- raw usage records (not the rollups) ------------------------------------------------------------------------
+def task_usage(store: QueryStore) -> list[Any]:
+    """Per task: the callers' requests, the refused ones and the spend, from the raw records."""
+    return store.query(
+        f"SELECT task, {CALLER_REQUESTS_SQL} AS requests, {REFUSED_SQL} AS refused,"
+        " COALESCE(SUM(cost_usd), 0) AS cost_usd "
+        "FROM usage WHERE task IS NOT NULL GROUP BY task"
+    )
+
+
+def usage_record(store: QueryStore, record_id: str) -> Any:
+    """A usage record's cost, tokens, latency and endpoint (None when there is none)."""
+    rows = store.query(
+        "SELECT cost_usd, prompt_tokens, completion_tokens, latency_ms, endpoint FROM usage WHERE id = ?",
+        (record_id,),
+    )
+    return rows[0] if rows else None
+
+
+def window_spend(store: QueryStore, task: str, start: float, end: float) -> dict[str, float]:
+    """Records, spend and cost avoided of `task` in [start, end] (Unix times)."""
+    rows = store.query(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(cost_usd), 0) AS cost, COALESCE(SUM(cost_avoided_usd), 0) AS avoided"
+        " FROM usage WHERE task=? AND ts >= ? AND ts <= ?",
+        (task, start, end),
+    )
+    row = rows[0]
+    return {"records": row["n"], "cost_usd": row["cost"], "avoided_usd": row["avoided"]}
+
+
+def window_count(store: QueryStore, start: float, end: float) -> int:
+    """How many usage records lie in [start, end] (Unix times)."""
+    rows = store.query("SELECT COUNT(*) AS n FROM usage WHERE ts >= ? AND ts <= ?", (start, end))
+    return int(rows[0]["n"]) if rows else 0
+
+
+def window_by_task(store: QueryStore, start: float, end: float) -> list[Any]:
+    """Per task in [start, end]: records (n), prompt (p) and completion (c) tokens, spend (cost)."""
+    return store.query(
+        "SELECT task, COUNT(*) AS n, SUM(prompt_tokens) AS p, SUM(completion_tokens) AS c, SUM(cost_usd) AS cost"
+        " FROM usage WHERE ts >= ? AND ts <= ? GROUP BY task",
+        (start, end),
+    )

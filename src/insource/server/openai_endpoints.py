@@ -1,6 +1,6 @@
-"""The metered endpoints straight on ASGI: `POST /v1/chat/completions` and `POST /v1/embeddings` skip
+"""The OpenAI endpoints on raw ASGI: the metered `POST /v1/chat/completions` and `POST /v1/embeddings` skip
 Starlette's Request, router, middleware and exception wrappers (~60 µs a request). Every other path goes to
-the wrapped Starlette app.
+the wrapped Starlette app. Errors are answered by the one mapping of `server/errors.py`.
 
 Apps written for Azure OpenAI (the `AzureOpenAI` SDK client, REST calls) reach the same use cases by changing
 only their endpoint: `POST /openai/deployments/{DEPLOYMENT}/chat/completions?api-version=...` (and
@@ -14,43 +14,34 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 
 from insource.errors import InsourceError, NotFound, PayloadTooLarge
 from insource.server.auth import resolve_key
+from insource.server.errors import error_response
 from insource.server.responses import RawJSON, SSEResponse
 from insource.service import chat
 from insource.service.access_log import log_unmetered
-from insource.service.context import new_request_id
-from insource.service.gateway import Gateway
+from insource.service.embeddings import embeddings
 from insource.service.keys import KeyInfo
+from insource.service.request import new_request_id
+from insource.service.worker_state import WorkerState
 
 log = logging.getLogger("insource.server")
 
 # (gateway, key, body, X-Insource-Task, the model an Azure-style path names, request id, whether the caller sent it)
 UseCase = Callable[
-    [Gateway, KeyInfo, bytes, str | None, str | None, str | None, bool], Awaitable[chat.Reply | chat.StreamReply]
+    [WorkerState, KeyInfo, bytes, str | None, str | None, str | None, bool], Awaitable[chat.Reply | chat.StreamReply]
 ]
 USE_CASES: dict[str, UseCase] = {
     "/v1/chat/completions": chat.chat_completion,
     "/chat/completions": chat.chat_completion,
-    "/v1/embeddings": chat.embeddings,
-    "/embeddings": chat.embeddings,
+    "/v1/embeddings": embeddings,
+    "/embeddings": embeddings,
 }
 REQUEST_ID = "X-Request-Id"
 SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,128}")  # a caller's id is echoed and logged: bounded, plain
 AZURE_PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)")
-INTERNAL_ERROR = orjson.dumps(
-    {
-        "error": {
-            "message": "Internal error in insource; it has been logged.",
-            "type": "server_error",
-            "param": None,
-            "code": "internal_error",
-        }
-    }
-)
 
 
 class ClientGone(Exception):
@@ -133,7 +124,7 @@ def caller_request_id(scope: Any) -> str | None:
     return None
 
 
-class FastPath:
+class OpenAIEndpoints:
     def __init__(self, app: Starlette) -> None:
         self.app = app
 
@@ -152,21 +143,16 @@ class FastPath:
         rid = seen.caller_id or new_request_id()
         try:
             response: Any = await self._handle(use_case, scope, receive, deployment, seen, rid)
-        except InsourceError as exc:  # refused by insource itself unless a target answered it (set upstream)
-            response = RawJSON(
-                exc.body_bytes(), exc.status, {chat.SERVED_BY: "insource", **exc.headers, REQUEST_ID: rid}
-            )
         except ClientGone:
             return
-        except Exception as exc:  # the one boundary for bugs: logged, and an OpenAI-shaped 500
-            log.error("unexpected error on %s (request %s): %s", scope["path"], rid, type(exc).__name__, exc_info=exc)
-            response = RawJSON(INTERNAL_ERROR, 500, {REQUEST_ID: rid})
+        except Exception as exc:  # insource refused it unless a target answered it (that sets SERVED_BY upstream)
+            response = error_response(exc, scope["method"], scope["path"], rid, {chat.SERVED_BY: "insource"})
         await response(scope, receive, send)
 
     async def _handle(
         self, use_case: UseCase, scope: Any, receive: Any, deployment: str | None, seen: Incoming, rid: str
     ) -> Any:
-        gw: Gateway = self.app.state.gateway
+        gw: WorkerState = self.app.state.gateway
         caller = seen.caller_id is not None
         try:
             if scope["method"] != "POST":
@@ -194,7 +180,7 @@ class FastPath:
         """Other `/v1/*` paths (models, unknown paths) through Starlette, answered with an X-Request-Id too."""
         rid = caller_request_id(scope) or new_request_id()
         header = (b"x-request-id", rid.encode("ascii"))
-        gw: Gateway | None = getattr(self.app.state, "gateway", None)
+        gw: WorkerState | None = getattr(self.app.state, "gateway", None)
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":

@@ -1,61 +1,17 @@
-"""Where budgets and rate limits live: in the worker (one process) or in Redis (shared by every worker).
-
-Both give the same guarantee: the check and the booking are atomic, so concurrent requests never
-overshoot a budget by more than one request's estimate error.
-"""
+"""Budgets and rate limits in Redis, shared by every worker (`[server] redis_url`): Lua scripts make each
+check-and-book one atomic step."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from insource.errors import BudgetExceeded, ServiceUnavailable
-from insource.metering.budgets import Ledger, RateLimiter, Reservation
+from insource.metering.budgets import Reservation
 
 log = logging.getLogger("insource.limits")
-
-
-class Limits(Protocol):
-    async def check_rate(self, key_id: str, rpm: int | None, tpm: int | None, est_tokens: int) -> float | None: ...
-
-    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation:
-        """Book `amount` on every budget, or raise BudgetExceeded naming the one that would overshoot."""
-
-    def settle(self, reservation: Reservation, actual: float) -> None: ...
-
-    def correct_tokens(self, key_id: str, delta: float) -> None: ...
-
-    async def seed(self, spent: dict[str, float]) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class LocalLimits:
-    """In-process: no await between check and booking, so it is atomic on the event loop."""
-
-    def __init__(self) -> None:
-        self.ledger = Ledger()
-        self.rates = RateLimiter()
-
-    async def check_rate(self, key_id: str, rpm: int | None, tpm: int | None, est_tokens: int) -> float | None:
-        return self.rates.check(key_id, rpm, tpm, est_tokens)
-
-    async def reserve(self, limits: list[tuple[str, float]], amount: float) -> Reservation:
-        return self.ledger.reserve(limits, amount)
-
-    def settle(self, reservation: Reservation, actual: float) -> None:
-        self.ledger.settle(reservation, actual)
-
-    def correct_tokens(self, key_id: str, delta: float) -> None:
-        self.rates.correct_tokens(key_id, delta)
-
-    async def seed(self, spent: dict[str, float]) -> None:
-        self.ledger.sync_spent(spent)
-
-    async def close(self) -> None:
-        return None
 
 
 RESERVE = """

@@ -8,22 +8,21 @@ import logging
 import os
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from insource.capture.assigned import AssignedTemplates
 from insource.capture.record import CaptureRaw
 from insource.capture.redact import check_redactors
-from insource.config import Config, resolve_secret
-from insource.errors import BadRequest, ConfigError, ModelNotFound
+from insource.config import Config
+from insource.errors import BadRequest, ModelNotFound
 from insource.metering.prices import ModelPrice, resolve_prices
 from insource.metering.usage import cost_usd
 from insource.providers import build_providers
 from insource.service.access_log import access_enabled, log_request
-from insource.service.context import RequestContext
-from insource.service.host_limits import HOST_LIMITS_ENV, HostLimits
+from insource.service.insourcing import InsourcingRouter
 from insource.service.keys import KeyCache, KeyInfo, server_secret
-from insource.service.limits import Limits, LocalLimits, RedisLimits
+from insource.service.limits import Limits, LocalLimits, make_limits, redis_url
+from insource.service.request import NOT_ADMITTED, Admission, Outcome, RequestFacts, usage_row
 from insource.service.response_cache import CacheBackend, make_cache
 from insource.service.spend import month_start, month_to_date
 from insource.service.tracing import make_tracing
@@ -36,7 +35,9 @@ from insource.store.writer import BatchWriter
 log = logging.getLogger("insource.gateway")
 
 
-class Gateway:
+class WorkerState:
+    """One worker process's state: config, store, writer, providers, limits, key cache, router, counters."""
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.prices: dict[str, ModelPrice] = resolve_prices(cfg)
@@ -53,38 +54,20 @@ class Gateway:
             build_providers(cfg),
             {alias: [tuple(t.split(":", 1)) for t in m.targets] for alias, m in cfg.models.items()},  # type: ignore[misc]
         )
-        self.limits: Limits = self._make_limits(cfg)
+        self.limits: Limits = make_limits(cfg)
         self.tracing = make_tracing(cfg, {name: p.kind for name, p in cfg.providers.items()})  # None: traces off
         self.upstreams.trace = self.tracing is not None
-        self.cache: CacheBackend | None = make_cache(cfg, self._redis_url(cfg))
+        self.cache: CacheBackend | None = make_cache(cfg, redis_url(cfg))
         self.max_body = int(cfg.server.max_body_mb * 1024 * 1024)
         self.multi_worker = int(os.environ.get("INSOURCE_WORKERS", "1")) > 1
         self._month = month_start(time.time())
         self._tasks: list[asyncio.Task[None]] = []
         self.counts: dict[tuple[str, str, str, int], list[float]] = {}  # (tenant, model, served_by, status)
-        self.router: Any = None  # set by the insourcing router when routes exist
+        self.router = InsourcingRouter(cfg, self.store, self.writer)  # who answers each routed task
         self._capture_fn: Any = None
         self.access_log = access_enabled()  # checked once: the line is built only when it is written
 
     # -- lifecycle ---------------------------------------------------------------------------
-    @staticmethod
-    def _make_limits(cfg: Config) -> Limits:
-        url = Gateway._redis_url(cfg)
-        if url is None:
-            shared = os.environ.get(HOST_LIMITS_ENV)  # set by `serve --workers N` for its workers
-            return HostLimits(Path(shared)) if shared else LocalLimits()
-        return RedisLimits(url)
-
-    @staticmethod
-    def _redis_url(cfg: Config) -> str | None:
-        url = cfg.server.redis_url
-        if url is None:
-            return None
-        resolved = resolve_secret(url) if url.startswith("env::") else url
-        if not resolved:
-            raise ConfigError(f"[server] redis_url references {url}, which is not set")
-        return resolved
-
     async def start(self) -> None:
         # Startup objects go to the permanent generation, so full collections stop re-scanning them (each
         # took ~40 ms CPU, a stall for every request in flight); request garbage is freed by refcount, so
@@ -95,11 +78,13 @@ class Gateway:
         await self.limits.seed(await asyncio.to_thread(month_to_date, self.store, time.time()))
         self._tasks.append(asyncio.create_task(self._refresh_keys_loop()))
         self._tasks.append(asyncio.create_task(self._sync_spend_loop()))
+        self._tasks.append(asyncio.create_task(self.router.refresh_loop()))
         self._tasks.append(asyncio.create_task(self._refresh_assigned_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.router.close()
         for provider in self.upstreams.providers.values():
             await provider.close()
         await self.limits.close()
@@ -169,36 +154,43 @@ class Gateway:
         consent = key.capture if key.capture is not None else (tenant.enabled if tenant else self.cfg.capture.enabled)
         return consent, (tenant.redact if tenant else True)
 
-    def finish(self, ctx: RequestContext, capture: CaptureRaw | None = None) -> None:
-        """Settle the budget and queue exactly one usage record (and the capture). Idempotent."""
-        if ctx.finished:
-            return
-        ctx.finished = True
-        price = self.prices.get(ctx.model or "")
-        if price is not None and ctx.provider is not None:  # an upstream target answered (a student prices itself)
-            ctx.cost_usd = cost_usd(ctx.usage, price)
-        if ctx.reservation is not None:
-            self.limits.settle(ctx.reservation, ctx.cost_usd)
-        if ctx.est_tokens:
-            self.limits.correct_tokens(ctx.key.id, ctx.usage.total - ctx.est_tokens)
-        row = ctx.usage_row()
+    def finish(
+        self,
+        facts: RequestFacts,
+        outcome: Outcome,
+        admission: Admission = NOT_ADMITTED,
+        capture: CaptureRaw | None = None,
+    ) -> None:
+        """Settle the budget with the real cost and queue the request's one usage record (and its capture)."""
+        price = self.prices.get(facts.model or "")
+        cost = outcome.cost_usd  # a student prices itself
+        if price is not None and outcome.provider is not None:  # an upstream target answered
+            cost = cost_usd(outcome.usage, price)
+        if admission.reservation is not None:
+            self.limits.settle(admission.reservation, cost)
+        if admission.est_tokens:
+            self.limits.correct_tokens(facts.key.id, outcome.usage.total - admission.est_tokens)
+        row = usage_row(facts, outcome, cost)
         self.writer.submit_durable("usage", row, capture=capture is not None)  # on disk before the answer ends
         if self.tracing is not None:
-            self.tracing.record(ctx, time.perf_counter(), capture)
+            self.tracing.record(facts, outcome, cost, time.perf_counter(), capture)
         if self.access_log:
             log_request(row)
-        model = ctx.model if ctx.model in self.prices else "(unknown)"  # client-chosen names are no labels
-        slot = self.counts.get((ctx.key.tenant, model, ctx.served_by or "", ctx.status))
-        if slot is None:
-            slot = self.counts[(ctx.key.tenant, model, ctx.served_by or "", ctx.status)] = [0, 0.0, 0.0]
-        slot[0] += 1
-        slot[1] += ctx.cost_usd
-        slot[2] += ctx.cost_avoided_usd
-        if ctx.on_output is not None and ctx.status == 200:
-            ctx.on_output(ctx.output)
+        self._count(facts, outcome, cost)
         if capture is not None:
-            capture.cost_usd = ctx.cost_usd
+            capture.cost_usd = cost
             self.writer.submit_fn(partial(self._process_capture(), capture))
+
+    def _count(self, facts: RequestFacts, outcome: Outcome, cost: float) -> None:
+        """The Prometheus counters of `/metrics`."""
+        model = facts.model if facts.model in self.prices else "(unknown)"  # client-chosen names are no labels
+        label = (facts.key.tenant, model, outcome.served_by or "", outcome.status)
+        slot = self.counts.get(label)
+        if slot is None:
+            slot = self.counts[label] = [0, 0.0, 0.0]
+        slot[0] += 1
+        slot[1] += cost
+        slot[2] += outcome.cost_avoided_usd
 
     def _process_capture(self) -> Any:
         if self._capture_fn is None:

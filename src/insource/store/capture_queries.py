@@ -117,6 +117,7 @@ def blobs(store: Store, hashes: Collection[str]) -> dict[str, Any]:
         marks = ",".join("?" * len(chunk))
         for b in store.query(f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", chunk):
             found[b["hash"]] = b["data"]
+    return found
 
 
 def captured_ids(store: Store, ids: Collection[str]) -> set[str]:

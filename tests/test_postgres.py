@@ -178,7 +178,8 @@ def test_capture_search_by_place(pg_url: str) -> None:
     store = PgStore(pg_url)
     rows = []
     for i in range(3):
-        messages = [{"role": "system", "content": "Shared Prompt"}, {"role": "user", "content": f"ticket {i}"}]
+        user = f"ticket {i}" + ("\x00nul" if i == 2 else "")  # U+0000 cannot be in jsonb: must not break search
+        messages = [{"role": "system", "content": "Shared Prompt"}, {"role": "user", "content": user}]
         raw = CaptureRaw(
             id=f"srch-{i}", ts=1_700_000_000.0 + i, tenant="t", key_id="k", task="pg-search", model="m",
             provider="p", upstream_model="m", served_by="p:m", terms="self-hosted", consent=True, redact=False,

@@ -124,18 +124,18 @@ async def chat_completion(
         facts = arrival.facts(model, task, stream)
         validate_chat(body)
         facts, admission, _ = await admit(gw, facts, body, len(raw))
-        cached_as = cache.cache_key(gw.cfg, facts, body) if gw.cache is not None else None
-        if cached_as is not None:
-            hit = await _from_cache(gw, facts, admission, body, cached_as)
+        ckey = cache.cache_key(gw.cfg, facts, body) if gw.cache is not None else None
+        if ckey is not None:
+            hit = await _from_cache(gw, facts, admission, body, ckey)
             if hit is not None:
                 return hit
         routing = await gw.router.route(facts, body)
         trail.spans = routing.spans() if gw.tracing is not None else None
         if routing.student is not None:
-            return _miss(cached_as, _serve_student(gw, facts, admission, body, routing, trail.spans))
+            return _miss(ckey, _serve_student(gw, facts, admission, body, routing, trail.spans))
         if facts.stream:
-            return _miss(cached_as, await _open_stream(gw, facts, admission, trail, body, routing, cached_as))
-        return _miss(cached_as, await _complete(gw, facts, admission, trail, body, routing, cached_as))
+            return _miss(ckey, await _open_stream(gw, facts, admission, trail, body, routing, ckey))
+        return _miss(ckey, await _complete(gw, facts, admission, trail, body, routing, ckey))
     except InsourceError as exc:
         gw.finish(facts or arrival.facts(model, None, stream), ended(trail, exc.status, exc.code), admission)
         raise

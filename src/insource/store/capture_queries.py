@@ -31,11 +31,16 @@ _ROLE = "json_extract(CAST(b.data AS TEXT), '$.role')"
 _CONTENT = "json_extract(CAST(b.data AS TEXT), '$.content')"
 
 
+# PostgreSQL's jsonb cannot hold U+0000: a message whose text had one (stored as the escape `\u0000`) would make
+# the whole search fail, so the escape is dropped before the cast (it can only matter to a search for it).
+_PG_JSON = "replace(b.data, '\\u0000', '')::jsonb"
+
+
 def _pg(sql: str) -> str:
     return (
         sql.replace("json_each(c.messages) j", "jsonb_array_elements_text(c.messages::jsonb) AS j(value)")
-        .replace(_ROLE, "(b.data::jsonb ->> 'role')")
-        .replace(_CONTENT, "(b.data::jsonb ->> 'content')")
+        .replace(_ROLE, f"({_PG_JSON} ->> 'role')")
+        .replace(_CONTENT, f"({_PG_JSON} ->> 'content')")
     )
 
 

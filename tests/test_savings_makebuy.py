@@ -40,10 +40,18 @@ MAKEBUY_KEYS = {
 }
 
 
+def earlier_today() -> float:
+    """A moment in the past that is still today (UTC): an hour ago, or just after midnight in the day's first hour
+    (a record from "an hour ago" at 00:30 would be yesterday's, and a young task would look two days old)."""
+    now = time.time()
+    midnight = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return max(now - 3600, min(midnight + 1, now))
+
+
 def _usage(n: int, task: str | None, served_by: str | None, cost: float, **extra: Any) -> dict[str, Any]:
     row = {
         "id": f"r{n}",
-        "ts": extra.pop("ts", time.time() - 3600),
+        "ts": extra.pop("ts", earlier_today()),
         "tenant": "acme",
         "key_id": "key-1",
         "endpoint": "chat",

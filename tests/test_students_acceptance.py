@@ -211,9 +211,10 @@ def test_lora_records_the_base_model_as_an_absolute_path(
 
     seen: list[Path] = []
 
-    def fake_train(ds: Any, folder: Path, base_model: Path, epochs: int, step: Any) -> dict[str, Any]:
-        seen.append(base_model)
-        return {"labels": [], "metrics": {}, "base_model": str(base_model)}
+    def fake_train(ds: Any, folder: Path, base_model: Any, epochs: int, step: Any) -> dict[str, Any]:
+        where = getattr(base_model, "folder", base_model)  # a BaseSpec since the default GGUF base
+        seen.append(where)
+        return {"labels": [], "metrics": {}, "base_model": str(where)}
 
     monkeypatch.setattr(lora, "_train_lora", fake_train)
     monkeypatch.chdir(tmp_path)
@@ -232,7 +233,8 @@ def test_a_lora_card_does_not_promise_classifier_behaviour() -> None:
     info = {"name": "gen@v1", "task": "gen", "student": "lora", "base_model": "/models/base", "labels": []}
     card = render_card(info, {})
     assert "generative student" in card and "- Base model: `/models/base`" in card
-    assert "Classes:" not in card and "exact answer strings" not in card and "Run `insource eval`" not in card
+    assert "Classes:" not in card and "exact answer strings" not in card
+    assert "metric json, exact or similarity" in " ".join(card.split())  # eval scores generative students (issue 13)
     classifier = render_card({**info, "student": "classifier", "labels": ["a", "b"]}, {})
     assert "- Classes: 2" in classifier and "exact answer strings" in classifier
 

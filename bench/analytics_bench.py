@@ -148,7 +148,7 @@ def dashboard_overview(cfg: Any, store: Store) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--records", type=int, default=10_000_000, help="records to fill (1000000: quicker)")
     ap.add_argument("--days", type=int, default=90)
     ap.add_argument("--store", default="sqlite", help="sqlite (a temporary file) or a postgresql:// URL (emptied)")
     ap.add_argument("--json", action="store_true")

@@ -88,6 +88,26 @@ def _iso(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
+BuildForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Replace a non-empty --out (never one holding the store, config, registry or spool)."),
+]
+FeedbackOpt = Annotated[
+    FeedbackUse | None,
+    typer.Option(
+        help="Use feedback: exclude-negative drops answers scored below 0; use-corrections also makes "
+        "corrected answers the targets (recorded in the manifest)."
+    ),
+]
+AllowInternalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-internal",
+        help="Use outputs whose terms allow only internal classifiers (logged carve-out; never ship the model).",
+    ),
+]
+
+
 @dataset_app.command("build")
 @handle_errors
 def dataset_build(
@@ -102,30 +122,13 @@ def dataset_build(
     split: Annotated[Split, typer.Option(help="time: test is later traffic than train.")] = Split.time,
     fmt: Annotated[Format, typer.Option("--format", help="Split files format.")] = Format.openai_jsonl,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the random split.")] = 0,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", help="Replace a non-empty --out (never one holding the store, config, registry or spool)."
-        ),
-    ] = False,
+    force: BuildForceOpt = False,
     kind: Annotated[
         Kind | None,
         typer.Option(help="Override the inferred task kind (recorded in the manifest); default: inferred."),
     ] = None,
-    feedback: Annotated[
-        FeedbackUse | None,
-        typer.Option(
-            help="Use feedback: exclude-negative drops answers scored below 0; use-corrections also makes "
-            "corrected answers the targets (recorded in the manifest)."
-        ),
-    ] = None,
-    allow_internal: Annotated[
-        bool,
-        typer.Option(
-            "--allow-internal",
-            help="Use outputs whose terms allow only internal classifiers (logged carve-out; never ship the model).",
-        ),
-    ] = False,
+    feedback: FeedbackOpt = None,
+    allow_internal: AllowInternalOpt = False,
     config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:

@@ -102,6 +102,30 @@ def check_env(cfg: Config) -> None:
         )
 
 
+def _checked_config(config: Path | None) -> Config:
+    """The config, refused now (not as errors on live traffic) when something it names is missing or wrong; the
+    store created and migrated before any worker starts."""
+    from insource.capture.redact import check_redactors
+    from insource.metering.prices import resolve_prices
+    from insource.service.routes import check_config_routes
+
+    cfg = get_config(config, setup=True)
+    check_env(cfg)  # a secret that is not set must fail here, not as 401s from the upstream
+    resolve_prices(cfg)  # refuse to start with an unpriced model
+    check_config_routes(cfg)  # ... or a route to a missing model, another task's model, or misfit options
+    check_redactors(cfg.capture.redactors)  # a typo must fail here, not silently in the writer
+    get_store(cfg, create=True)
+    return cfg
+
+
+def _banner(banner: str, log_format: LogFormat, log_config: dict[str, Any]) -> None:
+    if log_format is LogFormat.json:  # every line of a JSON log is JSON, the banner included
+        logging.config.dictConfig(log_config)
+        logging.getLogger("insource.server").info(banner)
+    else:
+        console.print(literal(banner, style="bold"))
+
+
 @app.command()
 @handle_errors
 def serve(
@@ -123,19 +147,11 @@ def serve(
     """Run the OpenAI-compatible gateway."""
     import uvicorn
 
-    from insource.capture.redact import check_redactors
-    from insource.metering.prices import resolve_prices
     from insource.server.app import create_app
     from insource.server.logs import log_config
     from insource.service.limits import HOST_LIMITS_ENV
-    from insource.service.routes import check_config_routes
 
-    cfg = get_config(config, setup=True)
-    check_env(cfg)  # a secret that is not set must fail here, not as 401s from the upstream
-    resolve_prices(cfg)  # refuse to start with an unpriced model
-    check_config_routes(cfg)  # ... or a route to a missing model, another task's model, or misfit options
-    check_redactors(cfg.capture.redactors)  # a typo must fail here, not silently in the writer
-    get_store(cfg, create=True)  # create and migrate before workers start
+    cfg = _checked_config(config)
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -146,12 +162,7 @@ def serve(
         "http": "httptools",
         "timeout_graceful_shutdown": 30,
     }
-    banner = f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))"
-    if log_format is LogFormat.json:  # every line of a JSON log is JSON, the banner included
-        logging.config.dictConfig(common["log_config"])
-        logging.getLogger("insource.server").info(banner)
-    else:
-        console.print(literal(banner, style="bold"))
+    _banner(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", log_format, common["log_config"])
     if workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return

@@ -72,35 +72,40 @@ def _terminate_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+StudentOpt = Annotated[
+    str,
+    typer.Option(
+        "--student",
+        help="classifier | classifier-strong | lora | auto (train both classifiers, keep the one that "
+        "insources more of validation at --target-agreement)",
+    ),
+]
+BaseModelOpt = Annotated[
+    Path | None, typer.Option("--base-model", help="lora only: Hugging Face causal LM folder to adapt.")
+]
+DistillTargetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-agreement",
+        callback=finite,
+        help="Agreement you will route at: the validation split must hold enough examples to show it "
+        "(0.99 needs 99); auto also picks the student at it (default 0.99).",
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Train even when the validation split is too small to estimate agreement.")
+]
+
+
 @app.command()
 @handle_errors
 def distill(
     task: Annotated[str, typer.Option("--task", help="Task to distill.")],
-    student: Annotated[
-        str,
-        typer.Option(
-            "--student",
-            help="classifier | classifier-strong | lora | auto (train both classifiers, keep the one that "
-            "insources more of validation at --target-agreement)",
-        ),
-    ] = "classifier",
+    student: StudentOpt = "classifier",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: newest built).")] = None,
-    base_model: Annotated[
-        Path | None, typer.Option("--base-model", help="lora only: Hugging Face causal LM folder to adapt.")
-    ] = None,
-    target: Annotated[
-        float | None,
-        typer.Option(
-            "--target-agreement",
-            callback=finite,
-            help="Agreement you will route at: the validation split must hold enough examples to show it "
-            "(0.99 needs 99); auto also picks the student at it (default 0.99).",
-        ),
-    ] = None,
-    force: Annotated[
-        bool,
-        typer.Option("--force", help="Train even when the validation split is too small to estimate agreement."),
-    ] = False,
+    base_model: BaseModelOpt = None,
+    target: DistillTargetOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -132,6 +137,11 @@ def distill(
             force=force,
         )
         progress.say(f"registered {result['model']}")
+    _print_distilled(result, json_out)
+
+
+def _print_distilled(result: dict[str, Any], json_out: bool) -> None:
+    """Candidates and warnings on stderr; the result as JSON, or its metrics then TASK@vN as the last line."""
     if "candidates" in result:
         err_console.print(_candidates_table(result, err_console.width))
     for warning in result.get("warnings", []):
@@ -217,6 +227,23 @@ def _no_threshold_note(result: dict[str, Any]) -> str:
     return note
 
 
+EvalTargetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-agreement",
+        callback=finite,
+        help="Agreement the threshold must reach (default 0.99). When given and no threshold reaches it, "
+        "the exit code is 3 (the results are still printed and saved).",
+    ),
+]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metric", help="Generative students: json | exact | similarity (default: chosen from the teacher's answers)."
+    ),
+]
+
+
 @app.command("eval")
 @handle_errors
 def eval_cmd(
@@ -224,24 +251,10 @@ def eval_cmd(
     model: Annotated[str, typer.Option("--model", help="TASK@vN or TASK@latest.")],
     split: Annotated[str, typer.Option("--split", help="train | val | test")] = "test",
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Dataset folder (default: the model's).")] = None,
-    target: Annotated[
-        float | None,
-        typer.Option(
-            "--target-agreement",
-            callback=finite,
-            help="Agreement the threshold must reach (default 0.99). When given and no threshold reaches it, "
-            "the exit code is 3 (the results are still printed and saved).",
-        ),
-    ] = None,
+    target: EvalTargetOpt = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Gold labels file (id,label).")] = None,
     chart: Annotated[Path | None, typer.Option("--chart", help="Write a chart (.html or .png).")] = None,
-    metric: Annotated[
-        str | None,
-        typer.Option(
-            "--metric",
-            help="Generative students: json | exact | similarity (default: chosen from the teacher's answers).",
-        ),
-    ] = None,
+    metric: MetricOpt = None,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -267,6 +280,13 @@ def eval_cmd(
             labels_file=labels,
             metric=metric,
         )
+    _print_evaluation(result, chart, json_out)
+    if target is not None and result.get("threshold") is None:
+        raise typer.Exit(NO_THRESHOLD_EXIT)
+
+
+def _print_evaluation(result: dict[str, Any], chart: Path | None, json_out: bool) -> None:
+    """The chart file, why no threshold was found (stderr), then the result as JSON or a table."""
     if chart is not None:
         from insource.evals.chart import write_chart
 
@@ -278,8 +298,6 @@ def eval_cmd(
         print_json(result)
     else:
         console.print(_eval_table(result, console.width))
-    if target is not None and result.get("threshold") is None:
-        raise typer.Exit(NO_THRESHOLD_EXIT)
 
 
 @models_app.command("list")

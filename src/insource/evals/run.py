@@ -188,12 +188,7 @@ def evaluate(
         "split": split,
         "n": len(examples),
         "dataset": str(ds.path),
-        "agreement": round(float(scored.correct.mean()), 5),
-        "ece": round(M.expected_calibration_error(scored.conf, scored.correct), 5),
-        "ood_rate": round(float(scored.ood.mean()), 5),
-        **_threshold_block(val, scored, target),
-        "curve": M.coverage_curve(scored.conf, scored.correct),
-        "reliability": M.reliability(scored.conf, scored.correct),
+        **_agreement_block(scored, val, target),
         "latency_ms_p50": round(latency["p50"], 4),
         "latency_ms_p95": round(latency["p95"], 4),
         "answers_per_s_per_core": round(1000.0 / latency["mean"], 1),
@@ -204,6 +199,18 @@ def evaluate(
     if save:
         _save(folder, result)
     return result
+
+
+def _agreement_block(scored: Any, val: Any, target: float) -> dict[str, Any]:
+    """Agreement, calibration and the threshold found on validation: the same keys for every kind of student."""
+    return {
+        "agreement": round(float(scored.correct.mean()), 5),
+        "ece": round(M.expected_calibration_error(scored.conf, scored.correct), 5),
+        "ood_rate": round(float(scored.ood.mean()), 5),
+        **_threshold_block(val, scored, target),
+        "curve": M.coverage_curve(scored.conf, scored.correct),
+        "reliability": M.reliability(scored.conf, scored.correct),
+    }
 
 
 def evaluate_generative(
@@ -229,12 +236,7 @@ def evaluate_generative(
         "split": split,
         "n": len(chats),
         "dataset": str(ds.path),
-        "agreement": round(float(scored.correct.mean()), 5),
-        "ece": round(M.expected_calibration_error(scored.conf, scored.correct), 5),
-        "ood_rate": round(float(scored.ood.mean()), 5),
-        **_threshold_block(val, scored, target),
-        "curve": M.coverage_curve(scored.conf, scored.correct),
-        "reliability": M.reliability(scored.conf, scored.correct),
+        **_agreement_block(scored, val, target),
         "latency_ms_p50": round(float(np.percentile(scored.wall_s, 50)) * 1000, 2),
         "latency_ms_p95": round(float(np.percentile(scored.wall_s, 95)) * 1000, 2),
         "cpu_s_per_answer": round(cpu, 4),

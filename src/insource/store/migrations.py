@@ -113,6 +113,57 @@ def m004_logs_request_id(db: DB) -> None:
     )
 
 
+_USAGE_ROLLUPS = """
+    CREATE TABLE IF NOT EXISTS usage_daily (
+        day TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+        task TEXT NOT NULL, served_by TEXT NOT NULL, endpoint TEXT NOT NULL, imported INTEGER NOT NULL,
+        requests BIGINT NOT NULL, refused BIGINT NOT NULL, audits BIGINT NOT NULL, errors BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+        reasoning_tokens BIGINT NOT NULL, cost_usd REAL NOT NULL, cost_avoided_usd REAL NOT NULL,
+        PRIMARY KEY (day, tenant, key_id, model, task, served_by, endpoint, imported)
+    );
+    CREATE INDEX IF NOT EXISTS usage_daily_key_day ON usage_daily(key_id, day);
+    CREATE TABLE IF NOT EXISTS usage_daily_lite (
+        day TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, task TEXT NOT NULL,
+        served_by TEXT NOT NULL, endpoint TEXT NOT NULL, imported INTEGER NOT NULL,
+        requests BIGINT NOT NULL, refused BIGINT NOT NULL, audits BIGINT NOT NULL, errors BIGINT NOT NULL,
+        prompt_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+        reasoning_tokens BIGINT NOT NULL, cost_usd REAL NOT NULL, cost_avoided_usd REAL NOT NULL,
+        PRIMARY KEY (day, tenant, model, task, served_by, endpoint, imported)
+    );
+    CREATE TABLE IF NOT EXISTS usage_imports (
+        id TEXT PRIMARY KEY, day TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, task TEXT,
+        requests BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
+        cost_usd REAL NOT NULL, priced INTEGER NOT NULL, source TEXT NOT NULL, line INTEGER NOT NULL,
+        imported_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS usage_imports_day ON usage_imports(day);
+    CREATE TABLE IF NOT EXISTS usage_daily_zone (zone TEXT NOT NULL);
+    INSERT INTO usage_daily_zone (zone) SELECT 'UTC' WHERE NOT EXISTS (SELECT 1 FROM usage_daily_zone);
+    INSERT INTO usage_daily (
+        day, tenant, key_id, model, task, served_by, endpoint, imported, requests, refused, audits, errors,
+        prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, cost_avoided_usd
+    )
+    SELECT strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
+        COALESCE(served_by, ''), endpoint, 0,
+        SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
+        SUM(CASE WHEN endpoint <> 'audit' AND served_by IS NULL AND attempts = 0 THEN 1 ELSE 0 END),
+        SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END),
+        SUM(CASE WHEN endpoint <> 'audit' AND status >= 400 THEN 1 ELSE 0 END),
+        SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
+        SUM(cost_usd), SUM(cost_avoided_usd)
+    FROM usage WHERE NOT EXISTS (SELECT 1 FROM usage_daily)
+    GROUP BY strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
+        COALESCE(served_by, ''), endpoint;
+    INSERT INTO usage_daily_lite
+    SELECT day, tenant, model, task, served_by, endpoint, imported, SUM(requests), SUM(refused), SUM(audits),
+        SUM(errors), SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
+        SUM(cost_usd), SUM(cost_avoided_usd)
+    FROM usage_daily WHERE NOT EXISTS (SELECT 1 FROM usage_daily_lite)
+    GROUP BY day, tenant, model, task, served_by, endpoint, imported
+"""
+
+
 @migration
 def m005_usage_rollups(db: DB) -> None:
     """Daily usage rollups (reports read days, not requests) and imported bill history.
@@ -123,58 +174,7 @@ def m005_usage_rollups(db: DB) -> None:
     Backfilled here in UTC; a store opened with another timezone is rebuilt (`store/rollups.py`). Safe to run
     again on a store that has the tables (if renumbered when branches merge): nothing is created or added twice.
     """
-    run_script(
-        db,
-        """
-        CREATE TABLE IF NOT EXISTS usage_daily (
-            day TEXT NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
-            task TEXT NOT NULL, served_by TEXT NOT NULL, endpoint TEXT NOT NULL, imported INTEGER NOT NULL,
-            requests BIGINT NOT NULL, refused BIGINT NOT NULL, audits BIGINT NOT NULL, errors BIGINT NOT NULL,
-            prompt_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
-            reasoning_tokens BIGINT NOT NULL, cost_usd REAL NOT NULL, cost_avoided_usd REAL NOT NULL,
-            PRIMARY KEY (day, tenant, key_id, model, task, served_by, endpoint, imported)
-        );
-        CREATE INDEX IF NOT EXISTS usage_daily_key_day ON usage_daily(key_id, day);
-        CREATE TABLE IF NOT EXISTS usage_daily_lite (
-            day TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, task TEXT NOT NULL,
-            served_by TEXT NOT NULL, endpoint TEXT NOT NULL, imported INTEGER NOT NULL,
-            requests BIGINT NOT NULL, refused BIGINT NOT NULL, audits BIGINT NOT NULL, errors BIGINT NOT NULL,
-            prompt_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
-            reasoning_tokens BIGINT NOT NULL, cost_usd REAL NOT NULL, cost_avoided_usd REAL NOT NULL,
-            PRIMARY KEY (day, tenant, model, task, served_by, endpoint, imported)
-        );
-        CREATE TABLE IF NOT EXISTS usage_imports (
-            id TEXT PRIMARY KEY, day TEXT NOT NULL, tenant TEXT NOT NULL, model TEXT NOT NULL, task TEXT,
-            requests BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL, completion_tokens BIGINT NOT NULL,
-            cost_usd REAL NOT NULL, priced INTEGER NOT NULL, source TEXT NOT NULL, line INTEGER NOT NULL,
-            imported_at REAL NOT NULL
-        );
-        CREATE INDEX IF NOT EXISTS usage_imports_day ON usage_imports(day);
-        CREATE TABLE IF NOT EXISTS usage_daily_zone (zone TEXT NOT NULL);
-        INSERT INTO usage_daily_zone (zone) SELECT 'UTC' WHERE NOT EXISTS (SELECT 1 FROM usage_daily_zone);
-        INSERT INTO usage_daily (
-            day, tenant, key_id, model, task, served_by, endpoint, imported, requests, refused, audits, errors,
-            prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_usd, cost_avoided_usd
-        )
-        SELECT strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
-            COALESCE(served_by, ''), endpoint, 0,
-            SUM(CASE WHEN endpoint = 'audit' THEN 0 ELSE 1 END),
-            SUM(CASE WHEN endpoint <> 'audit' AND served_by IS NULL AND attempts = 0 THEN 1 ELSE 0 END),
-            SUM(CASE WHEN endpoint = 'audit' THEN 1 ELSE 0 END),
-            SUM(CASE WHEN endpoint <> 'audit' AND status >= 400 THEN 1 ELSE 0 END),
-            SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
-            SUM(cost_usd), SUM(cost_avoided_usd)
-        FROM usage WHERE NOT EXISTS (SELECT 1 FROM usage_daily)
-        GROUP BY strftime('%Y-%m-%d', ts, 'unixepoch'), tenant, key_id, COALESCE(model, ''), COALESCE(task, ''),
-            COALESCE(served_by, ''), endpoint;
-        INSERT INTO usage_daily_lite
-        SELECT day, tenant, model, task, served_by, endpoint, imported, SUM(requests), SUM(refused), SUM(audits),
-            SUM(errors), SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens), SUM(reasoning_tokens),
-            SUM(cost_usd), SUM(cost_avoided_usd)
-        FROM usage_daily WHERE NOT EXISTS (SELECT 1 FROM usage_daily_lite)
-        GROUP BY day, tenant, model, task, served_by, endpoint, imported
-        """,
-    )
+    run_script(db, _USAGE_ROLLUPS)
 
 
 @migration

@@ -173,13 +173,20 @@ def _build_page(source: UISource, name: str, task: str | None, patience_s: float
     return dashboard.PAGES[name][1](source.cfg, source.store, patience_s=patience_s)
 
 
-async def _page(request: Request, session: dict[str, Any]) -> Response:
-    source = _src(request)
+async def _requested_page(request: Request, session: dict[str, Any]) -> Any:
+    """The page the path names, built off the event loop, or a 404 response for a page that does not exist."""
     name = request.path_params.get("page", "overview")
     task = request.path_params.get("task")
     if task is None and name not in dashboard.PAGES:
         return await message(404, "Not found", f"There is no dashboard page {name!r}.", session["csrf"])
-    page = await asyncio.to_thread(_build_page, source, name, task, PATIENCE_S)
+    return await asyncio.to_thread(_build_page, _src(request), name, task, PATIENCE_S)
+
+
+async def _page(request: Request, session: dict[str, Any]) -> Response:
+    page = await _requested_page(request, session)
+    if isinstance(page, Response):
+        return page
+    name, task = request.path_params.get("page", "overview"), request.path_params.get("task")
     active = "tasks" if task is not None else name
     note = request.query_params.get("done")
     text = "The route was turned off: the teacher answers that task again." if note == "off" else None
@@ -190,12 +197,9 @@ async def _page(request: Request, session: dict[str, Any]) -> Response:
 
 
 async def _csv(request: Request, session: dict[str, Any]) -> Response:
-    source = _src(request)
-    name = request.path_params.get("page", "overview")
-    task = request.path_params.get("task")
-    if task is None and name not in dashboard.PAGES:
-        return await message(404, "Not found", f"There is no dashboard page {name!r}.", session["csrf"])
-    page = await asyncio.to_thread(_build_page, source, name, task, PATIENCE_S)
+    page = await _requested_page(request, session)
+    if isinstance(page, Response):
+        return page
     panel = page.panel(request.path_params["panel"])
     if panel is None:
         return await message(404, "Not found", "There is no such table on this page.", session["csrf"])

@@ -201,7 +201,7 @@ def _miss(key: str | None, reply: Reply | StreamReply) -> Reply | StreamReply:
 def _compare_shadow(gw: WorkerState, routing: Routing, teacher_output: str | None) -> None:
     """Shadow mode: the teacher's answer to the caller is compared with the student's."""
     if routing.compare == "shadow" and routing.reply is not None and routing.policy is not None:
-        gw.router.record(routing.policy, routing.reply.text, teacher_output)
+        gw.router.record(routing.policy, routing.reply.text, teacher_output, routing.reply.confidence)
 
 
 async def _open_stream(
@@ -341,7 +341,7 @@ async def _audit(gw: WorkerState, facts: RequestFacts, body: dict[str, Any], rou
         return
     gw.finish(audit, outcome)
     if routing.reply is not None and routing.policy is not None:
-        gw.router.record(routing.policy, routing.reply.text, output_of(resp.data)[0])
+        gw.router.record(routing.policy, routing.reply.text, output_of(resp.data)[0], routing.reply.confidence)
 
 
 # -- requests that ended before their body was read --------------------------------------------------------------

@@ -31,6 +31,7 @@ from insource.routing.policy import Answerer as Who
 from insource.routing.policy import RoutePolicy, decide, needs_prediction
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
 from insource.service.generative import GenerativePool
+from insource.service.promise import AUDIT, CALIBRATION, keep_promises
 from insource.service.request import Attempt, RequestFacts
 from insource.service.routes import (
     agreement_window,
@@ -130,7 +131,8 @@ class InsourcingRouter:
             self.policies[task] = dataclasses.replace(policy, active=False)
 
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
-        return judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
+        policies = keep_promises(self.store, load_policies(self.cfg, self.store, self.configured))
+        return judge_routes(self.store, policies)
 
     # -- request path ------------------------------------------------------------------------
     async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:
@@ -179,10 +181,17 @@ class InsourcingRouter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def record(self, policy: RoutePolicy, student_answer: str, teacher_output: str | None) -> None:
-        """One comparison of a student's answer with the teacher's (`None`: the teacher failed)."""
+    def record(
+        self, policy: RoutePolicy, student_answer: str, teacher_output: str | None, confidence: float | None = None
+    ) -> None:
+        """One comparison of a student's answer (given with `confidence`) with the teacher's (`None`: the teacher
+        failed). A calibrating cascade's comparisons only calibrate it: they are no served answers to judge."""
         metric = self.generative.get(policy.model).metric if self.generative.serves(policy.model) else "label"
         agree = agree_as(metric, student_answer, teacher_output)
+        if policy.mode == "cascade" and confidence is not None and policy.target_agreement is not None:
+            self._sample(policy, CALIBRATION if policy.calibrating else AUDIT, confidence, agree)
+        if policy.calibrating:
+            return
         self.writer.submit(
             "agreements",
             {
@@ -205,6 +214,12 @@ class InsourcingRouter:
             self.policies[policy.task] = dataclasses.replace(policy, active=False)
             self.rolled_back.add((policy.task, policy.since))
             self.spawn(asyncio.to_thread(roll_back, self.store, policy, reason))
+
+    def _sample(self, policy: RoutePolicy, source: str, confidence: float, agree: bool) -> None:
+        """A calibration sample or an audit of a promised cascade, with the student's confidence."""
+        row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
+        row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
+        self.writer.submit("route_samples", row)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -101,7 +101,8 @@ def _why_not_answering(row: dict[str, Any]) -> str:
     when = dt.datetime.fromtimestamp(float(event["ts"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     detail = event["detail"] if isinstance(event["detail"], dict) else {}
     if event["kind"] == "rollback":
-        why = f"agreement {detail.get('agreement', 0):.3f} below the floor {detail.get('floor')}"
+        floor = f"agreement {detail.get('agreement', 0):.3f} below the floor {detail.get('floor')}"
+        why = detail.get("reason") or floor
         return f"{row['task']}: rolled back to the teacher at {when} ({why})"
     reason = detail.get("reason") or "no reason given"
     return f"{row['task']}: turned off by hand at {when} by {detail.get('by', 'cli')}: {reason}"

@@ -131,8 +131,8 @@ class InsourcingRouter:
             self.policies[task] = dataclasses.replace(policy, active=False)
 
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
-        policies = keep_promises(self.store, load_policies(self.cfg, self.store, self.configured))
-        return judge_routes(self.store, policies)
+        policies = judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
+        return keep_promises(self.store, policies)  # the rollback floor first, then the promise
 
     # -- request path ------------------------------------------------------------------------
     async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:

@@ -7,7 +7,8 @@
 - **Audits.** A share of the student's answers (`audit_rate`, 2% by default with a target) is also asked of
   the teacher; each audit keeps the answer's confidence. When the audited answers the threshold serves break
   the promise (`routing.policy.promise_broken`), the threshold is raised to the lowest one whose audited
-  answers reach A, or, when none does, the route calibrates again. The rollback floor stays the last resort.
+  answers reach A; when none does, the route rolls back to the teacher. The rollback floor stays the last
+  resort, judged first (and at once on each worker's own audits).
 
 Every worker records samples; each one, every half second, reads all workers' samples from the store, and the
 one that first appends to the policy's threshold history (`route_thresholds`, keyed by its sequence number)
@@ -106,12 +107,6 @@ def _append(store: Store, policy: RoutePolicy, threshold: float | None, reason: 
     return True
 
 
-def _calibration_start(store: Store, policy: RoutePolicy) -> float:
-    """Calibration samples count from when the policy was set, or from when it started calibrating again."""
-    rows = queries.thresholds(store, *_key(policy))
-    return float(rows[-1]["at"]) if rows and rows[-1]["threshold"] is None else policy.since
-
-
 def calibration_need(policy: RoutePolicy) -> int:
     """How many live samples the calibrating policy chooses its threshold on (at least)."""
     return policy.calibrate or calibration_samples(policy.target_agreement or 0.0)
@@ -119,8 +114,7 @@ def calibration_need(policy: RoutePolicy) -> int:
 
 def calibration_progress(store: Store, policy: RoutePolicy) -> int:
     """How many live samples the calibrating policy has (up to `calibration_need`)."""
-    start = _calibration_start(store, policy)
-    return len(queries.samples(store, _key(policy), CALIBRATION, start, calibration_need(policy)))
+    return len(queries.samples(store, _key(policy), CALIBRATION, policy.since, calibration_need(policy)))
 
 
 def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
@@ -128,7 +122,7 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
     target = policy.target_agreement
     assert target is not None
     need = calibration_need(policy)
-    rows = queries.samples(store, _key(policy), CALIBRATION, _calibration_start(store, policy), 4 * need)
+    rows = queries.samples(store, _key(policy), CALIBRATION, policy.since, 4 * need)
     if len(rows) < need:
         return policy
     threshold = choose_threshold([r["confidence"] for r in rows], [bool(r["agree"]) for r in rows], target)
@@ -143,7 +137,10 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
 
 
 def _audit(store: Store, policy: RoutePolicy) -> RoutePolicy:
-    """Raise the threshold when the audited answers it serves break the promise (or calibrate again)."""
+    """Raise the threshold when the audited answers it serves break the promise; roll back when no higher
+    threshold's audited answers keep it."""
+    from insource.service.routes import roll_back
+
     target, threshold = policy.target_agreement, policy.threshold
     assert target is not None and threshold is not None
     window = max(AUDIT_WINDOW, min_samples(target))
@@ -154,10 +151,14 @@ def _audit(store: Store, policy: RoutePolicy) -> RoutePolicy:
         return policy
     served = [agree for conf, agree in audits if conf >= threshold]
     detail = {"audits": len(served), "agreement": sum(served) / len(served), "from": threshold}
-    reason = "audit" if raised is not None else "recalibrating"
-    if not _append(store, policy, raised, reason, detail):
+    if raised is None:
+        why = f"no threshold above {threshold:.3f} reaches the target agreement {target:g} on audited answers"
+        reason = {"model": policy.model, "mode": policy.mode, **detail, "target_agreement": target}
+        roll_back(store, policy, reason | {"floor": policy.floor, "n": len(served), "reason": why})
+        return dataclasses.replace(policy, active=False)
+    if not _append(store, policy, raised, "audit", detail):
         return current(store, policy)
-    return dataclasses.replace(policy, threshold=raised, calibrating=raised is None)
+    return dataclasses.replace(policy, threshold=raised)
 
 
 def keep_promises(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:

@@ -90,7 +90,7 @@ def route_set(
             f"task [bold]{shown(task)}[/] → {shown(row['model'])} in [bold]{shown(mode)}[/] mode", highlight=False
         )
         if row["state"] == "calibrating":
-            console.print(literal(_promise_line(row)), soft_wrap=True)
+            console.print(literal(_promise_line(row)))
 
 
 def _why_not_answering(row: dict[str, Any]) -> str:
@@ -155,7 +155,7 @@ def route_show(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = Fa
         elif r["state"] in ("off", "rolled_back"):
             console.print(literal(_why_not_answering(r)), soft_wrap=True)
         if r.get("target_agreement") is not None and r["mode"] == "cascade":
-            console.print(literal(_promise_line(r)), soft_wrap=True)
+            console.print(literal(_promise_line(r)))  # wrapped to the terminal
 
 
 def _share(value: float | None) -> str:

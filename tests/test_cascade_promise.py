@@ -136,7 +136,9 @@ def row(h: Home) -> dict[str, Any]:
 
 def route_set(h: Home, *args: str) -> dict[str, Any]:
     h.drift.answers.clear()
-    out = json.loads(h.gw.cli("route", "set", "--task", TASK, "--model", h.model, "--mode", "cascade", *args, "--json").stdout)
+    out = json.loads(
+        h.gw.cli("route", "set", "--task", TASK, "--model", h.model, "--mode", "cascade", *args, "--json").stdout
+    )
     time.sleep(1.1)  # every worker applies a route within a second
     return out
 
@@ -145,7 +147,7 @@ def wait_for(h: Home, check: Callable[[dict[str, Any]], bool], seconds: float = 
     deadline = time.monotonic() + seconds
     shown = row(h)
     while not check(shown):
-        assert time.monotonic() < deadline, shown
+        assert time.monotonic() < deadline, (shown["thresholds"], shown["events"][-3:])
         time.sleep(0.3)
         shown = row(h)
     return shown
@@ -205,14 +207,17 @@ def lowest(items: list[tuple[str, str, float]], above: float, share: float) -> l
 
 def test_a_drift_raises_the_threshold_then_rolls_back(home: Home) -> None:
     live = scored(home, 300, seed=601)
-    route_set(home, "--target-agreement", "0.9", "--calibrate", "0", "--audit-rate", "1", "--floor", "0.5")
+    route_set(home, "--target-agreement", "0.9", "--calibrate", "0", "--audit-rate", "1", "--floor", "0.3")
     drifted = lowest(live, home.eval_threshold, 0.3)
     home.drift.answers.update({text: OTHER for text, _, _ in drifted})  # the teacher changed its mind on these
     send(home, [text for text, _, _ in live])
-    shown = wait_for(home, lambda r: r["thresholds"][-1]["reason"] == "audit")
+    wait_for(home, lambda r: r["thresholds"][-1]["reason"] == "audit")
+    time.sleep(1.0)  # the audits still arriving may raise it again
+    shown = row(home)
     raised = shown["thresholds"][-1]["threshold"]
     assert shown["state"] == "answering" and raised > home.eval_threshold
-    assert raised > max(conf for _, _, conf in drifted) - 1e-9  # the drifted answers are no longer served
+    kept = [text not in home.drift.answers for text, _, conf in live if conf >= raised]
+    assert sum(kept) / len(kept) >= 0.9, (raised, len(kept))  # the promise holds again at the raised threshold
     event = next(e for e in shown["events"] if e["kind"] == "threshold")
     assert event["detail"]["threshold"] == raised and event["detail"]["agreement"] < 0.9
     home.drift.answers.update({text: OTHER for text, _, _ in live})  # it keeps falling: every answer changes

@@ -153,7 +153,7 @@ def llama_servers(parent: int) -> list[int]:
 
 
 def test_cascade_serves_the_lora_student_with_its_name_and_meters_it(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     text, by = ask(served)
     assert (text, by) == (STUDENT_SAYS, served.model)  # the first request waited for llama.cpp to start
     text, by = ask(served, stream=True)
@@ -166,7 +166,7 @@ def test_cascade_serves_the_lora_student_with_its_name_and_meters_it(served: Ser
 
 
 def test_a_dead_llama_server_is_restarted_and_callers_never_see_it(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     before = llama_servers(served.gw.proc.pid)
     assert len(before) == 1
@@ -227,7 +227,7 @@ def test_an_external_server_declared_in_config_serves_the_student(served: Served
                 time.sleep(0.3)
             assert server.poll() is None and time.monotonic() < deadline, "llama.cpp did not start"
         gw = start_gateway(config)
-        set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+        set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
         other = Served(gw, served.fake, served.model, served.key)
         assert ask(other) == (STUDENT_SAYS, served.model)
         assert llama_servers(gw.proc.pid) == []  # nothing started by this gateway

@@ -242,3 +242,39 @@ def test_a_threshold_calibrated_on_live_traffic_keeps_the_promise_the_validation
     after, n = delivered(home, send(home, [text for text, _, _ in live[200:]]))
     assert shown["threshold"] > home.eval_threshold and n > 0
     assert after >= 0.9, (after, n, shown["thresholds"])
+
+
+def test_config_routes_take_calibrate_and_audit_rate_with_the_same_defaults(home: Home, tmp_path: Path) -> None:
+    registry = home.gw.config.parent / "models"
+    head = (
+        f'[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "{registry}"\n'
+        f'[providers.teacher]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nterms = "self-hosted"\n'
+        f'[models."gpt-4o-mini"]\ntargets = ["{TEACHER}"]\n'
+        f'[routes.{TASK}]\nmodel = "{home.model}"\nmode = "cascade"\ntarget_agreement = 0.9\n'
+    )
+
+    def shown(extra: str) -> dict[str, Any]:
+        config = tmp_path / "insource.toml"
+        config.write_text(head + extra)
+        return next(r for r in json.loads(run_cli("route", "show", "--json", "--config", str(config)).stdout))
+
+    calibrating = shown("")
+    assert (calibrating["state"], calibrating["audit_rate"], calibrating["calibrate"]) == ("calibrating", 0.02, 20)
+    at_once = shown("calibrate = 0\naudit_rate = 0.1\n")
+    assert (at_once["state"], at_once["threshold"], at_once["audit_rate"]) == ("answering", home.eval_threshold, 0.1)
+    refused = shown("calibrate = -1\n")
+    assert refused["problem"] and "calibrate" in refused["problem"] and not refused["active"]
+
+
+def test_the_threshold_is_raised_on_audits_only_when_they_break_the_promise() -> None:
+    from insource.routing.policy import calibration_samples, raised_threshold
+
+    assert (calibration_samples(0.95), calibration_samples(0.99)) == (38, 198)
+    sure = [(0.9 + i / 1000, True) for i in range(60)]
+    unsure = [(0.5 + i / 1000, i % 2 == 0) for i in range(40)]  # half of the less sure answers changed
+    assert raised_threshold(sure, 0.4, 0.9) == (False, 0.4)  # kept: nothing to raise
+    broken, raised = raised_threshold(sure + unsure, 0.4, 0.9)
+    assert broken and raised is not None and 0.5 < raised <= 0.9
+    kept = [agree for conf, agree in sure + unsure if conf >= raised]
+    assert sum(kept) / len(kept) >= 0.9 and len(kept) < 100  # what it now serves keeps the promise
+    assert raised_threshold([(c, False) for c, _ in sure], 0.4, 0.9) == (True, None)  # no threshold keeps it

@@ -167,6 +167,8 @@ def _promise_line(r: dict[str, Any]) -> str:
     head = f"{r['task']}: promises {r['target_agreement']:g} agreement"
     if r["state"] == "calibrating":
         done = f"{r['calibrated']} of {r['calibrate']} requests"
+        if r["calibrated"] >= r["calibrate"]:
+            done += f", no threshold reaches {r['target_agreement']:g} on them yet"
         return f"{head}; calibrating on live traffic ({done}): the teacher answers"
     live = "no audits yet"
     if r["live_agreement"] is not None:

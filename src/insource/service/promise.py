@@ -122,7 +122,8 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
     target = policy.target_agreement
     assert target is not None
     need = calibration_need(policy)
-    rows = queries.samples(store, _key(policy), CALIBRATION, policy.since, 4 * need)
+    window = 4 * max(need, calibration_samples(target))  # the most recent: enough to show the target
+    rows = queries.samples(store, _key(policy), CALIBRATION, policy.since, window)
     if len(rows) < need:
         return policy
     threshold = choose_threshold([r["confidence"] for r in rows], [bool(r["agree"]) for r in rows], target)

@@ -39,7 +39,7 @@ import orjson
 from insource.config import ProviderConfig
 from insource.errors import InsourceError, NotReady, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage
-from insource.registry.entries import read_json, read_model_info, resolve
+from insource.registry.entries import EVAL_FILE, read_json, read_model_info, resolve
 from insource.routing.agreement import METRICS, parses
 from insource.routing.tokens import completion_tokens, prompt_tokens
 from insource.service.answerers import (
@@ -169,9 +169,50 @@ def serving_files(folder: Path, info: dict[str, Any]) -> tuple[Path, Path]:
     return Path(base), adapter
 
 
+def adapter_mismatch(base: Path, adapter: Path) -> str | None:
+    """Why the LoRA adapter GGUF does not fit the base GGUF (a tensor it changes is missing from the base or has
+    other dimensions: an adapter trained on another base), or None. Reads the two files' headers (`gguf`)."""
+    from gguf import GGUFReader
+
+    try:
+        shapes = {t.name: [int(d) for d in t.shape] for t in GGUFReader(base).tensors}
+        tensors = [(t.name, [int(d) for d in t.shape]) for t in GGUFReader(adapter).tensors]
+    except (OSError, ValueError, KeyError, IndexError) as exc:  # not a GGUF file, or a damaged one
+        return f"its GGUF files cannot be read ({type(exc).__name__}: {exc})"
+    for name, dims in tensors:
+        target, _, part = name.rpartition(".")
+        if part not in ("lora_a", "lora_b"):
+            continue
+        want = shapes.get(target)
+        if want is None:
+            return f"the adapter changes {target}, which the base model {base.name} does not have"
+        # ggml order: the base's [n_in, n_out]; lora_a [n_in, r], lora_b [r, n_out]
+        if (
+            len(dims) != 2
+            or len(want) != 2
+            or (part == "lora_a" and dims[0] != want[0])
+            or (part == "lora_b" and dims[1] != want[1])
+        ):
+            return f"the adapter's {name} has dimensions {dims}, which do not fit {target} {want} of {base.name}"
+    return None
+
+
+def check_servable(registry: Path, name: str, external_url: str | None) -> None:
+    """For `route set` and `serve`: a LoRA student can be served — its base and adapter GGUF exist and fit
+    together (not an adapter built on another base) — unless an external server serves it. NotReady otherwise."""
+    folder = resolve(registry, name)
+    info = read_model_info(folder)
+    if info.get("student") != "lora" or external_url:
+        return
+    base, adapter = serving_files(folder, info)
+    why = adapter_mismatch(base, adapter)
+    if why is not None:
+        raise NotReady(f"{folder.name} cannot be served on its base model: {why} (an adapter built on another base?)")
+
+
 def eval_metric(folder: Path) -> str:
     """The metric `insource eval` judged the student with (audits and shadow runs use it), default exact."""
-    path = folder / "eval.json"
+    path = folder / EVAL_FILE
     if not path.is_file():
         return "exact"
     latest = read_json(path).get("latest")
@@ -195,13 +236,32 @@ class GenerativeStudent:
         self.system_prompt: str | None = info.get("system_prompt")
         longest = (info.get("metrics") or {}).get("max_answer_tokens")
         self.max_tokens = int(longest * 1.5) + 8 if isinstance(longest, int) and longest > 0 else DEFAULT_MAX_TOKENS
-        self.metric = eval_metric(folder)
-        base, adapter = serving_files(folder, info) if self.external_url is None else (Path(), Path())
+        self.folder = folder
+        self._metric: tuple[float, str] = (-1.0, "exact")  # (eval.json's mtime, its metric)
+        self.unservable: str | None = None  # why it cannot be served (raised when asked: the teacher answers)
+        base, adapter = Path(), Path()
+        if self.external_url is None:
+            try:
+                base, adapter = serving_files(folder, info)
+            except NotReady as exc:
+                self.unservable = exc.message
         self.server = LlamaCppProcess(self.name, base, adapter, log_dir)
         self.failures = 0
         self._lock = asyncio.Lock()  # llama.cpp answers one request at a time: measure each one's CPU alone
         self._provider: Any = None
         self._starting: asyncio.Future[None] | None = None
+
+    @property
+    def metric(self) -> str:
+        """The metric of the student's latest `insource eval` (read again when eval.json changes: a new eval
+        applies without a restart)."""
+        try:
+            mtime = (self.folder / EVAL_FILE).stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        if mtime != self._metric[0]:
+            self._metric = (mtime, eval_metric(self.folder))
+        return self._metric[1]
 
     def _messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
         """The request's messages as trained (pruned system prompt removed), and whether they look trained."""
@@ -231,6 +291,8 @@ class GenerativeStudent:
         (`[inhouse] generative_base_url`) is neither started nor supervised."""
         if self.external_url is not None:
             return self._client(self.external_url)
+        if self.unservable is not None:
+            raise NotReady(self.unservable)
         if self._starting is None and not self.server.alive():
             if self.server.starts:
                 self.failures += 1  # it died: counted and restarted

@@ -16,16 +16,18 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
-from tests.conftest import Gateway, start_gateway, stop_gateway
 
 from insource.registry.entries import register, write_json_atomic
 from insource.registry.lora_base import smollm2_gguf
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
+
+if TYPE_CHECKING:  # tests/conftest.py imports this module: its names are imported where they are used
+    from tests.conftest import Gateway
 
 TASK = "sums"
 QUESTION = "What is 2+2? Answer with a number only."
@@ -97,6 +99,8 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    from tests.conftest import start_gateway, stop_gateway
+
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)

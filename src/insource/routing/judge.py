@@ -25,7 +25,7 @@ SYSTEM = (
 )
 _OPEN_A, _CLOSE_A, _OPEN_B, _CLOSE_B = "<answer_a>", "</answer_a>", "<answer_b>", "</answer_b>"
 _ANSWERS = re.compile(
-    re.escape(_OPEN_A) + r"\n(.*)\n" + re.escape(_CLOSE_A) + r"\s*" + re.escape(_OPEN_B) + r"\n(.*)\n"
+    re.escape(_OPEN_A) + r"\n(.*?)\n" + re.escape(_CLOSE_A) + r"\n\nAnswer B:\n" + re.escape(_OPEN_B) + r"\n(.*)\n"
     + re.escape(_CLOSE_B),
     re.S,
 )  # fmt: skip

@@ -42,9 +42,6 @@ def _skip_reason() -> str | None:
     return None
 
 
-STUDENT_TIMEOUT_S = 8  # [inhouse] generative_timeout_s: how long a hung student delays its answer in tests
-
-
 def identity_student(registry: Path, work: Path, task: str = TASK, **config: Any) -> str:
     """Register a LoRA student of SmolLM2 whose adapter is LoRA's initialisation (B = 0). `config` overrides the
     base's config (e.g. `hidden_size`): an adapter built on another base, registered as SmolLM2's."""
@@ -111,7 +108,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     config = folder / "insource.toml"
     config.write_text(
         f'[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n'
-        f"[inhouse]\ngenerative_timeout_s = {STUDENT_TIMEOUT_S}\n"
         f'[providers.teacher]\nkind = "openai"\nbase_url = "{handle.url}/v1"\nterms = "self-hosted"\n'
         '[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
     )

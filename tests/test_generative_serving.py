@@ -19,7 +19,6 @@ import pytest
 from tests.conftest import start_gateway, stop_gateway
 from tests.generative_served import (
     STUDENT_SAYS,
-    STUDENT_TIMEOUT_S,
     TASK,
     Served,
     ask,
@@ -29,6 +28,7 @@ from tests.generative_served import (
 )
 
 from insource.registry.lora_base import smollm2_gguf
+from insource.service.generative import STALL_S
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def test_an_external_server_declared_in_config_serves_the_student(served: Served
     config = folder / "external.toml"
     config.write_text(
         served.gw.config.read_text().replace(
-            "[inhouse]\n", f'[inhouse]\ngenerative_base_url = "http://127.0.0.1:{port}/v1"\n'
+            "[registry]", f'[inhouse]\ngenerative_base_url = "http://127.0.0.1:{port}/v1"\n[registry]'
         )
     )
     gw = None
@@ -136,7 +136,7 @@ def _student_back(s: Served) -> None:
         assert time.monotonic() < deadline, "the student never came back"
 
 
-def test_a_hung_student_times_out_the_teacher_answers_and_the_failure_is_counted(served: Served) -> None:
+def test_a_hung_student_is_killed_the_teacher_answers_and_the_failure_is_counted(served: Served) -> None:
     set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
     ask(served)
     (pid,) = llama_servers(served.gw.proc.pid)
@@ -148,7 +148,7 @@ def test_a_hung_student_times_out_the_teacher_answers_and_the_failure_is_counted
         waited = time.monotonic() - started
     finally:
         os.kill(pid, signal.SIGKILL)
-    assert answer == ("4", TEACHER) and waited >= STUDENT_TIMEOUT_S - 0.5
+    assert answer == ("4", TEACHER) and STALL_S - 0.5 <= waited < 30  # killed when stalled, not at the 60 s timeout
     rows = served.gw.usage_rows("served_by = ? AND error_code = 'student_failed'", (TEACHER,), wait_for=1)
     assert rows and rows[-1]["status"] == 200  # the caller's request succeeded; its record says the student failed
     assert _failures(served) == failures + 1
@@ -169,7 +169,7 @@ def test_a_student_that_dies_mid_answer_leaves_it_to_the_teacher_at_once(served:
         os.kill(pid, signal.SIGKILL)
         answer = pending.result(timeout=60)
         waited = time.monotonic() - started
-    assert answer == ("4", TEACHER) and waited < STUDENT_TIMEOUT_S  # no timeout needed: it died
+    assert answer == ("4", TEACHER) and waited < 30  # no timeout needed: it died
     assert _failures(served) == failures + 1
     _student_back(served)
 

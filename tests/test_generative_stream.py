@@ -18,13 +18,14 @@ import pytest
 from tests.generative_served import (
     QUESTION,
     STUDENT_SAYS,
-    STUDENT_TIMEOUT_S,
     TASK,
     Served,
     ask,
     llama_servers,
     set_route,
 )
+
+from insource.service.generative import STALL_S
 
 pytestmark = pytest.mark.slow
 COUNTING = "Count from 1 to 20, separated by commas."  # a long answer: up to the student's max_tokens (44)
@@ -90,7 +91,7 @@ def test_a_student_hung_before_its_first_token_leaves_the_stream_to_the_teacher(
     finally:
         os.kill(pid, signal.SIGKILL)  # (the gateway already killed it: a no-op then)
     assert by == TEACHER and "".join(content(chunks)) == "4"
-    assert waited >= STUDENT_TIMEOUT_S - 0.5
+    assert STALL_S - 0.5 <= waited < 30  # the stalled server was killed; the teacher's stream followed
     row = served.gw.usage_rows("served_by = ? AND stream = 1", (TEACHER,), wait_for=1)[-1]
     assert row["status"] == 200 and row["error_code"] == "student_failed"
     metrics = httpx.get(served.gw.url + "/metrics").text

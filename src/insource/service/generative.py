@@ -6,8 +6,10 @@ adapter.gguf` (`logits_all` for token log-probs) on a free 127.0.0.1 port, waits
 started again when it has died (at most once every `RESTART_BACKOFF_S`). `GenerativeStudent.complete` sends the
 request (the pruned system prompt removed, greedy, `logprobs`), and returns the answer with its confidence:
 exp(minimum token log-prob), 0 when it stopped on length or, for a `json` task, does not parse. Any failure
-raises: the router counts it and the teacher answers. An answer (or, streamed, a token) that takes longer than
-`[inhouse] generative_timeout_s` is a failure too, and the hung server is killed (the next request restarts it).
+raises: the router counts it and the teacher answers. A server that uses no CPU for `STALL_S` while answering is
+hung (stopped, deadlocked): it is killed at once, the request fails, and the next request restarts it. An answer
+(or, streamed, a token) that takes longer than `[inhouse] generative_timeout_s` fails too (and its server is
+killed): that also covers a server spinning without answering, and external servers.
 No ML import here: llama.cpp runs in the child process.
 
 Streaming. In full and canary modes nothing gates the answer, so `live` relays llama.cpp's token stream as it
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -51,9 +54,12 @@ from insource.service.answerers import (
     completion_events,
 )
 
+log = logging.getLogger("insource.generative")
 START_TIMEOUT_S = 120.0
 RESTART_BACKOFF_S = 5.0
 DEFAULT_MAX_TOKENS = 256
+STALL_S = 3.0  # a llama.cpp server that used no CPU this long while answering is hung: killed, the teacher answers
+STALL_CHECK_S = 0.25
 N_CTX = 1024
 
 
@@ -323,16 +329,38 @@ class GenerativeStudent:
         if self.external_url is None:
             self.server.kill()
 
+    async def _watch(self, pid: int) -> None:
+        """While a request is with the server: kill it when its CPU time stops growing for `STALL_S` (stopped,
+        deadlocked, waiting on nothing): the request then fails at once and the teacher answers, however long
+        the answer's timeout. A slow server on a loaded machine still gets CPU ticks, so it is not cut short."""
+        last, since = _cpu_seconds(pid), time.monotonic()
+        while True:
+            await asyncio.sleep(STALL_CHECK_S)
+            now, cpu = time.monotonic(), _cpu_seconds(pid)
+            if cpu is None or self.server.proc is None or self.server.proc.pid != pid:
+                return  # gone, or replaced
+            if last is None or cpu > last:
+                last, since = cpu, now
+            elif now - since >= STALL_S:
+                log.warning("the llama.cpp server of %s used no CPU for %.0f s while answering: killed", self.name,
+                            now - since)  # fmt: skip
+                self._hung()
+                return
+
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[tuple[float | None, float]]:
         """This request's turn on the server (one at a time, so its CPU time is its own): (CPU s, wall s) at the
-        start. Waiting for the turn counts in the answer's timeout."""
+        start, with a watchdog on the server while the request is with it. Waiting for the turn counts in the
+        answer's timeout."""
         async with asyncio.timeout(self.timeout_s):
             await self._lock.acquire()
+        pid = self.server.proc.pid if self.server.proc and self.external_url is None else 0
+        watchdog = asyncio.ensure_future(self._watch(pid)) if pid else None
         try:
-            pid = self.server.proc.pid if self.server.proc and self.external_url is None else 0
             yield _cpu_seconds(pid), time.perf_counter()
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._lock.release()
 
     def _spent(self, start: tuple[float | None, float]) -> float:
@@ -380,11 +408,12 @@ class GenerativeStudent:
         provider = await self._ensure()
         out = ChunkWriter(self.name, ids, include_usage)
         async with self._turn() as start:
-            stream = await provider.stream(self.name, {**request, "stream": True, "logprobs": False})
+            plain = {k: v for k, v in request.items() if k not in ("logprobs", "top_logprobs")}
+            stream = await provider.stream(self.name, {**plain, "stream": True})
             pieces: list[str] = []
             try:
                 async for piece, finish in self._pieces(stream):
-                    if stats.ttft_s is None:
+                    if stats.ttft_s is None and (piece or finish):  # the first token (not llama.cpp's role chunk)
                         stats.ttft_s = time.perf_counter()
                         yield out.delta({"role": "assistant", "content": ""})
                     if piece:

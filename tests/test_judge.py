@@ -70,8 +70,8 @@ def _route_agreement(s: Served, comparisons: int) -> float:
     deadline = time.monotonic() + 30
     while True:
         row = json.loads(s.gw.cli("route", "show", "--json").stdout)[0]
-        if row["comparisons"] >= comparisons or time.monotonic() > deadline:
-            assert row["comparisons"] == comparisons, row
+        if row["n"] >= comparisons or time.monotonic() > deadline:
+            assert row["n"] == comparisons, row
             return float(row["agreement"])
         time.sleep(0.2)
 

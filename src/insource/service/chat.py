@@ -213,7 +213,8 @@ def _compare_shadow(
 ) -> None:
     """Shadow mode: the teacher's answer to the caller is compared with the student's."""
     if routing.compare == "shadow" and routing.reply is not None and routing.policy is not None:
-        _compare(gw, facts, body, routing.policy, routing.reply.text, teacher_output)
+        reply = routing.reply
+        _compare(gw, facts, body, routing.policy, reply.text, teacher_output, reply.confidence)
 
 
 def _compare(
@@ -223,16 +224,22 @@ def _compare(
     policy: RoutePolicy,
     student: str,
     teacher: str | None,
+    confidence: float | None,
 ) -> None:
     """Record one comparison; under the `judge` metric the teacher grades it first, in the background."""
     if teacher is not None and gw.router.metric(policy) == "judge":
-        gw.router.spawn(_judge(gw, facts, body, policy, student, teacher))
+        gw.router.spawn(_judge(gw, facts, body, policy, (student, confidence), teacher))
     else:
-        gw.router.record(policy, student, teacher)
+        gw.router.record(policy, student, teacher, confidence)
 
 
 async def _judge(
-    gw: WorkerState, facts: RequestFacts, body: dict[str, Any], policy: RoutePolicy, student: str, teacher: str
+    gw: WorkerState,
+    facts: RequestFacts,
+    body: dict[str, Any],
+    policy: RoutePolicy,
+    student: tuple[str, float | None],
+    teacher: str,
 ) -> None:
     """The teacher (the caller's model alias) grades the student's answer in both orders; each judge request is
     metered as an audit. When a judge request fails, no comparison is recorded."""
@@ -249,10 +256,10 @@ async def _judge(
         return output_of(resp.data)[0]
 
     try:
-        agree = await judge(ask, body.get("messages"), student, teacher)
+        agree = await judge(ask, body.get("messages"), student[0], teacher)
     except InsourceError:
         return
-    gw.router.record(policy, student, teacher, verdict=agree)
+    gw.router.record(policy, student[0], teacher, student[1], verdict=agree)
 
 
 async def _open_stream(
@@ -386,7 +393,7 @@ def _serve_student(
     assert student is not None and reply is not None
     outcome = _student_outcome(gw, facts, student.name, reply.usage, reply.compute_s, facts.elapsed_ms(), spans)
     if routing.compare == "audit" and routing.policy is not None:
-        gw.router.spawn(_audit(gw, facts, body, routing.policy, reply.text))
+        gw.router.spawn(_audit(gw, facts, body, routing.policy, (reply.text, reply.confidence)))
     gw.finish(facts, outcome, admission)
     headers = {SERVED_BY: student.name}
     if facts.stream:
@@ -449,12 +456,14 @@ async def _relay_live(
         name = routing.student.name
         gw.finish(facts, _student_outcome(gw, facts, name, usage, stats.compute_s, ttft, None, status, code), admission)
         if status == 200 and routing.compare == "audit":
-            gw.router.spawn(_audit(gw, facts, body, routing.policy, stats.text))
+            gw.router.spawn(_audit(gw, facts, body, routing.policy, (stats.text, None)))
 
 
-async def _audit(gw: WorkerState, facts: RequestFacts, body: dict[str, Any], policy: RoutePolicy, student: str) -> None:
+async def _audit(
+    gw: WorkerState, facts: RequestFacts, body: dict[str, Any], policy: RoutePolicy, student: tuple[str, float | None]
+) -> None:
     """The teacher answers the same request too (its own usage record, endpoint 'audit': spend, not a caller's
-    request) and its answer is compared with the student's."""
+    request) and its answer is compared with the student's (its answer and confidence)."""
     audit = RequestFacts(facts.key, "audit", model=facts.model, task=facts.task, request_id=facts.trace_id)
     plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
     trail = CallTrail()
@@ -464,7 +473,7 @@ async def _audit(gw: WorkerState, facts: RequestFacts, body: dict[str, Any], pol
         gw.finish(audit, ended(trail, exc.status, exc.code))
         return
     gw.finish(audit, outcome)
-    _compare(gw, facts, body, policy, student, output_of(resp.data)[0])
+    _compare(gw, facts, body, policy, student[0], output_of(resp.data)[0], student[1])
 
 
 # -- requests that ended before their body was read --------------------------------------------------------------

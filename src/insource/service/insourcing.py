@@ -211,10 +211,16 @@ class InsourcingRouter:
         return self.generative.get(policy.model).metric if self.generative.serves(policy.model) else "label"
 
     def record(
-        self, policy: RoutePolicy, student_answer: str, teacher_output: str | None, verdict: bool | None = None
+        self,
+        policy: RoutePolicy,
+        student_answer: str,
+        teacher_output: str | None,
+        confidence: float | None = None,
+        verdict: bool | None = None,
     ) -> None:
-        """One comparison of a student's answer with the teacher's (`None`: the teacher failed); `verdict` is the
-        judge's, for the `judge` metric (`service/judging.py`)."""
+        """One comparison of a student's answer (given with `confidence`, None when unknown: a live stream) with
+        the teacher's (`None`: the teacher failed); `verdict` is the judge's, for the `judge` metric
+        (`service/judging.py`)."""
         if verdict is not None or teacher_output is None:
             agree = bool(verdict)
         else:

@@ -100,3 +100,25 @@ def test_a_student_hung_before_its_first_token_leaves_the_stream_to_the_teacher(
     while ask(served)[1] != served.model:  # the hung server was killed; the next requests start a new one
         assert time.monotonic() < deadline, "the student never came back"
     assert pid not in llama_servers(served.gw.proc.pid)
+
+
+async def test_pieces_become_one_chunk_each_unless_they_do_not_spell_the_answer() -> None:
+    from insource.metering.usage import Usage
+    from insource.service.answerers import ReplyIds, completion_events
+    from insource.service.generative import sse_payloads
+
+    async def render(pieces: tuple[str, ...], include_usage: bool) -> list[dict[str, Any]]:
+        events = completion_events(
+            "t@v1", "2 + 2", 1, Usage(5, 0, 3, 0), ReplyIds("chatcmpl-1", 1), include_usage, pieces
+        )
+        raw = b"".join([event async for event in events])
+        assert raw.endswith(b"data: [DONE]\n\n")
+        return [p for p in sse_payloads(raw) if p is not None]
+
+    chunks = await render(("2", " +", " 2"), True)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == ["2", " +", " 2"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert all(c["usage"] is None for c in chunks[:-1])
+    chunks = await render(("2", " -"), False)  # not the answer's tokens: the answer in one chunk
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "2 + 2", None]
+    assert all("usage" not in c for c in chunks)

@@ -141,11 +141,11 @@ async def _grade_all(judge: TeacherJudge, chats: list[list[dict[str, str]]], ans
 
 
 def judge_answers(
-    cfg: Config, task: str, chats: list[list[dict[str, str]]], answers: list[str]
+    cfg: Config, task: str, alias: str, chats: list[list[dict[str, str]]], answers: list[str]
 ) -> tuple[list[bool], JudgeSpend]:
-    """The teacher's verdict on each answer (both orders must say EQUIVALENT), and what judging cost (metered:
-    its usage records are written as audits)."""
-    judge = TeacherJudge(cfg, task, teacher_alias(cfg, task))
+    """The verdict of the teacher `alias` (`teacher_alias`) on each answer (both orders must say EQUIVALENT),
+    and what judging cost (metered: its usage records are written as audits)."""
+    judge = TeacherJudge(cfg, task, alias)
     try:
         verdicts = asyncio.run(_grade_all(judge, chats, answers))
     finally:

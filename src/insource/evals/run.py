@@ -257,12 +257,14 @@ def _judge_grader(cfg: Config, info: dict[str, Any], metric: str) -> tuple[Grade
     """For the `judge` metric: the grader asking the task's teacher, and the spend it adds up (else None)."""
     if metric != "judge":
         return None, None
-    from insource.evals.judge import JudgeSpend, judge_answers
+    from insource.evals.judge import JudgeSpend, judge_answers, teacher_alias
 
+    task = str(info["task"])
+    alias = teacher_alias(cfg, task)  # before any answer is generated: a config without a teacher stops here
     total = JudgeSpend()
 
     def grade(chats: list[list[dict[str, str]]], answers: list[str]) -> list[bool]:
-        verdicts, spend = judge_answers(cfg, str(info["task"]), chats, answers)
+        verdicts, spend = judge_answers(cfg, task, alias, chats, answers)
         total.requests += spend.requests
         total.cost_usd += spend.cost_usd
         return verdicts

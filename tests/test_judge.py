@@ -125,3 +125,18 @@ def test_eval_with_the_judge_metric_asks_the_configured_teacher(served: Served, 
     )
     res = run_cli(*args, "--config", str(dead), check=False)
     assert res.returncode == 2 and "could not be reached" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_eval_names_the_missing_teacher_when_no_alias_teaches_the_task(tmp_path: Path) -> None:
+    from insource.config import load_config
+    from insource.errors import NotReady
+    from insource.evals.judge import teacher_alias
+
+    config = tmp_path / "insource.toml"
+    models = '[models."a"]\ntargets = ["p:a"]\n[models."b"]\ntargets = ["p:b"]\n'
+    providers = '[providers.p]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+    config.write_text('[store]\nurl = "sqlite:///./insource.db"\n' + providers + models)
+    with pytest.raises(NotReady, match="no model alias in the config teaches 'sums'"):
+        teacher_alias(load_config(config), "sums")
+    config.write_text('[store]\nurl = "sqlite:///./insource.db"\n' + providers + models.split('[models."b"]')[0])
+    assert teacher_alias(load_config(config), "sums") == "a"  # the only alias

@@ -2,8 +2,15 @@
 
 probabilities = (1 - knn_weight) · softmax((E·Wᵀ + b) / T) + knn_weight · kNN vote over training embeddings,
 then, when the student has a lexical view (`lexical.py`), mixed with its probabilities by `lexical_weight`.
-An input whose best cosine similarity to the training inputs is below `ood_threshold` is out of
-distribution: flagged, with confidence 0, so it is deferred to the teacher at any threshold.
+
+Out of scope, two ways (see `distill/fit.py` for how each number is chosen):
+- An input whose mean cosine similarity to its `ood_k` nearest training inputs is below `ood_threshold` is
+  unlike the traffic the student learned from: flagged, with confidence 0, so it is deferred to the teacher
+  at any threshold. (Models distilled before this rule have `ood_k` 1: the best similarity.)
+- `catch_all` (≥ 0) is the label the teacher gives requests outside the task's scope (e.g. `other`). Its share
+  of live traffic can grow far beyond its training share, so an in-scope answer's confidence is its probability
+  once the catch-all's odds are multiplied by `catch_all_shift`, and a catch-all answer's confidence its
+  probability at the training odds: each label is answered only when it stays sure over that whole range.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ class Head:
     knn_k: int = 10
     knn_temperature: float = 0.05
     lexical_weight: float = 0.0
+    ood_k: int = 1
+    catch_all: int = -1
+    catch_all_shift: float = 1.0
     _session: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -80,8 +90,16 @@ class Head:
         np.add.at(out, (rows, self.train_labels[idx].ravel()), w.ravel())
         return np.asarray(out / out.sum(axis=1, keepdims=True), dtype=np.float32)
 
+    def nearness(self, sims: Matrix) -> Matrix:
+        """Mean cosine similarity of each row to its `ood_k` nearest training inputs (the OOD score)."""
+        k = max(1, min(self.ood_k, sims.shape[1]))
+        if k == 1:
+            return np.asarray(sims.max(axis=1), dtype=np.float32)
+        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        return np.asarray(top.mean(axis=1), dtype=np.float32)
+
     def proba(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[Matrix, Matrix]:
-        """(class probabilities, best cosine similarity to a training input) for each row of `emb`.
+        """(class probabilities, OOD score: mean cosine to the `ood_k` nearest training inputs) per row of `emb`.
 
         `lexical`: the lexical view's probabilities for the same inputs (ignored when `lexical_weight` is 0).
         """
@@ -90,14 +108,24 @@ class Head:
         logits, sims = self.scores(emb)
         knn = self.knn_proba(sims) if self.knn_weight > 0 else None
         probs = mix(softmax(logits / self.temperature), knn, self.knn_weight, lexical, self.lexical_weight)
-        return probs, np.asarray(sims.max(axis=1), dtype=np.float32)
+        return probs, self.nearness(sims)
+
+    def confidence(self, probs: Matrix, idx: IntArray) -> Matrix:
+        """Confidence of each row's answer `idx`: its probability, for an in-scope answer at the catch-all's
+        odds × `catch_all_shift` (see the module docstring)."""
+        conf = probs[np.arange(len(idx)), idx]
+        if self.catch_all < 0 or self.catch_all_shift <= 1.0:
+            return np.asarray(conf, dtype=np.float32)
+        p_rest = probs[:, self.catch_all]
+        shifted = conf / (1.0 - p_rest + self.catch_all_shift * p_rest)
+        return np.asarray(np.where(idx == self.catch_all, conf, shifted), dtype=np.float32)
 
     def predict(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
         """(class index, confidence, ood flag) per row; OOD rows get confidence 0."""
-        probs, best = self.proba(emb, lexical)
-        idx = probs.argmax(axis=1)
-        conf = probs[np.arange(len(idx)), idx]
-        ood = best < self.ood_threshold
+        probs, near = self.proba(emb, lexical)
+        idx = probs.argmax(axis=1).astype(np.int64)
+        conf = self.confidence(probs, idx)
+        ood = near < self.ood_threshold
         conf = np.where(ood, 0.0, conf).astype(np.float32)
         return idx.astype(np.int64), conf, ood
 
@@ -116,6 +144,9 @@ class Head:
                     self.knn_k,
                     self.knn_temperature,
                     self.lexical_weight,
+                    self.ood_k,
+                    self.catch_all,
+                    self.catch_all_shift,
                 ],
                 dtype=np.float64,
             ),
@@ -183,4 +214,7 @@ class Head:
                 knn_k=int(s[3]),
                 knn_temperature=float(s[4]),
                 lexical_weight=float(s[5]) if len(s) > 5 else 0.0,
+                ood_k=int(s[6]) if len(s) > 6 else 1,  # older heads: the best similarity
+                catch_all=int(s[7]) if len(s) > 7 else -1,
+                catch_all_shift=float(s[8]) if len(s) > 8 else 1.0,
             )

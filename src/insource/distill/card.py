@@ -41,10 +41,10 @@ def _scope_lines(head: dict[str, Any]) -> list[str]:
     if isinstance(catch, dict):
         lines.append(
             f"- Catch-all label `{catch.get('label')}` (recognised by {catch.get('reason')}; "
-            f"{_fmt(catch.get('train_share'))} of training): an in-scope answer must stay sure with the catch-all "
-            f"at up to {_fmt(catch.get('live_share_allowed'))} of live traffic "
-            f"(odds × {_fmt(catch.get('odds_shift'))}); "
-            f"`{catch.get('label')}` is answered only at its own training odds"
+            f"{_fmt(catch.get('train_share'))} of training): an in-scope answer goes to the teacher when a nearest "
+            f"training input carries it, or when it would be as likely as the answer at "
+            f"{_fmt(catch.get('live_share_allowed'))} of live traffic (odds × {_fmt(catch.get('odds_shift'))}); "
+            f"`{catch.get('label')}` itself is answered at its own probability, like any label"
         )
     elif "catch_all" in head:
         lines.append("- Catch-all label: none recognised")

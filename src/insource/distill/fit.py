@@ -112,8 +112,8 @@ def fit_head(
     """Fit and calibrate a head; `val_y` is -1 where the teacher's answer never occurs in training.
 
     The kNN weight and (with `val_lexical`, the lexical view's validation probabilities) the lexical weight
-    are chosen together: the pair with the smallest validation risk–coverage area (of the confidence serving
-    will use, catch-all rule included) wins. `labels` (the answers, by index) let the catch-all be found by name.
+    are chosen together: the pair with the smallest validation risk–coverage area wins. `labels` (the answers, by
+    index) let the catch-all be found by name (see `scope.py`).
     """
     best: tuple[float, Head, dict[str, Any]] | None = None
     lexical_weights = LEXICAL_WEIGHTS if val_lexical is not None else (0.0,)
@@ -130,8 +130,7 @@ def fit_head(
         for kw in KNN_WEIGHTS if knn else (0.0,):
             for lw in lexical_weights:
                 probs = mix(base, knn_probs, kw, val_lexical, lw)
-                idx = probs.argmax(axis=1)
-                score = aurc(head.confidence(probs, idx), idx == val_y)
+                score = aurc(probs.max(axis=1), probs.argmax(axis=1) == val_y)
                 if best is None or score < best[0]:
                     chosen = replace(head, knn_weight=kw, lexical_weight=lw)
                     info = {

@@ -14,9 +14,14 @@ teacher, and every input less like the training traffic than that, whatever the 
 `/` into spaces) or, failing that, by how widely its training inputs are spread: for unit vectors, the squared
 norm of a label's mean embedding is the mean cosine similarity between its inputs; a label whose value is more
 than `SPREAD_MADS` median absolute deviations below the median label's is a bag of unrelated requests. Its share
-of live traffic can grow well beyond its training share (a product launches a feature), so an in-scope answer
-must stay sure when the catch-all's odds grow from its training share to `CATCH_ALL_LIVE_SHARE`; mistaking a
-broad ordinary label for a catch-all only makes the student defer more, never answer more.
+of live traffic can grow well beyond its training share (a product launches a feature), while the head learned
+its probabilities at the training share. So an in-scope answer goes to the teacher when one of the input's
+nearest training inputs carries the catch-all (the teacher called a request just like it out of scope), or when
+the catch-all would be at least as likely as the answer if its share grew to `CATCH_ALL_LIVE_SHARE` (its odds
+multiplied by the ratio of the two shares' odds: Bayes' rule under label shift). The catch-all itself gets no
+such boost: it is answered only at its own probability, against the same threshold as any other label. Both are
+flags, not a rescaled confidence, so the threshold `insource eval` chooses keeps its meaning. Mistaking a broad
+ordinary label for a catch-all only makes the student defer more, never answer more.
 """
 
 from __future__ import annotations

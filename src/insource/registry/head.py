@@ -3,14 +3,15 @@
 probabilities = (1 - knn_weight) · softmax((E·Wᵀ + b) / T) + knn_weight · kNN vote over training embeddings,
 then, when the student has a lexical view (`lexical.py`), mixed with its probabilities by `lexical_weight`.
 
-Out of scope, two ways (see `distill/fit.py` for how each number is chosen):
-- An input whose mean cosine similarity to its `ood_k` nearest training inputs is below `ood_threshold` is
-  unlike the traffic the student learned from: flagged, with confidence 0, so it is deferred to the teacher
-  at any threshold. (Models distilled before this rule have `ood_k` 1: the best similarity.)
-- `catch_all` (≥ 0) is the label the teacher gives requests outside the task's scope (e.g. `other`). Its share
-  of live traffic can grow far beyond its training share, so an in-scope answer's confidence is its probability
-  once the catch-all's odds are multiplied by `catch_all_shift`, and a catch-all answer's confidence its
-  probability at the training odds: each label is answered only when it stays sure over that whole range.
+Out of scope: a flagged input gets confidence 0, so it is deferred to the teacher at any threshold (see
+`distill/scope.py` for how each number is chosen).
+- Unlike the training traffic: its mean cosine similarity to its `ood_k` nearest training inputs is below
+  `ood_threshold`. (Models distilled before this rule have `ood_k` 1: the best similarity, no catch-all.)
+- `catch_all` (≥ 0) is the label the teacher gives requests outside the task's scope (e.g. `other`); its share
+  of live traffic can grow far beyond its training share. An in-scope answer is flagged when one of the input's
+  `ood_k` nearest training inputs carries the catch-all, or when the catch-all would be at least as likely as
+  the answer with its odds multiplied by `catch_all_shift`. A catch-all answer is never boosted by that shift:
+  it is answered at its own probability, against the same threshold as any other label.
 """
 
 from __future__ import annotations
@@ -98,34 +99,40 @@ class Head:
         top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
         return np.asarray(top.mean(axis=1), dtype=np.float32)
 
+    def _mixed(self, emb: Matrix, lexical: Matrix | None) -> tuple[Matrix, Matrix]:
+        """(class probabilities, cosine similarities to the training inputs)."""
+        if self.lexical_weight > 0 and lexical is None:
+            raise ValueError("this head mixes in a lexical view: pass its probabilities")
+        logits, sims = self.scores(emb)
+        knn = self.knn_proba(sims) if self.knn_weight > 0 else None
+        return mix(softmax(logits / self.temperature), knn, self.knn_weight, lexical, self.lexical_weight), sims
+
     def proba(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[Matrix, Matrix]:
         """(class probabilities, OOD score: mean cosine to the `ood_k` nearest training inputs) per row of `emb`.
 
         `lexical`: the lexical view's probabilities for the same inputs (ignored when `lexical_weight` is 0).
         """
-        if self.lexical_weight > 0 and lexical is None:
-            raise ValueError("this head mixes in a lexical view: pass its probabilities")
-        logits, sims = self.scores(emb)
-        knn = self.knn_proba(sims) if self.knn_weight > 0 else None
-        probs = mix(softmax(logits / self.temperature), knn, self.knn_weight, lexical, self.lexical_weight)
+        probs, sims = self._mixed(emb, lexical)
         return probs, self.nearness(sims)
 
-    def confidence(self, probs: Matrix, idx: IntArray) -> Matrix:
-        """Confidence of each row's answer `idx`: its probability, for an in-scope answer at the catch-all's
-        odds × `catch_all_shift` (see the module docstring)."""
-        conf = probs[np.arange(len(idx)), idx]
-        if self.catch_all < 0 or self.catch_all_shift <= 1.0:
-            return np.asarray(conf, dtype=np.float32)
-        p_rest = probs[:, self.catch_all]
-        shifted = conf / (1.0 - p_rest + self.catch_all_shift * p_rest)
-        return np.asarray(np.where(idx == self.catch_all, conf, shifted), dtype=np.float32)
+    def near_catch_all(self, probs: Matrix, idx: IntArray, sims: Matrix) -> npt.NDArray[np.bool_]:
+        """In-scope answers the catch-all puts in doubt (see the module docstring)."""
+        rows = np.arange(len(idx))
+        if self.catch_all < 0 or not len(idx):
+            return np.zeros(len(idx), dtype=bool)
+        inside = idx != self.catch_all
+        doubt = self.catch_all_shift * probs[:, self.catch_all] >= probs[rows, idx]
+        k = max(1, min(self.ood_k, sims.shape[1]))
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        doubt |= (self.train_labels[nearest] == self.catch_all).any(axis=1)
+        return np.asarray(inside & doubt, dtype=bool)
 
     def predict(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
-        """(class index, confidence, ood flag) per row; OOD rows get confidence 0."""
-        probs, near = self.proba(emb, lexical)
+        """(class index, confidence, out-of-scope flag) per row; flagged rows get confidence 0."""
+        probs, sims = self._mixed(emb, lexical)
         idx = probs.argmax(axis=1).astype(np.int64)
-        conf = self.confidence(probs, idx)
-        ood = near < self.ood_threshold
+        conf = probs[np.arange(len(idx)), idx]
+        ood = (self.nearness(sims) < self.ood_threshold) | self.near_catch_all(probs, idx, sims)
         conf = np.where(ood, 0.0, conf).astype(np.float32)
         return idx.astype(np.int64), conf, ood
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ def mixed(rows: list[tuple[str, str]], share: float, n_inside: int) -> list[tupl
     inside = [r for r in rows if r[1] != "other"][:n_inside]
     outside = [r for r in rows if r[1] == "other"][: round(share / (1 - share) * n_inside)]
     both = inside + outside
-    np.random.default_rng(0).shuffle(both)  # type: ignore[arg-type]
+    random.Random(0).shuffle(both)
     return both
 
 
@@ -54,8 +55,8 @@ async def replay(base_url: str, key: str, pairs: list[tuple[str, str]]) -> list[
             async with limit:
                 raw = await client.chat.completions.with_raw_response.create(
                     model="gpt-4o-mini",
-                    messages=demo_data.build_messages(text),
-                    metadata={"task": TASK},  # type: ignore[arg-type]
+                    messages=demo_data.build_messages(text),  # type: ignore[arg-type]
+                    metadata={"task": TASK},
                 )
                 return gold, raw.parse().choices[0].message.content or "", raw.headers["x-insource-served-by"]
 
@@ -164,3 +165,40 @@ def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift) -
     old = shift.cascade(old_model, old_threshold)
     assert old["agreement"] < TARGET, old  # the promise broken...
     assert old["oos_wrongly_insourced"] > 0.05, old  # ...by out-of-scope requests answered in scope
+
+
+def _clusters(spreads: list[float], n: int = 40, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around one random centre per label; a larger spread scatters a label's inputs wider."""
+    rng = np.random.default_rng(5)
+    xs, ys = [], []
+    for label, spread in enumerate(spreads):
+        centre = rng.normal(size=dim)
+        rows = centre / np.linalg.norm(centre) + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
+        xs.append(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+        ys += [label] * n
+    return np.vstack(xs).astype(np.float32), np.array(ys, dtype=np.int64)
+
+
+def test_a_catch_all_is_recognised_by_its_name_or_its_spread() -> None:
+    from insource.distill.scope import catch_all_shift, find_catch_all
+
+    x, y = _clusters([0.5, 0.6, 0.5, 0.55, 0.6, 0.5, 3.0])
+    labels = ["refund", "track", "cancel", "login", "invoice", "address", "bucket"]
+    found = find_catch_all(labels, x, y)
+    assert found is not None and found[0] == 6 and found[1]["reason"].startswith("spread")
+    tight_x, tight_y = _clusters([0.5, 0.6, 0.5, 0.55, 0.6, 0.5, 0.65])
+    assert find_catch_all(labels, tight_x, tight_y) is None  # no label stands out: no catch-all
+    named = find_catch_all([*labels[:6], "Out-Of-Scope"], tight_x, tight_y)
+    assert named is not None and named[0] == 6 and named[1]["reason"] == "name"
+    # 3% in training, allowed to reach 40% live: the odds grow (0.4/0.6)/(0.03/0.97) times
+    assert catch_all_shift(0.03) == pytest.approx((0.4 / 0.6) / (0.03 / 0.97))
+    assert catch_all_shift(0.5) == 1.0
+
+
+def test_the_ood_cut_is_a_conformal_quantile_of_validation() -> None:
+    from insource.distill.scope import ood_threshold
+
+    scores = np.linspace(0.5, 0.99, 199).astype(np.float32)
+    assert ood_threshold(scores) == pytest.approx(scores[1])  # ⌊0.01·200⌋ = 2nd smallest
+    assert ood_threshold(scores[:50]) == pytest.approx(0.5 - 0.03)  # too few for 1%: the lowest minus a margin
+    assert ood_threshold(np.zeros(0, np.float32)) == 0.0

@@ -4,6 +4,7 @@ are in test_journal_crash.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,10 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from tests.conftest import UPSTREAM_KEY
+from tests.test_durability import _config
 
+from insource.config import load_config
+from insource.service.chat import chat_completion
+from insource.service.keys import KeyInfo
+from insource.service.request import StreamReply
+from insource.service.worker_state import WorkerState
 from insource.store.journal import CAPTURE_PENDING, Journal
 from insource.store.sqlite import Store
 from insource.store.writer import BatchWriter
+from insource.testing.fake_upstream import FakeUpstream
+from insource.testing.server import ServerHandle
 
 
 def _usage(i: int) -> dict[str, Any]:
@@ -130,3 +141,36 @@ def test_sigkill_right_after_submit_loses_nothing(tmp_path: Path) -> None:
     assert len(_ids(store)) < 500  # the writer had not written them all
     _writer(store, tmp_path).close(timeout=5)
     assert len(_ids(store)) == 500
+
+
+def test_a_streams_record_is_journaled_before_its_done_event_leaves(
+    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that received `data: [DONE]` has its whole answer (the SDK stops there): a SIGKILL at that moment
+    must not lose the record. The relay is driven as the server drives it, and the event carrying [DONE] must find
+    the record on disk already (in the journal, or committed)."""
+    monkeypatch.setenv("LOCAL_UPSTREAM_KEY", UPSTREAM_KEY)
+    cfg = load_config(_config(tmp_path, upstream[1].url))
+    key = KeyInfo("key_1", "acme", None, None, None, None, None, False)
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+
+    def on_disk(rid: str) -> bool:
+        journaled = b"".join(p.read_bytes() for p in (tmp_path / "journal").glob("journal-*.jsonl"))
+        return rid.encode() in journaled or bool(gw.store.query("SELECT id FROM usage WHERE id = ?", (rid,)))
+
+    async def drive() -> list[bool]:
+        await gw.start()
+        seen = []
+        try:
+            for n in range(3):
+                reply = await chat_completion(gw, key, body, None, request_id=f"req_done_{n}")
+                assert isinstance(reply, StreamReply)
+                async for event in reply.events:
+                    if b"[DONE]" in event:
+                        seen.append(on_disk(f"req_done_{n}"))
+        finally:
+            await gw.stop()
+        return seen
+
+    gw = WorkerState(cfg)
+    assert asyncio.run(drive()) == [True, True, True]

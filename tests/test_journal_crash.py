@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.server import ServerHandle, run_server
 
 ENV = {"LOCAL_UPSTREAM_KEY": UPSTREAM_KEY}
-CLIENTS = 224  # concurrent clients, each with one request in flight at a time
+CLIENTS = 208  # concurrent clients, each with one request in flight at a time
 KILLS = 20
 
 
@@ -176,10 +177,10 @@ async def _kill_workers(gw: Gateway, key: str, load: Load, run: Run) -> None:
     try:
         await asyncio.sleep(1.0)  # the clients are all in flight
         for n in range(KILLS):
-            delay = rng.uniform(0.1, 1.6)
+            delay = rng.uniform(0.05, 1.0)
             stalled = rng.random() < 0.4
             await asyncio.sleep(delay)
-            await _answering(load, len(load.answered) + 20)
+            await _answering(load, len(load.answered) + 10)
             victim = rng.choice(await _a_worker(gw))
             run.kills.append(
                 f"#{n} +{delay:.2f}s{' store held' if stalled else ''} at {time.monotonic() - t0:.1f}s "
@@ -234,6 +235,27 @@ def _check(config: Path, load: Load, run: Run | str, *, left_in_journal: bool) -
     assert not twice, f"{len(twice)} requests have more than one usage record ({run})"
     wrong = {rid: (seen, per_request[rid][0]) for rid, seen in load.answered.items() if per_request[rid][0] != seen}
     assert not wrong, f"records that differ from what the client was told: {list(wrong.items())[:3]} ({run})"
+    _captures_lost_loudly(config, run)
+
+
+def _captures_lost_loudly(config: Path, run: Run | str) -> None:
+    """Captures are not journaled: one a killed worker never wrote must be counted (and logged), never lost
+    silently. Every answered record has its capture, or is among those the replays logged as lost."""
+    store = open_store(load_config(config))
+    try:
+        row = store.query_one(
+            "SELECT COUNT(*) AS n FROM usage u WHERE u.status = 200 AND NOT EXISTS "
+            "(SELECT 1 FROM captures c WHERE c.id = u.id)"
+        )
+    finally:
+        store.close()
+    missing = int(row["n"]) if row else 0
+    logged = sum(
+        int(m.group(1))
+        for log in config.parent.glob("gateway-*.log")
+        for m in re.finditer(r"writer: (\d+) captures of a killed worker were never written", log.read_text())
+    )
+    assert missing <= logged, f"{missing} answered requests have no capture, {logged} counted as lost ({run})"
 
 
 def test_sigkill_of_a_worker_at_20_random_moments_loses_no_answered_request(
@@ -255,6 +277,7 @@ def test_sigkill_of_a_worker_at_20_random_moments_loses_no_answered_request(
 
 async def _load_for_then_kill(gw: Gateway, key: str, load: Load, seconds: float) -> None:
     task = asyncio.create_task(_load(gw.base_url, key, load))
+    await _answering(load, len(load.answered) + 20)  # real load is answered before each kill
     await asyncio.sleep(seconds)
     await asyncio.to_thread(_stall_then, gw, lambda: _kill_all(gw))  # no graceful anything
     task.cancel()
@@ -270,12 +293,10 @@ def test_sigkill_of_the_whole_server_loses_no_answered_request(
     load = Load()
     key = ""
     rng = random.Random(run.seed)
-    for n in range(3):
+    for n in range(2):
         gw = start_gateway(config, ENV)
         key = key or gw.key("crash")["key"]
-        before = len(load.answered)
-        seconds = rng.uniform(1.0, 2.5)
-        run.kills.append(f"#{n} after {seconds:.2f}s")
+        seconds = rng.uniform(0.0, 1.5)
+        run.kills.append(f"#{n} {seconds:.2f}s after answers")
         asyncio.run(_load_for_then_kill(gw, key, load, seconds))
-        assert len(load.answered) > before, run  # real load was answered before each kill
     _check(config, load, run, left_in_journal=True)

@@ -183,8 +183,9 @@ async def _kill_workers(gw: Gateway, key: str, load: Load, run: Run) -> None:
             await _answering(load, len(load.answered) + 10)
             victim = rng.choice(await _a_worker(gw))
             run.kills.append(
-                f"#{n} +{delay:.2f}s{' store held' if stalled else ''} at {time.monotonic() - t0:.1f}s "
-                f"({load.in_flight} in flight, {len(load.answered)} answered)"
+                f"#{n} +{delay:.2f}s{' store held' if stalled else ''} at {time.monotonic() - t0:.1f}s: pid "
+                f"{victim.pid} up {time.time() - victim.create_time():.1f}s, {load.in_flight} in flight, "
+                f"{len(load.answered)} answered"
             )
             if stalled:
                 await asyncio.to_thread(_stall_then, gw, victim.kill)

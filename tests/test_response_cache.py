@@ -176,6 +176,12 @@ def test_an_answer_larger_than_the_cache_is_not_cached(gw: Gateway) -> None:
     _ask(client, big, temperature=0)
     _text, headers, _ = _ask(client, big, temperature=0)
     assert headers["x-insource-cache"] == "miss"
+    streamed = "y" * (1024 * 1024)  # a streamed answer, reassembled, is held to the same bound
+    for _ in range(2):
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": streamed}], temperature=0, stream=True
+        ) as resp:
+            assert resp.headers["x-insource-cache"] == "miss" and "data: [DONE]" in list(resp.iter_lines())
 
 
 def test_spend_and_savings_show_the_cache_as_its_own_source(gw: Gateway) -> None:

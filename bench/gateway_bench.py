@@ -80,6 +80,7 @@ def parse_args() -> argparse.Namespace:
     soak.add_argument("--soak-requests", type=int, help="requests per soaked gateway (default 1000000; implies --soak)")
     soak.add_argument("--soak-window", type=int, default=50_000, help="requests per printed soak line (about)")
     soak.add_argument("--soak-concurrency", type=int, default=64)
+    soak.add_argument("--tensorzero-soak-requests", type=int, help="requests for TensorZero's soak (default: same)")
     soak.add_argument("--soak-only-insource", action="store_true", help="do not soak the other gateways")
     soak.add_argument("--latency-ms", type=float, help="upstream latency (default: 20 with --soak, else 0)")
     soak.add_argument("--load-concurrency", type=_int_list, default=[64, 256], metavar="LIST")
@@ -119,7 +120,12 @@ def run_main_env(args: argparse.Namespace, parts: set[str]) -> tuple[list[Row], 
     extra: dict[str, Any] = {}
     profile = None
     env = start_env(
-        args.workers, args.chunks, not args.no_pin, src=args.src, serve_args=("--log-level", args.log_level)
+        args.workers,
+        args.chunks,
+        not args.no_pin,
+        src=args.src,
+        serve_args=("--log-level", args.log_level),
+        latency_ms=args.latency_ms,
     )
     print(f"upstream :{env.upstream_port}  gateway :{env.gateway_port} (pid {env.gateway_pid})  work {env.workdir}")
     try:

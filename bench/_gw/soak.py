@@ -143,12 +143,13 @@ def soak(env: Env, t: Target, args: argparse.Namespace, trace: Path | None) -> l
     each (the window's length in seconds is set from the last window's rate, so its count is approximate)."""
     assert t.pid is not None
     out: list[Sample] = []
+    total = args.soak_requests if t.name == "insource" else (args.tensorzero_soak_requests or args.soak_requests)
     done, rate = 0, float(args.soak_concurrency) / (args.latency_ms / 1000 + 0.005)
     start = Sample(t.name, "soak", args.soak_concurrency, 0, 0, 0, 0, None, rss_mb(t.pid), 0.0)
     print(fmt_window(start), flush=True)
     out.append(start)
-    while done < args.soak_requests:
-        seconds = max(1, round(min(args.soak_window, args.soak_requests - done) / max(rate, 1.0)))
+    while done < total:
+        seconds = max(1, round(min(args.soak_window, total - done) / max(rate, 1.0)))
         others = OtherLoad(env)
         before = cpu_times(t.pid)[0]
         res = run_wrk(
@@ -209,7 +210,7 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], dict[str, list[Sam
         soaks: dict[str, list[Sample]] = {}
         for t in targets:
             if t.pid is not None and (t.name == "insource" or not args.soak_only_insource):
-                print(f"\nsoak: {t.name}, {args.soak_requests:,} requests at concurrency {args.soak_concurrency}")
+                print(f"\nsoak: {t.name} at concurrency {args.soak_concurrency}")
                 print(SOAK_HEADER + "\n" + SOAK_RULE)
                 soaks[t.name] = soak(env, t, args, args.trace)
         print("\n" + HEADER + "\n" + RULE)

@@ -81,6 +81,9 @@ def parse_args() -> argparse.Namespace:
     soak.add_argument("--soak-window", type=int, default=50_000, help="requests per printed soak line (about)")
     soak.add_argument("--soak-concurrency", type=int, default=64)
     soak.add_argument("--tensorzero-soak-requests", type=int, help="requests for TensorZero's soak (default: same)")
+    soak.add_argument(
+        "--soak-key", choices=["limited", "plain"], default="limited", help="insource key: budget+RPM, or neither"
+    )
     soak.add_argument("--soak-only-insource", action="store_true", help="do not soak the other gateways")
     soak.add_argument("--latency-ms", type=float, help="upstream latency (default: 20 with --soak, else 0)")
     soak.add_argument("--load-concurrency", type=_int_list, default=[64, 256], metavar="LIST")

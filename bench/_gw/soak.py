@@ -192,13 +192,18 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], dict[str, list[Sam
 
     trace = {"INSOURCE_BENCH_TRACE": str(args.trace)} if args.trace else None
     env = start_env(
-        1, args.chunks, not args.no_pin, serve_args=("--log-level", args.log_level), latency_ms=args.latency_ms,
-        extra_env=trace,
+        1, args.chunks, not args.no_pin, src=args.src, serve_args=("--log-level", args.log_level),
+        latency_ms=args.latency_ms, extra_env=trace,
     )  # fmt: skip
     try:
         targets = [
             Target("direct", env.upstream_port),
-            Target("insource", env.gateway_port, key=env.key, pid=env.gateway_pid),
+            Target(
+                "insource",
+                env.gateway_port,
+                key=env.plain_key if args.soak_key == "plain" else env.key,
+                pid=env.gateway_pid,
+            ),
         ]
         if args.tensorzero_python:
             targets.append(start_tensorzero(env, args.tensorzero_python, not args.no_pin))

@@ -258,6 +258,9 @@ class InhouseConfig(Strict):
     # generative students: an OpenAI-compatible server (vLLM --enable-lora, llama.cpp) already serving each
     # student's adapter under its name TASK@vN; unset, `insource serve` runs llama.cpp itself
     generative_base_url: str | None = None
+    # how long a generative student may take to answer (or between two streamed tokens) before the teacher
+    # answers instead and the failure is counted; a student that hung that long is restarted
+    generative_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class ReportConfig(Strict):

@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 
 from insource.config import Config
-from insource.errors import BadRequest, ConfigError, InsourceError, NotFound
+from insource.errors import BadRequest, ConfigError, InsourceError, NotFound, NotReady
 from insource.routing.policy import MODES, RoutePolicy, min_samples, should_roll_back, wilson_lower, wilson_upper
 from insource.service import promise
+from insource.service.generative import check_servable
 from insource.store import Store
 from insource.store import routes as queries
 
@@ -127,6 +128,10 @@ def resolve_policy(cfg: Config, policy: RoutePolicy, cli: bool = True) -> RouteP
     """A policy checked against its mode and the registry, with a cascade's threshold resolved."""
     check_ranges(policy, cli)
     folder = _check_model(cfg.registry_path(), policy.task, policy.model)
+    try:  # a generative student: its llama.cpp files exist and fit together
+        check_servable(cfg.registry_path(), policy.model, cfg.inhouse.generative_base_url)
+    except NotReady as exc:
+        raise BadRequest(exc.message, param="model") from None
     check_fit(policy, cli)
     if policy.mode == "cascade":
         policy = dataclasses.replace(policy, threshold=_cascade_threshold(folder, policy, cli))

@@ -137,7 +137,7 @@ def _student_back(s: Served) -> None:
 
 
 def test_a_hung_student_is_killed_the_teacher_answers_and_the_failure_is_counted(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     (pid,) = llama_servers(served.gw.proc.pid)
     failures = _failures(served)
@@ -157,7 +157,7 @@ def test_a_hung_student_is_killed_the_teacher_answers_and_the_failure_is_counted
 
 
 def test_a_student_that_dies_mid_answer_leaves_it_to_the_teacher_at_once(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     (pid,) = llama_servers(served.gw.proc.pid)
     failures = _failures(served)
@@ -176,7 +176,7 @@ def test_a_student_that_dies_mid_answer_leaves_it_to_the_teacher_at_once(served:
 
 def test_tools_and_several_choices_go_to_the_teacher(served: Served) -> None:
     tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     assert ask(served, tools=[tool])[1] == TEACHER
     set_route(served, "--mode", "full")
     assert ask(served, stream=True, tools=[tool])[1] == TEACHER

@@ -218,8 +218,10 @@ def test_a_drift_raises_the_threshold_then_rolls_back(home: Home) -> None:
     assert shown["state"] == "answering" and raised > home.eval_threshold
     kept = [text not in home.drift.answers for text, _, conf in live if conf >= raised]
     assert sum(kept) / len(kept) >= 0.9, (raised, len(kept))  # the promise holds again at the raised threshold
-    event = next(e for e in reversed(shown["events"]) if e["kind"] == "threshold")
-    assert event["detail"]["threshold"] == raised and event["detail"]["agreement"] < 0.9
+    since = max(e["ts"] for e in shown["events"] if e["kind"] == "set")
+    raises = [e["detail"] for e in shown["events"] if e["kind"] == "threshold" and e["ts"] >= since]
+    assert raises[0]["agreement"] < 0.9 and raises[0]["from"] == home.eval_threshold  # audited below the promise
+    assert raises[-1]["threshold"] == raised and all(r["from"] < r["threshold"] for r in raises)
     home.drift.answers.update({text: OTHER for text, _, _ in live})  # it keeps falling: every answer changes
     send(home, [text for text, _, _ in live])
     shown = wait_for(home, lambda r: r["state"] == "rolled_back")

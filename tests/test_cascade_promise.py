@@ -194,6 +194,8 @@ def test_calibrate_0_answers_at_once_with_the_eval_threshold_and_audit_rate_0_is
     answers = send(home, [text for text, _ in demo_data.generate(20, seed=503, ambiguous_share=0)])
     assert home.model in {by for _, _, by in answers}
     assert "unaudited" in home.gw.cli("route", "show").stdout
+    again = ("route", "set", "--task", TASK, "--model", home.model, "--mode", "cascade", "--target-agreement", "0.9")
+    assert "unaudited" in home.gw.cli(*again, "--calibrate", "0", "--audit-rate", "0").stdout  # said when set too
     refused = home.gw.cli("route", "set", "--task", TASK, "--model", home.model, "--mode", "full", "--calibrate", "5",
                           check=False)  # fmt: skip
     assert refused.returncode == 2 and "--calibrate applies to cascade" in refused.stderr

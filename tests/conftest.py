@@ -285,3 +285,7 @@ def make_home(base: Path, encoder_cache: Path) -> Path:
     (base / "insource.toml").write_text('[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n')
     shutil.copytree(encoder_cache / "encoders", base / "models" / ".cache" / "encoders")
     return base / "insource.toml"
+
+
+# the served generative student, one per session for every serving test (imported last: it uses the above)
+from tests.generative_served import served  # noqa: E402, F401

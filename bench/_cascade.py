@@ -16,11 +16,13 @@ from typing import Any
 import openai
 
 
-def cli(config: Path, *args: str) -> Any:
-    """`insource ARGS --config CONFIG --json` in a subprocess; its one JSON value."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "insource", *args, "--config", str(config), "--json"], stdout=subprocess.PIPE, check=True
-    )
+def cli(config: Path, *args: str, ok: tuple[int, ...] = (0,)) -> Any:
+    """`insource ARGS --config CONFIG --json` in a subprocess; its one JSON value (exit codes in `ok` accepted:
+    `eval` exits 3 with its result when no threshold reaches the target)."""
+    proc = subprocess.run([sys.executable, "-m", "insource", *args, "--config", str(config), "--json"],
+                          stdout=subprocess.PIPE, check=False)  # fmt: skip
+    if proc.returncode not in ok:
+        raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout)
     return json.loads(proc.stdout)
 
 

@@ -67,6 +67,28 @@ def test_logprob_llama_matches_llama_cpp_without_logits_all(stock: Any) -> None:
     ]
 
 
+def test_streamed_answers_carry_the_same_logprobs(stock: Any) -> None:
+    from insource.registry.llama import LogprobLlama
+
+    llm = LogprobLlama(model_path=str(_base()), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    chunks: Any = llm.create_chat_completion(
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=16,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=1,
+        stream=True,
+    )
+    text, lps = "", []
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        text += choice["delta"].get("content") or ""
+        lps += [float(t["logprob"]) for t in ((choice.get("logprobs") or {}).get("content") or [])]
+    assert text == stock["choices"][0]["message"]["content"]
+    assert len(lps) == len(_lps(stock))
+    assert max(abs(a - b) for a, b in zip(lps, _lps(stock), strict=True)) < 1e-3
+
+
 def test_the_served_student_runs_one_thread_without_logits_all() -> None:
     cmd = LlamaCppProcess("t@v1", Path("base.gguf"), Path("adapter.gguf"), Path("logs")).command()
     assert cmd[1:3] == ["-m", "insource.registry.llama_server"]

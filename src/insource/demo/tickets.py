@@ -16,17 +16,17 @@ import threading
 from insource.demo.templates import PRODUCTS
 
 TASK = "ticket-extract"
-ISSUES: dict[str, tuple[str, ...]] = {
-    "damaged": ("arrived broken", "came with a cracked case", "stopped working after a day", "is scratched"),
-    "wrong_item": ("is not what I ordered", "came in the wrong colour", "was swapped for something else"),
-    "missing": ("never arrived", "is missing from the parcel", "was not in the box"),
-    "late": ("is a week late", "is still not here", "has not shipped yet"),
-    "billing": ("was charged twice", "shows the wrong price on my card", "was billed but cancelled"),
+ISSUES: dict[str, tuple[str, ...]] = {  # each reading names its issue, as a ticket form's field would
+    "damaged": ("arrived damaged", "is damaged", "came damaged in the box"),
+    "wrong_item": ("is the wrong item", "was the wrong item entirely", "came as the wrong item"),
+    "missing": ("is missing", "went missing", "is missing from the parcel"),
+    "late": ("is late", "is running late", "is two weeks late"),
+    "billing": ("has a billing error", "caused a billing problem", "shows a billing mistake"),
 }
 URGENCY_CUES: dict[str, tuple[str, ...]] = {
-    "high": ("URGENT:", "Please fix this today.", "I need it for tomorrow!"),
+    "high": ("URGENT:", "This is urgent!", "Urgent, please fix it today."),
     "medium": ("", "Can you look into it?", "What can you do?"),
-    "low": ("No rush.", "Whenever you have time.", "Not urgent, just letting you know."),
+    "low": ("No rush.", "Low priority, no rush.", "No rush at all, just letting you know."),
 }
 _OPENINGS = ("Hi,", "Hello,", "", "Good morning,", "Hey team,")
 _FORMS = (

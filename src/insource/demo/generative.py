@@ -169,7 +169,7 @@ def summarise(
         "model": model,
         "quick": p.quick,
         "train_examples": p.train_examples,
-        "eval": {k: ev.get(k) for k in ("metric", "agreement", "field_accuracy", "threshold", "target_agreement")},
+        "eval": ev,  # what `insource eval --json` printed
         "before": _phase(store, TASK, spans[0], phases[0]),
         "after": after,
         "insourced_share": phases[1].insourced / max(1, phases[1].ok),

@@ -87,16 +87,14 @@ def test_audits_under_the_judge_metric_ask_the_teacher_both_ways_and_are_metered
     try:
         set_route(served, "--mode", "full", "--audit-rate", "1.0")
         before = _audits(served)
-        for _ in range(2):
-            assert ask(served)[1] == served.model  # "2 + 2 = 4"; the teacher says "4"
+        assert ask(served)[1] == served.model  # "2 + 2 = 4"; the teacher says "4"
         # exact would disagree; the teacher, asked both ways, finds them equivalent
-        assert _route_agreement(served, 2) == 1.0
-        assert _audits(served) - before == 2 * 3  # per answer: the teacher's own answer + two judge requests
+        assert _route_agreement(served, 1) == 1.0
+        assert _audits(served) - before == 3  # the teacher's own answer + two judge requests
         served.fake.judge = lambda a, b: a == "4"  # a judge that favours whatever comes first
         set_route(served, "--mode", "full", "--audit-rate", "1.0")
-        for _ in range(2):
-            ask(served)
-        assert _route_agreement(served, 2) == 0.0  # the swapped order exposes the bias
+        ask(served)
+        assert _route_agreement(served, 1) == 0.0  # the swapped order exposes the bias
     finally:
         served.fake.judge = fair_judge
         _set_metric(served, "exact")

@@ -36,13 +36,14 @@ pytestmark = pytest.mark.slow
 
 def test_cascade_serves_the_lora_student_with_its_name_and_meters_it(served: Served) -> None:
     set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    before = len(served.gw.usage_rows("served_by = ?", (served.model,)))  # other tests' answers (one session)
     text, by = ask(served)
-    assert (text, by) == (STUDENT_SAYS, served.model)  # the first request waited for llama.cpp to start
+    assert (text, by) == (STUDENT_SAYS, served.model)  # the first request waits for llama.cpp to start
     text, by = ask(served, stream=True)
     assert (text, by) == (STUDENT_SAYS, served.model)
     _, by = ask(served, n=2)  # one greedy answer per request: the teacher answers n > 1
     assert by == "teacher:gpt-4o-mini"
-    rows = served.gw.usage_rows("served_by = ?", (served.model,), wait_for=2)
+    rows = served.gw.usage_rows("served_by = ?", (served.model,), wait_for=before + 2)[before:]
     assert len(rows) == 2 and all(r["status"] == 200 for r in rows)
     assert all(r["cost_usd"] > 0 and r["cost_avoided_usd"] > 0 for r in rows)  # CPU time priced; teacher avoided
 

@@ -18,6 +18,7 @@ from tests.conftest import run_cli
 from tests.generative_served import QUESTION, TASK, Served, ask, set_route
 
 from insource.capture.dataset_read import write_dataset
+from insource.demo.teacher import SimulatedTeacher
 from insource.routing.judge import judge_messages, judge_request, read_judge_prompt, read_verdict, verdict
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.judge import fair_judge
@@ -53,6 +54,9 @@ def test_the_fake_upstream_answers_judge_requests_in_the_wire_format() -> None:
         assert judged('{"a": 1, "b": [2]}', '{ "b": [2], "a": 1.0 }') == "EQUIVALENT"
         fake.judge = lambda a, b: a == "4"  # biased towards the first position
         assert (judged("4", "2 + 2 = 4"), judged("2 + 2 = 4", "4")) == ("EQUIVALENT", "DIFFERENT")
+        fake.reset()
+        SimulatedTeacher(server_error_rate=0.0, speed=0.0).attach(fake)  # the demo's teacher judges too
+        assert judged("4", "2 + 2 = 4") == "EQUIVALENT" and judged("4", "5") == "DIFFERENT"
     finally:
         handle.stop()
 

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_cascade_serves_the_lora_student_with_its_name_and_meters_it(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     before = len(served.gw.usage_rows("served_by = ?", (served.model,)))  # other tests' answers (one session)
     text, by = ask(served)
     assert (text, by) == (STUDENT_SAYS, served.model)  # the first request waits for llama.cpp to start
@@ -49,7 +49,7 @@ def test_cascade_serves_the_lora_student_with_its_name_and_meters_it(served: Ser
 
 
 def test_a_dead_llama_server_is_restarted_and_callers_never_see_it(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     before = llama_servers(served.gw.proc.pid)
     assert len(before) == 1
@@ -110,7 +110,7 @@ def test_an_external_server_declared_in_config_serves_the_student(served: Served
                 time.sleep(0.3)
             assert server.poll() is None and time.monotonic() < deadline, "llama.cpp did not start"
         gw = start_gateway(config)
-        set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+        set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
         other = Served(gw, served.fake, served.model, served.key)
         assert ask(other) == (STUDENT_SAYS, served.model)
         assert llama_servers(gw.proc.pid) == []  # nothing started by this gateway
@@ -139,7 +139,7 @@ def _student_back(s: Served) -> None:
 
 
 def test_a_hung_student_is_killed_the_teacher_answers_and_the_failure_is_counted(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     (pid,) = llama_servers(served.gw.proc.pid)
     failures = _failures(served)
@@ -160,7 +160,7 @@ def test_a_hung_student_is_killed_the_teacher_answers_and_the_failure_is_counted
 
 
 def test_a_student_that_dies_mid_answer_leaves_it_to_the_teacher_at_once(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     (pid,) = llama_servers(served.gw.proc.pid)
     failures = _failures(served)
@@ -180,7 +180,7 @@ def test_a_student_that_dies_mid_answer_leaves_it_to_the_teacher_at_once(served:
 
 def test_tools_and_several_choices_go_to_the_teacher(served: Served) -> None:
     tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     assert ask(served, tools=[tool])[1] == TEACHER
     set_route(served, "--mode", "full")
     assert ask(served, stream=True, tools=[tool])[1] == TEACHER

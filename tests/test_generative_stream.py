@@ -70,7 +70,7 @@ def test_full_mode_relays_the_token_stream_as_it_is_generated(served: Served) ->
 
 
 def test_cascade_generates_first_then_streams_token_sized_chunks(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     chunks, _, by = stream(served, stream_options={"include_usage": True})
     assert by == served.model
     pieces = content(chunks)

@@ -219,8 +219,9 @@ class RouteConfig(Strict):
     percent: float = Field(default=0.0, ge=0, le=100)
     threshold: float | None = Field(default=None, ge=0, le=1)
     target_agreement: float | None = Field(default=None, ge=0, le=1)
-    audit_rate: float = Field(default=0.0, ge=0, le=1)
+    audit_rate: float | None = Field(default=None, ge=0, le=1)  # None: 0.02 for a cascade with a target, else 0
     floor: float = Field(default=0.9, ge=0, le=1)
+    calibrate: int | None = Field(default=None, ge=0)  # None: enough live requests for target_agreement
 
 
 class TenantConfig(Strict):

@@ -317,20 +317,26 @@ async def _relay(
     body: dict[str, Any],
     opened: _Opened,
 ) -> AsyncIterator[bytes]:
-    """Relay upstream events as they come. Whatever happens (even a client disconnect), meter once."""
+    """Relay upstream events as they come. Whatever happens (even a client disconnect), meter once: at [DONE],
+    before the event that carries it leaves (a client that has it has its whole answer), else at the end."""
     acc = opened.acc
     status, code = 499, None  # until the stream completes
     try:
         if opened.first is not None:
             out = acc.feed(opened.first)
+            if acc.done:
+                _meter_stream(gw, facts, admission, trail, routing, body, opened, 200, None)
             if out is not None:
                 yield out
-        async for event in opened.events:
-            out = acc.feed(event)
-            if out is not None:
-                yield out
-            if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
-                break
+        if not acc.done:
+            async for event in opened.events:
+                out = acc.feed(event)
+                if acc.done:
+                    _meter_stream(gw, facts, admission, trail, routing, body, opened, 200, None)
+                if out is not None:
+                    yield out
+                if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
+                    break
         status = 200
     except UpstreamError as exc:
         status, code = exc.status, exc.code
@@ -339,20 +345,36 @@ async def _relay(
     finally:
         with contextlib.suppress(Exception):
             await opened.stream.aclose()
-        # metered from what was relayed when the upstream sent no usage: it billed what it generated
-        usage = acc.usage or Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
-        if code is None and routing.student_failed:
-            code = STUDENT_FAILED
-        outcome = answered(trail, usage, opened.ttft_ms, status, code)
-        output = acc.output()
-        capture = (
-            _capture(gw, facts, outcome, body, output, acc.response(), acc.finish_reason) if status == 200 else None
-        )
-        gw.finish(facts, outcome, admission, capture)
+        if not acc.done:  # else metered at [DONE]
+            _meter_stream(gw, facts, admission, trail, routing, body, opened, status, code)
         if status == 200:
             if opened.cache_key is not None and gw.cache is not None:
                 gw.cache.put(opened.cache_key, cache.stream_entry(acc.response(), acc.usage))
-            _compare_shadow(gw, facts, body, routing, output)
+            _compare_shadow(gw, facts, body, routing, acc.output())
+
+
+def _meter_stream(
+    gw: WorkerState,
+    facts: RequestFacts,
+    admission: Admission,
+    trail: CallTrail,
+    routing: Routing,
+    body: dict[str, Any],
+    opened: _Opened,
+    status: int,
+    code: str | None,
+) -> None:
+    """The usage record (and capture) of a relayed stream, from what was relayed."""
+    acc = opened.acc
+    if code is None and routing.student_failed:
+        code = STUDENT_FAILED
+    # metered from what was relayed when the upstream sent no usage: it billed what it generated
+    usage = acc.usage or Usage(estimate_prompt_tokens(len(str(body.get("messages")))), 0, acc.chunks, 0)
+    outcome = answered(trail, usage, opened.ttft_ms, status, code)
+    capture = (
+        _capture(gw, facts, outcome, body, acc.output(), acc.response(), acc.finish_reason) if status == 200 else None
+    )
+    gw.finish(facts, outcome, admission, capture)
 
 
 # -- a student answers -------------------------------------------------------------------------------------------

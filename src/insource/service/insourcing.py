@@ -31,6 +31,7 @@ from insource.routing.policy import Answerer as Who
 from insource.routing.policy import RoutePolicy, decide, needs_prediction
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
 from insource.service.generative import GenerativePool
+from insource.service.promise import AUDIT, CALIBRATION, keep_promises
 from insource.service.request import Attempt, RequestFacts
 from insource.service.routes import (
     agreement_window,
@@ -138,7 +139,8 @@ class InsourcingRouter:
             self.policies[task] = dataclasses.replace(policy, active=False)
 
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
-        return judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
+        policies = judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
+        return keep_promises(self.store, policies)  # the rollback floor first, then the promise
 
     # -- request path ------------------------------------------------------------------------
     async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:
@@ -220,11 +222,16 @@ class InsourcingRouter:
     ) -> None:
         """One comparison of a student's answer (given with `confidence`, None when unknown: a live stream) with
         the teacher's (`None`: the teacher failed); `verdict` is the judge's, for the `judge` metric
-        (`service/judging.py`)."""
+        (`service/judging.py`). A calibrating cascade's comparisons only calibrate it: they are no served answers to
+        judge."""
         if verdict is not None or teacher_output is None:
             agree = bool(verdict)
         else:
             agree = agree_as(self.metric(policy), student_answer, teacher_output)
+        if policy.mode == "cascade" and confidence is not None and policy.target_agreement is not None:
+            self._sample(policy, CALIBRATION if policy.calibrating else AUDIT, confidence, agree)
+        if policy.calibrating:
+            return
         self.writer.submit(
             "agreements",
             {
@@ -247,6 +254,12 @@ class InsourcingRouter:
             self.policies[policy.task] = dataclasses.replace(policy, active=False)
             self.rolled_back.add((policy.task, policy.since))
             self.spawn(asyncio.to_thread(roll_back, self.store, policy, reason))
+
+    def _sample(self, policy: RoutePolicy, source: str, confidence: float, agree: bool) -> None:
+        """A calibration sample or an audit of a promised cascade, with the student's confidence."""
+        row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
+        row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
+        self.writer.submit("route_samples", row)
 
     async def close(self) -> None:
         for task in list(self._tasks):

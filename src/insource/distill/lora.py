@@ -31,6 +31,7 @@ BATCH = 8
 MAX_LEN = STUDENT_CONTEXT
 SEED = 17
 DEFAULT_EPOCHS = 1
+LOSS_PROBE = 64  # examples the loss before/after training is measured on
 CPU_TOKENS_PER_S_135M = 70.0  # measured: training tokens/s of SmolLM2-135M on one busy core
 Encoded = list[tuple[list[int], list[int]]]
 
@@ -44,19 +45,25 @@ def render(tok: Any, messages: Chat) -> tuple[str, str]:
     return plain_prompt(prompt_msgs), answer + (tok.eos_token or "")
 
 
-def encode_examples(tok: Any, chats: list[Chat], max_len: int = MAX_LEN) -> Encoded:
-    """Token ids and labels (-100 on the prompt: the loss is on the teacher's answer only)."""
-    out = []
+def encode_examples(tok: Any, chats: list[Chat], max_len: int = MAX_LEN, split: str = "train") -> Encoded:
+    """Token ids and labels (-100 on the prompt: the loss is on the teacher's answer only). NotReady naming
+    how many and which examples (lines of the split's JSONL) do not fit the student's context."""
+    out, too_long = [], []
     for i, messages in enumerate(chats):
         prompt, answer = render(tok, messages)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
         if len(p_ids) + len(a_ids) > max_len:
-            raise NotReady(
-                f"training example {i + 1} holds {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than the "
-                f"student's context of {max_len}: this task's conversations are too long for a generative student"
-            )
+            too_long.append((i + 1, len(p_ids), len(a_ids)))
         out.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    if too_long:
+        lines = ", ".join(str(line) for line, _, _ in too_long[:10]) + (", ..." if len(too_long) > 10 else "")
+        line, p, a = max(too_long, key=lambda t: t[1] + t[2])
+        raise NotReady(
+            f"{len(too_long)} of {len(chats)} {split} examples are longer than the student's context of {max_len} "
+            f"tokens ({split}.jsonl lines {lines}; the longest, line {line}, holds {p} prompt + {a} answer tokens): "
+            "this task's conversations are too long for a generative student; leave those out of the dataset"
+        )
     return out
 
 
@@ -106,6 +113,15 @@ def _eta(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def _batches(data: Encoded, rng: random.Random) -> list[list[int]]:
+    """Batches of examples of similar length, in a random order: less padding (200 SNIPS examples: 15,024 tokens
+    through the model instead of 18,056, -17%)."""
+    order = sorted(range(len(data)), key=lambda i: (len(data[i][0]), rng.random()))
+    batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _train(model: Any, data: Encoded, pad_id: int, epochs: int, step: Step) -> dict[str, Any]:
     import torch
 
@@ -116,10 +132,8 @@ def _train(model: Any, data: Encoded, pad_id: int, epochs: int, step: Step) -> d
     total = epochs * math.ceil(len(data) / BATCH)
     total_tokens = sum(len(ids) for ids, _ in data) * epochs
     for _epoch in range(epochs):
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        for i in range(0, len(order), BATCH):
-            batch = [data[j] for j in order[i : i + BATCH]]
+        for idx in _batches(data, rng):
+            batch = [data[j] for j in idx]
             loss = model(**_collate(batch, pad_id, model.device)).loss
             optim.zero_grad()
             loss.backward()
@@ -159,7 +173,7 @@ def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None]:
     train = encode_examples(tok, [prune_system(c, system) for c in chats])
     val_path = ds.path / "val.jsonl"
     val_chats = read_chat(val_path) if val_path.is_file() else []
-    val = encode_examples(tok, [prune_system(c, system) for c in val_chats])
+    val = encode_examples(tok, [prune_system(c, system) for c in val_chats], split="val")
     return train, val, system
 
 
@@ -182,9 +196,10 @@ def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: St
     )
     base_cfg = write_base_config(model, folder / "base")
     model = _lora(model)
-    before = _mean_loss(model, val or train[:32], tok.pad_token_id)
+    probe = (val or train)[:LOSS_PROBE]  # a sample: the whole validation split would cost ~15% of training again
+    before = _mean_loss(model, probe, tok.pad_token_id)
     trained = _train(model, train, tok.pad_token_id, epochs, step)
-    after = _mean_loss(model, val or train[:32], tok.pad_token_id)
+    after = _mean_loss(model, probe, tok.pad_token_id)
     step("saving the adapter")
     runtime = _save(model, tok, folder, spec, base_cfg, step)
     return {

@@ -13,8 +13,8 @@ are there, else transformers + peft on the Hugging Face base (bases without a GG
 from __future__ import annotations
 
 import math
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from insource.errors import NotReady
 from insource.routing import agreement as T
 
 DEFAULT_MAX_TOKENS = 256
+LLAMA_THREADS = 1  # CPU per answer is what a student costs: see bench/results/generative_cost.md
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,19 @@ class Generator(Protocol):
 
 
 class LlamaCppGenerator:
-    """The base GGUF with the adapter applied, in process (`logits_all=True` for token log-probs)."""
+    """The base GGUF with the adapter applied, in process, as served: one thread (prompt and decode alike: a
+    second one spins at every barrier, measured ~7x the CPU per answer on a busy box), token log-probs from
+    `LogprobLlama` (no `logits_all`, no vocabulary sort per token)."""
 
     def __init__(self, base_gguf: Path, adapter_gguf: Path, n_ctx: int = 2048) -> None:
-        from llama_cpp import Llama
+        from insource.registry.llama import LogprobLlama
 
-        threads = max(1, os.cpu_count() or 1)
-        self.llm = Llama(
+        self.llm = LogprobLlama(
             model_path=str(base_gguf),
             lora_path=str(adapter_gguf),
-            logits_all=True,
             n_ctx=n_ctx,
-            n_threads=threads,
+            n_threads=LLAMA_THREADS,
+            n_threads_batch=LLAMA_THREADS,
             verbose=False,
         )
 
@@ -170,18 +172,30 @@ class GenScored:
     wall_s: list[float]
 
 
-def score(gen: Generator, chats: list[list[dict[str, str]]], info: dict[str, Any], metric: str) -> GenScored:
+Grader = Callable[[list[list[dict[str, str]]], list[str]], list[bool]]  # (chats, answers) -> agree?
+
+
+def score(
+    gen: Generator, chats: list[list[dict[str, str]]], info: dict[str, Any], metric: str, grade: Grader | None = None
+) -> GenScored:
+    """Generate an answer to each chat and judge it against the teacher's: by `metric`, or by `grade` (the
+    `judge` metric, which asks the teacher: `evals/judge.py`)."""
     from insource.capture.chat import prune_system
 
     system, limit = info.get("system_prompt"), max_tokens(info)
     outs = [gen.generate(prune_system(chat[:-1], system), limit) for chat in chats]
     teacher = [str(chat[-1].get("content") or "") for chat in chats]
     conf = np.array([confidence(g, metric) for g in outs], dtype=float)
+    answers = [g.text for g in outs]
+    if grade is not None:
+        correct = grade(chats, answers)
+    else:
+        correct = [T.agree(metric, a, t) for a, t in zip(answers, teacher, strict=True)]
     return GenScored(
-        answers=[g.text for g in outs],
+        answers=answers,
         conf=conf,
         ood=conf <= 0.0,
-        correct=np.array([T.agree(metric, g.text, t) for g, t in zip(outs, teacher, strict=True)], dtype=bool),
+        correct=np.array(correct, dtype=bool),
         cpu_s=[g.cpu_s for g in outs],
         wall_s=[g.wall_s for g in outs],
     )

@@ -98,10 +98,10 @@ class LlamaCppProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.base_gguf),
+            sys.executable, "-m", "insource.registry.llama_server", "--model", str(self.base_gguf),
             "--lora_path", str(self.adapter), "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_threads", str(self.threads), "--n_ctx", str(N_CTX), "--model_alias", self.name,
-            "--logits_all", "true",
+            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(N_CTX),
+            "--model_alias", self.name,
         ]  # fmt: skip
 
     def alive(self) -> bool:
@@ -204,13 +204,17 @@ def adapter_mismatch(base: Path, adapter: Path) -> str | None:
 
 
 def check_servable(registry: Path, name: str, external_url: str | None) -> None:
-    """For `route set` and `serve`: a LoRA student can be served — its base and adapter GGUF exist and fit
-    together (not an adapter built on another base) — unless an external server serves it. NotReady otherwise."""
+    """For `route set` and `serve`: NotReady when a LoRA student's adapter GGUF does not fit its base GGUF (an
+    adapter built on another base), unless an external server serves it. A student without GGUF files passes:
+    an external server may serve it later; until then the teacher answers it (each attempt counted)."""
     folder = resolve(registry, name)
     info = read_model_info(folder)
     if info.get("student") != "lora" or external_url:
         return
-    base, adapter = serving_files(folder, info)
+    try:
+        base, adapter = serving_files(folder, info)
+    except NotReady:
+        return
     why = adapter_mismatch(base, adapter)
     if why is not None:
         raise NotReady(f"{folder.name} cannot be served on its base model: {why} (an adapter built on another base?)")

@@ -111,7 +111,7 @@ def route_row(s: Served, at_least: int = 0) -> dict[str, Any]:
 
 def test_cascade_answers_from_the_student_with_its_name_and_meters_it(served: Served) -> None:
     # the contract: cascade at the target agreement `insource eval` (run by the demo) found a threshold for
-    route(served, "--mode", "cascade", "--target-agreement", str(served.target))
+    route(served, "--mode", "cascade", "--target-agreement", str(served.target), "--calibrate", "0")
     answers = [(*ask(served, text), gold) for text, gold in tickets.generate(5, seed=901)]
     mine = [(answer, gold) for answer, by, gold in answers if by == served.model]
     assert mine, answers  # the student answered tickets itself, named in X-Insource-Served-By
@@ -140,6 +140,7 @@ def test_shadow_compares_with_the_json_metric_while_the_teacher_answers(served: 
 
 def test_audits_use_the_json_metric_and_drift_rolls_the_student_back(served: Served) -> None:
     audit = ("--mode", "cascade", "--target-agreement", str(served.target), "--audit-rate", "1.0", "--floor", "0.8")
+    audit += ("--calibrate", "0")  # answers at once with the threshold eval found
     route(served, *audit)
     answered = sum(ask(served, text)[1] == served.model for text, _ in tickets.generate(4, seed=904))
     row = route_row(served, at_least=answered)

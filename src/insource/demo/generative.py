@@ -128,7 +128,7 @@ def route(config: Path, model: str, evaluated: dict[str, Any], console: Console)
     console.rule(f"Route {TASK}: cascade (the LoRA student answers when sure, the teacher otherwise)")
     args = ["route", "set", "--task", TASK, "--model", model, "--mode", "cascade"]
     if evaluated.get("threshold") is not None:
-        how = ["--target-agreement", str(evaluated["target_agreement"])]
+        how = ["--target-agreement", str(evaluated["target_agreement"]), "--calibrate", "0"]  # eval's, at once
         said = f"target agreement {evaluated['target_agreement']:.0%}"
     else:
         how, said = ["--threshold", "1.0"], "no threshold reached the target: the teacher keeps these tickets"

@@ -80,12 +80,13 @@ def old_scope(config: Path, model: str, dataset: Path) -> None:
     write_json_atomic(folder / MODEL_FILE, info)
 
 
-def audits(config: Path, model: str) -> dict[str, int]:
-    """Comparisons with the teacher recorded for `model`, by source (shadow, audit)."""
+def audits(config: Path, model: str, since: float) -> dict[str, int]:
+    """Comparisons with the teacher recorded for `model` since `since`, by source (calibration, audit...)."""
     store = open_store(load_config(config))
     try:
         rows = store.query(
-            "SELECT source, COUNT(*) AS n FROM agreements WHERE task = ? AND model = ? GROUP BY source", (TASK, model)
+            "SELECT source, COUNT(*) AS n FROM agreements WHERE task = ? AND model = ? AND ts >= ? GROUP BY source",
+            (TASK, model, since),
         )
     finally:
         store.close()
@@ -127,6 +128,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", type=float, default=0.98)
     ap.add_argument("--old", action="store_true", help="also run the previous release's scope rules")
+    ap.add_argument(
+        "--calibrate", default="default", help="comma-separated --calibrate values to run (default: the product's)"
+    )
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"missing {DATA}")
@@ -144,7 +148,12 @@ def main() -> None:
         time.sleep(1.0)
         model, ev, learn_s = learn(config, folder, args.target)
         info = cli(config, "models", "show", model)
-        runs["new"] = (model, ev, *run_live(gw, key, config, model, live, args.target))
+        for calibrate in args.calibrate.split(","):
+            runs[f"new, calibrate {calibrate}"] = (
+                model,
+                ev,
+                *run_live(gw, key, config, model, live, args.target, calibrate),
+            )
         if args.old:
             old_model = cli(config, "distill", "--task", TASK, "--dataset", str(folder / "ds"))["model"]
             old_scope(config, old_model, folder / "ds")
@@ -160,7 +169,7 @@ def main() -> None:
                 "--target-agreement",
                 str(args.target),
             )
-            runs["old"] = (old_model, old_ev, *run_live(gw, key, config, old_model, live, args.target))
+            runs["old"] = (old_model, old_ev, *run_live(gw, key, config, old_model, live, args.target, "default"))
     finally:
         stop_gateway(gw)
         handle.stop()
@@ -185,19 +194,21 @@ def report(
         f"student scope record: {json.dumps({k: info['head'].get(k) for k in ('ood_threshold', 'ood', 'catch_all')})}",
         "",
         "| scope rules | insourced | insourced once answering | agreement (student answers) | end to end | "
-        "out of scope insourced | out of scope wrongly insourced | audits / student answers | shadow comparisons | "
+        "out of scope insourced | out of scope wrongly insourced | audits / student answers | other comparisons | "
         "route state |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, (model, ev, results, route, counts) in runs.items():
         f = figures(results, model)
         audited = counts.get("audit", 0)
+        others = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "audit") or "none"
         lines.append(
             f"| {name} ({model}, eval threshold {ev['threshold']}) | {f['insourced']:.1%} | "
             f"{f['insourced_once_answering']:.1%} (after {f['teacher_before_first_answer']}) | "
             f"{f['student_agreement']:.2%} | {f['end_to_end_agreement']:.2%} | {f['oos_insourced']:.1%} | "
             f"{f['oos_wrongly_insourced']:.1%} | {audited} / {f['student_answers']} "
-            f"({audited / max(1, f['student_answers']):.1%}) | {counts.get('shadow', 0)} | {route.get('state')} |"
+            f"({audited / max(1, f['student_answers']):.1%}) | {others} | "
+            f"{route.get('state')} |"
         )
     for name, (_model, _ev, _results, route, _counts) in runs.items():
         history = [(t.get("threshold"), t.get("reason")) for t in route.get("thresholds") or []]

@@ -77,7 +77,7 @@ class LlamaCppProcess:
             sys.executable, "-m", "insource.registry.llama_server", "--model", str(self.base_gguf),
             "--lora_path", str(self.adapter), "--host", "127.0.0.1", "--port", str(self.port),
             "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(N_CTX),
-            "--model_alias", self.name,
+            "--model_alias", self.name, "--logits_all", "false",
         ]  # fmt: skip
 
     def alive(self) -> bool:
@@ -238,6 +238,8 @@ class GenerativeStudent:
         wanted = body.get("max_completion_tokens") or body.get("max_tokens")
         limit = min(self.max_tokens, int(wanted)) if isinstance(wanted, int) and wanted > 0 else self.max_tokens
         request = {"messages": messages, "max_tokens": limit, "temperature": 0.0, "logprobs": True, "top_logprobs": 1}
+        if self.external_url is None:  # llama_cpp.server's default repeat penalty is 1.1; eval answered with none
+            request["repeat_penalty"] = 1.0
         provider = await self._ensure()
         async with self._lock:
             pid = self.server.proc.pid if self.server.proc and self.external_url is None else 0

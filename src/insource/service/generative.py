@@ -250,7 +250,8 @@ class GenerativeStudent:
         choice = resp.data["choices"][0]
         text = str((choice.get("message") or {}).get("content") or "")
         lps = [float(t["logprob"]) for t in ((choice.get("logprobs") or {}).get("content") or [])]
-        usable = trained and choice.get("finish_reason") == "stop" and (self.metric != "json" or parses(text))
+        usable = bool(lps) and trained and choice.get("finish_reason") == "stop"  # no log-probs: no confidence
+        usable = usable and (self.metric != "json" or parses(text))
         conf = math.exp(min(0.0, min(lps, default=0.0))) if usable else 0.0
         return text, conf, not usable, max(0.0, spent)
 

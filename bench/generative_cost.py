@@ -85,7 +85,8 @@ def served(base: Path, adapter: Path, data: list[Any]) -> dict[str, Any]:
         pid = proc.proc.pid if proc.proc else 0
         cpu, wall, mins, tokens = [], [], [], []
         for i, messages in enumerate([data[0], *data]):
-            body = {"messages": messages, "max_tokens": 96, "temperature": 0.0, "logprobs": True, "top_logprobs": 1}
+            body = {"messages": messages, "max_tokens": 96, "temperature": 0.0, "logprobs": True, "top_logprobs": 1,
+                    "repeat_penalty": 1.0}  # fmt: skip
             req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
             c0, w0 = _cpu_seconds(pid) or 0.0, time.perf_counter()
             with urllib.request.urlopen(req, timeout=600) as resp:

@@ -93,17 +93,19 @@ def test_the_served_student_runs_one_thread_without_logits_all() -> None:
     cmd = LlamaCppProcess("t@v1", Path("base.gguf"), Path("adapter.gguf"), Path("logs")).command()
     assert cmd[1:3] == ["-m", "insource.registry.llama_server"]
     assert cmd[cmd.index("--n_threads") + 1] == cmd[cmd.index("--n_threads_batch") + 1] == "1"
-    assert "--logits_all" not in cmd
+    assert cmd[cmd.index("--logits_all") + 1] == "false"  # llama_cpp.server's default is true
 
 
 def test_the_server_answers_with_the_same_logprobs(stock: Any, tmp_path: Path) -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "insource.registry.llama_server", "--model", str(_base()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "512"]  # fmt: skip
+           "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "512",
+           "--logits_all", "false"]  # fmt: skip
     with (tmp_path / "llama.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
-        body = {"messages": MESSAGES, "max_tokens": 16, "temperature": 0.0, "logprobs": True, "top_logprobs": 1}
+        body = {"messages": MESSAGES, "max_tokens": 16, "temperature": 0.0, "logprobs": True, "top_logprobs": 1,
+                "repeat_penalty": 1.0}  # fmt: skip
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
         deadline = time.monotonic() + 120

@@ -199,6 +199,12 @@ def report(
             f"{f['oos_wrongly_insourced']:.1%} | {audited} / {f['student_answers']} "
             f"({audited / max(1, f['student_answers']):.1%}) | {counts.get('shadow', 0)} | {route.get('state')} |"
         )
+    for name, (_model, _ev, _results, route, _counts) in runs.items():
+        history = [(t.get("threshold"), t.get("reason")) for t in route.get("thresholds") or []]
+        lines.append(
+            f"{name}: route show: state {route.get('state')}, live agreement {route.get('live_agreement')} "
+            f"(lower bound {route.get('live_agreement_low')}), coverage {route.get('coverage')}, thresholds {history}"
+        )
     lines += [
         "",
         "Targets: agreement ≥ 0.98 on the student's answers, ≤ 5% of out-of-scope requests wrongly insourced, "

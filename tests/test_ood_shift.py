@@ -156,6 +156,7 @@ def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift) -
     assert shown["head"]["catch_all"]["label"] == "other" and shown["head"]["catch_all"]["reason"] == "name"
     assert shown["head"]["ood"]["k"] == 10
     new = shift.cascade(model, threshold)
+    print("new scope rules:", new)
     assert new["agreement"] >= TARGET, new
     assert new["oos_wrongly_insourced"] <= 0.05, new
     assert new["insourced"] >= 0.6, new
@@ -163,6 +164,7 @@ def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift) -
     old_model, old_threshold = shift.distill_and_eval(downgrade=True)
     assert shift.cli("models", "show", old_model)["status"] == "ok"  # an entry written by the old code loads
     old = shift.cascade(old_model, old_threshold)
+    print("previous release's rules:", old)
     assert old["agreement"] < TARGET, old  # the promise broken...
     assert old["oos_wrongly_insourced"] > 0.05, old  # ...by out-of-scope requests answered in scope
 

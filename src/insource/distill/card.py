@@ -14,6 +14,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else str(value)
+
+
 def _head_lines(head: Any) -> list[str]:
     """How the classifier's confidence is made (which evidence was mixed in, chosen on validation)."""
     if not isinstance(head, dict):
@@ -41,9 +45,9 @@ def _scope_lines(head: dict[str, Any]) -> list[str]:
     if isinstance(catch, dict):
         lines.append(
             f"- Catch-all label `{catch.get('label')}` (recognised by {catch.get('reason')}; "
-            f"{_fmt(catch.get('train_share'))} of training): an in-scope answer goes to the teacher when a nearest "
+            f"{_pct(catch.get('train_share'))} of training): an in-scope answer goes to the teacher when a nearest "
             f"training input carries it, or when it would be as likely as the answer at "
-            f"{_fmt(catch.get('live_share_allowed'))} of live traffic (odds × {_fmt(catch.get('odds_shift'))}); "
+            f"{_pct(catch.get('live_share_allowed'))} of live traffic (odds × {_fmt(catch.get('odds_shift'))}); "
             f"`{catch.get('label')}` itself is answered at its own probability, like any label"
         )
     elif "catch_all" in head:

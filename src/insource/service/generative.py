@@ -98,10 +98,10 @@ class LlamaCppProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.base_gguf),
+            sys.executable, "-m", "insource.registry.llama_server", "--model", str(self.base_gguf),
             "--lora_path", str(self.adapter), "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_threads", str(self.threads), "--n_ctx", str(N_CTX), "--model_alias", self.name,
-            "--logits_all", "true",
+            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(N_CTX),
+            "--model_alias", self.name,
         ]  # fmt: skip
 
     def alive(self) -> bool:

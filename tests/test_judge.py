@@ -117,7 +117,8 @@ def test_eval_with_the_judge_metric_asks_the_configured_teacher(served: Served, 
     finally:
         eval_json.write_text(kept)
     assert out["metric"] == "judge" and out["n"] == 2
-    assert out["judge_requests"] == 2 * (2 + 1) and out["judge_cost_usd"] >= 0  # test + val, both orders each
+    # test + val answers, both orders each, and the reachability probe first
+    assert out["judge_requests"] == 2 * (2 + 1) + 1 and out["judge_cost_usd"] >= 0
     assert _audits(served) - before == out["judge_requests"]  # metered, shown in spend as audits
     dead = served.gw.config.parent / "dead-teacher.toml"  # the same store and registry; the teacher unreachable
     dead.write_text(

@@ -93,15 +93,19 @@ def audits(config: Path, model: str, since: float) -> dict[str, int]:
     return {str(r["source"]): int(r["n"]) for r in rows}
 
 
-def run_live(gw: Gateway, key: str, config: Path, model: str, live: list[tuple[str, str]], target: float) -> Any:
-    cli(
-        config, "route", "set", "--task", TASK, "--model", model, "--mode", "cascade", "--target-agreement", str(target)
-    )
+def run_live(
+    gw: Gateway, key: str, config: Path, model: str, live: list[tuple[str, str]], target: float, calibrate: str
+) -> Any:
+    """Set the cascade (`calibrate`: "default" leaves the product's default) and replay the live traffic."""
+    since = time.time()
+    extra = () if calibrate == "default" else ("--calibrate", calibrate)
+    route = ("route", "set", "--task", TASK, "--model", model, "--mode", "cascade", "--target-agreement", str(target))
+    cli(config, *route, *extra)
     time.sleep(1.2)  # workers apply a route within a second
     results = asyncio.run(replay(gw.base_url, key, live, concurrency=8))
     time.sleep(1.5)  # audits finish in the background
-    route = next(r for r in cli(config, "route", "show") if r["task"] == TASK)
-    return results, route, audits(config, model)
+    shown = next(r for r in cli(config, "route", "show") if r["task"] == TASK)
+    return results, shown, audits(config, model, since)
 
 
 def figures(results: list[dict[str, Any]], model: str) -> dict[str, Any]:

@@ -40,7 +40,11 @@ def _client(server: asyncio.Server) -> tuple[HttpClient, str]:
     return HttpClient("up", cfg, None), f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
-@pytest.mark.parametrize(("answer", "least", "message"), [(None, 0.3, "no response within"), (HEAD_ONLY, 0.6, "total")])
+@pytest.mark.parametrize(
+    ("answer", "least", "message"),
+    [(None, 0.3, "no response within"), (HEAD_ONLY, 0.6, "total")],
+    ids=["no-head", "head-then-silence"],
+)
 def test_a_silent_upstream_times_out_at_its_deadline(answer: bytes | None, least: float, message: str) -> None:
     async def main() -> None:
         server, _ = await _serve(answer)

@@ -14,17 +14,15 @@ import csv
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import openai
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._cascade import cli, replay, write_config  # noqa: E402
 from tests.conftest import start_gateway, stop_gateway  # noqa: E402
 
 from insource.testing.fake_upstream import FakeUpstream  # noqa: E402
@@ -42,47 +40,6 @@ def load(split: str) -> list[tuple[str, str]]:
 def prompt() -> str:
     labels = json.loads((DATA / "categories.json").read_text())
     return "Classify the online-banking customer's message into one intent: " + ", ".join(labels) + ". Intent only."
-
-
-async def replay(base_url: str, key: str, pairs: list[tuple[str, str]], concurrency: int = 32) -> list[dict[str, Any]]:
-    system = prompt()
-    limit = asyncio.Semaphore(concurrency)
-    out: list[dict[str, Any]] = []
-    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=3) as client:
-
-        async def one(text: str, gold: str) -> None:
-            async with limit:
-                t0 = time.perf_counter()
-                raw = await client.chat.completions.with_raw_response.create(
-                    model="gpt-4o-mini",
-                    metadata={"task": TASK},
-                    messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
-                )
-                ms = (time.perf_counter() - t0) * 1000
-                answer = raw.parse().choices[0].message.content or ""
-                out.append(
-                    {"gold": gold, "answer": answer.strip(), "served_by": raw.headers["x-insource-served-by"], "ms": ms}
-                )
-
-        await asyncio.gather(*(one(t, g) for t, g in pairs))
-    return out
-
-
-def cli(config: Path, *args: str) -> Any:
-    proc = subprocess.run(
-        [sys.executable, "-m", "insource", *args, "--config", str(config), "--json"], stdout=subprocess.PIPE, check=True
-    )
-    return json.loads(proc.stdout)
-
-
-def write_config(folder: Path, teacher_url: str) -> Path:
-    config = folder / "insource.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///./insource.db"\n[providers.teacher]\nkind = "openai"\n'
-        f'base_url = "{teacher_url}/v1"\nterms = "self-hosted"\n'
-        f'[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
-    )
-    return config
 
 
 def learn(config: Path, folder: Path, target: float) -> tuple[str, dict[str, Any], float]:
@@ -140,15 +97,16 @@ def main() -> None:
         key = gw.key("bench")["key"]
         random.Random(0).shuffle(train)
         t0 = time.perf_counter()
-        asyncio.run(replay(gw.base_url, key, train))
+        asyncio.run(replay(gw.base_url, key, TASK, prompt(), train))
         replay_s = time.perf_counter() - t0
         time.sleep(1.0)
         model, ev, learn_s = learn(config, folder, args.target)
         set_cascade(config, model, ev)
-        teacher_only = asyncio.run(replay(gw.base_url, key, test[:300], concurrency=1))  # latency baseline
+        # latency baseline: answered by the teacher (the gateway reloads the new route about a second later)
+        teacher_only = asyncio.run(replay(gw.base_url, key, TASK, prompt(), test[:300], concurrency=1))
         time.sleep(1.2)
-        results = asyncio.run(replay(gw.base_url, key, test))
-        single = asyncio.run(replay(gw.base_url, key, test[:300], concurrency=1))
+        results = asyncio.run(replay(gw.base_url, key, TASK, prompt(), test))
+        single = asyncio.run(replay(gw.base_url, key, TASK, prompt(), test[:300], concurrency=1))
     finally:
         stop_gateway(gw)
         handle.stop()

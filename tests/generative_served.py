@@ -152,6 +152,6 @@ def llama_servers(parent: int) -> list[int]:
                 continue
             if int(stat[1]) in family:
                 family.add(int(entry.name))
-                if b"llama_cpp.server" in cmd and int(entry.name) not in out:
+                if (b"llama_cpp.server" in cmd or b"llama_server" in cmd) and int(entry.name) not in out:
                     out.append(int(entry.name))
     return out

@@ -194,6 +194,8 @@ def test_calibrate_0_answers_at_once_with_the_eval_threshold_and_audit_rate_0_is
     answers = send(home, [text for text, _ in demo_data.generate(20, seed=503, ambiguous_share=0)])
     assert home.model in {by for _, _, by in answers}
     assert "unaudited" in home.gw.cli("route", "show").stdout
+    again = ("route", "set", "--task", TASK, "--model", home.model, "--mode", "cascade", "--target-agreement", "0.9")
+    assert "unaudited" in home.gw.cli(*again, "--calibrate", "0", "--audit-rate", "0").stdout  # said when set too
     refused = home.gw.cli("route", "set", "--task", TASK, "--model", home.model, "--mode", "full", "--calibrate", "5",
                           check=False)  # fmt: skip
     assert refused.returncode == 2 and "--calibrate applies to cascade" in refused.stderr
@@ -218,8 +220,10 @@ def test_a_drift_raises_the_threshold_then_rolls_back(home: Home) -> None:
     assert shown["state"] == "answering" and raised > home.eval_threshold
     kept = [text not in home.drift.answers for text, _, conf in live if conf >= raised]
     assert sum(kept) / len(kept) >= 0.9, (raised, len(kept))  # the promise holds again at the raised threshold
-    event = next(e for e in shown["events"] if e["kind"] == "threshold")
-    assert event["detail"]["threshold"] == raised and event["detail"]["agreement"] < 0.9
+    since = max(e["ts"] for e in shown["events"] if e["kind"] == "set")
+    raises = [e["detail"] for e in shown["events"] if e["kind"] == "threshold" and e["ts"] >= since]
+    assert raises[0]["agreement"] < 0.9 and raises[0]["from"] == home.eval_threshold  # audited below the promise
+    assert raises[-1]["threshold"] == raised and all(r["from"] < r["threshold"] for r in raises)
     home.drift.answers.update({text: OTHER for text, _, _ in live})  # it keeps falling: every answer changes
     send(home, [text for text, _, _ in live])
     shown = wait_for(home, lambda r: r["state"] == "rolled_back")
@@ -250,20 +254,20 @@ def test_config_routes_take_calibrate_and_audit_rate_with_the_same_defaults(home
         f'[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "{registry}"\n'
         f'[providers.teacher]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nterms = "self-hosted"\n'
         f'[models."gpt-4o-mini"]\ntargets = ["{TEACHER}"]\n'
-        f'[routes.{TASK}]\nmodel = "{home.model}"\nmode = "cascade"\ntarget_agreement = 0.9\n'
+        f'[routes.{TASK}]\nmodel = "{home.model}"\n'
     )
 
-    def shown(extra: str) -> dict[str, Any]:
+    def shown(extra: str, mode: str = 'mode = "cascade"\ntarget_agreement = 0.9\n') -> dict[str, Any]:
         config = tmp_path / "insource.toml"
-        config.write_text(head + extra)
+        config.write_text(head + mode + extra)
         return next(r for r in json.loads(run_cli("route", "show", "--json", "--config", str(config)).stdout))
 
     calibrating = shown("")
     assert (calibrating["state"], calibrating["audit_rate"], calibrating["calibrate"]) == ("calibrating", 0.02, 20)
     at_once = shown("calibrate = 0\naudit_rate = 0.1\n")
     assert (at_once["state"], at_once["threshold"], at_once["audit_rate"]) == ("answering", home.eval_threshold, 0.1)
-    refused = shown("calibrate = -1\n")
-    assert refused["problem"] and "calibrate" in refused["problem"] and not refused["active"]
+    refused = shown("calibrate = 5\n", mode='mode = "full"\n')
+    assert "calibrate applies to cascade" in refused["problem"] and not refused["active"]
 
 
 def test_the_threshold_is_raised_on_audits_only_when_they_break_the_promise() -> None:

@@ -7,6 +7,7 @@ first token.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -69,7 +70,7 @@ def test_full_mode_relays_the_token_stream_as_it_is_generated(served: Served) ->
 
 
 def test_cascade_generates_first_then_streams_token_sized_chunks(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     chunks, _, by = stream(served, stream_options={"include_usage": True})
     assert by == served.model
     pieces = content(chunks)
@@ -89,7 +90,8 @@ def test_a_student_hung_before_its_first_token_leaves_the_stream_to_the_teacher(
         chunks, _, by = stream(served)
         waited = time.monotonic() - started
     finally:
-        os.kill(pid, signal.SIGKILL)  # (the gateway already killed it: a no-op then)
+        with contextlib.suppress(ProcessLookupError):  # the gateway killed it already
+            os.kill(pid, signal.SIGKILL)
     assert by == TEACHER and "".join(content(chunks)) == "4"
     assert STALL_S - 0.5 <= waited < 30  # the stalled server was killed; the teacher's stream followed
     row = served.gw.usage_rows("served_by = ? AND stream = 1", (TEACHER,), wait_for=1)[-1]
@@ -122,3 +124,29 @@ async def test_pieces_become_one_chunk_each_unless_they_do_not_spell_the_answer(
     chunks = await render(("2", " -"), False)  # not the answer's tokens: the answer in one chunk
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "2 + 2", None]
     assert all("usage" not in c for c in chunks)
+
+
+def test_a_student_that_hangs_mid_stream_ends_it_with_an_error_event_and_is_counted(served: Served) -> None:
+    """After its first token the teacher can no longer take over: the stream ends with an OpenAI error event
+    (the SDK raises it), the record says 502 student_failed, and the next answer comes from a new server."""
+    set_route(served, "--mode", "full")
+    ask(served)
+    (pid,) = llama_servers(served.gw.proc.pid)
+    c = openai.OpenAI(base_url=served.gw.base_url, api_key=served.key, max_retries=0, timeout=180)
+    messages = [{"role": "user", "content": COUNTING}]
+    received = []
+    with pytest.raises(openai.APIError, match="failed mid-answer"):
+        for chunk in c.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, metadata={"task": TASK}, stream=True
+        ):
+            received.append(chunk)
+            if len(received) == 2:  # the first token: the student hangs now
+                os.kill(pid, signal.SIGSTOP)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    assert 2 <= len(received) < 40
+    row = served.gw.usage_rows("served_by = ? AND status = 502", (served.model,), wait_for=1)[-1]
+    assert row["error_code"] == "student_failed" and row["stream"] == 1
+    deadline = time.monotonic() + 120
+    while ask(served)[1] != served.model:
+        assert time.monotonic() < deadline, "the student never came back"

@@ -18,6 +18,7 @@ from tests.conftest import run_cli
 from tests.generative_served import QUESTION, TASK, Served, ask, set_route
 
 from insource.capture.dataset_read import write_dataset
+from insource.demo.teacher import SimulatedTeacher
 from insource.routing.judge import judge_messages, judge_request, read_judge_prompt, read_verdict, verdict
 from insource.testing.fake_upstream import FakeUpstream
 from insource.testing.judge import fair_judge
@@ -53,6 +54,9 @@ def test_the_fake_upstream_answers_judge_requests_in_the_wire_format() -> None:
         assert judged('{"a": 1, "b": [2]}', '{ "b": [2], "a": 1.0 }') == "EQUIVALENT"
         fake.judge = lambda a, b: a == "4"  # biased towards the first position
         assert (judged("4", "2 + 2 = 4"), judged("2 + 2 = 4", "4")) == ("EQUIVALENT", "DIFFERENT")
+        fake.reset()
+        SimulatedTeacher(server_error_rate=0.0, speed=0.0).attach(fake)  # the demo's teacher judges too
+        assert judged("4", "2 + 2 = 4") == "EQUIVALENT" and judged("4", "5") == "DIFFERENT"
     finally:
         handle.stop()
 
@@ -87,16 +91,14 @@ def test_audits_under_the_judge_metric_ask_the_teacher_both_ways_and_are_metered
     try:
         set_route(served, "--mode", "full", "--audit-rate", "1.0")
         before = _audits(served)
-        for _ in range(2):
-            assert ask(served)[1] == served.model  # "2 + 2 = 4"; the teacher says "4"
+        assert ask(served)[1] == served.model  # "2 + 2 = 4"; the teacher says "4"
         # exact would disagree; the teacher, asked both ways, finds them equivalent
-        assert _route_agreement(served, 2) == 1.0
-        assert _audits(served) - before == 2 * 3  # per answer: the teacher's own answer + two judge requests
+        assert _route_agreement(served, 1) == 1.0
+        assert _audits(served) - before == 3  # the teacher's own answer + two judge requests
         served.fake.judge = lambda a, b: a == "4"  # a judge that favours whatever comes first
         set_route(served, "--mode", "full", "--audit-rate", "1.0")
-        for _ in range(2):
-            ask(served)
-        assert _route_agreement(served, 2) == 0.0  # the swapped order exposes the bias
+        ask(served)
+        assert _route_agreement(served, 1) == 0.0  # the swapped order exposes the bias
     finally:
         served.fake.judge = fair_judge
         _set_metric(served, "exact")
@@ -115,7 +117,8 @@ def test_eval_with_the_judge_metric_asks_the_configured_teacher(served: Served, 
     finally:
         eval_json.write_text(kept)
     assert out["metric"] == "judge" and out["n"] == 2
-    assert out["judge_requests"] == 2 * (2 + 1) and out["judge_cost_usd"] >= 0  # test + val, both orders each
+    # test + val answers, both orders each, and the reachability probe first
+    assert out["judge_requests"] == 2 * (2 + 1) + 1 and out["judge_cost_usd"] >= 0
     assert _audits(served) - before == out["judge_requests"]  # metered, shown in spend as audits
     dead = served.gw.config.parent / "dead-teacher.toml"  # the same store and registry; the teacher unreachable
     dead.write_text(

@@ -235,7 +235,7 @@ class CacheConfig(Strict):
     enabled: bool = False
     ttl_s: float = Field(default=300.0, gt=0)
     max_mb: float = Field(default=64.0, gt=0)
-    cache_nondeterministic: bool = False  # also cache requests with temperature > 0
+    cache_nondeterministic: bool = False  # also cache sampled requests (temperature > 0, or none: 1)
 
 
 class OtelConfig(Strict):

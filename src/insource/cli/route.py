@@ -89,8 +89,8 @@ def route_set(
         console.print(
             f"task [bold]{shown(task)}[/] → {shown(row['model'])} in [bold]{shown(mode)}[/] mode", highlight=False
         )
-        if row["state"] == "calibrating":
-            console.print(literal(_promise_line(row)))
+        if row["target_agreement"] is not None and row["mode"] == "cascade":
+            console.print(literal(_promise_line(row)))  # calibrating, or unaudited
 
 
 def _why_not_answering(row: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ BATCH = 8
 MAX_LEN = STUDENT_CONTEXT
 SEED = 17
 DEFAULT_EPOCHS = 1
+LOSS_PROBE = 64  # examples the loss before/after training is measured on
 CPU_TOKENS_PER_S_135M = 70.0  # measured: training tokens/s of SmolLM2-135M on one busy core
 Encoded = list[tuple[list[int], list[int]]]
 
@@ -112,6 +113,15 @@ def _eta(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def _batches(data: Encoded, rng: random.Random) -> list[list[int]]:
+    """Batches of examples of similar length, in a random order: less padding (200 SNIPS examples: 15,024 tokens
+    through the model instead of 18,056, -17%)."""
+    order = sorted(range(len(data)), key=lambda i: (len(data[i][0]), rng.random()))
+    batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _train(model: Any, data: Encoded, pad_id: int, epochs: int, step: Step) -> dict[str, Any]:
     import torch
 
@@ -122,10 +132,8 @@ def _train(model: Any, data: Encoded, pad_id: int, epochs: int, step: Step) -> d
     total = epochs * math.ceil(len(data) / BATCH)
     total_tokens = sum(len(ids) for ids, _ in data) * epochs
     for _epoch in range(epochs):
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        for i in range(0, len(order), BATCH):
-            batch = [data[j] for j in order[i : i + BATCH]]
+        for idx in _batches(data, rng):
+            batch = [data[j] for j in idx]
             loss = model(**_collate(batch, pad_id, model.device)).loss
             optim.zero_grad()
             loss.backward()
@@ -188,9 +196,10 @@ def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: St
     )
     base_cfg = write_base_config(model, folder / "base")
     model = _lora(model)
-    before = _mean_loss(model, val or train[:32], tok.pad_token_id)
+    probe = (val or train)[:LOSS_PROBE]  # a sample: the whole validation split would cost ~15% of training again
+    before = _mean_loss(model, probe, tok.pad_token_id)
     trained = _train(model, train, tok.pad_token_id, epochs, step)
-    after = _mean_loss(model, val or train[:32], tok.pad_token_id)
+    after = _mean_loss(model, probe, tok.pad_token_id)
     step("saving the adapter")
     runtime = _save(model, tok, folder, spec, base_cfg, step)
     return {

@@ -3,9 +3,9 @@ orders (`routing/judge.py`), through the gateway's configured providers.
 
 The teacher is the model alias the task's callers used most (from the usage records), else the only alias in the
 config. Each judge request is metered like an audit at serving time: a usage record with endpoint `audit` (spend,
-not a caller's request; `insource spend` shows it under audits), tenant `insource` and key `eval`. The first
-request is sent alone: when no target of the alias answers it, eval stops with a clear error before judging
-the rest.
+not a caller's request; `insource spend` shows it under audits), tenant `insource` and key `eval`. One small
+judge request goes first, before any answer is generated: when no target of the alias answers it, eval stops
+with a clear error at once.
 """
 
 from __future__ import annotations
@@ -140,6 +140,33 @@ async def _grade_all(judge: TeacherJudge, chats: list[list[dict[str, str]]], ans
         await judge.close()
 
 
+def _write(cfg: Config, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        store = open_store(cfg)
+        try:
+            store.insert_many("usage", rows)
+        finally:
+            store.close()
+
+
+def probe_teacher(cfg: Config, task: str, alias: str) -> JudgeSpend:
+    """One small judge request before any answer is generated: a teacher that cannot be reached stops eval at
+    once (NotReady), not after minutes of generation. Metered like the others."""
+    judge = TeacherJudge(cfg, task, alias)
+
+    async def ask() -> None:
+        try:
+            await judge.ask(judge_request([{"role": "user", "content": "2+2?"}], "4", "4"))
+        finally:
+            await judge.close()
+
+    try:
+        asyncio.run(ask())
+    finally:
+        _write(cfg, judge.spend.rows)
+    return judge.spend
+
+
 def judge_answers(
     cfg: Config, task: str, alias: str, chats: list[list[dict[str, str]]], answers: list[str]
 ) -> tuple[list[bool], JudgeSpend]:
@@ -149,10 +176,5 @@ def judge_answers(
     try:
         verdicts = asyncio.run(_grade_all(judge, chats, answers))
     finally:
-        if judge.spend.rows:
-            store = open_store(cfg)
-            try:
-                store.insert_many("usage", judge.spend.rows)
-            finally:
-                store.close()
+        _write(cfg, judge.spend.rows)
     return verdicts, judge.spend

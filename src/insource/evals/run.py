@@ -225,8 +225,8 @@ def evaluate_generative(
     if not chats:
         raise NotReady(f"the {split} split of {ds.path} is empty")
     metric = metric or choose_metric([str(c[-1].get("content") or "") for c in read_chat(ds.path / "train.jsonl")])
+    grade, spend = _judge_grader(cfg, info, metric)  # first: a teacher that cannot judge stops eval at once
     gen = generator_for(folder, info)
-    grade, spend = _judge_grader(cfg, info, metric)
     scored, val = score(gen, chats, info, metric, grade), score(gen, val_chats, info, metric, grade)
     examples = ds.split(split)
     cpu = float(np.mean(scored.cpu_s))
@@ -257,11 +257,11 @@ def _judge_grader(cfg: Config, info: dict[str, Any], metric: str) -> tuple[Grade
     """For the `judge` metric: the grader asking the task's teacher, and the spend it adds up (else None)."""
     if metric != "judge":
         return None, None
-    from insource.evals.judge import JudgeSpend, judge_answers, teacher_alias
+    from insource.evals.judge import judge_answers, probe_teacher, teacher_alias
 
     task = str(info["task"])
-    alias = teacher_alias(cfg, task)  # before any answer is generated: a config without a teacher stops here
-    total = JudgeSpend()
+    alias = teacher_alias(cfg, task)  # before any answer is generated: no teacher, or an unreachable one, stops here
+    total = probe_teacher(cfg, task, alias)
 
     def grade(chats: list[list[dict[str, str]]], answers: list[str]) -> list[bool]:
         verdicts, spend = judge_answers(cfg, task, alias, chats, answers)

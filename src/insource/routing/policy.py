@@ -32,6 +32,7 @@ class RoutePolicy:
     since: float = 0.0  # when this policy was set (0: a config route): comparisons before it do not count
     calibrate: int = 0  # cascade with a target: live requests the student predicts in shadow before it answers
     calibrating: bool = False  # no threshold chosen on live traffic yet: the teacher answers, the student predicts
+    threshold_since: float = 0.0  # when the live threshold last changed: the floor judges answers served since
 
 
 @dataclass(frozen=True, slots=True)

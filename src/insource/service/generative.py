@@ -98,10 +98,10 @@ class LlamaCppProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.base_gguf),
+            sys.executable, "-m", "insource.registry.llama_server", "--model", str(self.base_gguf),
             "--lora_path", str(self.adapter), "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_threads", str(self.threads), "--n_ctx", str(N_CTX), "--model_alias", self.name,
-            "--logits_all", "true",
+            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--n_ctx", str(N_CTX),
+            "--model_alias", self.name, "--logits_all", "false",
         ]  # fmt: skip
 
     def alive(self) -> bool:
@@ -204,13 +204,17 @@ def adapter_mismatch(base: Path, adapter: Path) -> str | None:
 
 
 def check_servable(registry: Path, name: str, external_url: str | None) -> None:
-    """For `route set` and `serve`: a LoRA student can be served — its base and adapter GGUF exist and fit
-    together (not an adapter built on another base) — unless an external server serves it. NotReady otherwise."""
+    """For `route set` and `serve`: NotReady when a LoRA student's adapter GGUF does not fit its base GGUF (an
+    adapter built on another base), unless an external server serves it. A student without GGUF files passes:
+    an external server may serve it later; until then the teacher answers it (each attempt counted)."""
     folder = resolve(registry, name)
     info = read_model_info(folder)
     if info.get("student") != "lora" or external_url:
         return
-    base, adapter = serving_files(folder, info)
+    try:
+        base, adapter = serving_files(folder, info)
+    except NotReady:
+        return
     why = adapter_mismatch(base, adapter)
     if why is not None:
         raise NotReady(f"{folder.name} cannot be served on its base model: {why} (an adapter built on another base?)")
@@ -284,6 +288,8 @@ class GenerativeStudent:
         wanted = body.get("max_completion_tokens") or body.get("max_tokens")
         limit = min(self.max_tokens, int(wanted)) if isinstance(wanted, int) and wanted > 0 else self.max_tokens
         request = {"messages": messages, "max_tokens": limit, "temperature": 0.0, "logprobs": True, "top_logprobs": 1}
+        if self.external_url is None:  # llama_cpp.server's default repeat penalty is 1.1; eval answered with none
+            request["repeat_penalty"] = 1.0
         return request, trained
 
     def streams_live(self, body: dict[str, Any]) -> bool:
@@ -480,7 +486,8 @@ def _read_answer(data: dict[str, Any], trained: bool, metric: str) -> tuple[str,
     text = str((choice.get("message") or {}).get("content") or "")
     tokens = [t for t in ((choice.get("logprobs") or {}).get("content") or []) if isinstance(t, dict)]
     lps = [float(t["logprob"]) for t in tokens]
-    usable = trained and choice.get("finish_reason") == "stop" and (metric != "json" or parses(text))
+    usable = bool(lps) and trained and choice.get("finish_reason") == "stop"  # no log-probs: no confidence
+    usable = usable and (metric != "json" or parses(text))
     conf = math.exp(min(0.0, min(lps, default=0.0))) if usable else 0.0
     return text, conf, usable, tuple(str(t.get("token") or "") for t in tokens)
 

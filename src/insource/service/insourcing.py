@@ -171,6 +171,8 @@ class InsourcingRouter:
             return Routing(asked=asked)
         if decision.answerer is Who.TEACHER:
             if decision.audit:
+                if policy.calibrating and reply.ood:  # never served, whatever its confidence: calibrates as such
+                    reply = dataclasses.replace(reply, confidence=0.0)
                 return Routing(reply=reply, compare="shadow", policy=policy, asked=asked)
             return Routing(asked=asked)
         return Routing(student, reply, "audit" if decision.audit else None, policy, asked)

@@ -87,24 +87,26 @@ def current(store: Store, policy: RoutePolicy) -> RoutePolicy:
         return policy
     rows = queries.thresholds(store, *_key(policy))
     if rows:
-        threshold = rows[-1]["threshold"]
-        return dataclasses.replace(policy, threshold=threshold, calibrating=threshold is None)
+        threshold, at = rows[-1]["threshold"], float(rows[-1]["at"])
+        return dataclasses.replace(policy, threshold=threshold, calibrating=threshold is None, threshold_since=at)
     if policy.calibrate > 0:
         return dataclasses.replace(policy, threshold=None, calibrating=True)
     return policy
 
 
-def _append(store: Store, policy: RoutePolicy, threshold: float | None, reason: str, detail: dict[str, Any]) -> bool:
-    """Append to the policy's threshold history, unless another worker appended first; records the event."""
+def _append(
+    store: Store, policy: RoutePolicy, threshold: float | None, reason: str, detail: dict[str, Any]
+) -> RoutePolicy | None:
+    """Append to the policy's threshold history and record the event; None when another worker appended first."""
     from insource.service.routes import record_event
 
     seq = len(queries.thresholds(store, *_key(policy)))
     now = time.time()
     if not queries.insert_threshold(store, _key(policy), seq, now, threshold, reason, orjson.dumps(detail).decode()):
-        return False
+        return None
     record_event(store, policy.task, "threshold", {"model": policy.model, "threshold": threshold, **detail}, ts=now)
     log.warning("task %s: threshold %s (%s)", policy.task, threshold, reason)
-    return True
+    return dataclasses.replace(policy, threshold=threshold, calibrating=False, threshold_since=now)
 
 
 def calibration_need(policy: RoutePolicy) -> int:
@@ -132,9 +134,7 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
     agreed = sum(r["agree"] for r in rows if r["confidence"] >= threshold)
     answered = sum(1 for r in rows if r["confidence"] >= threshold)
     detail = {"samples": len(rows), "agreement": agreed / answered, "coverage": answered / len(rows)}
-    if not _append(store, policy, threshold, "calibrated", detail):
-        return current(store, policy)
-    return dataclasses.replace(policy, threshold=threshold, calibrating=False)
+    return _append(store, policy, threshold, "calibrated", detail) or current(store, policy)
 
 
 def _audit(store: Store, policy: RoutePolicy) -> RoutePolicy:
@@ -157,9 +157,7 @@ def _audit(store: Store, policy: RoutePolicy) -> RoutePolicy:
         reason = {"model": policy.model, "mode": policy.mode, **detail, "target_agreement": target}
         roll_back(store, policy, reason | {"floor": policy.floor, "n": len(served), "reason": why})
         return dataclasses.replace(policy, active=False)
-    if not _append(store, policy, raised, "audit", detail):
-        return current(store, policy)
-    return dataclasses.replace(policy, threshold=raised)
+    return _append(store, policy, raised, "audit", detail) or current(store, policy)
 
 
 def keep_promises(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:

@@ -243,8 +243,10 @@ def agreement_window(floor: float) -> int:
 
 
 def agreement_stats(store: Store, policy: RoutePolicy) -> tuple[int, int]:
-    """(agreeing, total) over the policy's window: its most recent comparisons recorded since it was set."""
-    return queries.agreement_counts(store, policy.task, policy.model, policy.since, agreement_window(policy.floor))
+    """(agreeing, total) over the policy's window: its most recent comparisons recorded since it was set, or
+    since its live threshold last changed (what the student serves now)."""
+    since = max(policy.since, policy.threshold_since)
+    return queries.agreement_counts(store, policy.task, policy.model, since, agreement_window(policy.floor))
 
 
 def rollback_reason(policy: RoutePolicy, ok: int, n: int) -> dict[str, Any] | None:

@@ -8,12 +8,15 @@ Every body is serialised once at import time; a request costs one body read and 
   Each SSE event is sent as its own ASGI message (its own write), as a real upstream flushes each token.
 * anything else — 404.
 
-Run: ``python bench/_upstream.py --port 9000 [--chunks 16]`` (the benchmark starts it itself).
+``--latency-ms N`` waits N ms (``asyncio.sleep``) before answering, as a real upstream's time to first token.
+
+Run: ``python bench/_upstream.py --port 9000 [--chunks 16] [--latency-ms 20]`` (the benchmark starts it itself).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import orjson
@@ -130,7 +133,8 @@ def _stream_events(n_chunks: int, with_usage: bool) -> list[bytes]:
     return events
 
 
-def make_app(n_chunks: int = 16) -> Any:
+def make_app(n_chunks: int = 16, latency_ms: float = 0.0) -> Any:
+    delay = latency_ms / 1000
     completion = _completion(12)
     json_start = {
         "type": "http.response.start",
@@ -175,6 +179,8 @@ def make_app(n_chunks: int = 16) -> Any:
             )
             await send({"type": "http.response.body", "body": not_found})
             return
+        if delay:
+            await asyncio.sleep(delay)
         if b'"stream":true' not in body and b'"stream": true' not in body:
             await send(json_start)
             await send(json_body)
@@ -194,9 +200,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="wait before answering (time to first token)")
     args = parser.parse_args()
     config = uvicorn.Config(
-        make_app(args.chunks),
+        make_app(args.chunks, args.latency_ms),
         host=args.host,
         port=args.port,
         loop="uvloop",

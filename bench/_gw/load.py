@@ -50,6 +50,7 @@ def run_wrk(
     seconds: float,
     workdir: Path,
     pin_cpus: bool,
+    path: str = PATH,
 ) -> dict[str, Any]:
     script = workdir / f"wrk-{port}-{conns}-{len(body)}.lua"
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
@@ -63,7 +64,7 @@ def run_wrk(
         "10s",
         "-s",
         str(script),
-        f"http://127.0.0.1:{port}{PATH}",
+        f"http://127.0.0.1:{port}{path}",
     ]
     if pin_cpus:
         cmd = ["taskset", "-c", str(CLIENT_CPU), *cmd]

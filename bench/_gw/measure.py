@@ -138,9 +138,12 @@ def compare(args: argparse.Namespace) -> str:
     try:
         base_args = ("--log-level", args.log_level)
         cand_args = ("--log-level", args.compare_log_level or args.log_level)
-        envs["baseline"] = start_env(1, args.chunks, not args.no_pin, src=args.src, serve_args=base_args)
+        lat = args.latency_ms
+        envs["baseline"] = start_env(
+            1, args.chunks, not args.no_pin, src=args.src, serve_args=base_args, latency_ms=lat
+        )
         envs["candidate"] = start_env(
-            1, args.chunks, not args.no_pin, src=args.compare or args.src, serve_args=cand_args
+            1, args.chunks, not args.no_pin, src=args.compare or args.src, serve_args=cand_args, latency_ms=lat
         )
         for env in envs.values():
             for stream in (False, True):

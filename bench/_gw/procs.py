@@ -73,6 +73,8 @@ def stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> Non
 
 
 CLI_CODE = "import sys; sys.argv[0] = 'insource'; from insource.cli import main; main()"
+# with INSOURCE_BENCH_TRACE=DIR: tracemalloc and GC timing in the gateway, dumped on SIGUSR1 (bench/_gw/traced.py)
+TRACED_CODE = f"import sys; sys.path.insert(0, {str(UPSTREAM.parent)!r}); from _gw.traced import install; install(); "
 
 
 def child_env(src: Path | None) -> dict[str, str]:
@@ -155,9 +157,10 @@ def create_keys(cfg: Path, workdir: Path, src: Path | None) -> tuple[str, str]:
     return created["key"], plain["key"]
 
 
-def _start_upstream(env: Env, chunks: int) -> subprocess.Popen[bytes]:
+def _start_upstream(env: Env, chunks: int, latency_ms: float = 0.0) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, str(UPSTREAM), "--port", str(env.upstream_port), "--chunks", str(chunks)]
     up = subprocess.Popen(
-        [sys.executable, str(UPSTREAM), "--port", str(env.upstream_port), "--chunks", str(chunks)],
+        [*cmd, "--latency-ms", str(latency_ms)],
         cwd=env.workdir,
         stdout=subprocess.DEVNULL,
         stderr=env.log("upstream.log"),
@@ -167,14 +170,17 @@ def _start_upstream(env: Env, chunks: int) -> subprocess.Popen[bytes]:
     return up
 
 
-def _start_gateway(env: Env, cfg: Path, src: Path | None, serve_args: tuple[str, ...]) -> subprocess.Popen[bytes]:
+def _start_gateway(
+    env: Env, cfg: Path, src: Path | None, serve_args: tuple[str, ...], extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    code = TRACED_CODE if (extra_env or {}).get("INSOURCE_BENCH_TRACE") else ""
     serve = ["serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(env.gateway_port), *serve_args]
     gw = subprocess.Popen(
-        [sys.executable, "-c", CLI_CODE, *serve, "--workers", str(env.workers)],
+        [sys.executable, "-c", code + CLI_CODE, *serve, "--workers", str(env.workers)],
         cwd=env.workdir,
         stdout=env.log("gateway.out"),
         stderr=env.log("gateway.log"),
-        env=child_env(src),
+        env={**child_env(src), **(extra_env or {})},
     )
     env.procs.append(("gateway", gw))
     env.gateway = gw
@@ -190,6 +196,8 @@ def start_env(
     capture: bool = True,
     src: Path | None = None,
     serve_args: tuple[str, ...] = (),
+    latency_ms: float = 0.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Env:
     workdir = Path(tempfile.mkdtemp(prefix="insource-bench-"))
     up_port, gw_port = free_port(), free_port()
@@ -197,8 +205,8 @@ def start_env(
     key, plain_key = create_keys(cfg, workdir, src)
     env = Env(workdir, up_port, gw_port, key, plain_key, workers)
     try:
-        up = _start_upstream(env, chunks)
-        gw = _start_gateway(env, cfg, src, serve_args)
+        up = _start_upstream(env, chunks, latency_ms)
+        gw = _start_gateway(env, cfg, src, serve_args, extra_env)
         if pin_cpus:
             pin(up.pid, CLIENT_CPU)
             if workers == 1:

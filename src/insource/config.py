@@ -219,8 +219,9 @@ class RouteConfig(Strict):
     percent: float = Field(default=0.0, ge=0, le=100)
     threshold: float | None = Field(default=None, ge=0, le=1)
     target_agreement: float | None = Field(default=None, ge=0, le=1)
-    audit_rate: float = Field(default=0.0, ge=0, le=1)
+    audit_rate: float | None = Field(default=None, ge=0, le=1)  # None: 0.02 for a cascade with a target, else 0
     floor: float = Field(default=0.9, ge=0, le=1)
+    calibrate: int | None = Field(default=None, ge=0)  # None: enough live requests for target_agreement
 
 
 class TenantConfig(Strict):
@@ -234,7 +235,7 @@ class CacheConfig(Strict):
     enabled: bool = False
     ttl_s: float = Field(default=300.0, gt=0)
     max_mb: float = Field(default=64.0, gt=0)
-    cache_nondeterministic: bool = False  # also cache requests with temperature > 0
+    cache_nondeterministic: bool = False  # also cache sampled requests (temperature > 0, or none: 1)
 
 
 class OtelConfig(Strict):
@@ -257,6 +258,9 @@ class InhouseConfig(Strict):
     # generative students: an OpenAI-compatible server (vLLM --enable-lora, llama.cpp) already serving each
     # student's adapter under its name TASK@vN; unset, `insource serve` runs llama.cpp itself
     generative_base_url: str | None = None
+    # how long a generative student may take to answer (or between two streamed tokens) before the teacher
+    # answers instead and the failure is counted; a student that hung that long is restarted
+    generative_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class ReportConfig(Strict):

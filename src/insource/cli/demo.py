@@ -15,7 +15,9 @@ from insource.cli.common import JsonOpt, console, err_console, handle_errors, pr
 @handle_errors
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its state.")] = Path("insource-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="A reduced run (about a minute).")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A reduced run (a few minutes; the LoRA student trains on fewer tickets).")
+    ] = False,
     teacher: Annotated[
         str | None,
         typer.Option("--teacher", help="A real OpenAI-compatible upstream base URL instead of the simulated one."),
@@ -28,6 +30,13 @@ def demo(
     monthly_requests: Annotated[
         int, typer.Option(min=1, max=10**15, help="Monthly volume for the savings projection.")
     ] = 30_000_000,
+    generative: Annotated[
+        bool,
+        typer.Option(
+            "--generative/--no-generative",
+            help="Also the generative task (support tickets → JSON, a LoRA student) when its extras are installed.",
+        ),
+    ] = True,
     json: JsonOpt = False,
 ) -> None:
     """Gateway → capture → dataset → distill → eval → cascade, with a before/after table."""
@@ -43,6 +52,7 @@ def demo(
         before=before,
         after=after,
         monthly_requests=monthly_requests,
+        generative=generative,
     )
     summary = run_demo(settings, err_console if json else console)
     if json:

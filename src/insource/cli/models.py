@@ -239,7 +239,9 @@ EvalTargetOpt = Annotated[
 MetricOpt = Annotated[
     str | None,
     typer.Option(
-        "--metric", help="Generative students: json | exact | similarity (default: chosen from the teacher's answers)."
+        "--metric",
+        help="Generative students: json | exact | similarity | judge (the teacher grades each answer, both orders, "
+        "metered as audits; default: chosen from the teacher's answers).",
     ),
 ]
 

@@ -24,7 +24,7 @@ from insource.cli.common import (
 )
 from insource.cli.tables import Cell, Col, CsvOpt, emit, print_table
 
-STATES = {"answering": "answering", "off": "off", "rolled_back": "rolled back"}
+STATES = {"answering": "answering", "calibrating": "calibrating", "off": "off", "rolled_back": "rolled back"}
 
 route_app = typer.Typer(help="Per-task insourcing policies (shadow, canary, cascade, full).", no_args_is_help=True)
 app.add_typer(route_app, name="route")
@@ -49,15 +49,24 @@ def route_set(
         typer.Option(
             "--target-agreement",
             callback=finite,
-            help="cascade only: use the threshold `insource eval` found for this.",
+            help="cascade only: promise this agreement (the threshold `insource eval` found, then live traffic's).",
         ),
     ] = None,
     audit_rate: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--audit-rate", callback=finite, help="canary, cascade, full: share of student answers audited (0-1)."
+            "--audit-rate",
+            callback=finite,
+            help="canary, cascade, full: share of student answers audited (0-1); 0.02 for a cascade with a target.",
         ),
-    ] = 0.0,
+    ] = None,
+    calibrate: Annotated[
+        int | None,
+        typer.Option(
+            help="cascade with a target: live requests the student predicts on (the teacher answers) before the "
+            "threshold is chosen on them; default enough for the target, 0 answers at once with the eval's."
+        ),
+    ] = None,
     floor: Annotated[
         float, typer.Option(callback=finite, help="Roll back when the agreement with the teacher is below this (0-1).")
     ] = 0.9,
@@ -66,12 +75,13 @@ def route_set(
 ) -> None:
     """Set a task's routing policy; running workers apply it within a second."""
     from insource.routing.policy import RoutePolicy
+    from insource.service.promise import with_defaults
     from insource.service.routes import set_route, show_routes
 
     cfg = get_config(config)
     store = get_store(cfg, create=True)
-    policy = RoutePolicy(task, model, mode, percent, threshold, target_agreement, audit_rate, floor)  # type: ignore[arg-type]
-    set_route(cfg, store, policy)
+    policy = RoutePolicy(task, model, mode, percent, threshold, target_agreement, 0.0, floor)  # type: ignore[arg-type]
+    set_route(cfg, store, with_defaults(policy, audit_rate, calibrate, cli=True))
     row = next(r for r in show_routes(cfg, store) if r["task"] == task)
     if json:
         print_json(row)
@@ -79,6 +89,8 @@ def route_set(
         console.print(
             f"task [bold]{shown(task)}[/] → {shown(row['model'])} in [bold]{shown(mode)}[/] mode", highlight=False
         )
+        if row["target_agreement"] is not None and row["mode"] == "cascade":
+            console.print(literal(_promise_line(row)))  # calibrating, or unaudited
 
 
 def _why_not_answering(row: dict[str, Any]) -> str:
@@ -89,7 +101,8 @@ def _why_not_answering(row: dict[str, Any]) -> str:
     when = dt.datetime.fromtimestamp(float(event["ts"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     detail = event["detail"] if isinstance(event["detail"], dict) else {}
     if event["kind"] == "rollback":
-        why = f"agreement {detail.get('agreement', 0):.3f} below the floor {detail.get('floor')}"
+        floor = f"agreement {detail.get('agreement', 0):.3f} below the floor {detail.get('floor')}"
+        why = detail.get("reason") or floor
         return f"{row['task']}: rolled back to the teacher at {when} ({why})"
     reason = detail.get("reason") or "no reason given"
     return f"{row['task']}: turned off by hand at {when} by {detail.get('by', 'cli')}: {reason}"
@@ -139,8 +152,33 @@ def route_show(config: ConfigOpt = None, json: JsonOpt = False, csv: CsvOpt = Fa
     for r in rows:
         if r.get("problem"):
             console.print(literal(r["problem"], style="red"), literal(f"(the teacher answers {r['task']})"))
-        elif r["state"] != "answering":
+        elif r["state"] in ("off", "rolled_back"):
             console.print(literal(_why_not_answering(r)), soft_wrap=True)
+        if r.get("target_agreement") is not None and r["mode"] == "cascade":
+            console.print(literal(_promise_line(r)))  # wrapped to the terminal
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _promise_line(r: dict[str, Any]) -> str:
+    """One line: a promised cascade's target, what it delivers (with its interval), and its threshold's story."""
+    head = f"{r['task']}: promises {r['target_agreement']:g} agreement"
+    if r["state"] == "calibrating":
+        done = f"{r['calibrated']} of {r['calibrate']} requests"
+        if r["calibrated"] >= r["calibrate"]:
+            done += f", no threshold reaches {r['target_agreement']:g} on them yet"
+        return f"{head}; calibrating on live traffic ({done}): the teacher answers"
+    live = "no audits yet"
+    if r["live_agreement"] is not None:
+        live = f"live {r['live_agreement']:.3f} (≥ {r['live_agreement_low']:.3f}, n={r['n']})"
+    if not r["audited"]:
+        live = "unaudited (--audit-rate 0): nothing checks it"
+    steps = ", ".join(
+        f"{'-' if t['threshold'] is None else format(t['threshold'], '.3f')} {t['reason']}" for t in r["thresholds"]
+    )
+    return f"{head}; {live}; coverage {_share(r['coverage'])}; thresholds: {steps}"
 
 
 ROUTE_COLUMNS = (

@@ -10,7 +10,7 @@ import shutil
 import socket
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from insource.capture.terms import load_profiles
 from insource.config import load_config
 from insource.demo import data as demo_data
-from insource.demo import report
+from insource.demo import generative, report, tickets
 from insource.demo.history import import_history
 from insource.demo.steps import StepFailed, cli_json, start_gateway, stop_gateway
 from insource.demo.workload import PhaseResult, send_phase
@@ -52,6 +52,7 @@ class DemoSettings:
     audit_rate: float = 0.05
     monthly_requests: int = 30_000_000
     seed: int = 7
+    generative: bool = True  # also the support-ticket → JSON task, with a LoRA student (when installed)
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -149,12 +150,21 @@ def simulated_teacher(s: DemoSettings, console: Console) -> Iterator[tuple[str, 
         handle.stop()
 
 
-def _phase(console: Console, title: str, base_url: str, key: str, pairs: list[tuple[str, str]]) -> PhaseResult:
+def _phase(
+    console: Console,
+    title: str,
+    base_url: str,
+    key: str,
+    pairs: list[tuple[str, str]],
+    task: str = TASK,
+    build: Callable[[str], list[dict[str, Any]]] = demo_data.build_messages,
+    **options: Any,
+) -> PhaseResult:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(title, total=len(pairs))
         return asyncio.run(
-            send_phase(title, base_url, key, TASK, pairs, demo_data.build_messages, lambda: progress.advance(bar))
+            send_phase(title, base_url, key, task, pairs, build, lambda: progress.advance(bar), **options)
         )
 
 
@@ -272,12 +282,63 @@ def _check_teacher_answered(s: DemoSettings, before: PhaseResult, log: Path) -> 
         )
 
 
+@dataclass
+class _Phases:
+    """What the demo's traffic and training produced, for the summary."""
+
+    model: str
+    evaluated: dict[str, Any]
+    spans: tuple[tuple[float, float], tuple[float, float]]
+    before: PhaseResult
+    after: PhaseResult
+    learned: tuple[str, dict[str, Any]] | None = None  # the generative student and its evaluation
+    tickets: tuple[PhaseResult, PhaseResult] | None = None
+
+
+def _tickets(console: Console, title: str, base_url: str, key: str, n: int, seed: int) -> PhaseResult:
+    pairs = tickets.generate(n, seed)
+    return _phase(console, title, base_url, key, pairs, generative.TASK, tickets.build_messages,
+                  concurrency=generative.CONCURRENCY, agree=generative.judge)  # fmt: skip
+
+
+def _run_phases(
+    s: DemoSettings, gen: generative.GenPlan | None, config: Path, store: Any, base_url: str, key: str, console: Console
+) -> _Phases:
+    also = f" and {gen.before} support tickets" if gen else ""
+    console.rule(f"Gateway on {base_url}: {s.before} requests{also}, all answered by the rented teacher")
+    t0 = time.time()
+    before = _phase(console, "teacher traffic", base_url, key, demo_data.generate(s.before, s.seed))
+    _check_teacher_answered(s, before, s.folder / "gateway.log")
+    gen_before = _tickets(console, "teacher tickets", base_url, key, gen.before, s.seed) if gen else None
+    t1 = time.time()
+    report.wait_for_records(store, t0, t1, before.requests + (gen_before.requests if gen_before else 0))
+    report.print_spend(console, store, t0, t1)
+    model, evaluated = _learn_student(s, config, console)
+    learned = generative.learn(config, s.folder, gen, console) if gen else None
+    if learned is not None:
+        generative.route(config, *learned, console)
+    _route(s, config, model, evaluated, console)
+    t2 = time.time()
+    after_pairs = demo_data.generate(s.after, s.seed + 1 + secrets.randbelow(1000))
+    after = _phase(console, "cascade traffic", base_url, key, after_pairs)
+    gen_after = None
+    if gen and learned is not None:
+        gen_after = _tickets(console, "cascade tickets", base_url, key, gen.after, s.seed + 2 + secrets.randbelow(1000))
+    t3 = time.time()
+    report.wait_for_records(store, t2, t3, after.requests + (gen_after.requests if gen_after else 0))
+    phases = _Phases(model, evaluated, ((t0, t1), (t2, t3)), before, after, learned)
+    if gen_before is not None and gen_after is not None:
+        phases.tickets = (gen_before, gen_after)
+    return phases
+
+
 def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
     check_settings(s)  # before anything in --dir is replaced
     prepare_folder(s.folder, console)
     if s.teacher_url is not None and not os.environ.get(s.teacher_key_env):
         raise StepFailed(f"--teacher needs its API key in the environment variable {s.teacher_key_env}")
     started = time.time()
+    gen = generative.plan(s.quick, s.generative, console)
     with simulated_teacher(s, console) as (teacher_base, teacher):
         config = write_config(s, teacher_base)
         cfg = load_config(config)
@@ -291,35 +352,25 @@ def run_demo(s: DemoSettings, console: Console) -> dict[str, Any]:
         )
         port = _free_port()
         gateway = start_gateway(config, port, s.folder / "gateway.log")
-        base_url = f"http://127.0.0.1:{port}/v1"
         try:
-            console.rule(f"Gateway on {base_url}: {s.before} requests, all answered by the rented teacher")
-            t0 = time.time()
-            before = _phase(console, "teacher traffic", base_url, key, demo_data.generate(s.before, s.seed))
-            t1 = time.time()
-            _check_teacher_answered(s, before, s.folder / "gateway.log")
-            report.wait_for_records(store, t0, t1, before.requests)
-            report.print_spend(console, store, t0, t1)
-            model, evaluated = _learn_student(s, config, console)
-            _route(s, config, model, evaluated, console)
-            t2 = time.time()
-            after_pairs = demo_data.generate(s.after, s.seed + 1 + secrets.randbelow(1000))
-            after = _phase(console, "cascade traffic", base_url, key, after_pairs)
-            t3 = time.time()
-            report.wait_for_records(store, t2, t3, after.requests)
+            run = _run_phases(s, gen, config, store, f"http://127.0.0.1:{port}/v1", key, console)
         finally:
             stop_gateway(gateway)
-        summary = report.summarise(store, cfg, TASK, (t0, t1), (t2, t3), before, after, teacher, s.monthly_requests)
+        summary = report.summarise(store, cfg, TASK, *run.spans, run.before, run.after, teacher, s.monthly_requests)
+        if gen is not None and run.learned is not None and run.tickets is not None:
+            summary["generative"] = generative.summarise(store, cfg, run.learned, run.spans, run.tickets, gen)
     summary.update(
         {
-            "model": model,
+            "model": run.model,
             "folder": str(s.folder),
             "seconds": round(time.time() - started, 1),
             "simulated_teacher": s.teacher_url is None,
-            "eval": evaluated,
+            "eval": run.evaluated,
             "report": str(report.write_overview(cfg, store, s.folder / "report.html")),
             "history": past,
         }
     )
     report.print_final(console, summary, config)
+    if "generative" in summary:
+        generative.print_summary(console, summary["generative"])
     return summary

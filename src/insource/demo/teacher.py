@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from insource.demo import data as demo_data
+from insource.demo import tickets
 
 if TYPE_CHECKING:
     from insource.testing.fake_upstream import FakeUpstream
@@ -383,6 +384,7 @@ class SimulatedTeacher:
         self._known: dict[str, str] = {}
         self.answered = 0
         self.injected_errors = 0
+        self.ticket_drift = False  # True: its ticket extractions change (`tickets.drifted`), as a teacher may drift
 
     def learn(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Teach gold labels for texts (e.g. pairs generated in another process)."""
@@ -414,7 +416,16 @@ class SimulatedTeacher:
                 return self._rng.choice([i for i in demo_data.INTENTS if i != label])
         return label
 
+    def extract(self, text: str) -> str:
+        """The teacher's JSON extraction of a support ticket (the generative task); drifted on request."""
+        with self._lock:
+            self.answered += 1
+        gold = tickets.gold_json(text)
+        return tickets.drifted(gold) if self.ticket_drift else gold
+
     def __call__(self, model: str, messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
+        if tickets.is_ticket(messages):
+            return self.extract(customer_text(messages))
         return self.classify(customer_text(messages))
 
     def sample_latency(self) -> float:
@@ -444,7 +455,9 @@ class SimulatedTeacher:
             f"{self.ambiguous_flip_rate:.0%}, HTTP 500 rate {self.server_error_rate:.1%}, latency "
             f"~{self.latency_mean_s * self.speed * 1000:.0f} ms mean (speed x{self.speed:g}). "
             f"Priced like gpt-4o-mini: ${PRICE_PER_MTOK['input']}/1M input, "
-            f"${PRICE_PER_MTOK['output']}/1M output tokens. system_fingerprint={FINGERPRINT}."
+            f"${PRICE_PER_MTOK['output']}/1M output tokens. system_fingerprint={FINGERPRINT}. "
+            "Support tickets with the extraction prompt get their JSON (order id, product, issue type, urgency) "
+            "read from the ticket by rules."
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -17,7 +18,7 @@ class PhaseResult:
     ok: int = 0
     failed: int = 0
     served: dict[str, int] = field(default_factory=dict)
-    correct: int = 0  # answers equal to the gold label
+    correct: int = 0  # answers that agree with the gold one
     answers: list[tuple[str, str, str]] = field(default_factory=list)  # (text, answer, served_by)
 
     @property
@@ -45,8 +46,9 @@ async def send_phase(
     build: Callable[[str], list[dict[str, str]]],
     advance: Callable[[], None],
     concurrency: int = 24,
+    agree: Callable[[str, str], bool] = operator.eq,
 ) -> PhaseResult:
-    """Send every (text, gold) pair as a chat request, `concurrency` at a time."""
+    """Send every (text, gold) pair as a chat request, `concurrency` at a time; `agree(answer, gold)` judges."""
     result = PhaseResult(name)
     limit = asyncio.Semaphore(concurrency)
     async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60) as client:
@@ -61,7 +63,7 @@ async def send_phase(
                 else:
                     result.ok += 1
                     result.served[served] = result.served.get(served, 0) + 1
-                    result.correct += int(answer == gold)
+                    result.correct += int(agree(answer, gold))
                     result.answers.append((text, answer, served))
                 advance()
 

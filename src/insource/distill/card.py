@@ -14,6 +14,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else str(value)
+
+
 def _head_lines(head: Any) -> list[str]:
     """How the classifier's confidence is made (which evidence was mixed in, chosen on validation)."""
     if not isinstance(head, dict):
@@ -23,7 +27,32 @@ def _head_lines(head: Any) -> list[str]:
         parts.append(f"nearest-neighbour vote (weight {_fmt(head['knn_weight'])})")
     if head.get("lexical_weight"):
         parts.append(f"TF-IDF n-gram view (weight {_fmt(head['lexical_weight'])})")
-    return [f"- Head: {' + '.join(parts)}; out of distribution below cosine {_fmt(head.get('ood_threshold'))}"]
+    return [f"- Head: {' + '.join(parts)}", *_scope_lines(head)]
+
+
+def _scope_lines(head: dict[str, Any]) -> list[str]:
+    """What the student sends to the teacher as out of scope (older models: the best-similarity rule only)."""
+    ood = head.get("ood")
+    if isinstance(ood, dict):
+        rule = (
+            f"mean cosine to its {_fmt(ood.get('k'))} nearest training inputs below {_fmt(head.get('ood_threshold'))} "
+            f"(the {_fmt(ood.get('alpha'))} quantile of held-out validation inputs)"
+        )
+    else:
+        rule = f"best cosine to a training input below {_fmt(head.get('ood_threshold'))}"
+    lines = [f"- Unlike the training traffic (deferred whatever the confidence): {rule}"]
+    catch = head.get("catch_all")
+    if isinstance(catch, dict):
+        lines.append(
+            f"- Catch-all label `{catch.get('label')}` (recognised by {catch.get('reason')}; "
+            f"{_pct(catch.get('train_share'))} of training): an in-scope answer goes to the teacher when a nearest "
+            f"training input carries it, or when it would be as likely as the answer at "
+            f"{_pct(catch.get('live_share_allowed'))} of live traffic (odds × {_fmt(catch.get('odds_shift'))}); "
+            f"`{catch.get('label')}` itself is answered at its own probability, like any label"
+        )
+    elif "catch_all" in head:
+        lines.append("- Catch-all label: none recognised")
+    return lines
 
 
 _CLASSIFIER_NOTE = [

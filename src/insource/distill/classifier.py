@@ -70,7 +70,9 @@ def train_head_on(
     val_x = embed_examples(encoder, cache, ds.split("val"), step)
     train_y, val_y = label_indices(ds.split("train"), index), label_indices(ds.split("val"), index)
     lex, val_lex = train_lexical(ds, index, step) if lexical else (None, None)
-    head, fit_info = fit_head(train_x, train_y, val_x, val_y, len(labels), knn=knn, val_lexical=val_lex, step=step)
+    head, fit_info = fit_head(
+        train_x, train_y, val_x, val_y, len(labels), knn=knn, val_lexical=val_lex, labels=labels, step=step
+    )
     if lex is not None and head.lexical_weight > 0:  # kept only when validation chose to mix it in
         lex.save(folder)
     head.save(folder)

@@ -1,17 +1,20 @@
 """Fit the classifier head on embeddings: logistic regression, temperature scaling, OOD threshold, kNN mix.
 
-Everything is chosen on the validation split; the test split is never looked at here.
+Everything is chosen on the validation split; the test split is never looked at here. What is out of scope
+(the OOD threshold, the catch-all label) is chosen in `scope.py`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from insource.distill.scope import OOD_ALPHA, OOD_K, catch_all_info, ood_threshold
 from insource.registry.head import Head, Matrix, mix, softmax
 from insource.registry.progress import Step
 
@@ -19,8 +22,6 @@ IntArray = npt.NDArray[np.int64]
 C_GRID = (16.0,)  # chosen on Banking77 val (4 and 64 were worse); one fit keeps retraining fast
 KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
 LEXICAL_WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65)
-OOD_QUANTILE = 0.005
-OOD_MARGIN = 0.03
 
 
 def nll(probs: Matrix, y: IntArray) -> float:
@@ -83,10 +84,17 @@ def _fit_lr(x: Matrix, y: IntArray, n_classes: int, c: float) -> tuple[Matrix, M
     return weights, bias
 
 
-def _ood_threshold(val_best: Matrix) -> float:
-    if not len(val_best):
-        return 0.0
-    return float(np.quantile(val_best, OOD_QUANTILE) - OOD_MARGIN)
+def _scoped(head: Head, labels: list[str] | None, val_sims: Matrix) -> dict[str, Any]:
+    """Set the head's OOD rule (conformal, on validation) and catch-all (see `scope.py`); returns the record."""
+    head.ood_k = OOD_K
+    head.ood_threshold = ood_threshold(head.nearness(val_sims))
+    index, shift, record = catch_all_info(labels or [], head.train_vectors, head.train_labels)
+    head.catch_all, head.catch_all_shift = index, shift
+    return {
+        "ood_threshold": round(head.ood_threshold, 4),
+        "ood": {"score": f"mean cosine to the {OOD_K} nearest training inputs", "k": OOD_K, "alpha": OOD_ALPHA},
+        "catch_all": record,
+    }
 
 
 def fit_head(
@@ -98,12 +106,14 @@ def fit_head(
     *,
     knn: bool = False,
     val_lexical: Matrix | None = None,
+    labels: list[str] | None = None,
     step: Step | None = None,
 ) -> tuple[Head, dict[str, Any]]:
     """Fit and calibrate a head; `val_y` is -1 where the teacher's answer never occurs in training.
 
     The kNN weight and (with `val_lexical`, the lexical view's validation probabilities) the lexical weight
-    are chosen together: the pair with the smallest validation risk–coverage area wins.
+    are chosen together: the pair with the smallest validation risk–coverage area wins. `labels` (the answers, by
+    index) let the catch-all be found by name (see `scope.py`).
     """
     best: tuple[float, Head, dict[str, Any]] | None = None
     lexical_weights = LEXICAL_WEIGHTS if val_lexical is not None else (0.0,)
@@ -114,24 +124,22 @@ def fit_head(
         head = Head(w, b, 1.0, train_x, train_y, 0.0)
         head.temperature = fit_temperature(head.logits(val_x), val_y)
         logits, sims = head.scores(val_x)
+        scope = _scoped(head, labels, sims)
         base = softmax(logits / head.temperature)
         knn_probs = head.knn_proba(sims) if knn else None
-        val_best = np.asarray(sims.max(axis=1), dtype=np.float32)
         for kw in KNN_WEIGHTS if knn else (0.0,):
             for lw in lexical_weights:
                 probs = mix(base, knn_probs, kw, val_lexical, lw)
                 score = aurc(probs.max(axis=1), probs.argmax(axis=1) == val_y)
                 if best is None or score < best[0]:
-                    chosen = Head(
-                        w, b, head.temperature, train_x, train_y, _ood_threshold(val_best), kw, lexical_weight=lw
-                    )
+                    chosen = replace(head, knn_weight=kw, lexical_weight=lw)
                     info = {
                         "C": c,
                         "temperature": round(head.temperature, 4),
                         "knn_weight": kw,
                         "lexical_weight": lw,
                         "val_aurc": round(score, 5),
-                        "ood_threshold": round(chosen.ood_threshold, 4),
+                        **scope,
                     }
                     best = (score, chosen, info)
     assert best is not None

@@ -45,19 +45,25 @@ def render(tok: Any, messages: Chat) -> tuple[str, str]:
     return plain_prompt(prompt_msgs), answer + (tok.eos_token or "")
 
 
-def encode_examples(tok: Any, chats: list[Chat], max_len: int = MAX_LEN) -> Encoded:
-    """Token ids and labels (-100 on the prompt: the loss is on the teacher's answer only)."""
-    out = []
+def encode_examples(tok: Any, chats: list[Chat], max_len: int = MAX_LEN, split: str = "train") -> Encoded:
+    """Token ids and labels (-100 on the prompt: the loss is on the teacher's answer only). NotReady naming
+    how many and which examples (lines of the split's JSONL) do not fit the student's context."""
+    out, too_long = [], []
     for i, messages in enumerate(chats):
         prompt, answer = render(tok, messages)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
         if len(p_ids) + len(a_ids) > max_len:
-            raise NotReady(
-                f"training example {i + 1} holds {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than the "
-                f"student's context of {max_len}: this task's conversations are too long for a generative student"
-            )
+            too_long.append((i + 1, len(p_ids), len(a_ids)))
         out.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    if too_long:
+        lines = ", ".join(str(line) for line, _, _ in too_long[:10]) + (", ..." if len(too_long) > 10 else "")
+        line, p, a = max(too_long, key=lambda t: t[1] + t[2])
+        raise NotReady(
+            f"{len(too_long)} of {len(chats)} {split} examples are longer than the student's context of {max_len} "
+            f"tokens ({split}.jsonl lines {lines}; the longest, line {line}, holds {p} prompt + {a} answer tokens): "
+            "this task's conversations are too long for a generative student; leave those out of the dataset"
+        )
     return out
 
 
@@ -167,7 +173,7 @@ def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None]:
     train = encode_examples(tok, [prune_system(c, system) for c in chats])
     val_path = ds.path / "val.jsonl"
     val_chats = read_chat(val_path) if val_path.is_file() else []
-    val = encode_examples(tok, [prune_system(c, system) for c in val_chats])
+    val = encode_examples(tok, [prune_system(c, system) for c in val_chats], split="val")
     return train, val, system
 
 

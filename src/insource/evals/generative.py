@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,18 +172,30 @@ class GenScored:
     wall_s: list[float]
 
 
-def score(gen: Generator, chats: list[list[dict[str, str]]], info: dict[str, Any], metric: str) -> GenScored:
+Grader = Callable[[list[list[dict[str, str]]], list[str]], list[bool]]  # (chats, answers) -> agree?
+
+
+def score(
+    gen: Generator, chats: list[list[dict[str, str]]], info: dict[str, Any], metric: str, grade: Grader | None = None
+) -> GenScored:
+    """Generate an answer to each chat and judge it against the teacher's: by `metric`, or by `grade` (the
+    `judge` metric, which asks the teacher: `evals/judge.py`)."""
     from insource.capture.chat import prune_system
 
     system, limit = info.get("system_prompt"), max_tokens(info)
     outs = [gen.generate(prune_system(chat[:-1], system), limit) for chat in chats]
     teacher = [str(chat[-1].get("content") or "") for chat in chats]
     conf = np.array([confidence(g, metric) for g in outs], dtype=float)
+    answers = [g.text for g in outs]
+    if grade is not None:
+        correct = grade(chats, answers)
+    else:
+        correct = [T.agree(metric, a, t) for a, t in zip(answers, teacher, strict=True)]
     return GenScored(
-        answers=[g.text for g in outs],
+        answers=answers,
         conf=conf,
         ood=conf <= 0.0,
-        correct=np.array([T.agree(metric, g.text, t) for g, t in zip(outs, teacher, strict=True)], dtype=bool),
+        correct=np.array(correct, dtype=bool),
         cpu_s=[g.cpu_s for g in outs],
         wall_s=[g.wall_s for g in outs],
     )

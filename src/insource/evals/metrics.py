@@ -11,10 +11,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from insource.routing.policy import THRESHOLD_Z
+from insource.routing.policy import choose_threshold as choose_on
+from insource.routing.policy import examples_needed as examples_needed
+
 FloatArray = npt.NDArray[np.floating[Any]]
 BoolArray = npt.NDArray[np.bool_]
 ECE_BINS = 15
-WILSON_Z = 1.0  # one-sided ≈ 84% confidence that the true agreement reaches the target
+WILSON_Z = THRESHOLD_Z  # one-sided ≈ 84% confidence that the true agreement reaches the target
 
 
 def wilson_lower(successes: int, n: int, z: float = WILSON_Z) -> float:
@@ -26,14 +30,6 @@ def wilson_lower(successes: int, n: int, z: float = WILSON_Z) -> float:
     centre = p + z * z / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - margin) / denom)
-
-
-def examples_needed(target: float, z: float = WILSON_Z) -> int | None:
-    """Validation examples a perfect student needs before its agreement can be shown to reach `target`: its
-    Wilson lower bound is n / (n + z²), so n ≥ z²·target / (1 − target). None when no size will do (target 1)."""
-    if target >= 1.0:
-        return None
-    return max(1, math.ceil(z * z * target / (1.0 - target) - 1e-9))
 
 
 def reliability(conf: FloatArray, correct: BoolArray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
@@ -90,21 +86,6 @@ def coverage_curve(conf: FloatArray, correct: BoolArray, points: int = 101) -> l
 
 
 def choose_threshold(conf: FloatArray, correct: BoolArray, target: float, z: float = WILSON_Z) -> float | None:
-    """The lowest confidence threshold whose answered set's Wilson lower bound reaches `target`.
-
-    Scans every distinct confidence (answered = confidence ≥ t). None when no threshold qualifies.
-    """
-    if len(conf) == 0:
-        return None
-    order = np.argsort(-conf, kind="stable")
-    c_sorted = conf[order]
-    hits = np.cumsum(correct[order])
-    best: float | None = None
-    # only cut between distinct confidences: all inputs with the same confidence are answered together
-    last_of_value = np.r_[c_sorted[1:] != c_sorted[:-1], True]
-    for i in np.nonzero(last_of_value)[0]:
-        if c_sorted[i] <= 0.0:
-            break
-        if wilson_lower(int(hits[i]), int(i) + 1, z) >= target:
-            best = float(c_sorted[i])
-    return best
+    """The lowest confidence threshold whose answered set's Wilson lower bound reaches `target`
+    (`routing.policy.choose_threshold`, which a cascade also uses on live traffic). None when none qualifies."""
+    return choose_on(conf.tolist(), correct.tolist(), target, z)

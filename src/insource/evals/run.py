@@ -34,7 +34,8 @@ from insource.registry.entries import (
 from insource.routing.agreement import METRICS, choose_metric
 
 if TYPE_CHECKING:
-    from insource.evals.generative import GenScored
+    from insource.evals.generative import GenScored, Grader
+    from insource.evals.judge import JudgeSpend
 
 LATENCY_SAMPLES = 200
 log = logging.getLogger(__name__)
@@ -224,8 +225,9 @@ def evaluate_generative(
     if not chats:
         raise NotReady(f"the {split} split of {ds.path} is empty")
     metric = metric or choose_metric([str(c[-1].get("content") or "") for c in read_chat(ds.path / "train.jsonl")])
+    grade, spend = _judge_grader(cfg, info, metric)  # first: a teacher that cannot judge stops eval at once
     gen = generator_for(folder, info)
-    scored, val = score(gen, chats, info, metric), score(gen, val_chats, info, metric)
+    scored, val = score(gen, chats, info, metric, grade), score(gen, val_chats, info, metric, grade)
     examples = ds.split(split)
     cpu = float(np.mean(scored.cpu_s))
     result: dict[str, Any] = {
@@ -243,9 +245,31 @@ def evaluate_generative(
         "answers_per_s_per_core": round(1.0 / cpu, 3) if cpu > 0 else None,
         **_costs(cfg, {"mean": cpu * 1000.0}, examples),
     }
+    if spend is not None:  # the judge's requests, metered as audits
+        result["judge_requests"] = spend.requests
+        result["judge_cost_usd"] = round(spend.cost_usd, 8)
     if metric == "json":
         result["field_accuracy"] = field_accuracy(scored.answers, [str(c[-1].get("content") or "") for c in chats])
     return result
+
+
+def _judge_grader(cfg: Config, info: dict[str, Any], metric: str) -> tuple[Grader | None, JudgeSpend | None]:
+    """For the `judge` metric: the grader asking the task's teacher, and the spend it adds up (else None)."""
+    if metric != "judge":
+        return None, None
+    from insource.evals.judge import judge_answers, probe_teacher, teacher_alias
+
+    task = str(info["task"])
+    alias = teacher_alias(cfg, task)  # before any answer is generated: no teacher, or an unreachable one, stops here
+    total = probe_teacher(cfg, task, alias)
+
+    def grade(chats: list[list[dict[str, str]]], answers: list[str]) -> list[bool]:
+        verdicts, spend = judge_answers(cfg, task, alias, chats, answers)
+        total.requests += spend.requests
+        total.cost_usd += spend.cost_usd
+        return verdicts
+
+    return grade, total
 
 
 def _dataset_for(info: dict[str, Any], dataset: Path | None) -> Dataset:

@@ -54,31 +54,49 @@ class Ledger:
         self.spent = dict(stored)
 
 
+WINDOW_S = 60.0
+BUCKET_S = 1.0  # events closer than this share one bucket: a window holds at most ~61, whatever the rate
+
+
 class RateWindow:
-    """Sliding one-minute window of (time, amount) events for RPM/TPM limits."""
+    """Sliding one-minute window for RPM/TPM limits, in buckets of `BUCKET_S` (memory bounded at any rate).
+
+    A bucket expires a minute after its *last* event, so an event counts for 60 to 61 seconds: the limit is never
+    exceeded, and a client is refused at most a second longer than an exact window would."""
 
     __slots__ = ("events", "total")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, float]] = deque()
+        self.events: deque[list[float]] = deque()  # [first event, last event, amount]
         self.total = 0.0
 
     def _trim(self, now: float) -> None:
-        cutoff = now - 60.0
-        while self.events and self.events[0][0] <= cutoff:
-            self.total -= self.events.popleft()[1]
+        cutoff = now - WINDOW_S
+        events = self.events
+        while events and events[0][1] <= cutoff:
+            self.total -= events.popleft()[2]
+        if not events:
+            self.total = 0.0  # no float drift left behind
 
     def would_exceed(self, amount: float, limit: float, now: float | None = None) -> bool:
         self._trim(time.monotonic() if now is None else now)
         return self.total + amount > limit
 
     def add(self, amount: float, now: float | None = None) -> None:
-        self.events.append((time.monotonic() if now is None else now, amount))
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        events = self.events
+        if events and now - events[-1][0] < BUCKET_S:
+            last = events[-1]
+            last[1] = max(last[1], now)
+            last[2] += amount
+        else:
+            events.append([now, now, amount])
         self.total += amount
 
     def retry_after(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        return max(1.0, 60.0 - (now - self.events[0][0])) if self.events else 1.0
+        return max(1.0, WINDOW_S - (now - self.events[0][1])) if self.events else 1.0
 
 
 @dataclass
@@ -89,13 +107,14 @@ class RateLimiter:
     def check(self, key_id: str, rpm: int | None, tpm: int | None, est_tokens: int) -> float | None:
         """Admit (and count) one request; returns None when admitted, else seconds to retry after."""
         now = time.monotonic()
-        rw = self.requests.setdefault(key_id, RateWindow())
-        tw = self.tokens.setdefault(key_id, RateWindow())
+        rw = self.requests.get(key_id) or self.requests.setdefault(key_id, RateWindow())
+        tw = self.tokens.get(key_id) or self.tokens.setdefault(key_id, RateWindow())
         if rpm is not None and rw.would_exceed(1, rpm, now):
             return rw.retry_after(now)
         if tpm is not None and tw.would_exceed(est_tokens, tpm, now):
             return tw.retry_after(now)
-        rw.add(1, now)
+        if rpm is not None:  # a window nobody reads would only grow
+            rw.add(1, now)
         if tpm is not None:
             tw.add(est_tokens, now)
         return None

@@ -81,6 +81,10 @@ def _safe_error_body(body: bytes, secret: str | None) -> bytes:
     return orjson.dumps({"error": out})
 
 
+class _Expired(Exception):
+    """A request's own deadline passed (set on the connection's futures by a timer: cheaper than asyncio.timeout)."""
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time."""
 
@@ -134,6 +138,14 @@ class _Conn(asyncio.Protocol):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # retrieved: no "never retrieved" warning when nobody awaits it
+
+    def expire_head(self) -> None:
+        if not self.head_done.done():
+            self.fail(_Expired())
+
+    def expire_done(self) -> None:
+        if not self.done.done():
+            self.fail(_Expired())
 
     def close(self) -> None:
         self.keep_alive = False
@@ -320,10 +332,10 @@ class HttpClient:
                 raise UpstreamError(f"upstream '{self.name}' is unreachable ({type(exc).__name__})") from None
             reused = conn.used
             conn.send(request, streaming)
+            timer = conn.loop.call_later(self.cfg.ttft_timeout_s, conn.expire_head)
             try:
-                async with asyncio.timeout(self.cfg.ttft_timeout_s):
-                    await conn.head_done
-            except TimeoutError:
+                await conn.head_done
+            except _Expired:
                 conn.close()
                 raise UpstreamTimeout(
                     f"upstream '{self.name}' sent no response within {self.cfg.ttft_timeout_s:g}s"
@@ -336,6 +348,8 @@ class HttpClient:
                 if attempt == 0 and reused and not conn.got_bytes:
                     continue  # a kept-alive connection the upstream had closed: once more, on a new one
                 raise UpstreamError(f"upstream '{self.name}' is unreachable ({type(exc).__name__})") from None
+            finally:
+                timer.cancel()
             break
         if conn.status >= 300:
             try:
@@ -351,10 +365,10 @@ class HttpClient:
         if conn.done.done():
             conn.done.result()
             return
+        timer = conn.loop.call_later(self.cfg.total_timeout_s, conn.expire_done)
         try:
-            async with asyncio.timeout(self.cfg.total_timeout_s):
-                await conn.done
-        except TimeoutError:
+            await conn.done
+        except _Expired:
             conn.close()
             raise UpstreamTimeout(f"upstream '{self.name}' exceeded its total timeout") from None
         except asyncio.CancelledError:
@@ -363,6 +377,8 @@ class HttpClient:
         except (OSError, httptools.HttpParserError) as exc:
             conn.close()
             raise UpstreamError(f"upstream '{self.name}' broke the response ({type(exc).__name__})") from None
+        finally:
+            timer.cancel()
 
     async def post_json(self, url: str, headers: dict[str, str], body: dict[str, Any]) -> UpstreamResponse:
         pool, conn = await self._open(url, headers, body, False)

@@ -2,8 +2,16 @@
 
 probabilities = (1 - knn_weight) · softmax((E·Wᵀ + b) / T) + knn_weight · kNN vote over training embeddings,
 then, when the student has a lexical view (`lexical.py`), mixed with its probabilities by `lexical_weight`.
-An input whose best cosine similarity to the training inputs is below `ood_threshold` is out of
-distribution: flagged, with confidence 0, so it is deferred to the teacher at any threshold.
+
+Out of scope: a flagged input gets confidence 0, so it is deferred to the teacher at any threshold (see
+`distill/scope.py` for how each number is chosen).
+- Unlike the training traffic: its mean cosine similarity to its `ood_k` nearest training inputs is below
+  `ood_threshold`. (Models distilled before this rule have `ood_k` 1: the best similarity, no catch-all.)
+- `catch_all` (≥ 0) is the label the teacher gives requests outside the task's scope (e.g. `other`); its share
+  of live traffic can grow far beyond its training share. An in-scope answer is flagged when one of the input's
+  `ood_k` nearest training inputs carries the catch-all, or when the catch-all would be at least as likely as
+  the answer with its odds multiplied by `catch_all_shift`. A catch-all answer is never boosted by that shift:
+  it is answered at its own probability, against the same threshold as any other label.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ class Head:
     knn_k: int = 10
     knn_temperature: float = 0.05
     lexical_weight: float = 0.0
+    ood_k: int = 1
+    catch_all: int = -1
+    catch_all_shift: float = 1.0
     _session: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -80,24 +91,48 @@ class Head:
         np.add.at(out, (rows, self.train_labels[idx].ravel()), w.ravel())
         return np.asarray(out / out.sum(axis=1, keepdims=True), dtype=np.float32)
 
-    def proba(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[Matrix, Matrix]:
-        """(class probabilities, best cosine similarity to a training input) for each row of `emb`.
+    def nearness(self, sims: Matrix) -> Matrix:
+        """Mean cosine similarity of each row to its `ood_k` nearest training inputs (the OOD score)."""
+        k = max(1, min(self.ood_k, sims.shape[1]))
+        if k == 1:
+            return np.asarray(sims.max(axis=1), dtype=np.float32)
+        top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+        return np.asarray(top.mean(axis=1), dtype=np.float32)
 
-        `lexical`: the lexical view's probabilities for the same inputs (ignored when `lexical_weight` is 0).
-        """
+    def _mixed(self, emb: Matrix, lexical: Matrix | None) -> tuple[Matrix, Matrix]:
+        """(class probabilities, cosine similarities to the training inputs)."""
         if self.lexical_weight > 0 and lexical is None:
             raise ValueError("this head mixes in a lexical view: pass its probabilities")
         logits, sims = self.scores(emb)
         knn = self.knn_proba(sims) if self.knn_weight > 0 else None
-        probs = mix(softmax(logits / self.temperature), knn, self.knn_weight, lexical, self.lexical_weight)
-        return probs, np.asarray(sims.max(axis=1), dtype=np.float32)
+        return mix(softmax(logits / self.temperature), knn, self.knn_weight, lexical, self.lexical_weight), sims
+
+    def proba(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[Matrix, Matrix]:
+        """(class probabilities, OOD score: mean cosine to the `ood_k` nearest training inputs) per row of `emb`.
+
+        `lexical`: the lexical view's probabilities for the same inputs (ignored when `lexical_weight` is 0).
+        """
+        probs, sims = self._mixed(emb, lexical)
+        return probs, self.nearness(sims)
+
+    def near_catch_all(self, probs: Matrix, idx: IntArray, sims: Matrix) -> npt.NDArray[np.bool_]:
+        """In-scope answers the catch-all puts in doubt (see the module docstring)."""
+        rows = np.arange(len(idx))
+        if self.catch_all < 0 or not len(idx):
+            return np.zeros(len(idx), dtype=bool)
+        inside = idx != self.catch_all
+        doubt = self.catch_all_shift * probs[:, self.catch_all] >= probs[rows, idx]
+        k = max(1, min(self.ood_k, sims.shape[1]))
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        doubt |= (self.train_labels[nearest] == self.catch_all).any(axis=1)
+        return np.asarray(inside & doubt, dtype=bool)
 
     def predict(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
-        """(class index, confidence, ood flag) per row; OOD rows get confidence 0."""
-        probs, best = self.proba(emb, lexical)
-        idx = probs.argmax(axis=1)
+        """(class index, confidence, out-of-scope flag) per row; flagged rows get confidence 0."""
+        probs, sims = self._mixed(emb, lexical)
+        idx = probs.argmax(axis=1).astype(np.int64)
         conf = probs[np.arange(len(idx)), idx]
-        ood = best < self.ood_threshold
+        ood = (self.nearness(sims) < self.ood_threshold) | self.near_catch_all(probs, idx, sims)
         conf = np.where(ood, 0.0, conf).astype(np.float32)
         return idx.astype(np.int64), conf, ood
 
@@ -116,6 +151,9 @@ class Head:
                     self.knn_k,
                     self.knn_temperature,
                     self.lexical_weight,
+                    self.ood_k,
+                    self.catch_all,
+                    self.catch_all_shift,
                 ],
                 dtype=np.float64,
             ),
@@ -183,4 +221,7 @@ class Head:
                 knn_k=int(s[3]),
                 knn_temperature=float(s[4]),
                 lexical_weight=float(s[5]) if len(s) > 5 else 0.0,
+                ood_k=int(s[6]) if len(s) > 6 else 1,  # older heads: the best similarity
+                catch_all=int(s[7]) if len(s) > 7 else -1,
+                catch_all_shift=float(s[8]) if len(s) > 8 else 1.0,
             )

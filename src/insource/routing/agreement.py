@@ -3,7 +3,9 @@
 - `json`: both parse as JSON and are equal after canonicalisation (key order, whitespace, number spelling and
   the surrounding whitespace of strings do not count); per-field agreement for objects;
 - `exact`: equal after normalisation (Unicode NFKC, case, whitespace, trailing punctuation);
-- `similarity`: chrF (character 6-gram F-score, β = 2; Popović 2015) at least `SIMILARITY_THRESHOLD`.
+- `similarity`: chrF (character 6-gram F-score, β = 2; Popović 2015) at least `SIMILARITY_THRESHOLD`;
+- `judge`: the teacher grades the student's answer against its own, asked in both orders (`routing/judge.py`):
+  it needs teacher calls, so `agree` cannot decide it (the router and `insource eval` ask the teacher).
 
 Pure standard library: the router imports it to judge audits and shadow comparisons.
 """
@@ -16,7 +18,8 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
-METRICS = ("json", "exact", "similarity")
+METRICS = ("json", "exact", "similarity", "judge")
+LOCAL_METRICS = ("json", "exact", "similarity")  # decided here, without asking the teacher
 SIMILARITY_THRESHOLD = 0.8
 CHRF_ORDER = 6
 CHRF_BETA = 2.0
@@ -94,6 +97,8 @@ def agree(metric: str, student: str | None, teacher: str | None) -> bool:
         return chrf(normalise(student), normalise(teacher)) >= SIMILARITY_THRESHOLD
     if metric == "exact":
         return normalise(student) == normalise(teacher)
+    if metric == "judge":
+        raise ValueError("the judge metric asks the teacher: see routing/judge.py")
     return student.strip() == teacher.strip()  # a label (classifier students)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -29,6 +30,9 @@ class RoutePolicy:
     floor: float = 0.9  # roll back when the agreement's Wilson lower bound falls below this
     active: bool = True
     since: float = 0.0  # when this policy was set (0: a config route): comparisons before it do not count
+    calibrate: int = 0  # cascade with a target: live requests the student predicts in shadow before it answers
+    calibrating: bool = False  # no threshold chosen on live traffic yet: the teacher answers, the student predicts
+    threshold_since: float = 0.0  # when the live threshold last changed: the floor judges answers served since
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,7 @@ def decide(
         return Decision(Answerer.TEACHER, False, False)
     pick, audit_draw = draws
     student_ok = confidence is not None
-    if policy.mode == "shadow":
+    if policy.mode == "shadow" or (policy.mode == "cascade" and policy.calibrating):
         return Decision(Answerer.TEACHER, True, student_ok)
     if policy.mode == "canary":
         chosen = pick * 100.0 < policy.percent and student_ok
@@ -120,3 +124,65 @@ def should_roll_back(successes: int, n: int, floor: float, min_n: int = MIN_COMP
     if wilson_upper(successes, n, CLEAR_Z) < floor:
         return True
     return n >= min_samples(floor) and wilson_lower(successes, n) < floor
+
+
+# -- a cascade's promise: its threshold chosen and kept on live traffic ----------------------------------------------
+THRESHOLD_Z = 1.0  # the threshold's margin: one-sided ≈ 84% confidence that the agreement reaches the target
+
+
+def examples_needed(target: float, z: float = THRESHOLD_Z) -> int | None:
+    """Examples a perfect student needs before its agreement can be shown to reach `target`: its Wilson lower
+    bound is n / (n + z²), so n ≥ z²·target / (1 − target). None when no size will do (target 1)."""
+    if target >= 1.0:
+        return None
+    return max(1, math.ceil(z * z * target / (1.0 - target) - 1e-9))
+
+
+def choose_threshold(
+    confidences: Sequence[float], agrees: Sequence[bool], target: float, z: float = THRESHOLD_Z
+) -> float | None:
+    """The lowest confidence threshold whose answered set (confidence ≥ t) has a Wilson lower bound reaching
+    `target`, scanning every distinct confidence above 0; None when no threshold qualifies. `insource eval`
+    chooses on the validation split with it, a cascade on live traffic."""
+    pairs = sorted(zip(confidences, agrees, strict=True), key=lambda pair: -pair[0])
+    best: float | None = None
+    hits = 0
+    for i, (conf, agree) in enumerate(pairs):
+        hits += bool(agree)
+        if i + 1 < len(pairs) and pairs[i + 1][0] == conf:
+            continue  # inputs with the same confidence are answered together
+        if conf <= 0.0:
+            break
+        if wilson_lower(hits, i + 1, z) >= target:
+            best = float(conf)
+    return best
+
+
+def calibration_samples(target: float) -> int:
+    """Live requests a cascade calibrates on by default: twice what a perfect student needs to show `target`
+    (room for the requests a threshold defers), and at least MIN_COMPARISONS."""
+    return max(MIN_COMPARISONS, 2 * (examples_needed(min(target, 0.999)) or 0))
+
+
+def promise_broken(successes: int, n: int, target: float) -> bool:
+    """Whether audited answers show the agreement below the promised `target`: clearly below (the z=3 upper
+    bound under it) after MIN_COMPARISONS audits, or the threshold's own lower bound (z=THRESHOLD_Z) under it
+    once `min_samples(target)` audits make that bound mean something. The same margin the threshold was chosen
+    with, so a threshold just raised on some evidence is not raised again on that same evidence."""
+    if n < MIN_COMPARISONS:
+        return False
+    if wilson_upper(successes, n, CLEAR_Z) < target:
+        return True
+    return n >= min_samples(target) and wilson_lower(successes, n, THRESHOLD_Z) < target
+
+
+def raised_threshold(
+    audits: Sequence[tuple[float, bool]], threshold: float, target: float
+) -> tuple[bool, float | None]:
+    """(broken, new threshold) from audited answers (confidence, agreed): when the answers the threshold serves
+    break the promise, the lowest higher threshold whose audited answers reach `target` (None: none does)."""
+    served = [(conf, agree) for conf, agree in audits if conf >= threshold]
+    if not promise_broken(sum(agree for _, agree in served), len(served), target):
+        return False, threshold
+    higher = [(conf, agree) for conf, agree in served if conf > threshold]
+    return True, choose_threshold([c for c, _ in higher], [a for _, a in higher], target)

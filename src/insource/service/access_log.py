@@ -7,9 +7,57 @@ directly (no caller lookup), so with the log on a request costs a few microsecon
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 ACCESS = logging.getLogger("insource.access")
+_process_name: tuple[int, str | None] = (-1, None)  # (pid, its multiprocessing name): looked up once a process
+
+
+def _process() -> str | None:
+    global _process_name
+    pid = os.getpid()
+    if _process_name[0] != pid:
+        name: str | None = "MainProcess"
+        mp = sys.modules.get("multiprocessing")
+        if mp is not None:
+            name = mp.current_process().name
+        _process_name = (pid, name)
+    return _process_name[1]
+
+
+class AccessRecord(logging.LogRecord):
+    """The same attributes as `logging.LogRecord` (formatters and handlers see no difference), set directly:
+    no caller path to split, and the process name looked up once per process (a third of LogRecord's cost)."""
+
+    def __init__(self, msg: str, fields: dict[str, Any]) -> None:
+        ct = time.time()
+        self.name = ACCESS.name
+        self.msg = msg
+        self.args = ()
+        self.levelname = "INFO"
+        self.levelno = logging.INFO
+        self.pathname = self.filename = ""
+        self.module = ""
+        self.exc_info = None
+        self.exc_text = None
+        self.stack_info = None
+        self.lineno = 0
+        self.funcName = None  # type: ignore[assignment]  # as LogRecord sets it without a caller
+        self.created = ct
+        self.msecs = int((ct - int(ct)) * 1000) + 0.0
+        self.relativeCreated = (ct - logging._startTime) * 1000  # type: ignore[attr-defined]
+        if logging.logThreads:
+            self.thread: int | None = threading.get_ident()
+            self.threadName: str | None = threading.current_thread().name
+        else:
+            self.thread = self.threadName = None
+        self.processName: str | None = _process() if logging.logMultiprocessing else None
+        self.process: int | None = os.getpid() if logging.logProcesses else None
+        self.fields = fields
 
 
 def access_enabled() -> bool:
@@ -17,8 +65,7 @@ def access_enabled() -> bool:
 
 
 def _emit(message: str, fields: dict[str, Any]) -> None:
-    record = ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, message, (), None, extra={"fields": fields})
-    ACCESS.handle(record)
+    ACCESS.handle(AccessRecord(message, fields))
 
 
 def log_request(row: dict[str, Any]) -> None:

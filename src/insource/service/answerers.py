@@ -19,7 +19,12 @@ classifier students of `service/students.py`):
   Raise any exception when it cannot answer: the router counts the failure and the teacher answers.
 - `stream(body, reply, ids, include_usage) -> AsyncIterator[bytes]`: the SSE events (`data: ...\\n\\n`,
   ending with `data: [DONE]\\n\\n`) of a reply `complete` made (a cascade judged its confidence first);
-  `completion_events` renders them from `text`. The usage chunk is sent only when `include_usage`.
+  `completion_events` renders them from `text`, one content chunk per piece of `reply.pieces` (a generative
+  student's tokens) or one for the whole text. The usage chunk is sent only when `include_usage`.
+
+A student that can answer before it is judged (a generative student in full or canary mode, where no confidence
+gates the answer) also implements `LiveAnswerer.live`: its events as the model generates them, so the caller's
+first token comes with the model's first token; `LiveStats` says at the end what was generated and what it cost.
 
 Plugging one in: `service/students.py:StudentPool.answerer(name)` is the one place that picks the answerer of a
 registry entry (today always a `ClassifierStudent`); return the served student's answerer there for the entries
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -57,6 +62,7 @@ class StudentReply:
     usage: Usage  # tokens as the teacher would count them (prices the cost avoided)
     ood: bool = False  # out of distribution: a cascade never serves it
     compute_s: float = 0.0  # what the answer cost to compute, in CPU seconds
+    pieces: tuple[str, ...] = ()  # the answer as generated, token by token (streamed one chunk each); () unknown
 
 
 class Answerer(Protocol):
@@ -68,6 +74,26 @@ class Answerer(Protocol):
 
     def stream(
         self, body: dict[str, Any], reply: StudentReply, ids: ReplyIds, include_usage: bool
+    ) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(slots=True)
+class LiveStats:
+    """What a live stream generated, filled in as it goes (read once it has ended)."""
+
+    text: str = ""
+    usage: Usage | None = None  # set when the stream completed
+    compute_s: float = 0.0
+    ttft_s: float | None = None  # perf_counter() of the first token
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class LiveAnswerer(Answerer, Protocol):
+    """A student that streams its answer as it generates it (see the module docstring)."""
+
+    def live(
+        self, body: dict[str, Any], ids: ReplyIds, include_usage: bool, stats: LiveStats
     ) -> AsyncIterator[bytes]: ...
 
 
@@ -102,26 +128,49 @@ def completion_body(name: str, text: str, n: int, usage: Usage, ids: ReplyIds) -
     )
 
 
+class ChunkWriter:
+    """Renders the `chat.completion.chunk` SSE events of a student's answer (`include_usage`: every chunk
+    carries `"usage": null` and a last chunk the usage, as OpenAI does)."""
+
+    def __init__(self, name: str, ids: ReplyIds, include_usage: bool) -> None:
+        self.base = {
+            "id": ids.id,
+            "object": "chat.completion.chunk",
+            "created": ids.created,
+            "model": name,
+            "system_fingerprint": "insource-student",
+        }
+        self.include_usage = include_usage
+        self.extra: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
+        return b"data: " + orjson.dumps({**self.base, "choices": choices, **self.extra, **more}) + b"\n\n"
+
+    def delta(self, delta: dict[str, Any], index: int = 0, finish: str | None = None) -> bytes:
+        return self.chunk([{"index": index, "delta": delta, "finish_reason": finish}])
+
+    def end(self, usage: Usage) -> bytes:
+        """The usage chunk (when asked for) and `[DONE]`."""
+        tail = self.chunk([], usage=_usage_json(usage)) if self.include_usage else b""
+        return tail + b"data: [DONE]\n\n"
+
+
 async def completion_events(
-    name: str, text: str, n: int, usage: Usage, ids: ReplyIds, include_usage: bool
+    name: str,
+    text: str,
+    n: int,
+    usage: Usage,
+    ids: ReplyIds,
+    include_usage: bool,
+    pieces: tuple[str, ...] = (),
 ) -> AsyncIterator[bytes]:
-    """The SSE events of a streamed `chat.completion.chunk` answer: `text` in one content chunk per choice."""
-    base = {
-        "id": ids.id,
-        "object": "chat.completion.chunk",
-        "created": ids.created,
-        "model": name,
-        "system_fingerprint": "insource-student",
-    }
-    extra = {"usage": None} if include_usage else {}
-
-    def chunk(choices: list[dict[str, Any]], **more: Any) -> bytes:
-        return b"data: " + orjson.dumps({**base, "choices": choices, **extra, **more}) + b"\n\n"
-
+    """The SSE events of a streamed `chat.completion.chunk` answer: `text` in one content chunk per piece of
+    `pieces` when they spell it (a generative student's tokens), else in one content chunk, per choice."""
+    out = ChunkWriter(name, ids, include_usage)
+    parts = pieces if pieces and "".join(pieces) == text else (text,)
     for i in range(n):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {"content": text}, "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {}, "finish_reason": "stop"}])
-    if include_usage:
-        yield chunk([], usage=_usage_json(usage))
-    yield b"data: [DONE]\n\n"
+        yield out.delta({"role": "assistant", "content": ""}, i)
+        for part in parts:
+            yield out.delta({"content": part}, i)
+        yield out.delta({}, i, "stop")
+    yield out.end(usage)

@@ -31,6 +31,7 @@ from insource.routing.policy import Answerer as Who
 from insource.routing.policy import RoutePolicy, decide, needs_prediction
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
 from insource.service.generative import GenerativePool
+from insource.service.promise import AUDIT, CALIBRATION, keep_promises
 from insource.service.request import Attempt, RequestFacts
 from insource.service.routes import (
     agreement_window,
@@ -53,7 +54,8 @@ Comparison = Literal["audit", "shadow"]
 class Routing:
     """Who answers one request, and what comparison follows.
 
-    - `student` None: the teacher's targets (the model alias's) answer; else that student, with `reply`;
+    - `student` None: the teacher's targets (the model alias's) answer; else that student, with `reply` (None:
+      a live stream, generated as it is sent: `LiveAnswerer.live`);
     - `compare` "audit": the teacher also answers (in the background) and its answer is compared with
       `reply`; "shadow": the teacher's answer to the caller is compared with `reply`; None: nothing.
     - `policy`: the route the decision was made under (comparisons count for it only while it is current).
@@ -64,6 +66,11 @@ class Routing:
     compare: Comparison | None = None
     policy: RoutePolicy | None = None
     asked: Attempt | None = None  # when the student was asked, and whether it failed (for traces)
+
+    @property
+    def student_failed(self) -> bool:
+        """The student was asked and failed: the teacher answers, and the usage record says so."""
+        return self.asked is not None and self.asked.error is not None
 
     def spans(self) -> list[Attempt]:
         """The request's first trace spans: the student's prediction, when there was one."""
@@ -102,7 +109,9 @@ class InsourcingRouter:
         self.policies: dict[str, RoutePolicy] = load_policies(cfg, store, self.configured)
         self.rolled_back: set[tuple[str, float]] = set()  # (task, since) this worker rolled back
         self.pool = StudentPool(cfg.registry_path())
-        self.generative = GenerativePool(cfg.registry_path(), cfg.inhouse.generative_base_url)
+        self.generative = GenerativePool(
+            cfg.registry_path(), cfg.inhouse.generative_base_url, cfg.inhouse.generative_timeout_s
+        )
         self.outcomes: dict[str, deque[bool]] = {}
         self.failures: dict[str, int] = {}
         self.rng = random.Random()
@@ -130,7 +139,8 @@ class InsourcingRouter:
             self.policies[task] = dataclasses.replace(policy, active=False)
 
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
-        return judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
+        policies = judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
+        return keep_promises(self.store, policies)  # the rollback floor first, then the promise
 
     # -- request path ------------------------------------------------------------------------
     async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:
@@ -144,6 +154,10 @@ class InsourcingRouter:
         generative = self.generative.serves(policy.model)
         if generative and int(body.get("n") or 1) != 1:
             return TEACHER  # one greedy answer per request: the teacher answers n > 1
+        if generative and facts.stream and policy.mode in ("canary", "full"):
+            live = self._live(policy, body, draws)
+            if live is not None:
+                return live
         student: Answerer = self.generative.get(policy.model) if generative else self.pool.answerer(policy.model)
         started = time.perf_counter()
         reply = await self._ask(student, policy, body, facts.reply_ids)
@@ -157,9 +171,27 @@ class InsourcingRouter:
             return Routing(asked=asked)
         if decision.answerer is Who.TEACHER:
             if decision.audit:
+                if policy.calibrating and reply.ood:  # never served, whatever its confidence: calibrates as such
+                    reply = dataclasses.replace(reply, confidence=0.0)
                 return Routing(reply=reply, compare="shadow", policy=policy, asked=asked)
             return Routing(asked=asked)
         return Routing(student, reply, "audit" if decision.audit else None, policy, asked)
+
+    def _live(self, policy: RoutePolicy, body: dict[str, Any], draws: tuple[float, float]) -> Routing | None:
+        """A generative student streaming its answer as it generates it (full and canary: no confidence to wait
+        for; `reply` None), or None when its answer must be generated first (`GenerativeStudent.streams_live`)."""
+        student = self.generative.get(policy.model)
+        if not student.streams_live(body):
+            return None
+        decision = decide(policy, NEVER_SURE, 1.0, False, draws)
+        if decision.answerer is Who.TEACHER:
+            return TEACHER
+        return Routing(student, None, "audit" if decision.audit else None, policy)
+
+    def student_failed(self, policy: RoutePolicy, exc: BaseException) -> None:
+        """A student failed to answer (the teacher answers): counted for /metrics and logged."""
+        self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
+        log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
 
     async def _ask(
         self, student: Answerer, policy: RoutePolicy, body: dict[str, Any], ids: ReplyIds
@@ -168,8 +200,7 @@ class InsourcingRouter:
         try:
             return await student.complete(body, ids)
         except Exception as exc:  # any student failure: counted, logged, and the teacher answers
-            self.failures[policy.task] = self.failures.get(policy.task, 0) + 1
-            log.warning("student %s failed (%s); the teacher answers", policy.model, type(exc).__name__)
+            self.student_failed(policy, exc)
             return None
 
     # -- agreement and rollback --------------------------------------------------------------
@@ -179,10 +210,30 @@ class InsourcingRouter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def record(self, policy: RoutePolicy, student_answer: str, teacher_output: str | None) -> None:
-        """One comparison of a student's answer with the teacher's (`None`: the teacher failed)."""
-        metric = self.generative.get(policy.model).metric if self.generative.serves(policy.model) else "label"
-        agree = agree_as(metric, student_answer, teacher_output)
+    def metric(self, policy: RoutePolicy) -> str:
+        """How the route's student is compared with the teacher: a generative student's eval metric, else labels."""
+        return self.generative.get(policy.model).metric if self.generative.serves(policy.model) else "label"
+
+    def record(
+        self,
+        policy: RoutePolicy,
+        student_answer: str,
+        teacher_output: str | None,
+        confidence: float | None = None,
+        verdict: bool | None = None,
+    ) -> None:
+        """One comparison of a student's answer (given with `confidence`, None when unknown: a live stream) with
+        the teacher's (`None`: the teacher failed); `verdict` is the judge's, for the `judge` metric
+        (`service/judging.py`). A calibrating cascade's comparisons only calibrate it: they are no served answers to
+        judge."""
+        if verdict is not None or teacher_output is None:
+            agree = bool(verdict)
+        else:
+            agree = agree_as(self.metric(policy), student_answer, teacher_output)
+        if policy.mode == "cascade" and confidence is not None and policy.target_agreement is not None:
+            self._sample(policy, CALIBRATION if policy.calibrating else AUDIT, confidence, agree)
+        if policy.calibrating:
+            return
         self.writer.submit(
             "agreements",
             {
@@ -205,6 +256,12 @@ class InsourcingRouter:
             self.policies[policy.task] = dataclasses.replace(policy, active=False)
             self.rolled_back.add((policy.task, policy.since))
             self.spawn(asyncio.to_thread(roll_back, self.store, policy, reason))
+
+    def _sample(self, policy: RoutePolicy, source: str, confidence: float, agree: bool) -> None:
+        """A calibration sample or an audit of a promised cascade, with the student's confidence."""
+        row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
+        row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
+        self.writer.submit("route_samples", row)
 
     async def close(self) -> None:
         for task in list(self._tasks):

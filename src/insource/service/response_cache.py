@@ -4,7 +4,8 @@ Opt-in: `[cache] enabled = true` and `cache = true` on the model alias (`[models
 (`[tenants.X]`). The key is a hash of the tenant, the model alias and the request body without the keys that do
 not change the answer (`stream`, `stream_options`, `user`, `metadata`, `store`): messages, tools, response format
 and every sampling parameter are part of it, so tenants never share an entry. A request with `temperature > 0`
-is not cached unless `cache_nondeterministic = true` (one without `temperature` is).
+is not cached unless `cache_nondeterministic = true`, and neither is one without `temperature`: the upstream
+samples it at its default, 1 (OpenAI's, Anthropic's), and a client asking twice expects two answers.
 
 Entries are whole chat completions (a streamed miss is stored reassembled), kept `ttl_s` in a memory-bounded LRU
 in the worker (`max_mb`; a larger entry is not cached), or in Redis when `[server] redis_url` is set (shared by
@@ -139,8 +140,7 @@ def cache_key(cfg: Config, facts: RequestFacts, body: dict[str, Any]) -> str | N
     tenant = cfg.tenants.get(facts.key.tenant)
     if not ((model is not None and model.cache) or (tenant is not None and tenant.cache)):
         return None
-    temperature = body.get("temperature")
-    if isinstance(temperature, int | float) and temperature > 0 and not cfg.cache.cache_nondeterministic:
+    if not cfg.cache.cache_nondeterministic and _sampled(body.get("temperature")):
         return None
     kept = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and k != "model"}
     try:
@@ -148,6 +148,11 @@ def cache_key(cfg: Config, facts: RequestFacts, body: dict[str, Any]) -> str | N
     except TypeError:  # e.g. a number too large for JSON: such a request is simply not cached
         return None
     return hashlib.sha256(blob).hexdigest()
+
+
+def _sampled(temperature: Any) -> bool:
+    """Whether the upstream samples: any temperature but 0 (none, or null, is the upstream's default of 1)."""
+    return not (isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature <= 0)
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:

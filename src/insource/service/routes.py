@@ -17,8 +17,10 @@ from typing import Any
 import orjson
 
 from insource.config import Config
-from insource.errors import BadRequest, ConfigError, InsourceError, NotFound
+from insource.errors import BadRequest, ConfigError, InsourceError, NotFound, NotReady
 from insource.routing.policy import MODES, RoutePolicy, min_samples, should_roll_back, wilson_lower, wilson_upper
+from insource.service import promise
+from insource.service.generative import check_servable
 from insource.store import Store
 from insource.store import routes as queries
 
@@ -126,6 +128,10 @@ def resolve_policy(cfg: Config, policy: RoutePolicy, cli: bool = True) -> RouteP
     """A policy checked against its mode and the registry, with a cascade's threshold resolved."""
     check_ranges(policy, cli)
     folder = _check_model(cfg.registry_path(), policy.task, policy.model)
+    try:  # a generative student: its llama.cpp files exist and fit together
+        check_servable(cfg.registry_path(), policy.model, cfg.inhouse.generative_base_url)
+    except NotReady as exc:
+        raise BadRequest(exc.message, param="model") from None
     check_fit(policy, cli)
     if policy.mode == "cascade":
         policy = dataclasses.replace(policy, threshold=_cascade_threshold(folder, policy, cli))
@@ -152,7 +158,11 @@ def set_route(cfg: Config, store: Store, policy: RoutePolicy) -> None:
     policy = resolve_policy(cfg, policy)
     now = time.time()
     queries.upsert_active(store, _fields(policy), now)
+    queries.set_calibrate(store, policy.task, now, policy.calibrate)
     detail = {"model": policy.model, "mode": policy.mode, "percent": policy.percent, "threshold": policy.threshold}
+    if promise.promised(policy):
+        detail |= {"target_agreement": policy.target_agreement, "audit_rate": policy.audit_rate}
+        detail |= {"calibrate": policy.calibrate}
     record_event(store, policy.task, "set", detail, ts=now)
 
 
@@ -184,8 +194,9 @@ def config_policies(cfg: Config) -> tuple[dict[str, RoutePolicy], dict[str, str]
     policies: dict[str, RoutePolicy] = {}
     problems: dict[str, str] = {}
     for task, r in cfg.routes.items():
-        policy = RoutePolicy(task, r.model, r.mode, r.percent, r.threshold, r.target_agreement, r.audit_rate, r.floor)
+        policy = RoutePolicy(task, r.model, r.mode, r.percent, r.threshold, r.target_agreement, 0.0, r.floor)
         try:
+            policy = promise.with_defaults(policy, r.audit_rate, r.calibrate, cli=False)
             policy = resolve_policy(cfg, policy, cli=False)
         except InsourceError as exc:
             problems[task] = f"[routes.{task}]: {exc.message}"
@@ -205,8 +216,10 @@ def check_config_routes(cfg: Config) -> None:
 def load_policies(
     cfg: Config, store: Store, configured: dict[str, RoutePolicy] | None = None
 ) -> dict[str, RoutePolicy]:
-    """Config routes (`configured`: already checked, else checked now), overridden by routes set live."""
+    """Config routes (`configured`: already checked, else checked now), overridden by routes set live, each with
+    its live threshold (`service/promise.py`)."""
     policies = dict(config_policies(cfg)[0] if configured is None else configured)
+    calibrates = queries.calibrates(store)
     for row in queries.all_routes(store):
         policies[row["task"]] = RoutePolicy(
             row["task"],
@@ -219,8 +232,9 @@ def load_policies(
             row["floor"],
             bool(row["active"]),
             float(row["updated_at"]),
+            calibrates.get((row["task"], float(row["updated_at"])), 0),
         )
-    return policies
+    return {task: promise.current(store, policy) for task, policy in policies.items()}
 
 
 def agreement_window(floor: float) -> int:
@@ -229,8 +243,10 @@ def agreement_window(floor: float) -> int:
 
 
 def agreement_stats(store: Store, policy: RoutePolicy) -> tuple[int, int]:
-    """(agreeing, total) over the policy's window: its most recent comparisons recorded since it was set."""
-    return queries.agreement_counts(store, policy.task, policy.model, policy.since, agreement_window(policy.floor))
+    """(agreeing, total) over the policy's window: its most recent comparisons recorded since it was set, or
+    since its live threshold last changed (what the student serves now)."""
+    since = max(policy.since, policy.threshold_since)
+    return queries.agreement_counts(store, policy.task, policy.model, since, agreement_window(policy.floor))
 
 
 def rollback_reason(policy: RoutePolicy, ok: int, n: int) -> dict[str, Any] | None:
@@ -261,11 +277,12 @@ def judge_routes(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, Ro
     return out
 
 
-def route_state(active: bool, events: list[dict[str, Any]]) -> str:
-    """Whether a route's student answers ("answering"), else why the teacher does: "off" (turned off by hand,
-    or a config route that cannot answer) or "rolled_back" (its agreement fell below its floor)."""
+def route_state(active: bool, events: list[dict[str, Any]], calibrating: bool = False) -> str:
+    """Whether a route's student answers ("answering") or learns its threshold on live traffic ("calibrating"),
+    else why the teacher does: "off" (turned off by hand, or a config route that cannot answer) or
+    "rolled_back" (its agreement fell below its floor)."""
     if active:
-        return "answering"
+        return "calibrating" if calibrating else "answering"
     for event in reversed(events):
         if event["kind"] in ("off", "rollback"):
             return "off" if event["kind"] == "off" else "rolled_back"
@@ -302,28 +319,41 @@ def route_off(cfg: Config, store: Store, task: str, reason: str | None = None, b
 
 def show_routes(cfg: Config, store: Store) -> list[dict[str, Any]]:
     configured, problems = config_policies(cfg)
+    stored = {r["task"]: r["threshold"] for r in queries.all_routes(store)}
     out = []
     for task, p in sorted(load_policies(cfg, store, configured).items()):
-        ok, n = agreement_stats(store, p)
-        events = _events(store, task)
-        out.append(
-            {
-                "task": task,
-                "model": p.model,
-                "mode": p.mode,
-                "threshold": p.threshold,
-                "percent": p.percent,
-                "audit_rate": p.audit_rate,
-                "floor": p.floor,
-                "agreement": ok / n if n else None,
-                "n": n,
-                "agreement_lower_bound": wilson_lower(ok, n) if n else None,
-                "active": p.active,
-                "state": route_state(p.active, events),
-                "target_agreement": p.target_agreement,
-                "since": p.since or None,
-                "problem": problems.get(task) if p == configured.get(task) else None,
-                "events": events,
-            }
-        )
+        row = _route_row(store, p, stored.get(task, configured[task].threshold if task in configured else None))
+        row["problem"] = problems.get(task) if task not in stored else None  # a config route that failed its check
+        out.append(row)
     return out
+
+
+def _route_row(store: Store, p: RoutePolicy, base: float | None) -> dict[str, Any]:
+    """One route as `route show` gives it (`base`: the threshold it was set with, before any live change)."""
+    ok, n = agreement_stats(store, p)
+    events = _events(store, p.task)
+    changes = promise.history(store, p)
+    return {
+        "task": p.task,
+        "model": p.model,
+        "mode": p.mode,
+        "threshold": p.threshold,
+        "percent": p.percent,
+        "audit_rate": p.audit_rate,
+        "floor": p.floor,
+        "agreement": ok / n if n else None,
+        "n": n,
+        "agreement_lower_bound": wilson_lower(ok, n) if n else None,
+        "active": p.active,
+        "state": route_state(p.active, events, p.calibrating),
+        "target_agreement": p.target_agreement,
+        "live_agreement": ok / n if n else None,
+        "live_agreement_low": wilson_lower(ok, n) if n else None,
+        "coverage": promise.coverage(store, p),
+        "audited": p.audit_rate > 0 or p.mode == "shadow",
+        "calibrate": promise.calibration_need(p) if p.calibrating else p.calibrate,
+        "calibrated": promise.calibration_progress(store, p) if p.calibrating else None,
+        "thresholds": promise.thresholds_shown(p, changes, base),
+        "since": p.since or None,
+        "events": events,
+    }

@@ -171,15 +171,16 @@ class WorkerState:
         if admission.est_tokens:
             self.limits.correct_tokens(facts.key.id, outcome.usage.total - admission.est_tokens)
         row = usage_row(facts, outcome, cost)
-        self.writer.submit_durable("usage", row, capture=capture is not None)  # on disk before the answer ends
+        deferred = None
+        if capture is not None:
+            capture.cost_usd = cost
+            deferred = partial(self._process_capture(), capture)
+        self.writer.submit_durable("usage", row, capture=deferred)  # on disk before the answer ends
         if self.tracing is not None:
             self.tracing.record(facts, outcome, cost, time.perf_counter(), capture)
         if self.access_log:
             log_request(row)
         self._count(facts, outcome, cost)
-        if capture is not None:
-            capture.cost_usd = cost
-            self.writer.submit_fn(partial(self._process_capture(), capture))
 
     def _count(self, facts: RequestFacts, outcome: Outcome, cost: float) -> None:
         """The Prometheus counters of `/metrics`."""

@@ -264,3 +264,28 @@ def m009_batches(db: DB) -> None:
         CREATE INDEX IF NOT EXISTS batches_tenant ON batches(tenant, created_at)
         """,
     )
+
+
+@migration
+def m010_i14a_cascade_promise(db: DB) -> None:
+    """A cascade's promise kept on live traffic: how many live requests a route calibrates on (`route_promises`,
+    per stored route), its threshold history (`route_thresholds`: chosen on live traffic, raised on audits), and
+    the student's confidence with each calibration sample and audit (`route_samples`). Safe to run again."""
+    run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS route_promises (
+            task TEXT PRIMARY KEY, since REAL NOT NULL, calibrate INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS route_thresholds (
+            task TEXT NOT NULL, model TEXT NOT NULL, since REAL NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
+            threshold REAL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+            PRIMARY KEY (task, model, since, seq)
+        );
+        CREATE TABLE IF NOT EXISTS route_samples (
+            id TEXT PRIMARY KEY, ts REAL NOT NULL, task TEXT NOT NULL, model TEXT NOT NULL, since REAL NOT NULL,
+            source TEXT NOT NULL, confidence REAL NOT NULL, agree INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS route_samples_policy ON route_samples(task, model, since, source, ts)
+        """,
+    )

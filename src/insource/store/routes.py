@@ -75,3 +75,58 @@ def agreement_counts(store: Store, task: str, model: str, since: float, window: 
         (task, model, since, window),
     )
     return (int(row["ok"]), int(row["n"])) if row else (0, 0)
+
+
+# -- a cascade's promise: calibration, threshold history, samples with their confidence --------------------------
+def set_calibrate(store: Store, task: str, since: float, calibrate: int) -> None:
+    """How many live requests the route of `task` set at `since` calibrates on."""
+    store.execute(
+        "INSERT INTO route_promises (task, since, calibrate) VALUES (?, ?, ?) ON CONFLICT(task) DO UPDATE SET"
+        " since=excluded.since, calibrate=excluded.calibrate",
+        (task, since, calibrate),
+    )
+
+
+def calibrates(store: Store) -> dict[tuple[str, float], int]:
+    """{(task, since): live requests to calibrate on} of the stored routes."""
+    rows = store.query("SELECT task, since, calibrate FROM route_promises")
+    return {(r["task"], float(r["since"])): int(r["calibrate"]) for r in rows}
+
+
+def thresholds(store: Store, task: str, model: str, since: float) -> list[Row]:
+    """The threshold history of one policy (task, model, since), oldest first."""
+    return store.query(
+        "SELECT seq, at, threshold, reason, detail FROM route_thresholds WHERE task=? AND model=? AND since=?"
+        " ORDER BY seq",
+        (task, model, since),
+    )
+
+
+def insert_threshold(
+    store: Store, key: tuple[str, str, float], seq: int, at: float, threshold: float | None, reason: str, detail: str
+) -> int:
+    """Append to a policy's threshold history at `seq`, unless another worker already did (rows changed)."""
+    return store.execute(
+        "INSERT INTO route_thresholds (task, model, since, seq, at, threshold, reason, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (*key, seq, at, threshold, reason, detail),
+    )
+
+
+def samples(store: Store, key: tuple[str, str, float], source: str, after: float, limit: int) -> list[Row]:
+    """The `limit` most recent (confidence, agree) samples of one policy from `source`, recorded at or after `after`."""
+    return store.query(
+        "SELECT confidence, agree FROM route_samples WHERE task=? AND model=? AND since=? AND source=? AND ts>=?"
+        " ORDER BY ts DESC LIMIT ?",
+        (*key, source, after, limit),
+    )
+
+
+def coverage_counts(store: Store, task: str, served_by: str, since: float) -> tuple[int, int]:
+    """(answered by `served_by`, all) of the callers' requests for `task` since `since` (audits not counted)."""
+    row = store.query_one(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN served_by=? THEN 1 ELSE 0 END), 0) AS answered FROM usage"
+        " WHERE task=? AND ts>=? AND endpoint<>'audit'",
+        (served_by, task, since),
+    )
+    return (int(row["answered"]), int(row["n"])) if row else (0, 0)

@@ -306,3 +306,13 @@ def window_by_task(store: QueryStore, start: float, end: float) -> list[Any]:
         " FROM usage WHERE ts >= ? AND ts <= ? GROUP BY task",
         (start, end),
     )
+
+
+def task_teacher_model(store: QueryStore, task: str) -> str | None:
+    """The model alias callers sent most of `task`'s requests to (its teacher), or None."""
+    rows = store.query(
+        "SELECT model, COUNT(*) AS n FROM usage WHERE task = ? AND endpoint = 'chat' AND model IS NOT NULL"
+        " GROUP BY model ORDER BY n DESC, model LIMIT 1",
+        (task,),
+    )
+    return str(rows[0]["model"]) if rows else None

@@ -120,30 +120,32 @@ class BatchWriter:
     def submit_fn(self, fn: Deferred) -> None:
         self._put(fn)
 
-    def submit_durable(self, table: str, row: Row, *, capture: bool = False) -> None:
+    def submit_durable(self, table: str, row: Row, *, capture: Deferred | None = None) -> None:
         """Like `submit`, but on disk (the journal: one `write`) before this returns, so a SIGKILL of the worker
-        right after the answer leaves cannot lose the record. `capture`: a capture follows (counted if lost)."""
-        journal = self.journal
-        if journal is None:
-            self._put((table, row, False))
-            return
-        self._put((table, row, False), journal_line(table, row, CAPTURE_PENDING if capture else 0))
+        right after the answer leaves cannot lose the record. `capture`: the rows of its capture, queued with it
+        (not journaled: its line says one follows, so a replay counts it as lost when it never reached the store;
+        queued together, a journal segment is never deleted before the capture of one of its records is written)."""
+        line = None if self.journal is None else journal_line(table, row, CAPTURE_PENDING if capture else 0)
+        self._put((table, row, False), line, capture)
 
-    def _put(self, item: WriteItem | Deferred, line: bytes | None = None) -> None:
-        self.stats.submitted += 1
+    def _put(self, item: WriteItem | Deferred, line: bytes | None = None, then: Deferred | None = None) -> None:
+        self.stats.submitted += 1 if then is None else 2
         if self._closed:  # e.g. a request finished during shutdown: straight to disk
-            self._spool_items([item])
+            self._spool_items([item] if then is None else [item, then])
             if self._released:
                 self._spool.release()  # the file is any writer's to replay at once
             return
         if len(self._queue) >= self.max_queue:
-            self._spool_items([item])
+            self._spool_items([item] if then is None else [item, then])
             return
         with self._submit_lock:  # the journal's rotation reads the count of items queued with their lines
             if line is not None and self.journal is not None:
                 self.journal.append(line)
             self._queue.append(item)
             self._appended += 1
+            if then is not None:
+                self._queue.append(then)
+                self._appended += 1
         if len(self._queue) >= self.batch_size:
             with self._cond:
                 self._cond.notify()

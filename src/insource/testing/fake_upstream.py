@@ -6,7 +6,7 @@ Azure forms ``POST /openai/deployments/{deployment}/chat/completions|embeddings?
 :mod:`insource.testing.wire`.
 
 Control API (safe to use from the test thread while the server runs in another thread): plain
-attributes (`responder`, `delay_s`, `delay_fn`, `token_delay_s`, `hang`, `stream_break_after`,
+attributes (`responder`, `judge`, `delay_s`, `delay_fn`, `token_delay_s`, `hang`, `stream_break_after`,
 `error_rate`, `error_status`, `cached_tokens`, `cache_min_prompt_tokens`, `reasoning_tokens`,
 `system_fingerprint`, `fast`) are read per request, and `fail_next`, `requests`, `wait_for_requests`,
 `release` and `reset` take a lock.
@@ -48,6 +48,7 @@ from starlette.types import Message, Receive, Scope, Send
 from insource.testing import wire
 from insource.testing.chat_rules import InvalidRequest, make_choices, validate_chat, validate_embeddings
 from insource.testing.fake_batches import FakeBatches
+from insource.testing.judge import Judge, fair_judge, judge_reply
 from insource.testing.server import StreamBreak, install_log_filter
 
 Responder = Callable[[str, list[dict[str, Any]], dict[str, Any]], "str | Awaitable[str]"]
@@ -158,6 +159,7 @@ class FakeUpstream:
         """Back to the constructor's settings: no faults, delays, hang or recorded requests; RNG reseeded."""
         with self._lock:
             self.responder: Responder = self._defaults["responder"]
+            self.judge: Judge = fair_judge
             self.system_fingerprint: str = self._defaults["system_fingerprint"]
             self.cached_tokens: float = self._defaults["cached_tokens"]
             self.cache_min_prompt_tokens: int = self._defaults["cache_min_prompt_tokens"]
@@ -352,6 +354,9 @@ class FakeUpstream:
             return _json(exc.body(), exc.status)
 
     async def _answer_text(self, model: str, messages: list[dict[str, Any]], body: dict[str, Any]) -> str:
+        verdict = judge_reply(self.judge, messages)  # the `judge` metric's requests (`testing/judge.py`)
+        if verdict is not None:
+            return verdict
         result = self.responder(model, messages, body)
         if inspect.isawaitable(result):
             result = await result

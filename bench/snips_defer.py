@@ -13,6 +13,7 @@ share answered at ≥ 95% agreement with the best cut on the pooled answers (an 
 comparing rules, not a routing figure).
 
     python bench/snips_defer.py --workdir DIR
+    python bench/snips_defer.py --model models/T@vN --dataset DIR --out NAME.md   # any JSON-task LoRA student
 """
 
 from __future__ import annotations
@@ -102,17 +103,23 @@ def scores(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--workdir", type=Path, help="a snips_extraction.py work folder")
+    ap.add_argument("--model", type=Path, help="instead of --workdir: any LoRA student's folder ...")
+    ap.add_argument("--dataset", type=Path, help="... and its dataset")
+    ap.add_argument("--out", default="snips_defer.md", help="file name in bench/results")
     ap.add_argument("--target", type=float, default=0.95)
     args = ap.parse_args()
-    state = json.loads((args.workdir / "state.json").read_text())
-    folder = Path(state["model"]["distill"]["path"])
+    if args.workdir is not None:
+        state = json.loads((args.workdir / "state.json").read_text())
+        folder, ds = Path(state["model"]["distill"]["path"]), args.workdir / "ds"
+    else:
+        folder, ds = args.model, args.dataset
     t0 = time.perf_counter()
-    rows = generate(folder, args.workdir / "ds")
+    rows = generate(folder, ds)
     y = np.array([r["correct"] for r in rows], dtype=int)
     finite = {k: np.where(np.isfinite(v), v, -1e9) for k, v in scores(rows).items()}
     lines = [
-        f"SNIPS deferral rules ({time.strftime('%Y-%m-%d')}, {folder.name}, {len(rows)} val+test answers, "
+        f"Deferral rules ({ds.name}, {time.strftime('%Y-%m-%d')}, {folder.name}, {len(rows)} val+test answers, "
         f"{y.mean():.1%} JSON-exact, {sum(r['usable'] for r in rows)} usable; {time.perf_counter() - t0:.0f} s)",
         "",
         f"| rule | AUROC (right vs wrong) | answered at ≥ {args.target:.0%} agreement (oracle cut) |",
@@ -121,7 +128,7 @@ def main() -> None:
     lines += [f"| {k} | {auroc(v, y):.3f} | {coverage_at(v, y, args.target):.1%} |" for k, v in finite.items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    (ROOT / "bench" / "results" / "snips_defer.md").write_text(text)
+    (ROOT / "bench" / "results" / args.out).write_text(text)
 
 
 if __name__ == "__main__":

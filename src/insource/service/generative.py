@@ -1,8 +1,9 @@
 """Generative (LoRA) students served by llama.cpp: a server process per student that the gateway supervises,
 and the client that asks it for an answer and its confidence over the OpenAI wire.
 
-`LlamaCppProcess` runs `python -m llama_cpp.server` with the student's base GGUF and `--lora_path
-adapter.gguf` (`logits_all` for token log-probs) on a free 127.0.0.1 port, waits until it answers, and is
+`LlamaCppProcess` runs `python -m insource.registry.llama_server` (llama-cpp-python's server answering token
+log-probs without `logits_all`) with the student's base GGUF and `--lora_path adapter.gguf`, one thread, on a free
+127.0.0.1 port, waits until it answers, and is
 started again when it has died (at most once every `RESTART_BACKOFF_S`). `GenerativeStudent.complete` sends the
 request (the pruned system prompt removed, greedy, `logprobs`), and returns the answer with its confidence:
 exp(minimum token log-prob), 0 when it stopped on length or, for a `json` task, does not parse. Any failure
@@ -87,7 +88,7 @@ def _quit_with_parent() -> None:
 
 
 class LlamaCppProcess:
-    """One supervised `llama_cpp.server` serving a base GGUF with one LoRA adapter."""
+    """One supervised llama.cpp server (`insource.registry.llama_server`) serving a base GGUF with one adapter."""
 
     def __init__(self, name: str, base_gguf: Path, adapter: Path, log_dir: Path, threads: int = 1) -> None:
         self.name, self.base_gguf, self.adapter, self.log_dir, self.threads = name, base_gguf, adapter, log_dir, threads

@@ -55,6 +55,8 @@ def content(chunks: list[Any]) -> list[str]:
 def test_full_mode_relays_the_token_stream_as_it_is_generated(served: Served) -> None:
     set_route(served, "--mode", "full")
     ask(served)  # llama.cpp started
+    where = ("served_by = ? AND stream = 1", (served.model,))
+    before = len(served.gw.usage_rows(*where))  # other tests of the session streamed from this student too
     chunks, times, by = stream(served, COUNTING, stream_options={"include_usage": True})
     assert by == served.model
     pieces = content(chunks)
@@ -64,7 +66,9 @@ def test_full_mode_relays_the_token_stream_as_it_is_generated(served: Served) ->
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage is not None and usage.completion_tokens > 0
     assert all(ch.usage is None for ch in chunks[:-1])
-    row = served.gw.usage_rows("served_by = ? AND stream = 1", (served.model,), wait_for=1)[-1]
+    rows = served.gw.usage_rows(*where, wait_for=before + 1)
+    assert len(rows) == before + 1
+    row = rows[-1]
     assert row["status"] == 200 and row["completion_tokens"] == usage.completion_tokens
     assert 0 < row["ttft_ms"] < row["latency_ms"] and row["cost_usd"] > 0 and row["cost_avoided_usd"] > 0
 
@@ -85,6 +89,8 @@ def test_a_student_hung_before_its_first_token_leaves_the_stream_to_the_teacher(
     ask(served)
     (pid,) = llama_servers(served.gw.proc.pid)
     os.kill(pid, signal.SIGSTOP)  # hangs: accepts the request, never answers
+    teacher_streams = ("served_by = ? AND stream = 1", (TEACHER,))
+    before = len(served.gw.usage_rows(*teacher_streams))
     try:
         started = time.monotonic()
         chunks, _, by = stream(served)
@@ -94,7 +100,7 @@ def test_a_student_hung_before_its_first_token_leaves_the_stream_to_the_teacher(
             os.kill(pid, signal.SIGKILL)
     assert by == TEACHER and "".join(content(chunks)) == "4"
     assert STALL_S - 0.5 <= waited < 30  # the stalled server was killed; the teacher's stream followed
-    row = served.gw.usage_rows("served_by = ? AND stream = 1", (TEACHER,), wait_for=1)[-1]
+    row = served.gw.usage_rows(*teacher_streams, wait_for=before + 1)[before]
     assert row["status"] == 200 and row["error_code"] == "student_failed"
     metrics = httpx.get(served.gw.url + "/metrics").text
     assert f'insource_student_failures_total{{task="{TASK}"}}' in metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,9 @@ import pytest
 from tests.conftest import DemoRun
 
 
-def test_demo_quick_runs_the_whole_loop(demo_quick: DemoRun) -> None:
-    result, summary, tmp_path = demo_quick.result, demo_quick.summary, demo_quick.cwd
-    folder = tmp_path / "insource-demo"
+def test_demo_quick_runs_the_whole_loop(demo_quick: DemoRun, tmp_path: Path) -> None:
+    result, summary = demo_quick.result, demo_quick.summary
+    folder = demo_quick.cwd / "insource-demo"
     assert Path(summary["folder"]) == folder and (folder / "insource.toml").exists()
     assert summary["before"]["insourced"] == 0 and summary["before"]["requests"] == 1500
     assert summary["after"]["requests"] == 500 and summary["after"]["insourced"] > 0
@@ -48,6 +49,8 @@ def test_demo_quick_runs_the_whole_loop(demo_quick: DemoRun) -> None:
     live = {r["task"]: r for r in spend}  # the synthetic history is untagged (task None)
     assert live["support-intent"]["requests"] >= 2000 and live[None]["requests"] > 0
     # a second run in the same folder starts afresh: the first run's cascade route must not answer "before"
+    # (in a copy: the session's other tests read the first run's folder)
+    shutil.copytree(folder, tmp_path / "insource-demo")
     args = ["--before", "600", "--after", "100", "--no-generative", "--json"]
     again = subprocess.run(
         [sys.executable, "-m", "insource", "demo", "--quick", *args],

@@ -119,7 +119,8 @@ async def _load(url: str, key: str, load: Load) -> None:
         while True:
             try:
                 await _one(client, next(counter), load)
-            except (openai.APIError, httpx.HTTPError, OSError):  # killed under the request: not answered
+            except (openai.APIError, httpx.HTTPError, OSError, ValueError):  # killed under the request (a cut
+                # event does not parse): not answered
                 await asyncio.sleep(0.05)
 
     try:
@@ -158,14 +159,22 @@ def _workers(gw: Gateway) -> list[psutil.Process]:
 
 
 async def _a_worker(gw: Gateway) -> list[psutil.Process]:
+    deadline = time.monotonic() + 60
     while not (workers := await asyncio.to_thread(_workers, gw)):  # both are being restarted
+        assert time.monotonic() < deadline, "no worker was started again within 60 s"
         await asyncio.sleep(0.1)
     return workers
 
 
-async def _answering(load: Load, count: int) -> None:
-    """Until the gateway answered `count` requests: each kill lands while it answers, not while it restarts."""
+async def _answering(load: Load, count: int, clients: asyncio.Task[None], run: Run) -> None:
+    """Until the gateway answered `count` requests: each kill lands while it answers, not while it restarts.
+    Fails (never hangs) when the clients stopped or nothing was answered for a minute."""
+    deadline = time.monotonic() + 60
     while len(load.answered) < count:
+        if clients.done():
+            clients.result()  # the clients' error, if they died of one
+            raise AssertionError(f"the clients stopped ({run})")
+        assert time.monotonic() < deadline, f"nothing answered for 60 s: {load.in_flight} in flight ({run})"
         await asyncio.sleep(0.05)
 
 
@@ -180,7 +189,7 @@ async def _kill_workers(gw: Gateway, key: str, load: Load, run: Run) -> None:
             delay = rng.uniform(0.05, 1.0)
             stalled = rng.random() < 0.4
             await asyncio.sleep(delay)
-            await _answering(load, len(load.answered) + 10)
+            await _answering(load, len(load.answered) + 10, task, run)
             victim = rng.choice(await _a_worker(gw))
             run.kills.append(
                 f"#{n} +{delay:.2f}s{' store held' if stalled else ''} at {time.monotonic() - t0:.1f}s: pid "

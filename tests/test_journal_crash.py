@@ -166,7 +166,7 @@ async def _a_worker(gw: Gateway) -> list[psutil.Process]:
     return workers
 
 
-async def _answering(load: Load, count: int, clients: asyncio.Task[None], run: Run) -> None:
+async def _answering(load: Load, count: int, clients: asyncio.Task[None], run: Run | str) -> None:
     """Until the gateway answered `count` requests: each kill lands while it answers, not while it restarts.
     Fails (never hangs) when the clients stopped or nothing was answered for a minute."""
     deadline = time.monotonic() + 60
@@ -287,7 +287,7 @@ def test_sigkill_of_a_worker_at_20_random_moments_loses_no_answered_request(
 
 async def _load_for_then_kill(gw: Gateway, key: str, load: Load, seconds: float) -> None:
     task = asyncio.create_task(_load(gw.base_url, key, load))
-    await _answering(load, len(load.answered) + 20)  # real load is answered before each kill
+    await _answering(load, len(load.answered) + 20, task, "the whole server's kill")  # real load first
     await asyncio.sleep(seconds)
     await asyncio.to_thread(_stall_then, gw, lambda: _kill_all(gw))  # no graceful anything
     task.cancel()

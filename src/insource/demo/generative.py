@@ -21,6 +21,7 @@ from rich.markup import escape
 from insource.cli.tables import Cell, Col, fit_table
 from insource.config import Config
 from insource.demo import tickets
+from insource.demo.report import PHASE_COLUMNS, pct
 from insource.demo.steps import StepFailed, cli_json
 from insource.demo.workload import PhaseResult
 from insource.routing.agreement import agree
@@ -180,31 +181,21 @@ def summarise(
 
 
 def print_summary(console: Console, g: dict[str, Any]) -> None:
-    cols = (
-        Col("phase"),
-        Col("requests", "num", short="reqs"),
-        Col("insourced", "num"),
-        Col("agreement", "num", short="agr."),
-        Col("spend", "num"),
-        Col("avoided", "num"),
-        Col("served by"),
-    )
+    cols = (*PHASE_COLUMNS, Col("served by"))
     rows: list[list[Cell]] = []
     for name in ("before", "after"):
         ph = g[name]
-        agreement = "n/a" if ph["agreement"] is None else f"{ph['agreement']:.1%}"
         served = ", ".join(f"{who} {n}" for who, n in ph["served_by"].items())
         share = f"{ph['insourced']} ({ph['insourced'] / max(1, ph['requests']):.0%})"
-        rows.append([name, str(ph["requests"]), share, agreement, f"${ph['cost_usd']:.4f}", f"${ph['avoided_usd']:.4f}",
-                     escape(served)])  # fmt: skip
+        money = [f"${ph['cost_usd']:.4f}", f"${ph['avoided_usd']:.4f}"]
+        rows.append([name, str(ph["requests"]), share, pct(ph["agreement"]), *money, escape(served)])
     caption = "agreement: the answer's JSON equals the teacher's; spend: teacher calls and audits + the student's CPU"
     title = escape(f"Generative task {g['task']} (support ticket → JSON), student {g['model']}")
     console.print(fit_table(cols, rows, width=console.width, title=title, caption=caption))
     note = f" (--quick: trained on {g['train_examples']} tickets)" if g["quick"] else ""
-    audited = "n/a" if g["audited_agreement"] is None else f"{g['audited_agreement']:.1%}"
     console.print(
         f"The LoRA student answered {g['insourced_share']:.0%} of tickets{note}; audited live agreement "
-        f"{audited} over {g['audits']} audits.",
+        f"{pct(g['audited_agreement'])} over {g['audits']} audits.",
         highlight=False,
     )
     if g["rolled_back"]:

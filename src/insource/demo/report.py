@@ -117,7 +117,7 @@ def summarise(
     }
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
@@ -125,15 +125,15 @@ def _share(part: float, whole: float) -> str:
     return f"{part / whole:.0%}" if whole > 0 else "n/a"
 
 
-_FINAL_COLUMNS = (
+PHASE_COLUMNS = (  # a demo phase's table: before (the teacher answers all) and after (cascade)
     Col("phase"),
     Col("requests", "num", short="reqs"),
     Col("insourced", "num"),
     Col("agreement", "num", short="agr."),
     Col("spend", "num"),
     Col("avoided", "num"),
-    Col("per month", "num", short="month"),
 )
+_FINAL_COLUMNS = (*PHASE_COLUMNS, Col("per month", "num", short="month"))
 
 
 def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
@@ -150,7 +150,7 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
                 name,
                 str(p["requests"]),
                 f"{p['insourced']} ({p['insourced'] / max(1, p['requests']):.0%})",
-                _pct(p["agreement"]),
+                pct(p["agreement"]),
                 f"${p['cost_usd']:.4f}",
                 f"${p['avoided_usd']:.4f}",
                 f"${s[f'monthly_cost_{key}_usd']:,.0f}",
@@ -162,7 +162,7 @@ def print_final(console: Console, s: dict[str, Any], config: Path) -> None:
     console.print(fit_table(_FINAL_COLUMNS, rows, width=console.width, title=title, caption=caption))
     console.print(
         f"Projected monthly savings at {monthly}: [bold green]${saved:,.0f}[/] ({_share(saved, before)} of "
-        f"${before:,.0f}); audited live agreement {_pct(s['audited_agreement'])} over {s['audits']} audits.",
+        f"${before:,.0f}); audited live agreement {pct(s['audited_agreement'])} over {s['audits']} audits.",
         highlight=False,
     )
     if s["rolled_back"]:

@@ -322,21 +322,14 @@ async def _relay(
     acc = opened.acc
     status, code = 499, None  # until the stream completes
     try:
-        if opened.first is not None:
-            out = acc.feed(opened.first)
+        async for event in _all_events(opened):
+            out = acc.feed(event)
             if acc.done:
                 _meter_stream(gw, facts, admission, trail, routing, body, opened, 200, None)
             if out is not None:
                 yield out
-        if not acc.done:
-            async for event in opened.events:
-                out = acc.feed(event)
-                if acc.done:
-                    _meter_stream(gw, facts, admission, trail, routing, body, opened, 200, None)
-                if out is not None:
-                    yield out
-                if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
-                    break
+            if acc.done:  # [DONE] ends the stream, whatever the upstream does with its connection
+                break
         status = 200
     except UpstreamError as exc:
         status, code = exc.status, exc.code
@@ -351,6 +344,14 @@ async def _relay(
             if opened.cache_key is not None and gw.cache is not None:
                 gw.cache.put(opened.cache_key, cache.stream_entry(acc.response(), acc.usage))
             _compare_shadow(gw, facts, body, routing, acc.output())
+
+
+async def _all_events(opened: _Opened) -> AsyncIterator[bytes]:
+    """The upstream's events: the first one, already read, then the rest."""
+    if opened.first is not None:
+        yield opened.first
+    async for event in opened.events:
+        yield event
 
 
 def _meter_stream(

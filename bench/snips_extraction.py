@@ -103,7 +103,7 @@ def trim(ds: Path, split: str, limit: int) -> None:
             path.write_text("".join(path.read_text("utf-8").splitlines(keepends=True)[:limit]), "utf-8")
 
 
-def learn(config: Path, folder: Path, state: State, target: float, limits: tuple[int, int]) -> None:
+def learn(config: Path, folder: Path, state: State, target: float, limits: tuple[int, int], epochs: int) -> None:
     """Dataset from the captured traffic, the LoRA student, its eval (json): each stage once."""
     ds = folder / "ds"
     if state["dataset"] is None:
@@ -114,7 +114,8 @@ def learn(config: Path, folder: Path, state: State, target: float, limits: tuple
         state.put("dataset", {"seconds": round(time.perf_counter() - t0, 1), "limits": limits})
     if state["model"] is None:
         t0 = time.perf_counter()
-        out = cli(config, "distill", "--task", TASK, "--student", "lora", "--dataset", str(ds), "--force")
+        out = cli(config, "distill", "--task", TASK, "--student", "lora", "--dataset", str(ds), "--force",
+                  "--epochs", str(epochs))  # fmt: skip
         state.put("model", {"name": out["model"], "seconds": round(time.perf_counter() - t0, 1), "distill": out})
     if state["eval"] is None:
         t0 = time.perf_counter()
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=0, help="train on the first N of the train split (0: all)")
     ap.add_argument("--eval-test-limit", type=int, default=0, help="eval on the first N of the test split (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="replay only the first N test queries (0: all 700)")
+    ap.add_argument("--epochs", type=int, default=1, help="insource distill --epochs")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"missing {DATA}")
@@ -157,7 +159,7 @@ def main() -> None:
             asyncio.run(replay(gw.base_url, key, TASK, SYSTEM, train))
             state.put("replay", {"n": len(train), "seconds": round(time.perf_counter() - t0, 1)})
             time.sleep(1.5)  # captures written
-        learn(config, folder, state, args.target, (args.train_limit, args.eval_test_limit))
+        learn(config, folder, state, args.target, (args.train_limit, args.eval_test_limit), args.epochs)
         model = state["model"]["name"]
         if state["eval"]["threshold"] is not None:
             cli(config, "route", "set", "--task", TASK, "--model", model, "--mode", "cascade",

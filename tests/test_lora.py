@@ -215,3 +215,39 @@ def test_a_base_folder_without_weights_or_a_too_long_dataset_is_refused(tmp_path
     assert res.exit_code == 2 and "36 of 36 train examples are longer than the student's context of 1024" in res.stderr
     assert "train.jsonl lines 1, 2, 3" in res.stderr and "Traceback" not in res.stderr
     assert not [p for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")]
+
+
+def test_epochs_option_trains_more_passes_and_is_refused_where_it_does_not_apply(tmp_path: Path) -> None:
+    ds = chat_dataset(tmp_path / "ds")
+    base = tiny_llama(tmp_path / "base", [" ".join(WORDS) + " customer says intent_" + " intent_".join(WORDS)])
+    config = tmp_path / "insource.toml"
+    config.write_text('[registry]\npath = "models"\n')
+    args = ["distill", "--task", "gen", "--dataset", str(ds), "--config", str(config)]
+    res = runner.invoke(app, [*args, "--student", "lora", "--base-model", str(base), "--epochs", "2", "--json"])
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    n = len((ds / "train.jsonl").read_text().splitlines())
+    assert out["metrics"]["steps"] == 2 * -(-n // 8)  # two passes of batches of 8
+    info = json.loads((tmp_path / "models" / "gen@v1" / "model.json").read_text())
+    assert info["lora"]["epochs"] == 2
+    for bad, says in ((["--student", "lora", "--epochs", "0"], "between 1 and"), (["--epochs", "2"], "lora only")):
+        res = runner.invoke(app, [*args, "--base-model", str(base), *bad] if "lora" in bad else [*args, *bad])
+        assert res.exit_code == 2 and says in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_answer_only_loss_equals_the_full_sequence_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training loss runs the output layer on the answer positions only: same value as transformers' loss over
+    the whole sequence with the prompt masked (fp32, so no bf16 rounding in the comparison)."""
+    from transformers import AutoModelForCausalLM
+
+    from insource.distill import lora
+
+    monkeypatch.setattr(lora, "BF16", False)
+    base = tiny_llama(tmp_path / "base", [" ".join(WORDS)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # a transformers deprecation notice inside peft
+        model = lora._lora(AutoModelForCausalLM.from_pretrained(str(base)))
+    data = [([2, 5, 6, 7, 8, 9], [-100, -100, -100, 7, 8, 9]), ([2, 10, 11, 4], [-100, -100, 11, 4])]
+    batch = lora._collate(data, pad_id=1)
+    with torch.no_grad():
+        assert torch.allclose(lora._loss(model, batch), model(**batch).loss, atol=1e-5)

@@ -92,6 +92,14 @@ DistillTargetOpt = Annotated[
         "(0.99 needs 99); auto also picks the student at it (default 0.99).",
     ),
 ]
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--epochs",
+        help="lora only: passes over the training split (default 1; the time estimate printed before training "
+        "grows with it).",
+    ),
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Train even when the validation split is too small to estimate agreement.")
 ]
@@ -106,6 +114,7 @@ def distill(
     base_model: BaseModelOpt = None,
     target: DistillTargetOpt = None,
     force: ForceOpt = False,
+    epochs: EpochsOpt = None,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -135,6 +144,7 @@ def distill(
             base_model=base_model,
             target=target,
             force=force,
+            epochs=epochs,
         )
         progress.say(f"registered {result['model']}")
     _print_distilled(result, json_out)

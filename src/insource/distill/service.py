@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from insource.registry.progress import Step, quiet
 from insource.store import audit_queries
 
 STUDENTS = ("classifier", "classifier-strong", "lora")
+MAX_EPOCHS = 50
 
 
 def cache_root(cfg: Config) -> Path:
@@ -84,13 +86,22 @@ def _build_classifier(ds: Dataset, folder: Path, cfg: Config, *, strong: bool, s
     return info
 
 
+@dataclass(frozen=True)
+class LoraOptions:
+    """`--student lora` only: the base model folder (None: the default CPU base) and epochs (None: default)."""
+
+    base_model: Path | None = None
+    epochs: int | None = None
+
+
 def _build(
-    ds: Dataset, folder: Path, cfg: Config, student: str, step: Step, base_model: Path | None = None
+    ds: Dataset, folder: Path, cfg: Config, student: str, step: Step, opts: LoraOptions = LoraOptions()
 ) -> dict[str, Any]:
     if student == "lora":
-        from insource.distill.lora import train_lora
+        from insource.distill.lora import DEFAULT_EPOCHS, train_lora
 
-        return train_lora(ds, folder, base_model=base_model, step=step)
+        epochs = opts.epochs or DEFAULT_EPOCHS
+        return train_lora(ds, folder, base_model=opts.base_model, epochs=epochs, step=step)
     return _build_classifier(ds, folder, cfg, strong=student == "classifier-strong", step=step)
 
 
@@ -105,6 +116,7 @@ def distill(
     base_model: Path | None = None,
     target: float | None = None,
     force: bool = False,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     """Train and register a student; returns `{"model": "TASK@vN", "path", "metrics", ..., "warnings"}`.
 
@@ -121,6 +133,10 @@ def distill(
         check_target(target)
     if base_model is not None and student != "lora":
         raise NotReady(f"--base-model is for --student lora only (not {student}): add --student lora, or drop it")
+    if epochs is not None and student != "lora":
+        raise NotReady(f"--epochs is for --student lora only (not {student}): add --student lora, or drop it")
+    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
+        raise NotReady(f"--epochs must be between 1 and {MAX_EPOCHS} (got {epochs})")
     say = step or quiet
     if dataset is None:
         if store is None:
@@ -135,17 +151,18 @@ def distill(
     if student == "auto":
         picked_at = COMMON_TARGET if target is None else target
         return {**_distill_auto(cfg, task, ds, say, picked_at), "warnings": warnings}
-    return {**_train_and_register(cfg, task, ds, student, say, base_model), "warnings": warnings}
+    opts = LoraOptions(base_model, epochs)
+    return {**_train_and_register(cfg, task, ds, student, say, opts), "warnings": warnings}
 
 
 def _builder(
-    cfg: Config, task: str, ds: Dataset, student: str, say: Step, base_model: Path | None = None
+    cfg: Config, task: str, ds: Dataset, student: str, say: Step, opts: LoraOptions = LoraOptions()
 ) -> Callable[[Path], dict[str, Any]]:
     """`build(folder)` for the registry: trains `student` into the folder and returns model.json's content."""
     started = time.perf_counter()
 
     def build(folder: Path) -> dict[str, Any]:
-        info = _build(ds, folder, cfg, student, say, base_model)
+        info = _build(ds, folder, cfg, student, say, opts)
         info["metrics"] = {**info.get("metrics", {}), "train_seconds": round(time.perf_counter() - started, 2)}
         info.update(
             student=student,
@@ -173,10 +190,10 @@ def _registered(name: str, path: Path, student: str) -> dict[str, Any]:
 
 
 def _train_and_register(
-    cfg: Config, task: str, ds: Dataset, student: str, say: Step, base_model: Path | None = None
+    cfg: Config, task: str, ds: Dataset, student: str, say: Step, opts: LoraOptions = LoraOptions()
 ) -> dict[str, Any]:
     say("training")
-    name, path = register(cfg.registry_path(), task, _builder(cfg, task, ds, student, say, base_model), _card(ds))
+    name, path = register(cfg.registry_path(), task, _builder(cfg, task, ds, student, say, opts), _card(ds))
     return _registered(name, path, student)
 
 

@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--eval-test-limit", type=int, default=0, help="eval on the first N of the test split (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="replay only the first N test queries (0: all 700)")
     ap.add_argument("--epochs", type=int, default=1, help="insource distill --epochs")
+    ap.add_argument("--calibrate", type=int, default=0,
+                    help="route set --calibrate: 0 (default) routes at eval's validation threshold; N calibrates "
+                    "on the first N live queries (the teacher answers them) first")  # fmt: skip
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"missing {DATA}")
@@ -163,7 +166,7 @@ def main() -> None:
         model = state["model"]["name"]
         if state["eval"]["threshold"] is not None:
             cli(config, "route", "set", "--task", TASK, "--model", model, "--mode", "cascade",
-                "--target-agreement", str(args.target))  # fmt: skip
+                "--target-agreement", str(args.target), "--calibrate", str(args.calibrate))  # fmt: skip
         else:  # no threshold reaches the target on validation: the teacher keeps everything
             print(f"no threshold reaches {args.target} on validation: all traffic stays on the teacher", flush=True)
         time.sleep(1.2)  # the gateway reloads its routes

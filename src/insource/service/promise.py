@@ -4,6 +4,14 @@
   student predicts in the background, and each (confidence, agreed) pair is stored (`route_samples`, source
   "calibration"). Once N are in, the threshold is chosen on them with the Wilson margin `insource eval` uses
   (`routing.policy.choose_threshold`); until one reaches A the route keeps calibrating on more traffic.
+- **The catch-all's live share.** A classifier whose teacher answers a catch-all label (`other`...) for
+  out-of-scope requests learned that label's probability at its training share, which live traffic can far
+  exceed. Each calibration sample also keeps the head's catch-all probability and whether the student and the
+  teacher answered the catch-all; the route fits the factor on the catch-all's prior odds that makes the
+  re-weighted probabilities match the teacher's share (label shift, Saerens et al. 2002, one prior moving:
+  `routing.policy.catch_all_odds`), chooses the threshold on the confidences so re-weighted, and re-weighs every
+  prediction by it from then on (`catch_all_odds` in the threshold's event). Out-of-scope requests then become
+  confident catch-all answers, and in-scope answers near them less confident.
 - **Audits.** A share of the student's answers (`audit_rate`, 2% by default with a target) is also asked of
   the teacher; each audit keeps the answer's confidence. When the audited answers the threshold serves break
   the promise (`routing.policy.promise_broken`), the threshold is raised to the lowest one whose audited
@@ -107,12 +115,13 @@ def _append(
 
     seq = len(queries.thresholds(store, *_key(policy)))
     now = time.time()
-    detail = {"catch_all_odds": policy.catch_all_odds} | detail  # the odds the threshold was chosen with
+    if policy.catch_all_odds != 1.0:  # the catch-all's odds the threshold was chosen with carry over
+        detail = {"catch_all_odds": policy.catch_all_odds} | detail
     if not queries.insert_threshold(store, _key(policy), seq, now, threshold, reason, orjson.dumps(detail).decode()):
         return None
     record_event(store, policy.task, "threshold", {"model": policy.model, "threshold": threshold, **detail}, ts=now)
     log.warning("task %s: threshold %s (%s)", policy.task, threshold, reason)
-    odds = float(detail["catch_all_odds"])
+    odds = float(detail.get("catch_all_odds", 1.0))
     return dataclasses.replace(policy, threshold=threshold, calibrating=False, threshold_since=now, catch_all_odds=odds)
 
 

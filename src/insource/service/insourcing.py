@@ -237,7 +237,7 @@ class InsourcingRouter:
         else:
             agree = agree_as(self.metric(policy), student_answer, teacher_output)
         if policy.mode == "cascade" and confidence is not None and policy.target_agreement is not None:
-            said = None if teacher_output is None or catch_all is None else teacher_output.strip() == catch_all[1]
+            said = catch_all is not None and teacher_output is not None and teacher_output.strip() == catch_all[1]
             source = CALIBRATION if policy.calibrating else AUDIT
             self._sample(policy, source, confidence, agree, catch_all and (*catch_all, student_answer), said)
         if policy.calibrating:
@@ -272,14 +272,14 @@ class InsourcingRouter:
         confidence: float,
         agree: bool,
         catch_all: tuple[float, str, str] | None,
-        teacher_said: bool | None,
+        teacher_said: bool,
     ) -> None:
         """A calibration sample or an audit of a promised cascade, with the student's confidence and, for a
         student with a catch-all label (`catch_all`: its probability, the label, the student's answer), that
         probability and whether the student and the teacher answered it."""
         row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
         row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
-        if catch_all is not None and teacher_said is not None:
+        if catch_all is not None:  # a failed teacher counts as no catch-all, as it counts as a disagreement
             p, label, answer = catch_all
             row |= {"catch_all": p, "student_catch_all": int(answer == label), "teacher_catch_all": int(teacher_said)}
         self.writer.submit("route_samples", row)

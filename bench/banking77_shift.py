@@ -136,6 +136,7 @@ def main() -> None:
         "--calibrate", default="default", help="comma-separated --calibrate values to run (default: the product's)"
     )
     ap.add_argument("--folder", help="working folder; a student trained there by an earlier run is reused")
+    ap.add_argument("--student", default="classifier", help="distill --student (classifier | classifier-strong)")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"missing {DATA}")
@@ -157,7 +158,7 @@ def main() -> None:
         else:
             asyncio.run(replay(gw.base_url, key, TASK, prompt(), train))
             time.sleep(1.0)
-            model, ev, learn_s = learn(config, folder, args.target)
+            model, ev, learn_s = learn(config, folder, args.target, args.student)
             learned.write_text(json.dumps([model, ev, learn_s]))
         info = cli(config, "models", "show", model)
         for calibrate in args.calibrate.split(","):

@@ -21,7 +21,7 @@ with `submit_durable` are in the journal as well, so a crash of the process lose
 
 When a batch is written: when the queue holds `flush_items` items or its oldest item is `interval_s` old,
 whichever comes first (and at once on `flush`/`close`). So the interval adapts to the rate: under load a batch
-fills in well under `interval_s` (at 1,000 requests a second with capture, 128 items take ~64 ms), and at a
+fills in well under `interval_s` (at 2,000 requests a second with capture, 512 items take ~130 ms), and at a
 trickle the writer gathers for up to `interval_s` (default 0.25 s) instead of paying a transaction, the rollup
 upserts and the journal's bookkeeping for every request or two. Idle, the writer thread sleeps until an item
 arrives (the producer wakes it when the queue stops being empty or reaches `flush_items`); its only timed
@@ -82,7 +82,7 @@ class BatchWriter:
         max_queue: int = 50_000,
         batch_size: int = 1000,
         interval_s: float = 0.25,
-        flush_items: int = 128,
+        flush_items: int = 512,
         stall_s: float = 1.0,
         replay_every_s: float = 1.0,
         adopt_every_s: float = 5.0,

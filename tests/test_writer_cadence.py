@@ -75,7 +75,7 @@ def test_a_trickle_is_gathered_and_reaches_the_store_within_the_interval(tmp_pat
         time.sleep(0.01)
     assert len(_ids(store)) == 20
     assert time.monotonic() - submitted <= writer.interval_s + 1.0  # bounded (1 s of slack on a loaded machine)
-    bound = int((submitted - began) / 0.25) + 2  # one a 0.25 s (3 at ~0.3 s) on a slow machine too
+    bound = int((submitted - began) / 0.25) + 3  # the first after 0.05 s, then one a 0.25 s (slow machine too)
     assert store.batches - start <= bound, f"{store.batches - start} batches for 20 records (bound {bound})"
     assert writer.interval_s == 0.25  # the documented default
     writer.close(timeout=5)
@@ -90,6 +90,20 @@ def test_a_full_batch_is_written_before_the_interval(tmp_path: Path) -> None:
     while len(_ids(store)) < 10 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(_ids(store)) == 10  # written for its size, not after 30 s
+    writer.close(timeout=5)
+
+
+def test_a_lone_record_after_a_quiet_spell_is_written_at_once(tmp_path: Path) -> None:
+    """Readers that poll the store right after a request (tests, `insource usage`) see it as soon as before: the
+    first record after a quiet spell waits `quiet_interval_s` (0.05 s), not `interval_s` (30 s here)."""
+    store = Store(tmp_path / "s.db")
+    writer = _writer(store, tmp_path, interval_s=30.0)
+    assert writer.flush(5)
+    writer.submit_durable("usage", _usage(1))
+    deadline = time.monotonic() + 5
+    while not _ids(store) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _ids(store) == {"req_1"}
     writer.close(timeout=5)
 
 

@@ -21,9 +21,11 @@ with `submit_durable` are in the journal as well, so a crash of the process lose
 
 When a batch is written: when the queue holds `flush_items` items or its oldest item is `interval_s` old,
 whichever comes first (and at once on `flush`/`close`). So the interval adapts to the rate: under load a batch
-fills in well under `interval_s` (at 2,000 requests a second with capture, 512 items take ~130 ms), and at a
-trickle the writer gathers for up to `interval_s` (default 0.25 s) instead of paying a transaction, the rollup
-upserts and the journal's bookkeeping for every request or two. Idle, the writer thread sleeps until an item
+fills in well under `interval_s` (at 2,000 requests a second with capture, 512 items take ~130 ms), and under
+steady light traffic the writer gathers for up to `interval_s` (default 0.25 s) instead of paying a transaction,
+the rollup upserts and the journal's bookkeeping for every request or two. The first item after a quiet spell (no
+batch written for `interval_s`) waits only `quiet_interval_s` (0.05 s): a lone request is in the store at once,
+and at such rates a batch's fixed cost is no load. Idle, the writer thread sleeps until an item
 arrives (the producer wakes it when the queue stops being empty or reaches `flush_items`); its only timed
 wake-ups are its own housekeeping (a pending journal rotation or fsync, a spool to replay) and the search for
 dead workers' journals and spools every `adopt_every_s`. The stall guard sleeps while nothing is being written.
@@ -82,6 +84,7 @@ class BatchWriter:
         max_queue: int = 50_000,
         batch_size: int = 1000,
         interval_s: float = 0.25,
+        quiet_interval_s: float = 0.05,
         flush_items: int = 512,
         stall_s: float = 1.0,
         replay_every_s: float = 1.0,
@@ -93,6 +96,7 @@ class BatchWriter:
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.interval_s = interval_s  # the longest an item waits in the queue for its batch (when not behind)
+        self.quiet_interval_s = quiet_interval_s  # the same, for the first item after a quiet spell
         self.flush_items = flush_items  # a batch is due at once when the queue holds this many items
         self.stall_s = stall_s
         self.replay_every_s = replay_every_s
@@ -109,6 +113,7 @@ class BatchWriter:
         self._queue: deque[WriteItem | Deferred] = deque()
         self._cond = threading.Condition()
         self._first_at = 0.0  # monotonic time the queue last stopped being empty (its oldest item's age)
+        self._written_at = float("-inf")  # monotonic time the last batch was written
         self._urgent = False  # a flush or close waits: write what is queued now
         self._housekeeping_at = 0.0  # monotonic time of the writer's next timed chore (replay, rotate, fsync, adopt)
         self._spool_pending = True  # this writer may have spooled rows to replay (checked at start)
@@ -272,13 +277,20 @@ class BatchWriter:
         n = len(self._queue)
         if not n:
             return False
-        return self._stop or self._urgent or n >= self.flush_items or now - self._first_at >= self.interval_s
+        return self._stop or self._urgent or n >= self.flush_items or now - self._first_at >= self._gather_s()
+
+    def _gather_s(self) -> float:
+        """How long the queue's oldest item may wait: `interval_s` under steady traffic (the last batch was written
+        less than `interval_s` before it arrived), `quiet_interval_s` after a quiet spell (a lone request is in the
+        store at once, as readers polling right after it expect; its batch's fixed cost is no load then)."""
+        steady = self._first_at - self._written_at < self.interval_s
+        return self.interval_s if steady else self.quiet_interval_s
 
     def _sleep_s(self, now: float) -> float | None:
         """How long the writer may sleep: until its batch or its next chore is due; None: until woken."""
         due = self._housekeeping_at
         if self._queue:
-            due = min(due, self._first_at + self.interval_s)
+            due = min(due, self._first_at + self._gather_s())
         return None if due == float("inf") else max(due - now, 0.001)
 
     def _step(self, *, drain: bool) -> None:
@@ -318,6 +330,7 @@ class BatchWriter:
                 batch.extend(self._run_deferred(item) if callable(item) else [item])
             self._write(batch)
             self._inflight = []
+            self._written_at = time.monotonic()
 
     def _run_deferred(self, fn: Deferred) -> list[WriteItem]:
         try:

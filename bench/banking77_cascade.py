@@ -42,11 +42,12 @@ def prompt() -> str:
     return "Classify the online-banking customer's message into one intent: " + ", ".join(labels) + ". Intent only."
 
 
-def learn(config: Path, folder: Path, target: float) -> tuple[str, dict[str, Any], float]:
+def learn(config: Path, folder: Path, target: float, student: str = "classifier") -> tuple[str, dict[str, Any], float]:
     """Dataset from the captured traffic, a distilled student and its eval: (model, eval report, seconds)."""
     t1 = time.perf_counter()
     cli(config, "dataset", "build", "--task", TASK, "--out", str(folder / "ds"))
-    model = cli(config, "distill", "--task", TASK, "--dataset", str(folder / "ds"))["model"]
+    distill = ("distill", "--task", TASK, "--dataset", str(folder / "ds"), "--student", student)
+    model = cli(config, *distill)["model"]
     ev = cli(
         config,
         "eval",

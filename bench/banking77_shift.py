@@ -8,7 +8,7 @@ of out-of-scope requests wrongly insourced (answered by the student with an in-s
 `--old` repeats the live run with the same student under the previous release's scope rules (best cosine to a
 training input below the 0.5% validation quantile minus 0.03; no catch-all rule), for comparison.
 
-    python bench/banking77_shift.py [--target 0.98] [--old]
+    python bench/banking77_shift.py [--target 0.98] [--old] [--calibrate 0,500] [--folder DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from banking77_cascade import DATA, TASK, cli, learn, load, replay, write_config  # noqa: E402
+from banking77_cascade import DATA, TASK, cli, learn, load, prompt, replay, write_config  # noqa: E402
 from tests.conftest import Gateway, start_gateway, stop_gateway  # noqa: E402
 
 from insource.config import load_config  # noqa: E402
@@ -102,7 +102,7 @@ def run_live(
     route = ("route", "set", "--task", TASK, "--model", model, "--mode", "cascade", "--target-agreement", str(target))
     cli(config, *route, *extra)
     time.sleep(1.2)  # workers apply a route within a second
-    results = asyncio.run(replay(gw.base_url, key, live, concurrency=8))
+    results = asyncio.run(replay(gw.base_url, key, TASK, prompt(), live, concurrency=8))
     time.sleep(1.5)  # audits finish in the background
     shown = next(r for r in cli(config, "route", "show") if r["task"] == TASK)
     return results, shown, audits(config, model, since)
@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument(
         "--calibrate", default="default", help="comma-separated --calibrate values to run (default: the product's)"
     )
+    ap.add_argument("--folder", help="working folder; a student trained there by an earlier run is reused")
+    ap.add_argument("--student", default="classifier", help="distill --student (classifier | classifier-strong)")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"missing {DATA}")
@@ -142,15 +144,22 @@ def main() -> None:
     answers = dict(train) | dict(live)
     fake = FakeUpstream(responder=lambda model, messages, body: answers.get(messages[-1]["content"], "unknown"))
     handle = run_server(fake)
-    folder = Path(tempfile.mkdtemp(prefix="b77-shift-"))
+    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="b77-shift-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    learned = folder / "learned.json"  # a student trained by an earlier run with this --folder: reused
+    print(f"working folder {folder}", file=sys.stderr)
     config = write_config(folder, handle.url)
     gw = start_gateway(config)
     runs: dict[str, Any] = {}
     try:
         key = gw.key("bench")["key"]
-        asyncio.run(replay(gw.base_url, key, train))
-        time.sleep(1.0)
-        model, ev, learn_s = learn(config, folder, args.target)
+        if learned.exists():
+            model, ev, learn_s = json.loads(learned.read_text())
+        else:
+            asyncio.run(replay(gw.base_url, key, TASK, prompt(), train))
+            time.sleep(1.0)
+            model, ev, learn_s = learn(config, folder, args.target, args.student)
+            learned.write_text(json.dumps([model, ev, learn_s]))
         info = cli(config, "models", "show", model)
         for calibrate in args.calibrate.split(","):
             runs[f"new, calibrate {calibrate}"] = (

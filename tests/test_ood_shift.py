@@ -5,6 +5,8 @@ traffic the student learns from and 30% of the live traffic. Through a real `ins
 the threshold `insource eval` chose for 98% agreement: the student distilled today keeps the promise; the same
 student as the previous release wrote it (its head.npz and model.json: best-similarity OOD rule, no catch-all)
 breaks it, answering out-of-scope requests with in-scope labels. The second run also shows such entries still load.
+With `--target-agreement` and live calibration the route also learns the catch-all's live share and the student
+answers most out-of-scope requests `other` itself.
 """
 
 from __future__ import annotations
@@ -163,8 +165,13 @@ def shift(tmp_path_factory: pytest.TempPathFactory, encoder_cache: Path) -> Iter
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift) -> None:
-    model = shift.cli("distill", "--task", TASK, "--dataset", str(shift.folder / "ds"))["model"]
+@pytest.fixture(scope="module")
+def model(shift: Shift) -> str:
+    """The student distilled on the shift's training traffic (once for the module)."""
+    return str(shift.cli("distill", "--task", TASK, "--dataset", str(shift.folder / "ds"))["model"])
+
+
+def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift, model: str) -> None:
     threshold = shift.evaluated(model)
     shown = shift.cli("models", "show", model)
     assert shown["head"]["catch_all"]["label"] == "other" and shown["head"]["catch_all"]["reason"] == "name"
@@ -182,6 +189,43 @@ def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift) -
     print("previous release's rules:", old)
     assert old["agreement"] < TARGET, old  # the promise broken...
     assert old["oos_wrongly_insourced"] > 0.05, old  # ...by out-of-scope requests answered in scope
+
+
+def test_a_calibrating_cascade_learns_the_catch_alls_live_share(shift: Shift, model: str) -> None:
+    """`--target-agreement` with the default calibration: the teacher answered `other` for about 30% of the
+    calibration requests (3% of training), so the route re-weighs the catch-all's odds by about that shift and the
+    student answers out-of-scope requests `other` itself, still keeping the promise."""
+    shift.evaluated(model)  # a target needs the eval at it first
+    shift.gw.cli("route", "set", "--task", TASK, "--model", model, "--mode", "cascade", "--target-agreement", "0.98")
+    time.sleep(1.2)  # every worker applies a route within a second
+    served = asyncio.run(replay(shift.gw.base_url, shift.key, shift.live))
+    shown = next(r for r in shift.cli("route", "show") if r["task"] == TASK)
+    chosen = [e["detail"] for e in shown["events"] if e["kind"] == "threshold"][-1]
+    answered = [(gold, answer) for gold, answer, by in served if by == model]
+    outside = [gold for gold, _, _ in served if gold == "other"]
+    caught = sum(g == a == "other" for g, a in answered) / len(outside)
+    print("calibrated:", chosen, "out of scope answered `other` by the student:", caught)
+    assert sum(g == a for g, a in answered) / len(answered) >= TARGET
+    assert sum(g == "other" and a != "other" for g, a in answered) / len(outside) <= 0.05
+    assert caught >= 0.45  # the catch-all answered by the student itself (36% before the live share)
+    assert 0.15 < chosen.get("catch_all_share", 0) < 0.45, chosen
+    assert chosen["catch_all_odds"] > 3.0, chosen  # ≈ (0.3/0.7)/(0.03/0.97) ≈ 14, fitted on ~100 requests
+
+
+def test_the_catch_alls_odds_match_the_teachers_share_and_reweigh_confidences() -> None:
+    from insource.routing.policy import catch_all_odds, shifted_confidence
+
+    rng = np.random.default_rng(3)
+    trained = rng.uniform(0.01, 0.2, size=400)  # the head's catch-all probability, learned at a low share
+    shifted = 5.0 * trained / (5.0 * trained + 1 - trained)
+    said = rng.uniform(size=400) < shifted  # the teacher's answers follow the odds ×5
+    assert 3.5 < catch_all_odds(trained.tolist(), said.tolist()) < 7.0
+    assert catch_all_odds([0.1] * 50, [False] * 50) < 1.0  # fewer catch-alls live than trained: odds shrink
+    assert catch_all_odds([], []) == 1.0
+    assert shifted_confidence(0.5, 0.5, True, 3.0) == pytest.approx(0.75)  # the catch-all's own answer
+    assert shifted_confidence(0.6, 0.2, False, 3.0) == pytest.approx(0.6 / 1.4)  # another label's answer
+    assert shifted_confidence(0.0, 0.9, True, 3.0) == 0.0  # a deferred answer stays deferred
+    assert shifted_confidence(0.7, 0.2, False, 1.0) == 0.7
 
 
 def _clusters(spreads: list[float], n: int = 40, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:

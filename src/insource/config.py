@@ -63,7 +63,7 @@ class ServerConfig(Strict):
 
 class StoreConfig(Strict):
     url: str = "sqlite:///./insource.db"
-    fsync: Literal["batch", "off"] = "batch"  # the usage journal: fsync'd once per writer batch, or never
+    fsync: Literal["batch", "off"] = "batch"  # the usage journal: fsync'd by the writer at most once a second, or never
 
 
 class RegistryConfig(Strict):

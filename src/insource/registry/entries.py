@@ -54,6 +54,7 @@ class Prediction:
     answer: str
     confidence: float
     ood: bool
+    catch_all: tuple[float, str] | None = None  # the head's probability of its catch-all label, and that label
 
 
 def check_task_name(task: str) -> str:
@@ -350,10 +351,16 @@ class Student:
             return []
         emb = self._encoder.encode(list(inputs))
         lexical = self._lexical.proba(list(inputs)) if self._lexical is not None else None
-        idx, conf, ood = self._head.predict(emb, lexical)
+        idx, conf, ood, catch_all = self._head.predict_full(emb, lexical)
+        label = self.labels[self._head.catch_all] if catch_all is not None else ""
         return [
-            Prediction(answer=self.labels[int(i)], confidence=float(c), ood=bool(o))
-            for i, c, o in zip(idx, conf, ood, strict=True)
+            Prediction(
+                answer=self.labels[int(i)],
+                confidence=float(c),
+                ood=bool(o),
+                catch_all=(float(catch_all[row]), label) if catch_all is not None else None,
+            )
+            for row, (i, c, o) in enumerate(zip(idx, conf, ood, strict=True))
         ]
 
 

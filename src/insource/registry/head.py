@@ -129,12 +129,21 @@ class Head:
 
     def predict(self, emb: Matrix, lexical: Matrix | None = None) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_]]:
         """(class index, confidence, out-of-scope flag) per row; flagged rows get confidence 0."""
+        idx, conf, ood, _ = self.predict_full(emb, lexical)
+        return idx, conf, ood
+
+    def predict_full(
+        self, emb: Matrix, lexical: Matrix | None = None
+    ) -> tuple[IntArray, Matrix, npt.NDArray[np.bool_], Matrix | None]:
+        """`predict`, and each row's probability of the catch-all label (None without one): a cascade re-weighs
+        it by the catch-all's live share (`routing.policy.shifted_confidence`)."""
         probs, sims = self._mixed(emb, lexical)
         idx = probs.argmax(axis=1).astype(np.int64)
         conf = probs[np.arange(len(idx)), idx]
         ood = (self.nearness(sims) < self.ood_threshold) | self.near_catch_all(probs, idx, sims)
         conf = np.where(ood, 0.0, conf).astype(np.float32)
-        return idx.astype(np.int64), conf, ood
+        catch_all = probs[:, self.catch_all].astype(np.float32) if self.catch_all >= 0 else None
+        return idx.astype(np.int64), conf, ood, catch_all
 
     def save(self, folder: Path) -> None:
         np.savez(

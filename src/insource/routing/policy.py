@@ -33,6 +33,7 @@ class RoutePolicy:
     calibrate: int = 0  # cascade with a target: live requests the student predicts in shadow before it answers
     calibrating: bool = False  # no threshold chosen on live traffic yet: the teacher answers, the student predicts
     threshold_since: float = 0.0  # when the live threshold last changed: the floor judges answers served since
+    catch_all_odds: float = 1.0  # the catch-all's live odds over those it was trained at (chosen at calibration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +187,38 @@ def raised_threshold(
         return False, threshold
     higher = [(conf, agree) for conf, agree in served if conf > threshold]
     return True, choose_threshold([c for c, _ in higher], [a for _, a in higher], target)
+
+
+# -- the catch-all's live share (label shift, Saerens et al. 2002) ---------------------------------------------------
+ODDS_RANGE = (0.05, 100.0)  # how far the catch-all's live odds may move from its training odds
+
+
+def shifted_confidence(confidence: float, catch_all: float, is_catch_all: bool, odds: float) -> float:
+    """The confidence of an answer once the catch-all's prior odds are multiplied by `odds` (Bayes' rule under
+    label shift: p'(y|x) ∝ p(y|x)·π_live(y)/π_train(y), only the catch-all's prior moving): the catch-all's
+    probability `catch_all` is scaled by `odds` and all renormalised. A deferred answer (0) stays deferred."""
+    if confidence <= 0.0 or odds == 1.0:
+        return confidence
+    total = odds * catch_all + (1.0 - catch_all)
+    return min(1.0, (odds * confidence if is_catch_all else confidence) / total)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
+
+
+def catch_all_odds(catch_alls: Sequence[float], teacher_said: Sequence[bool]) -> float:
+    """The odds factor that makes the re-weighted catch-all probabilities of these requests add up to how often
+    the teacher answered the catch-all (+½ each way, so none or all seen stay finite): the maximum-likelihood
+    label-shift correction of the catch-all's prior, solved by bisection on its log; within `ODDS_RANGE`."""
+    logits = [_logit(p) for p in catch_alls]
+    if not logits:
+        return 1.0
+    seen = (sum(teacher_said) + 0.5) * len(logits) / (len(logits) + 1.0)
+    lo, hi = math.log(ODDS_RANGE[0]), math.log(ODDS_RANGE[1])
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        expected = sum(1.0 / (1.0 + math.exp(-(z + mid))) for z in logits)
+        lo, hi = (mid, hi) if expected < seen else (lo, mid)
+    return math.exp((lo + hi) / 2.0)

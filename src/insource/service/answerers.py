@@ -63,6 +63,7 @@ class StudentReply:
     ood: bool = False  # out of distribution: a cascade never serves it
     compute_s: float = 0.0  # what the answer cost to compute, in CPU seconds
     pieces: tuple[str, ...] = ()  # the answer as generated, token by token (streamed one chunk each); () unknown
+    catch_all: tuple[float, str] | None = None  # a classifier's probability of its catch-all label, and the label
 
 
 class Answerer(Protocol):

@@ -214,7 +214,7 @@ def _compare_shadow(
     """Shadow mode: the teacher's answer to the caller is compared with the student's."""
     if routing.compare == "shadow" and routing.reply is not None and routing.policy is not None:
         reply = routing.reply
-        _compare(gw, facts, body, routing.policy, reply.text, teacher_output, reply.confidence)
+        _compare(gw, facts, body, routing.policy, reply.text, teacher_output, reply.confidence, reply.catch_all)
 
 
 def _compare(
@@ -225,12 +225,14 @@ def _compare(
     student: str,
     teacher: str | None,
     confidence: float | None,
+    catch_all: tuple[float, str] | None = None,
 ) -> None:
-    """Record one comparison; under the `judge` metric the teacher grades it first, in the background."""
+    """Record one comparison; under the `judge` metric the teacher grades it first, in the background.
+    `catch_all`: a classifier's probability of its catch-all label, and the label (a calibration sample)."""
     if teacher is not None and gw.router.metric(policy) == "judge":
         gw.router.spawn(_judge(gw, facts, body, policy, (student, confidence), teacher))
     else:
-        gw.router.record(policy, student, teacher, confidence)
+        gw.router.record(policy, student, teacher, confidence, catch_all=catch_all)
 
 
 async def _judge(

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from insource.config import Config
 from insource.routing.agreement import agree as agree_as
 from insource.routing.policy import Answerer as Who
-from insource.routing.policy import RoutePolicy, decide, needs_prediction
+from insource.routing.policy import RoutePolicy, decide, needs_prediction, shifted_confidence
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
 from insource.service.generative import GenerativePool
 from insource.service.promise import AUDIT, CALIBRATION, keep_promises
@@ -164,6 +164,10 @@ class InsourcingRouter:
         if generative and reply is not None and reply.ood and policy.mode in ("canary", "full"):
             reply = None  # an answer it cannot serve (cut off, unparsable JSON): the teacher answers
         asked = _asked(policy.model, started, reply is None)
+        if reply is not None and reply.catch_all is not None and policy.catch_all_odds != 1.0:
+            p, label = reply.catch_all
+            shifted = shifted_confidence(reply.confidence, p, reply.text == label, policy.catch_all_odds)
+            reply = dataclasses.replace(reply, confidence=shifted)
         threshold = policy.threshold if policy.threshold is not None else NEVER_SURE
         confidence = reply.confidence if reply is not None else None
         decision = decide(policy, threshold, confidence, bool(reply and reply.ood), draws)
@@ -221,17 +225,21 @@ class InsourcingRouter:
         teacher_output: str | None,
         confidence: float | None = None,
         verdict: bool | None = None,
+        catch_all: tuple[float, str] | None = None,
     ) -> None:
         """One comparison of a student's answer (given with `confidence`, None when unknown: a live stream) with
         the teacher's (`None`: the teacher failed); `verdict` is the judge's, for the `judge` metric
         (`service/judging.py`). A calibrating cascade's comparisons only calibrate it: they are no served answers to
-        judge."""
+        judge. `catch_all`: a classifier's probability of its catch-all label, and the label (kept with each
+        sample: a calibrating cascade learns the catch-all's live share from them)."""
         if verdict is not None or teacher_output is None:
             agree = bool(verdict)
         else:
             agree = agree_as(self.metric(policy), student_answer, teacher_output)
         if policy.mode == "cascade" and confidence is not None and policy.target_agreement is not None:
-            self._sample(policy, CALIBRATION if policy.calibrating else AUDIT, confidence, agree)
+            said = catch_all is not None and teacher_output is not None and teacher_output.strip() == catch_all[1]
+            source = CALIBRATION if policy.calibrating else AUDIT
+            self._sample(policy, source, confidence, agree, catch_all and (*catch_all, student_answer), said)
         if policy.calibrating:
             return
         self.writer.submit(
@@ -257,10 +265,23 @@ class InsourcingRouter:
             self.rolled_back.add((policy.task, policy.since))
             self.spawn(asyncio.to_thread(roll_back, self.store, policy, reason))
 
-    def _sample(self, policy: RoutePolicy, source: str, confidence: float, agree: bool) -> None:
-        """A calibration sample or an audit of a promised cascade, with the student's confidence."""
+    def _sample(
+        self,
+        policy: RoutePolicy,
+        source: str,
+        confidence: float,
+        agree: bool,
+        catch_all: tuple[float, str, str] | None,
+        teacher_said: bool,
+    ) -> None:
+        """A calibration sample or an audit of a promised cascade, with the student's confidence and, for a
+        student with a catch-all label (`catch_all`: its probability, the label, the student's answer), that
+        probability and whether the student and the teacher answered it."""
         row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
         row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
+        if catch_all is not None:  # a failed teacher counts as no catch-all, as it counts as a disagreement
+            p, label, answer = catch_all
+            row |= {"catch_all": p, "student_catch_all": int(answer == label), "teacher_catch_all": int(teacher_said)}
         self.writer.submit("route_samples", row)
 
     async def close(self) -> None:

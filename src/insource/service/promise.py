@@ -4,6 +4,14 @@
   student predicts in the background, and each (confidence, agreed) pair is stored (`route_samples`, source
   "calibration"). Once N are in, the threshold is chosen on them with the Wilson margin `insource eval` uses
   (`routing.policy.choose_threshold`); until one reaches A the route keeps calibrating on more traffic.
+- **The catch-all's live share.** A classifier whose teacher answers a catch-all label (`other`...) for
+  out-of-scope requests learned that label's probability at its training share, which live traffic can far
+  exceed. Each calibration sample also keeps the head's catch-all probability and whether the student and the
+  teacher answered the catch-all; the route fits the factor on the catch-all's prior odds that makes the
+  re-weighted probabilities match the teacher's share (label shift, Saerens et al. 2002, one prior moving:
+  `routing.policy.catch_all_odds`), chooses the threshold on the confidences so re-weighted, and re-weighs every
+  prediction by it from then on (`catch_all_odds` in the threshold's event). Out-of-scope requests then become
+  confident catch-all answers, and in-scope answers near them less confident.
 - **Audits.** A share of the student's answers (`audit_rate`, 2% by default with a target) is also asked of
   the teacher; each audit keeps the answer's confidence. When the audited answers the threshold serves break
   the promise (`routing.policy.promise_broken`), the threshold is raised to the lowest one whose audited
@@ -28,9 +36,11 @@ from insource.errors import BadRequest
 from insource.routing.policy import (
     RoutePolicy,
     calibration_samples,
+    catch_all_odds,
     choose_threshold,
     min_samples,
     raised_threshold,
+    shifted_confidence,
 )
 from insource.store import Store
 from insource.store import routes as queries
@@ -88,7 +98,10 @@ def current(store: Store, policy: RoutePolicy) -> RoutePolicy:
     rows = queries.thresholds(store, *_key(policy))
     if rows:
         threshold, at = rows[-1]["threshold"], float(rows[-1]["at"])
-        return dataclasses.replace(policy, threshold=threshold, calibrating=threshold is None, threshold_since=at)
+        odds = float(_detail(rows[-1]).get("catch_all_odds", 1.0))
+        return dataclasses.replace(
+            policy, threshold=threshold, calibrating=threshold is None, threshold_since=at, catch_all_odds=odds
+        )
     if policy.calibrate > 0:
         return dataclasses.replace(policy, threshold=None, calibrating=True)
     return policy
@@ -102,11 +115,14 @@ def _append(
 
     seq = len(queries.thresholds(store, *_key(policy)))
     now = time.time()
+    if policy.catch_all_odds != 1.0:  # the catch-all's odds the threshold was chosen with carry over
+        detail = {"catch_all_odds": policy.catch_all_odds} | detail
     if not queries.insert_threshold(store, _key(policy), seq, now, threshold, reason, orjson.dumps(detail).decode()):
         return None
     record_event(store, policy.task, "threshold", {"model": policy.model, "threshold": threshold, **detail}, ts=now)
     log.warning("task %s: threshold %s (%s)", policy.task, threshold, reason)
-    return dataclasses.replace(policy, threshold=threshold, calibrating=False, threshold_since=now)
+    odds = float(detail.get("catch_all_odds", 1.0))
+    return dataclasses.replace(policy, threshold=threshold, calibrating=False, threshold_since=now, catch_all_odds=odds)
 
 
 def calibration_need(policy: RoutePolicy) -> int:
@@ -128,13 +144,34 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
     rows = queries.samples(store, _key(policy), CALIBRATION, policy.since, window)
     if len(rows) < need:
         return policy
-    threshold = choose_threshold([r["confidence"] for r in rows], [bool(r["agree"]) for r in rows], target)
+    odds, confidences = live_confidences(rows)
+    agrees = [bool(r["agree"]) for r in rows]
+    threshold = choose_threshold(confidences, agrees, target)
     if threshold is None:
         return policy  # no threshold reaches the target yet: the teacher keeps answering, more samples come
-    agreed = sum(r["agree"] for r in rows if r["confidence"] >= threshold)
-    answered = sum(1 for r in rows if r["confidence"] >= threshold)
+    agreed = sum(a for c, a in zip(confidences, agrees, strict=True) if c >= threshold)
+    answered = sum(1 for c in confidences if c >= threshold)
     detail = {"samples": len(rows), "agreement": agreed / answered, "coverage": answered / len(rows)}
+    if odds != 1.0:
+        detail |= {"catch_all_odds": odds, "catch_all_share": sum(r["teacher_catch_all"] for r in rows) / len(rows)}
     return _append(store, policy, threshold, "calibrated", detail) or current(store, policy)
+
+
+def live_confidences(rows: list[Any]) -> tuple[float, list[float]]:
+    """(the catch-all's live odds factor, each sample's confidence under it) from calibration samples: when the
+    student has a catch-all label and every sample kept its probability, the factor that matches how often the
+    teacher answered the catch-all on them (`routing.policy.catch_all_odds`: label shift, one prior moving);
+    else 1 and the confidences as predicted."""
+    raw = [float(r["confidence"]) for r in rows]
+    if not rows or any(r["catch_all"] is None for r in rows):
+        return 1.0, raw
+    said = [bool(r["teacher_catch_all"]) for r in rows]
+    odds = catch_all_odds([float(r["catch_all"]) for r in rows], said)
+    shifted = [
+        shifted_confidence(c, float(r["catch_all"]), bool(r["student_catch_all"]), odds)
+        for c, r in zip(raw, rows, strict=True)
+    ]
+    return odds, shifted
 
 
 def _audit(store: Store, policy: RoutePolicy) -> RoutePolicy:

@@ -102,6 +102,7 @@ class ClassifierStudent:
             usage=usage,
             ood=bool(pred.ood),
             compute_s=compute_s,
+            catch_all=pred.catch_all,
         )
 
     def stream(

@@ -14,8 +14,12 @@ Layout of the journal folder (`<store dir>/journal`):
 Segments of an owner whose lock is free (the process exited or was killed) are replayed into the store by the
 next writer that starts, or by any live writer within `adopt_every_s`, with duplicates ignored by record id
 (records that did reach the store before the crash are written once). Power loss can still take the page
-cache: `[store] fsync = "batch"` has the writer fsync the active segment once per batch (off the request path);
-`"off"` leaves it to the kernel.
+cache: `[store] fsync = "batch"` has the writer thread fsync the active segment at most every `FSYNC_EVERY_S`
+(1 s) and each segment when it closes it (every second while records arrive), never on the request path; so a
+power loss can take the journal lines of about the last second (up to `FSYNC_EVERY_S` plus the time the writer
+thread takes to get to it). `"off"` leaves it to the kernel (its dirty-page writeback, ~30 s by default). Records
+that reached the store are as durable as the store makes them (SQLite: WAL with `synchronous=NORMAL`, which a
+power loss can roll back to the last checkpoint).
 
 A line is `[table, row, ignore, flags]`; `flags` says what else the request left for the writer (a capture), so a
 replay can count what the journal does not hold (`captures_lost`) instead of losing it silently.
@@ -40,6 +44,7 @@ log = logging.getLogger("insource.store")
 Line = tuple[str, dict[str, Any], bool, int]
 CAPTURE_PENDING = 1  # flag: a capture was queued with this record (it is not journaled)
 ROTATE_BYTES = 4 << 20  # a segment is closed when it grows past this, or when it is old enough
+FSYNC_EVERY_S = 1.0  # `fsync = "batch"`: the active segment is fsync'd at most this often (not per writer batch)
 
 
 def _seq_of(path: Path) -> int:
@@ -121,27 +126,32 @@ class Journal:
         """Close the active segment to new lines (the caller holds the submit lock): the next line opens the
         next segment. Returns its fd, for `close_segment` outside the lock (an fsync must not block requests)."""
         fd, self._fd = self._fd, None
+        self._dirty = False  # its lines are fsync'd when it is closed
         if fd is not None:
             self._closed_segments.append(self._segment(self.owner, self._seq))
         return fd
 
     def close_segment(self, fd: int | None) -> None:
         if fd is not None:
-            self._sync_fd(fd, force=True)
+            self._sync_fd(fd)
             os.close(fd)
 
+    def needs_sync(self) -> bool:
+        """Lines were appended to the active segment since its last fsync, and `fsync = "batch"`."""
+        return self._dirty and self._fd is not None and self.fsync == "batch"
+
     def sync(self) -> None:
-        """fsync the active segment when `fsync = "batch"` (once per writer batch, never per request)."""
+        """fsync the active segment when `fsync = "batch"` (the writer thread's cadence, never per request)."""
         fd = self._fd
         if fd is not None and self._dirty:
+            self._dirty = False
             self._sync_fd(fd)
 
-    def _sync_fd(self, fd: int, *, force: bool = False) -> None:
-        if self.fsync == "batch" and (self._dirty or force):
-            self._dirty = False
+    def _sync_fd(self, fd: int) -> None:
+        if self.fsync == "batch":
             try:
                 os.fsync(fd)
-            except OSError as exc:  # closed meanwhile (rotated), or a disk error: the next batch retries
+            except OSError as exc:  # closed meanwhile (rotated), or a disk error: the next sync retries
                 log.debug("journal: fsync failed: %s", exc)
 
     def drop_closed(self) -> None:

@@ -289,3 +289,18 @@ def m010_i14a_cascade_promise(db: DB) -> None:
         CREATE INDEX IF NOT EXISTS route_samples_policy ON route_samples(task, model, since, source, ts)
         """,
     )
+
+
+@migration
+def m011_i14c_catch_all_samples(db: DB) -> None:
+    """A calibration sample of a classifier with a catch-all label keeps the head's probability of it and whether
+    the student and the teacher answered it: the cascade learns the catch-all's live share from them
+    (`service/promise.py`)."""
+    run_script(
+        db,
+        """
+        ALTER TABLE route_samples ADD COLUMN catch_all REAL;
+        ALTER TABLE route_samples ADD COLUMN student_catch_all INTEGER;
+        ALTER TABLE route_samples ADD COLUMN teacher_catch_all INTEGER
+        """,
+    )

@@ -114,9 +114,12 @@ def insert_threshold(
 
 
 def samples(store: Store, key: tuple[str, str, float], source: str, after: float, limit: int) -> list[Row]:
-    """The `limit` most recent (confidence, agree) samples of one policy from `source`, recorded at or after `after`."""
+    """The `limit` most recent samples of one policy from `source`, recorded at or after `after`: (confidence,
+    agree, catch_all, student_catch_all, teacher_catch_all), the last three None unless the student has a catch-all
+    label."""
     return store.query(
-        "SELECT confidence, agree FROM route_samples WHERE task=? AND model=? AND since=? AND source=? AND ts>=?"
+        "SELECT confidence, agree, catch_all, student_catch_all, teacher_catch_all FROM route_samples"
+        " WHERE task=? AND model=? AND since=? AND source=? AND ts>=?"
         " ORDER BY ts DESC LIMIT ?",
         (*key, source, after, limit),
     )

@@ -42,21 +42,26 @@ def stock() -> Any:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(_base()), logits_all=True, n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
-    return llm.create_chat_completion(messages=MESSAGES, max_tokens=16, temperature=0.0, logprobs=True, top_logprobs=1)  # type: ignore[arg-type]
+    return _ask(llm)
+
+
+def _ask(llm: Any, *, stream: bool = False) -> Any:
+    """MESSAGES answered greedily with each token's log-prob, as the eval and the served student ask."""
+    return llm.create_chat_completion(
+        messages=MESSAGES, max_tokens=16, temperature=0.0, logprobs=True, top_logprobs=1, stream=stream
+    )
+
+
+def _logprob_llama() -> Any:
+    from insource.registry.llama import LogprobLlama
+
+    return LogprobLlama(model_path=str(_base()), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
 
 
 def test_logprob_llama_matches_llama_cpp_without_logits_all(stock: Any) -> None:
-    from insource.registry.llama import LogprobLlama
-
-    llm = LogprobLlama(model_path=str(_base()), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
+    llm = _logprob_llama()
     assert not llm._logits_all  # no public accessor in llama-cpp-python
-    reply: Any = llm.create_chat_completion(
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=16,
-        temperature=0.0,
-        logprobs=True,
-        top_logprobs=1,
-    )
+    reply = _ask(llm)
     assert reply["choices"][0]["message"]["content"] == stock["choices"][0]["message"]["content"]
     assert reply["choices"][0]["finish_reason"] == stock["choices"][0]["finish_reason"]
     mine, theirs = _lps(reply), _lps(stock)
@@ -68,17 +73,7 @@ def test_logprob_llama_matches_llama_cpp_without_logits_all(stock: Any) -> None:
 
 
 def test_streamed_answers_carry_the_same_logprobs(stock: Any) -> None:
-    from insource.registry.llama import LogprobLlama
-
-    llm = LogprobLlama(model_path=str(_base()), n_ctx=512, n_threads=1, n_threads_batch=1, verbose=False)
-    chunks: Any = llm.create_chat_completion(
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=16,
-        temperature=0.0,
-        logprobs=True,
-        top_logprobs=1,
-        stream=True,
-    )
+    chunks = _ask(_logprob_llama(), stream=True)
     text, lps = "", []
     for chunk in chunks:
         choice = chunk["choices"][0]

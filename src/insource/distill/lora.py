@@ -32,7 +32,6 @@ MAX_LEN = STUDENT_CONTEXT
 SEED = 17
 DEFAULT_EPOCHS = 1
 BF16 = True  # bf16 autocast for the forward on CPUs with bf16 instructions
-LAYERS: list[int] | None = None  # LoRA on these layers only (None: all)
 LOSS_PROBE = 64  # examples the loss before/after training is measured on
 # Measured 2026-12-07 (SNIPS, same 5 batches of 8, one thread, training tokens per CPU-second, load 5-7):
 # fp32 whole-sequence logits 120.5; fp32 answer-only logits 137.1 (+14%); bf16 autocast + answer-only 186.0
@@ -106,29 +105,9 @@ def _lora(model: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(
-        r=LORA_R,
-        lora_alpha=LORA_ALPHA,
-        lora_dropout=0.0,
-        target_modules="all-linear" if LAYERS is None else _linear_names(model),
-        task_type="CAUSAL_LM",
-        layers_to_transform=LAYERS,
+        r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )
     return get_peft_model(model, cfg)
-
-
-def _linear_names(model: Any) -> list[str]:
-    """The linear layers' names inside a block (q_proj, ..., down_proj): peft's "all-linear" spelled out, which
-    `layers_to_transform` needs. The output layer is left out, as "all-linear" does."""
-    import torch
-
-    head = model.get_output_embeddings()
-    return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and m is not head
-        }
-    )
 
 
 def estimate(data: Encoded, epochs: int, params: int, threads: int) -> dict[str, Any]:
@@ -172,15 +151,18 @@ def _autocast(model: Any) -> Any:
 
     import torch
 
-    if BF16 and model.device.type == "cpu" and _cpu_bf16():
+    if _bf16(model):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _cpu_bf16() -> bool:
-    """The CPU runs bf16 matmuls natively (AVX512-BF16 or AMX): elsewhere bf16 autocast is emulated, slower."""
+def _bf16(model: Any) -> bool:
+    """Whether the forward runs in bf16 autocast: on a CPU that runs bf16 matmuls natively (AVX512-BF16 or AMX;
+    elsewhere bf16 autocast is emulated, slower)."""
     import torch
 
+    if not BF16 or model.device.type != "cpu":
+        return False
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -285,7 +267,7 @@ def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: St
             "target_modules": "all-linear",
             "lr": LR,
             "epochs": epochs,
-            "bf16_autocast": BF16 and _cpu_bf16() and model.device.type == "cpu",
+            "bf16_autocast": _bf16(model),
         },
         "max_len": MAX_LEN,
     }

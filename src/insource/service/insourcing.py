@@ -237,9 +237,10 @@ class InsourcingRouter:
         else:
             agree = agree_as(self.metric(policy), student_answer, teacher_output)
         if policy.mode == "cascade" and confidence is not None and policy.target_agreement is not None:
-            said = catch_all is not None and teacher_output is not None and teacher_output.strip() == catch_all[1]
             source = CALIBRATION if policy.calibrating else AUDIT
-            self._sample(policy, source, confidence, agree, catch_all and (*catch_all, student_answer), said)
+            self._sample(
+                policy, source, confidence, agree, _catch_all_fields(catch_all, student_answer, teacher_output)
+            )
         if policy.calibrating:
             return
         self.writer.submit(
@@ -265,23 +266,12 @@ class InsourcingRouter:
             self.rolled_back.add((policy.task, policy.since))
             self.spawn(asyncio.to_thread(roll_back, self.store, policy, reason))
 
-    def _sample(
-        self,
-        policy: RoutePolicy,
-        source: str,
-        confidence: float,
-        agree: bool,
-        catch_all: tuple[float, str, str] | None,
-        teacher_said: bool,
-    ) -> None:
-        """A calibration sample or an audit of a promised cascade, with the student's confidence and, for a
-        student with a catch-all label (`catch_all`: its probability, the label, the student's answer), that
-        probability and whether the student and the teacher answered it."""
+    def _sample(self, policy: RoutePolicy, source: str, confidence: float, agree: bool, extra: dict[str, Any]) -> None:
+        """A calibration sample or an audit of a promised cascade, with the student's confidence (and `extra`: the
+        catch-all columns of `_catch_all_fields`)."""
         row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
         row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
-        if catch_all is not None:  # a failed teacher counts as no catch-all, as it counts as a disagreement
-            p, label, answer = catch_all
-            row |= {"catch_all": p, "student_catch_all": int(answer == label), "teacher_catch_all": int(teacher_said)}
+        row |= extra
         self.writer.submit("route_samples", row)
 
     async def close(self) -> None:
@@ -289,3 +279,14 @@ class InsourcingRouter:
             task.cancel()
         self.pool.close()
         await self.generative.close()
+
+
+def _catch_all_fields(catch_all: tuple[float, str] | None, student: str, teacher: str | None) -> dict[str, Any]:
+    """A sample's catch-all columns for a student with a catch-all label (`catch_all`: the head's probability of
+    it, and the label): that probability and whether the student and the teacher answered it (a failed teacher
+    counts as no catch-all, as it counts as a disagreement); none for a student without one."""
+    if catch_all is None:
+        return {}
+    p, label = catch_all
+    said = teacher is not None and teacher.strip() == label
+    return {"catch_all": p, "student_catch_all": int(student == label), "teacher_catch_all": int(said)}

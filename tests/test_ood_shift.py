@@ -194,20 +194,24 @@ def test_the_new_scope_rules_keep_the_promise_the_old_ones_break(shift: Shift, m
 def test_a_calibrating_cascade_learns_the_catch_alls_live_share(shift: Shift, model: str) -> None:
     """`--target-agreement` with the default calibration: the teacher answered `other` for about 30% of the
     calibration requests (3% of training), so the route re-weighs the catch-all's odds by about that shift and the
-    student answers out-of-scope requests `other` itself, still keeping the promise."""
+    student answers out-of-scope requests `other` itself, still keeping the promise. The live traffic is replayed
+    twice: the first pass calibrates (its first ~100-180 requests go to the teacher, however many the timing of 16
+    clients makes it), the second shows the calibrated route alone."""
     shift.evaluated(model)  # a target needs the eval at it first
     shift.gw.cli("route", "set", "--task", TASK, "--model", model, "--mode", "cascade", "--target-agreement", "0.98")
     time.sleep(1.2)  # every worker applies a route within a second
-    served = asyncio.run(replay(shift.gw.base_url, shift.key, shift.live))
+    first = asyncio.run(replay(shift.gw.base_url, shift.key, shift.live))
+    second = asyncio.run(replay(shift.gw.base_url, shift.key, shift.live))
     shown = next(r for r in shift.cli("route", "show") if r["task"] == TASK)
     chosen = [e["detail"] for e in shown["events"] if e["kind"] == "threshold"][-1]
-    answered = [(gold, answer) for gold, answer, by in served if by == model]
-    outside = [gold for gold, _, _ in served if gold == "other"]
-    caught = sum(g == a == "other" for g, a in answered) / len(outside)
-    print("calibrated:", chosen, "out of scope answered `other` by the student:", caught)
+    answered = [(gold, answer) for gold, answer, by in first + second if by == model]
+    outside = [gold for gold, _, _ in second if gold == "other"]
+    caught = sum(g == a == "other" for g, a, by in second if by == model) / len(outside)
+    print("calibrated:", chosen, "out of scope answered `other` by the student once calibrated:", caught)
+    assert shown["state"] == "answering", shown
     assert sum(g == a for g, a in answered) / len(answered) >= TARGET
-    assert sum(g == "other" and a != "other" for g, a in answered) / len(outside) <= 0.05
-    assert caught >= 0.45  # the catch-all answered by the student itself (36% before the live share)
+    assert sum(g == "other" and a != "other" for g, a in answered) / (2 * len(outside)) <= 0.05
+    assert caught >= 0.5  # the catch-all answered by the student itself (~36% at the eval's threshold)
     assert 0.15 < chosen.get("catch_all_share", 0) < 0.45, chosen
     assert chosen["catch_all_odds"] > 3.0, chosen  # ≈ (0.3/0.7)/(0.03/0.97) ≈ 14, fitted on ~100 requests
 

@@ -2,8 +2,10 @@
 
 - **Calibration.** A cascade with a target and `calibrate` N > 0 starts `calibrating`: the teacher answers, the
   student predicts in the background, and each (confidence, agreed) pair is stored (`route_samples`, source
-  "calibration"). Once N are in, the threshold is chosen on them with the Wilson margin `insource eval` uses
-  (`routing.policy.choose_threshold`); until one reaches A the route keeps calibrating on more traffic.
+  "calibration"). Once N are in, the threshold is chosen on them: the higher of the lowest one whose samples'
+  agreement reaches A with the Wilson margin `insource eval` uses and the lowest one whose answers the student's
+  own confidences expect to reach A (`routing.policy.live_threshold`); until both exist the route keeps
+  calibrating on more traffic.
 - **The catch-all's live share.** A classifier whose teacher answers a catch-all label (`other`...) for
   out-of-scope requests learned that label's probability at its training share, which live traffic can far
   exceed. Each calibration sample also keeps the head's catch-all probability and whether the student and the
@@ -37,7 +39,7 @@ from insource.routing.policy import (
     RoutePolicy,
     calibration_samples,
     catch_all_odds,
-    choose_threshold,
+    live_threshold,
     min_samples,
     raised_threshold,
     shifted_confidence,
@@ -146,7 +148,7 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
         return policy
     odds, confidences = live_confidences(rows)
     agrees = [bool(r["agree"]) for r in rows]
-    threshold = choose_threshold(confidences, agrees, target)
+    threshold = live_threshold(confidences, agrees, target)
     if threshold is None:
         return policy  # no threshold reaches the target yet: the teacher keeps answering, more samples come
     agreed = sum(a for c, a in zip(confidences, agrees, strict=True) if c >= threshold)

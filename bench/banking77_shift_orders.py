@@ -4,11 +4,12 @@ One replay (`banking77_shift.py`) is one draw of the requests a cascade calibrat
 calibration offline many times: the student `banking77_shift.py --folder DIR` trained predicts every live request
 once (as `insource serve` would), then for each random order of the live traffic the first N requests calibrate
 the threshold exactly as the route does (`service/promise.live_confidences`, `routing/policy.choose_threshold`) and
-the rest are answered at it. Compares the confidences as predicted (catch-all odds 1, the previous release) with
-the catch-all's live share learned at calibration.
+the rest are answered at it. Compares threshold rules (`--rules`: `wilson`, the Wilson margin alone as before;
+`live`, the route's `routing/policy.live_threshold`, also bounded by the student's expectation), margins
+(`--z`) and calibration sizes (`--calibrate`); `--both` adds the confidences as predicted (catch-all odds 1).
 
     python bench/banking77_shift.py --folder DIR    # trains the student once
-    python bench/banking77_shift_orders.py --folder DIR [--orders 300] [--calibrate 98]
+    python bench/banking77_shift_orders.py --folder DIR [--orders 300] [--z 1,1.645] [--calibrate 98,200]
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ from insource.demo import data as demo_data
 from insource.routing.policy import (
     Answerer,
     RoutePolicy,
+    choose_threshold,
     decide,
+    expected_threshold,
+    live_threshold,
     min_samples,
     needs_prediction,
     should_roll_back,
@@ -71,6 +74,21 @@ def test_a_sound_student_survives_small_samples() -> None:
         sound = (1.0 + floor) / 2.0  # the student min_samples protects, judged after every comparison
         assert false_rollback_chance(sound, floor, min_samples(floor) - 1) < limit, floor
     assert false_rollback_chance(0.5, 0.9, 30) > 0.99  # while a coin flip goes within 30
+
+
+def test_a_live_threshold_needs_both_the_samples_and_the_student_s_own_expectation() -> None:
+    sure, unsure = [0.999] * 60, [0.9] * 40
+    assert expected_threshold([0.0, *unsure, *sure], 0.98) == 0.999  # mean 0.96 over all: only the sure ones
+    assert expected_threshold([*unsure, *sure], 0.95) == 0.9 and expected_threshold(unsure, 0.95) is None
+    lucky = [True] * 100  # no disagreement among 40 answers the student expects 4 of to disagree
+    assert choose_threshold([*sure, *unsure], lucky, 0.98) == 0.9  # the samples alone would answer them
+    assert live_threshold([*sure, *unsure], lucky, 0.98) == 0.999  # the expectation vetoes that
+    overpromise = [i % 10 != 0 for i in range(60)] + [True] * 40  # the sure ones disagree 10% of the time
+    assert (
+        expected_threshold([*sure, *unsure], 0.98) == 0.999
+        and choose_threshold([*sure, *unsure], overpromise, 0.98) is None
+    )
+    assert live_threshold([*sure, *unsure], overpromise, 0.98) is None  # the samples veto the confidences
 
 
 def test_student_tokens_are_counted_like_the_teacher_counts_them() -> None:

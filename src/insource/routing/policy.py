@@ -159,6 +159,37 @@ def choose_threshold(
     return best
 
 
+def expected_threshold(confidences: Sequence[float], target: float) -> float | None:
+    """The lowest confidence threshold whose answered set's mean confidence (the agreement the student itself
+    expects there) reaches `target`; None when none does. Unlike `choose_threshold` it needs no labels, so it
+    does not move with which few disagreements a small sample happened to contain."""
+    ranked = sorted((c for c in confidences if c > 0.0), reverse=True)
+    best: float | None = None
+    total = 0.0
+    for i, conf in enumerate(ranked):
+        total += conf
+        if i + 1 < len(ranked) and ranked[i + 1] == conf:
+            continue
+        if total / (i + 1) >= target:
+            best = float(conf)
+    return best
+
+
+def live_threshold(
+    confidences: Sequence[float], agrees: Sequence[bool], target: float, z: float = THRESHOLD_Z
+) -> float | None:
+    """A calibrating cascade's threshold: the higher of what its live samples show (`choose_threshold`, the
+    Wilson margin) and what the student's confidences expect (`expected_threshold`); None until both exist.
+
+    On ~100 samples the first alone is often set by luck: a stretch of confidences where the student expects a
+    few disagreements held none in this sample, and the threshold lands where the agreement is below the target
+    (a quarter of random calibration orders on `bench/banking77_shift_orders.py`); the second vetoes that, and
+    the first still guards against a student whose confidences promise more than the teacher agrees with."""
+    shown = choose_threshold(confidences, agrees, target, z)
+    expected = expected_threshold(confidences, target)
+    return None if shown is None or expected is None else max(shown, expected)
+
+
 def calibration_samples(target: float) -> int:
     """Live requests a cascade calibrates on by default: twice what a perfect student needs to show `target`
     (room for the requests a threshold defers), and at least MIN_COMPARISONS."""

@@ -140,7 +140,11 @@ class InsourcingRouter:
 
     def _load_and_judge(self) -> dict[str, RoutePolicy]:
         policies = judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
-        return keep_promises(self.store, policies)  # the rollback floor first, then the promise
+        return keep_promises(self.store, policies, self._classifier)  # the rollback floor first, then the promise
+
+    def _classifier(self, model: str) -> bool:
+        """Whether `model` is a classifier student: its confidences are calibrated probabilities."""
+        return not self.generative.serves(model)
 
     # -- request path ------------------------------------------------------------------------
     async def route(self, facts: RequestFacts, body: dict[str, Any]) -> Routing:

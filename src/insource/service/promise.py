@@ -2,8 +2,11 @@
 
 - **Calibration.** A cascade with a target and `calibrate` N > 0 starts `calibrating`: the teacher answers, the
   student predicts in the background, and each (confidence, agreed) pair is stored (`route_samples`, source
-  "calibration"). Once N are in, the threshold is chosen on them with the Wilson margin `insource eval` uses
-  (`routing.policy.choose_threshold`); until one reaches A the route keeps calibrating on more traffic.
+  "calibration"). Once N are in, the threshold is chosen on them: the higher of the lowest one whose samples'
+  agreement reaches A with the Wilson margin `insource eval` uses and the lowest one whose answers the student's
+  own confidences expect to reach A (`routing.policy.live_threshold`; for a classifier student, whose
+  confidences are calibrated probabilities: a generative student's threshold needs the first only); until it
+  exists the route keeps calibrating on more traffic.
 - **The catch-all's live share.** A classifier whose teacher answers a catch-all label (`other`...) for
   out-of-scope requests learned that label's probability at its training share, which live traffic can far
   exceed. Each calibration sample also keeps the head's catch-all probability and whether the student and the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -38,6 +42,7 @@ from insource.routing.policy import (
     calibration_samples,
     catch_all_odds,
     choose_threshold,
+    live_threshold,
     min_samples,
     raised_threshold,
     shifted_confidence,
@@ -135,8 +140,9 @@ def calibration_progress(store: Store, policy: RoutePolicy) -> int:
     return len(queries.samples(store, _key(policy), CALIBRATION, policy.since, calibration_need(policy)))
 
 
-def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
-    """Choose the threshold on the live samples once there are enough; else the policy as it is."""
+def _calibrate(store: Store, policy: RoutePolicy, expects: bool) -> RoutePolicy:
+    """Choose the threshold on the live samples once there are enough; else the policy as it is. `expects`: the
+    student's confidences are calibrated probabilities, so their expectation bounds the threshold too."""
     target = policy.target_agreement
     assert target is not None
     need = calibration_need(policy)
@@ -146,7 +152,7 @@ def _calibrate(store: Store, policy: RoutePolicy) -> RoutePolicy:
         return policy
     odds, confidences = live_confidences(rows)
     agrees = [bool(r["agree"]) for r in rows]
-    threshold = choose_threshold(confidences, agrees, target)
+    threshold = (live_threshold if expects else choose_threshold)(confidences, agrees, target)
     if threshold is None:
         return policy  # no threshold reaches the target yet: the teacher keeps answering, more samples come
     agreed = sum(a for c, a in zip(confidences, agrees, strict=True) if c >= threshold)
@@ -197,14 +203,18 @@ def _audit(store: Store, policy: RoutePolicy) -> RoutePolicy:
     return _append(store, policy, raised, "audit", detail) or current(store, policy)
 
 
-def keep_promises(store: Store, policies: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:
-    """Every active promised cascade's threshold, chosen on calibration samples or raised on audits."""
+def keep_promises(
+    store: Store, policies: dict[str, RoutePolicy], probabilities: Callable[[str], bool] = lambda _: True
+) -> dict[str, RoutePolicy]:
+    """Every active promised cascade's threshold, chosen on calibration samples or raised on audits.
+    `probabilities(model)`: whether the model's confidences are calibrated probabilities (a classifier head's,
+    temperature-scaled on validation; not a generative student's least likely token)."""
     out = dict(policies)
     for task, policy in policies.items():
         if not policy.active or not promised(policy):
             continue
         if policy.calibrating:
-            out[task] = _calibrate(store, policy)
+            out[task] = _calibrate(store, policy, probabilities(policy.model))
         elif policy.threshold is not None and policy.audit_rate > 0:
             out[task] = _audit(store, policy)
     return out

@@ -257,6 +257,7 @@ class InsourcingRouter:
                 "source": "shadow" if policy.mode == "shadow" else "audit",
                 "agree": int(agree),
             },
+            prompt=True,  # `route show` and the other workers' floors read them back
         )
         if self.policies.get(policy.task) != policy or not policy.active:  # compared under an older policy
             return
@@ -276,7 +277,7 @@ class InsourcingRouter:
         row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
         row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
         row |= extra
-        self.writer.submit("route_samples", row)
+        self.writer.submit("route_samples", row, prompt=True)  # calibration reads them back
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from insource.evals.generative import Generated, confidence
 from insource.routing.copied import holds_copies, learn, prompt_text
@@ -52,3 +53,20 @@ def test_an_invented_value_is_deferred() -> None:
     assert confidence(right, "json", prompt, rule) > 0.98
     assert confidence(wrong, "json", prompt, rule) == 0.0
     assert confidence(wrong, "json", prompt, None) > 0.98
+
+
+def test_the_served_student_defers_an_invented_value() -> None:
+    from insource.service.generative import _read_answer
+
+    rule = learn(_examples())
+    prompt = "play Hey Jude"
+
+    def reply(text: str) -> dict[str, Any]:
+        lps = [{"token": "x", "logprob": -0.01}]
+        return {"choices": [{"message": {"content": text}, "finish_reason": "stop", "logprobs": {"content": lps}}]}
+
+    _, conf, usable, _ = _read_answer(reply(_answer("PlayMusic", song="Hey Jude")), True, "json", (prompt, rule))
+    assert usable and conf > 0.98
+    _, conf, usable, _ = _read_answer(reply(_answer("PlayMusic", song="Hey Judy")), True, "json", (prompt, rule))
+    assert not usable and conf == 0.0
+    assert _read_answer(reply(_answer("PlayMusic", song="Hey Judy")), True, "json")[2]  # no rule recorded

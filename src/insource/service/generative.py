@@ -391,10 +391,8 @@ class GenerativeStudent:
         except (TimeoutError, UpstreamTimeout):
             self._hung()
             raise
-        metric = self.metric
-        text, conf, usable, pieces = _read_answer(resp.data, trained, metric)
-        if usable and metric == "json" and not holds_copies(text, prompt_text(body.get("messages") or []), self.copied):
-            conf, usable = 0.0, False  # a value of a copied field that is not in the prompt: the teacher answers
+        copies = (prompt_text(body.get("messages") or []), self.copied)
+        text, conf, usable, pieces = _read_answer(resp.data, trained, self.metric, copies)
         usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(text, 1), 0)
         return StudentReply(
             text=text,
@@ -486,15 +484,18 @@ def sse_payloads(raw: bytes) -> list[dict[str, Any] | None]:
     return out
 
 
-def _read_answer(data: dict[str, Any], trained: bool, metric: str) -> tuple[str, float, bool, tuple[str, ...]]:
+def _read_answer(
+    data: dict[str, Any], trained: bool, metric: str, copies: tuple[str, dict[str, Any] | None] = ("", None)
+) -> tuple[str, float, bool, tuple[str, ...]]:
     """(answer, confidence, whether it can be served, its tokens) of llama.cpp's reply: confidence exp(min token
-    log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, unparsable JSON for `json`)."""
+    log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, for `json` unparsable JSON or a
+    value of a copied field not in the prompt: `copies` is (the prompt's text, the model's copied fields))."""
     choice = data["choices"][0]
     text = str((choice.get("message") or {}).get("content") or "")
     tokens = [t for t in ((choice.get("logprobs") or {}).get("content") or []) if isinstance(t, dict)]
     lps = [float(t["logprob"]) for t in tokens]
     usable = bool(lps) and trained and choice.get("finish_reason") == "stop"  # no log-probs: no confidence
-    usable = usable and (metric != "json" or parses(text))
+    usable = usable and (metric != "json" or (parses(text) and holds_copies(text, *copies)))
     conf = math.exp(min(0.0, min(lps, default=0.0))) if usable else 0.0
     return text, conf, usable, tuple(str(t.get("token") or "") for t in tokens)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from insource.routing.agreement import _NO, parse_json
+from insource.routing.agreement import parse_json, parses
 
 COPY_SHARE = 0.98
 MIN_VALUES = 20
@@ -43,9 +43,9 @@ def _fold(text: str, match: str) -> str:
 
 def _fields(answer: str) -> dict[str, list[str]] | None:
     """String values by top-level field ("" for an answer that is a JSON array), or None: not JSON."""
-    value = parse_json(answer)
-    if value is _NO:
+    if not parses(answer):
         return None
+    value = parse_json(answer)
     if isinstance(value, dict):
         return {str(k): list(_strings(v)) for k, v in value.items()}
     return {"": list(_strings(value))}

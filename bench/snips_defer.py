@@ -6,7 +6,10 @@ answers that agree with the teacher (JSON-exact) from the others:
 
 - `min`: the minimum token log-prob (what eval and serving use);
 - `mean`: the mean token log-prob; `p10`: its 10th percentile; `sum`: the sequence log-prob;
-- `learned`: a logistic regression over (min, mean, p10, sum, answer tokens), out-of-fold (5 folds).
+- `learned`: a logistic regression over (min, mean, p10, sum, answer tokens), out-of-fold (5 folds);
+- `min+copy`: `min`, with answers holding a value of a copied field that is not in the prompt deferred (the
+  product's rule since `routing/copied.py`; `min` alone shows what it adds). The copied fields are the model's
+  (model.json), or learned from the dataset's train split for a model distilled before they were recorded.
 
 Answers that stopped on length or do not parse are deferred by every rule (scored −inf). Reports AUROC and the
 share answered at ≥ 95% agreement with the best cut on the pooled answers (an optimistic, oracle cut: for
@@ -29,15 +32,20 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = ("min", "mean", "p10", "sum", "learned")
+RULES = ("min", "mean", "p10", "sum", "learned", "min+copy")
 
 
 def generate(folder: Path, ds: Path) -> list[dict[str, Any]]:
     from insource.capture.chat import prune_system, read_chat
     from insource.evals.generative import LlamaCppGenerator, max_tokens
     from insource.routing.agreement import agree, parses
+    from insource.routing.copied import holds_copies, learn, prompt_text
 
     info = json.loads((folder / "model.json").read_text())
+    copied = info.get("copied_fields")
+    if "copied_fields" not in info:
+        train = read_chat(ds / "train.jsonl")
+        copied = learn([(prompt_text(c[:-1]), str(c[-1].get("content") or "")) for c in train])
     gen = LlamaCppGenerator(Path(info["runtime"]["base_gguf"]), folder / "adapter.gguf")
     limit, system = max_tokens(info), info.get("system_prompt")
     rows = []
@@ -59,6 +67,7 @@ def generate(folder: Path, ds: Path) -> list[dict[str, Any]]:
                     "lps": lps,
                     "usable": choice.get("finish_reason") == "stop" and parses(text),
                     "correct": agree("json", text, str(chat[-1].get("content") or "")),
+                    "copies": holds_copies(text, prompt_text(chat[:-1]), copied),
                 }
             )
     return rows
@@ -98,6 +107,8 @@ def scores(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
             model = LogisticRegression(max_iter=1000).fit(x[train], y[train])
             learned[test] = model.decision_function(x[test])
     out["learned"] = np.where(usable, learned, -np.inf)
+    copies = np.array([r.get("copies", True) for r in rows])
+    out["min+copy"] = np.where(copies, out["min"], -np.inf)
     return out
 
 

@@ -78,6 +78,7 @@ def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
             f"- Base model: `{info.get('base_model')}`",
             f"- LoRA: {_fmt(info.get('lora', {}))}",
             f"- Pruned system prompt: {_fmt(info.get('system_prompt'))}",
+            f"- Copied fields (answers with other values are deferred): {_fmt(info.get('copied_fields'))}",
         ]
         if generative
         else [f"- Classes: {len(info.get('labels') or [])}"]

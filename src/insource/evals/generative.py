@@ -3,7 +3,8 @@ answer against the teacher's with the task's metric (`routing.agreement`), and c
 student's confidence exactly as for classifiers (Wilson lower-bound margin on validation).
 
 Confidence: the probability of the least likely token of the answer (exp of the minimum token log-prob), set
-to 0 when the answer cannot be served (stopped on length, or not JSON for a `json` task). The minimum
+to 0 when the answer cannot be served (stopped on length, or for a `json` task not JSON or holding a value of a
+copied field that is not in the prompt: `routing/copied.py`). The minimum
 separated right from wrong answers far better than sequence averages, which are length-biased.
 
 The student runs on the engine that serves it: llama.cpp (base GGUF + `adapter.gguf`, in process) when both
@@ -23,6 +24,7 @@ import numpy as np
 
 from insource.errors import NotReady
 from insource.routing import agreement as T
+from insource.routing.copied import holds_copies, prompt_text
 
 DEFAULT_MAX_TOKENS = 256
 LLAMA_THREADS = 1  # CPU per answer is what a student costs: see bench/results/generative_cost.md
@@ -142,9 +144,12 @@ def generator_for(folder: Path, info: dict[str, Any]) -> Generator:
     return HFGenerator(folder, str(info.get("base_model") or ""))
 
 
-def confidence(gen: Generated, metric: str) -> float:
-    """exp(min token log-prob), or 0 when the answer cannot be served (length stop, unparsable JSON)."""
+def confidence(gen: Generated, metric: str, prompt: str = "", copied: dict[str, Any] | None = None) -> float:
+    """exp(min token log-prob), or 0 when the answer cannot be served (length stop, unparsable JSON, a value of a
+    copied field that is not in the prompt: `routing/copied.py`)."""
     if gen.finish != "stop" or (metric == "json" and not T.parses(gen.text)):
+        return 0.0
+    if metric == "json" and not holds_copies(gen.text, prompt, copied):
         return 0.0
     return float(math.exp(min(0.0, gen.min_logprob)))
 
@@ -185,7 +190,9 @@ def score(
     system, limit = info.get("system_prompt"), max_tokens(info)
     outs = [gen.generate(prune_system(chat[:-1], system), limit) for chat in chats]
     teacher = [str(chat[-1].get("content") or "") for chat in chats]
-    conf = np.array([confidence(g, metric) for g in outs], dtype=float)
+    copied = info.get("copied_fields")
+    prompts = [prompt_text(chat[:-1]) for chat in chats]
+    conf = np.array([confidence(g, metric, p, copied) for g, p in zip(outs, prompts, strict=True)], dtype=float)
     answers = [g.text for g in outs]
     if grade is not None:
         correct = grade(chats, answers)

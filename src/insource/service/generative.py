@@ -6,7 +6,8 @@ log-probs without `logits_all`) with the student's base GGUF and `--lora_path ad
 127.0.0.1 port, waits until it answers, and is
 started again when it has died (at most once every `RESTART_BACKOFF_S`). `GenerativeStudent.complete` sends the
 request (the pruned system prompt removed, greedy, `logprobs`), and returns the answer with its confidence:
-exp(minimum token log-prob), 0 when it stopped on length or, for a `json` task, does not parse. Any failure
+exp(minimum token log-prob), 0 when it stopped on length or, for a `json` task, does not parse or holds a value
+of a copied field that is not in the prompt (`routing/copied.py`). Any failure
 raises: the router counts it and the teacher answers. A server that uses no CPU for `STALL_S` while answering is
 hung (stopped, deadlocked): it is killed at once, the request fails, and the next request restarts it. An answer
 (or, streamed, a token) that takes longer than `[inhouse] generative_timeout_s` fails too (and its server is
@@ -45,6 +46,7 @@ from insource.errors import InsourceError, NotReady, UpstreamError, UpstreamTime
 from insource.metering.usage import Usage
 from insource.registry.entries import EVAL_FILE, read_json, read_model_info, resolve
 from insource.routing.agreement import METRICS, parses
+from insource.routing.copied import holds_copies, prompt_text
 from insource.routing.tokens import completion_tokens, prompt_tokens
 from insource.service.answerers import (
     ChunkWriter,
@@ -245,6 +247,7 @@ class GenerativeStudent:
         self.external_url = external_url.rstrip("/") if external_url else None
         self.timeout_s = timeout_s
         self.system_prompt: str | None = info.get("system_prompt")
+        self.copied: dict[str, Any] | None = info.get("copied_fields")  # `routing/copied.py`
         longest = (info.get("metrics") or {}).get("max_answer_tokens")
         self.max_tokens = int(longest * 1.5) + 8 if isinstance(longest, int) and longest > 0 else DEFAULT_MAX_TOKENS
         self.folder = folder
@@ -388,7 +391,8 @@ class GenerativeStudent:
         except (TimeoutError, UpstreamTimeout):
             self._hung()
             raise
-        text, conf, usable, pieces = _read_answer(resp.data, trained, self.metric)
+        copies = (prompt_text(body.get("messages") or []), self.copied)
+        text, conf, usable, pieces = _read_answer(resp.data, trained, self.metric, copies)
         usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(text, 1), 0)
         return StudentReply(
             text=text,
@@ -480,15 +484,18 @@ def sse_payloads(raw: bytes) -> list[dict[str, Any] | None]:
     return out
 
 
-def _read_answer(data: dict[str, Any], trained: bool, metric: str) -> tuple[str, float, bool, tuple[str, ...]]:
+def _read_answer(
+    data: dict[str, Any], trained: bool, metric: str, copies: tuple[str, dict[str, Any] | None] = ("", None)
+) -> tuple[str, float, bool, tuple[str, ...]]:
     """(answer, confidence, whether it can be served, its tokens) of llama.cpp's reply: confidence exp(min token
-    log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, unparsable JSON for `json`)."""
+    log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, for `json` unparsable JSON or a
+    value of a copied field not in the prompt: `copies` is (the prompt's text, the model's copied fields))."""
     choice = data["choices"][0]
     text = str((choice.get("message") or {}).get("content") or "")
     tokens = [t for t in ((choice.get("logprobs") or {}).get("content") or []) if isinstance(t, dict)]
     lps = [float(t["logprob"]) for t in tokens]
     usable = bool(lps) and trained and choice.get("finish_reason") == "stop"  # no log-probs: no confidence
-    usable = usable and (metric != "json" or parses(text))
+    usable = usable and (metric != "json" or (parses(text) and holds_copies(text, *copies)))
     conf = math.exp(min(0.0, min(lps, default=0.0))) if usable else 0.0
     return text, conf, usable, tuple(str(t.get("token") or "") for t in tokens)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from insource.errors import NotReady
 from insource.routing import agreement as T
-from insource.routing.copied import holds_copies, prompt_text
+from insource.routing.copied import json_servable, prompt_text
 
 DEFAULT_MAX_TOKENS = 256
 LLAMA_THREADS = 1  # CPU per answer is what a student costs: see bench/results/generative_cost.md
@@ -147,9 +147,7 @@ def generator_for(folder: Path, info: dict[str, Any]) -> Generator:
 def confidence(gen: Generated, metric: str, prompt: str = "", copied: dict[str, Any] | None = None) -> float:
     """exp(min token log-prob), or 0 when the answer cannot be served (length stop, unparsable JSON, a value of a
     copied field that is not in the prompt: `routing/copied.py`)."""
-    if gen.finish != "stop" or (metric == "json" and not T.parses(gen.text)):
-        return 0.0
-    if metric == "json" and not holds_copies(gen.text, prompt, copied):
+    if gen.finish != "stop" or (metric == "json" and not json_servable(gen.text, prompt, copied)):
         return 0.0
     return float(math.exp(min(0.0, gen.min_logprob)))
 

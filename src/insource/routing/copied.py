@@ -85,6 +85,12 @@ def holds_copies(answer: str, prompt: str, rule: dict[str, Any] | None) -> bool:
     return all(_fold(v, match) in folded for name in rule["fields"] for v in fields.get(name, ()))
 
 
+def json_servable(answer: str, prompt: str, rule: dict[str, Any] | None) -> bool:
+    """Whether a `json` task's answer can be served: it parses, and its copied fields' values are in the prompt
+    (the one rule eval and serving both apply)."""
+    return parses(answer) and holds_copies(answer, prompt, rule)
+
+
 def prompt_text(messages: list[dict[str, Any]]) -> str:
     """The text a copied value may come from: every message's string content (parts' text included)."""
     out = []

@@ -45,8 +45,8 @@ from insource.config import ProviderConfig
 from insource.errors import InsourceError, NotReady, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage
 from insource.registry.entries import EVAL_FILE, read_json, read_model_info, resolve
-from insource.routing.agreement import METRICS, parses
-from insource.routing.copied import holds_copies, prompt_text
+from insource.routing.agreement import METRICS
+from insource.routing.copied import json_servable, prompt_text
 from insource.routing.tokens import completion_tokens, prompt_tokens
 from insource.service.answerers import (
     ChunkWriter,
@@ -495,7 +495,7 @@ def _read_answer(
     tokens = [t for t in ((choice.get("logprobs") or {}).get("content") or []) if isinstance(t, dict)]
     lps = [float(t["logprob"]) for t in tokens]
     usable = bool(lps) and trained and choice.get("finish_reason") == "stop"  # no log-probs: no confidence
-    usable = usable and (metric != "json" or (parses(text) and holds_copies(text, *copies)))
+    usable = usable and (metric != "json" or json_servable(text, *copies))
     conf = math.exp(min(0.0, min(lps, default=0.0))) if usable else 0.0
     return text, conf, usable, tuple(str(t.get("token") or "") for t in tokens)
 

@@ -154,6 +154,9 @@ def test_lora_listed_as_lora_with_its_card(json_student: tuple[Path, Path]) -> N
     assert "Base model" in card and "LoRA" in card
     info = json.loads((config.parent / "models" / "ext@v1" / "model.json").read_text())
     assert info["metrics"]["max_answer_tokens"] > 0 and info["metrics"]["tokens_per_s"] > 0
+    # the teacher's answers' shape: `topic` takes 4 values 12 times each (a label), `intent` 12 values 4 times each
+    assert info["answer_shape"] == {"keys": ["intent", "topic"], "labels": {"topic": WORDS[:4]}, "nested": {}}
+    assert "Answer shape (answers with other keys or labels are deferred): keys intent, topic; topic: 4 labels" in card
 
 
 def test_eval_of_a_lora_student_has_the_classifier_keys_plus_metric(json_student: tuple[Path, Path]) -> None:

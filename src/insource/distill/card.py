@@ -71,6 +71,18 @@ _GENERATIVE_NEXT = (
 )
 
 
+def shape_summary(shape: dict[str, Any] | None) -> str:
+    """One line for `routing/shape.py`'s rule: its keys, label fields and nested keys."""
+    if not shape:
+        return "none"
+    parts = [f"keys {', '.join(shape.get('keys') or [])}"]
+    parts += [f"{k}: {len(v)} labels" for k, v in (shape.get("labels") or {}).items()]
+    for key, sub in (shape.get("nested") or {}).items():
+        by = ", ".join(sub.get("by") or {})
+        parts.append(f"{key}: {len(sub.get('keys') or [])} keys" + (f" (by {by})" if by else ""))
+    return "; ".join(parts)
+
+
 def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
     generative = info.get("student") == "lora"
     kind_lines = (
@@ -79,6 +91,8 @@ def render_card(info: dict[str, Any], manifest: dict[str, Any]) -> str:
             f"- LoRA: {_fmt(info.get('lora', {}))}",
             f"- Pruned system prompt: {_fmt(info.get('system_prompt'))}",
             f"- Copied fields (answers with other values are deferred): {_fmt(info.get('copied_fields'))}",
+            "- Answer shape (answers with other keys or labels are deferred): "
+            + shape_summary(info.get("answer_shape")),
         ]
         if generative
         else [f"- Classes: {len(info.get('labels') or [])}"]

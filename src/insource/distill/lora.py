@@ -25,6 +25,7 @@ from insource.registry.lora_base import BaseSpec, load_base, parameter_count, re
 from insource.registry.progress import Step
 from insource.routing.copied import learn as learn_copied
 from insource.routing.copied import prompt_text
+from insource.routing.shape import learn as learn_shape
 
 LORA_R = 8
 LORA_ALPHA = 16
@@ -213,16 +214,19 @@ def train_lora(
         return _train_lora(ds, folder, spec, epochs, step)
 
 
-def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None, dict[str, Any] | None]:
-    """(train, val, the pruned system prompt, the copied fields of the teacher's answers: `routing/copied.py`)."""
+def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None, dict[str, Any]]:
+    """(train, val, the pruned system prompt, what the teacher's answers show: their copied fields,
+    `routing/copied.py`, and their shape, `routing/shape.py`)."""
     chats = read_chat(ds.path / "train.jsonl")
+    answers = [str(c[-1].get("content") or "") for c in chats if c]
     copied = learn_copied([(prompt_text(c[:-1]), str(c[-1].get("content") or "")) for c in chats if c])
+    checks = {"copied_fields": copied, "answer_shape": learn_shape(answers)}
     system = repeated_system(chats)
     train = encode_examples(tok, [prune_system(c, system) for c in chats])
     val_path = ds.path / "val.jsonl"
     val_chats = read_chat(val_path) if val_path.is_file() else []
     val = encode_examples(tok, [prune_system(c, system) for c in val_chats], split="val")
-    return train, val, system, copied
+    return train, val, system, checks
 
 
 def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: Step) -> dict[str, Any]:
@@ -235,7 +239,7 @@ def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: St
     torch.set_num_threads(threads)
     step(f"loading the base model {spec.describe()}")
     model, tok = load_base(spec)
-    train, val, system, copied = _load_data(ds, tok)
+    train, val, system, checks = _load_data(ds, tok)
     params = parameter_count(model)
     plan = estimate(train, epochs, params, threads)
     step(
@@ -265,7 +269,7 @@ def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int, step: St
         "runtime": runtime,
         "base_model": spec.describe(),
         "system_prompt": system,
-        "copied_fields": copied,
+        **checks,
         "lora": {
             "r": LORA_R,
             "alpha": LORA_ALPHA,

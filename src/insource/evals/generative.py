@@ -4,7 +4,8 @@ student's confidence exactly as for classifiers (Wilson lower-bound margin on va
 
 Confidence: the probability of the least likely token of the answer (exp of the minimum token log-prob), set
 to 0 when the answer cannot be served (stopped on length, or for a `json` task not JSON or holding a value of a
-copied field that is not in the prompt: `routing/copied.py`). The minimum
+copied field that is not in the prompt: `routing/copied.py`, or a key or label the teacher's answers never use:
+`routing/shape.py`). The minimum
 separated right from wrong answers far better than sequence averages, which are length-biased.
 
 The student runs on the engine that serves it: llama.cpp (base GGUF + `adapter.gguf`, in process) when both
@@ -144,10 +145,17 @@ def generator_for(folder: Path, info: dict[str, Any]) -> Generator:
     return HFGenerator(folder, str(info.get("base_model") or ""))
 
 
-def confidence(gen: Generated, metric: str, prompt: str = "", copied: dict[str, Any] | None = None) -> float:
+def confidence(
+    gen: Generated,
+    metric: str,
+    prompt: str = "",
+    copied: dict[str, Any] | None = None,
+    shape: dict[str, Any] | None = None,
+) -> float:
     """exp(min token log-prob), or 0 when the answer cannot be served (length stop, unparsable JSON, a value of a
-    copied field that is not in the prompt: `routing/copied.py`)."""
-    if gen.finish != "stop" or (metric == "json" and not json_servable(gen.text, prompt, copied)):
+    copied field that is not in the prompt: `routing/copied.py`, a key or label the teacher never answers with:
+    `routing/shape.py`)."""
+    if gen.finish != "stop" or (metric == "json" and not json_servable(gen.text, prompt, copied, shape)):
         return 0.0
     return float(math.exp(min(0.0, gen.min_logprob)))
 
@@ -188,9 +196,9 @@ def score(
     system, limit = info.get("system_prompt"), max_tokens(info)
     outs = [gen.generate(prune_system(chat[:-1], system), limit) for chat in chats]
     teacher = [str(chat[-1].get("content") or "") for chat in chats]
-    copied = info.get("copied_fields")
+    copied, shape = info.get("copied_fields"), info.get("answer_shape")
     prompts = [prompt_text(chat[:-1]) for chat in chats]
-    conf = np.array([confidence(g, metric, p, copied) for g, p in zip(outs, prompts, strict=True)], dtype=float)
+    conf = np.array([confidence(g, metric, p, copied, shape) for g, p in zip(outs, prompts, strict=True)], dtype=float)
     answers = [g.text for g in outs]
     if grade is not None:
         correct = grade(chats, answers)

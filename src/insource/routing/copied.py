@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from insource.routing.agreement import parse_json, parses
+from insource.routing.shape import fits
 
 COPY_SHARE = 0.98
 MIN_VALUES = 20
@@ -85,10 +86,11 @@ def holds_copies(answer: str, prompt: str, rule: dict[str, Any] | None) -> bool:
     return all(_fold(v, match) in folded for name in rule["fields"] for v in fields.get(name, ()))
 
 
-def json_servable(answer: str, prompt: str, rule: dict[str, Any] | None) -> bool:
-    """Whether a `json` task's answer can be served: it parses, and its copied fields' values are in the prompt
-    (the one rule eval and serving both apply)."""
-    return parses(answer) and holds_copies(answer, prompt, rule)
+def json_servable(answer: str, prompt: str, rule: dict[str, Any] | None, shape: dict[str, Any] | None = None) -> bool:
+    """Whether a `json` task's answer can be served: it parses, its copied fields' values are in the prompt, and it
+    uses only the keys and labels of the teacher's answers (`routing/shape.py`): the one rule eval and serving
+    both apply."""
+    return parses(answer) and holds_copies(answer, prompt, rule) and fits(answer, shape)
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:

@@ -7,7 +7,8 @@ log-probs without `logits_all`) with the student's base GGUF and `--lora_path ad
 started again when it has died (at most once every `RESTART_BACKOFF_S`). `GenerativeStudent.complete` sends the
 request (the pruned system prompt removed, greedy, `logprobs`), and returns the answer with its confidence:
 exp(minimum token log-prob), 0 when it stopped on length or, for a `json` task, does not parse or holds a value
-of a copied field that is not in the prompt (`routing/copied.py`). Any failure
+of a copied field that is not in the prompt (`routing/copied.py`) or a key or label the teacher's answers never
+use (`routing/shape.py`). Any failure
 raises: the router counts it and the teacher answers. A server that uses no CPU for `STALL_S` while answering is
 hung (stopped, deadlocked): it is killed at once, the request fails, and the next request restarts it. An answer
 (or, streamed, a token) that takes longer than `[inhouse] generative_timeout_s` fails too (and its server is
@@ -248,6 +249,7 @@ class GenerativeStudent:
         self.timeout_s = timeout_s
         self.system_prompt: str | None = info.get("system_prompt")
         self.copied: dict[str, Any] | None = info.get("copied_fields")  # `routing/copied.py`
+        self.shape: dict[str, Any] | None = info.get("answer_shape")  # `routing/shape.py`
         longest = (info.get("metrics") or {}).get("max_answer_tokens")
         self.max_tokens = int(longest * 1.5) + 8 if isinstance(longest, int) and longest > 0 else DEFAULT_MAX_TOKENS
         self.folder = folder
@@ -391,7 +393,7 @@ class GenerativeStudent:
         except (TimeoutError, UpstreamTimeout):
             self._hung()
             raise
-        copies = (prompt_text(body.get("messages") or []), self.copied)
+        copies = (prompt_text(body.get("messages") or []), self.copied, self.shape)
         text, conf, usable, pieces = _read_answer(resp.data, trained, self.metric, copies)
         usage = Usage(prompt_tokens(body.get("messages")), 0, completion_tokens(text, 1), 0)
         return StudentReply(
@@ -484,12 +486,16 @@ def sse_payloads(raw: bytes) -> list[dict[str, Any] | None]:
     return out
 
 
+Checks = tuple[str, dict[str, Any] | None] | tuple[str, dict[str, Any] | None, dict[str, Any] | None]
+
+
 def _read_answer(
-    data: dict[str, Any], trained: bool, metric: str, copies: tuple[str, dict[str, Any] | None] = ("", None)
+    data: dict[str, Any], trained: bool, metric: str, copies: Checks = ("", None)
 ) -> tuple[str, float, bool, tuple[str, ...]]:
     """(answer, confidence, whether it can be served, its tokens) of llama.cpp's reply: confidence exp(min token
-    log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, for `json` unparsable JSON or a
-    value of a copied field not in the prompt: `copies` is (the prompt's text, the model's copied fields))."""
+    log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, for `json` unparsable JSON, a
+    value of a copied field not in the prompt or a key or label the teacher never uses: `copies` is (the prompt's
+    text, the model's copied fields[, its answer shape]))."""
     choice = data["choices"][0]
     text = str((choice.get("message") or {}).get("content") or "")
     tokens = [t for t in ((choice.get("logprobs") or {}).get("content") or []) if isinstance(t, dict)]

@@ -149,6 +149,7 @@ def serve(
 
     from insource.server.app import create_app
     from insource.server.logs import log_config
+    from insource.server.protocol import HTTP_PROTOCOL
     from insource.service.limits import HOST_LIMITS_ENV
 
     cfg = _checked_config(config)
@@ -159,7 +160,7 @@ def serve(
         "log_config": log_config(log_level.value, log_format.value),  # applied again in every worker
         "access_log": False,  # uvicorn's own: insource writes a richer line per request
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HTTP_PROTOCOL,  # httptools, each response sent in one write: `server/protocol.py`
         "timeout_graceful_shutdown": 30,
     }
     _banner(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", log_format, common["log_config"])

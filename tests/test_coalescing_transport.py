@@ -1,0 +1,136 @@
+"""`insource serve` sends a response's status line, headers and body in one write (`server/protocol.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from insource.server.protocol import CoalescingTransport
+
+
+class RecordingTransport:
+    """Just enough of an asyncio transport to see what reaches it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 1)}.get(name, default)
+
+
+def test_writes_of_one_callback_reach_the_socket_as_one() -> None:
+    async def main() -> RecordingTransport:
+        inner = RecordingTransport()
+        t = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        t.write(b"{}")
+        assert inner.writes == [] and t.get_write_buffer_size() == 40
+        await asyncio.sleep(0)
+        assert inner.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+        t.write(b"data: 1\n\n")  # a later callback: its own write
+        await asyncio.sleep(0)
+        assert inner.writes[-1] == b"data: 1\n\n" and len(inner.writes) == 2
+        assert t.get_extra_info("peername") == ("127.0.0.1", 1)  # everything else is the wrapped transport's
+        t.write(b"bye")
+        t.close()  # what is pending goes out before the close
+        assert inner.writes[-1] == b"bye" and inner.closed
+        t.write(b"late")
+        await asyncio.sleep(0)
+        assert inner.writes[-1] == b"bye"  # nothing is written to a closed transport
+        return inner
+
+    asyncio.run(main())
+
+
+def test_abort_drops_what_is_pending() -> None:
+    async def main() -> None:
+        inner = RecordingTransport()
+        t = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"partial")
+        t.abort()
+        await asyncio.sleep(0)
+        assert inner.writes == [] and inner.aborted
+
+    asyncio.run(main())
+
+
+def test_serve_runs_uvicorn_with_the_coalescing_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from insource.cli import _register, app
+
+    _register()
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kwargs: seen.update(kwargs))
+    config = tmp_path / "insource.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/insource.db"\n')
+    res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen["http"] == "insource.server.protocol:CoalescingHttpToolsProtocol"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_served_answer_is_whole_through_the_protocol(tmp_path: Path) -> None:
+    """Through a real `insource serve`: a raw socket reads a whole answer, headers then exactly its body."""
+    port = _free_port()
+    config = tmp_path / "insource.toml"
+    config.write_text('[store]\nurl = "sqlite:///./insource.db"\n')
+    cmd = [sys.executable, "-m", "insource", "serve", "--port", str(port), "--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            body = b'{"model": "gpt-4o-mini", "messages": []}'
+            head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.settimeout(10)
+            for _ in range(2):  # twice on one keep-alive connection
+                sock.sendall(head.encode() + body)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += sock.recv(65536)
+                headers, _, payload = data.partition(b"\r\n\r\n")
+                fields = dict(h.split(b": ", 1) for h in headers.split(b"\r\n")[1:])
+                while len(payload) < int(fields[b"content-length"]):
+                    payload += sock.recv(65536)
+                assert headers.startswith(b"HTTP/1.1 401 ")  # no key: the OpenAI-style error
+                assert len(payload) == int(fields[b"content-length"]) and b'"error"' in payload
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -9,7 +9,10 @@ answers that agree with the teacher (JSON-exact) from the others:
 - `learned`: a logistic regression over (min, mean, p10, sum, answer tokens), out-of-fold (5 folds);
 - `min+copy`: `min`, with answers holding a value of a copied field that is not in the prompt deferred (the
   product's rule since `routing/copied.py`; `min` alone shows what it adds). The copied fields are the model's
-  (model.json), or learned from the dataset's train split for a model distilled before they were recorded.
+  (model.json), or learned from the dataset's train split for a model distilled before they were recorded;
+- `min+copy+shape`: `min+copy`, with answers using a key or label the teacher's answers never use (for their
+  label) deferred too (the product's rule since `routing/shape.py`; learned from the train split when the model
+  predates it).
 
 Answers that stopped on length or do not parse are deferred by every rule (scored −inf). Reports AUROC and the
 share answered at ≥ 95% agreement with the best cut on the pooled answers (an optimistic, oracle cut: for
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = ("min", "mean", "p10", "sum", "learned", "min+copy")
+RULES = ("min", "mean", "p10", "sum", "learned", "min+copy", "min+copy+shape")
 
 
 def generate(folder: Path, ds: Path) -> list[dict[str, Any]]:
@@ -40,12 +43,15 @@ def generate(folder: Path, ds: Path) -> list[dict[str, Any]]:
     from insource.evals.generative import LlamaCppGenerator, max_tokens
     from insource.routing.agreement import agree, parses
     from insource.routing.copied import holds_copies, learn, prompt_text
+    from insource.routing.shape import fits
+    from insource.routing.shape import learn as learn_shape
 
     info = json.loads((folder / "model.json").read_text())
+    train = read_chat(ds / "train.jsonl")
     copied = info.get("copied_fields")
     if "copied_fields" not in info:
-        train = read_chat(ds / "train.jsonl")
         copied = learn([(prompt_text(c[:-1]), str(c[-1].get("content") or "")) for c in train])
+    shape = info["answer_shape"] if "answer_shape" in info else learn_shape([str(c[-1].get("content")) for c in train])
     gen = LlamaCppGenerator(Path(info["runtime"]["base_gguf"]), folder / "adapter.gguf")
     limit, system = max_tokens(info), info.get("system_prompt")
     rows = []
@@ -68,6 +74,7 @@ def generate(folder: Path, ds: Path) -> list[dict[str, Any]]:
                     "usable": choice.get("finish_reason") == "stop" and parses(text),
                     "correct": agree("json", text, str(chat[-1].get("content") or "")),
                     "copies": holds_copies(text, prompt_text(chat[:-1]), copied),
+                    "fits": fits(text, shape),
                 }
             )
     return rows
@@ -109,6 +116,8 @@ def scores(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     out["learned"] = np.where(usable, learned, -np.inf)
     copies = np.array([r.get("copies", True) for r in rows])
     out["min+copy"] = np.where(copies, out["min"], -np.inf)
+    fitting = np.array([r.get("fits", True) for r in rows])
+    out["min+copy+shape"] = np.where(fitting, out["min+copy"], -np.inf)
     return out
 
 

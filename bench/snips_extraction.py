@@ -114,8 +114,8 @@ def learn(config: Path, folder: Path, state: State, target: float, limits: tuple
         state.put("dataset", {"seconds": round(time.perf_counter() - t0, 1), "limits": limits})
     if state["model"] is None:
         t0 = time.perf_counter()
-        out = cli(config, "distill", "--task", TASK, "--student", "lora", "--dataset", str(ds), "--force",
-                  "--epochs", str(epochs))  # fmt: skip
+        passes = ["--epochs", str(epochs)] if epochs else []  # 0: the product's default
+        out = cli(config, "distill", "--task", TASK, "--student", "lora", "--dataset", str(ds), "--force", *passes)
         state.put("model", {"name": out["model"], "seconds": round(time.perf_counter() - t0, 1), "distill": out})
     if state["eval"] is None:
         t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=0, help="train on the first N of the train split (0: all)")
     ap.add_argument("--eval-test-limit", type=int, default=0, help="eval on the first N of the test split (0: all)")
     ap.add_argument("--test-limit", type=int, default=0, help="replay only the first N test queries (0: all 700)")
-    ap.add_argument("--epochs", type=int, default=1, help="insource distill --epochs")
+    ap.add_argument("--epochs", type=int, default=0, help="insource distill --epochs (0: its default)")
     ap.add_argument("--calibrate", type=int, default=0,
                     help="route set --calibrate: 0 (default) routes at eval's validation threshold; N calibrates "
                     "on the first N live queries (the teacher answers them) first")  # fmt: skip

@@ -98,10 +98,9 @@ def _build(
     ds: Dataset, folder: Path, cfg: Config, student: str, step: Step, opts: LoraOptions = LoraOptions()
 ) -> dict[str, Any]:
     if student == "lora":
-        from insource.distill.lora import DEFAULT_EPOCHS, train_lora
+        from insource.distill.lora import train_lora
 
-        epochs = opts.epochs or DEFAULT_EPOCHS
-        return train_lora(ds, folder, base_model=opts.base_model, epochs=epochs, step=step)
+        return train_lora(ds, folder, base_model=opts.base_model, epochs=opts.epochs, step=step)
     return _build_classifier(ds, folder, cfg, strong=student == "classifier-strong", step=step)
 
 

@@ -43,26 +43,41 @@ class RecordingTransport:
         return {"peername": ("127.0.0.1", 1)}.get(name, default)
 
 
-def test_writes_of_one_callback_reach_the_socket_as_one() -> None:
-    async def main() -> RecordingTransport:
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+def test_a_response_head_goes_out_with_its_body_in_one_write() -> None:
+    async def main() -> None:
         inner = RecordingTransport()
         t = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
-        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        t.write(HEAD)
+        assert inner.writes == [] and t.get_write_buffer_size() == len(HEAD)
         t.write(b"{}")
-        assert inner.writes == [] and t.get_write_buffer_size() == 40
-        await asyncio.sleep(0)
-        assert inner.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
-        t.write(b"data: 1\n\n")  # a later callback: its own write
-        await asyncio.sleep(0)
-        assert inner.writes[-1] == b"data: 1\n\n" and len(inner.writes) == 2
+        assert inner.writes == [HEAD + b"{}"]  # at once, no turn of the event loop
+        t.write(b"more")  # anything that is not a response head is written through
+        assert inner.writes[-1] == b"more"
         assert t.get_extra_info("peername") == ("127.0.0.1", 1)  # everything else is the wrapped transport's
-        t.write(b"bye")
-        t.close()  # what is pending goes out before the close
-        assert inner.writes[-1] == b"bye" and inner.closed
-        t.write(b"late")
+        t.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # an interim answer the client waits for: never held
+        assert inner.writes[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+    asyncio.run(main())
+
+
+def test_a_stream_head_goes_out_after_its_callback_and_a_lone_head_at_close() -> None:
+    async def main() -> None:
+        inner = RecordingTransport()
+        t = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        chunked = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        t.write(chunked)
+        assert inner.writes == []
         await asyncio.sleep(0)
-        assert inner.writes[-1] == b"bye"  # nothing is written to a closed transport
-        return inner
+        assert inner.writes == [chunked]  # the caller sees the stream start before its first chunk
+        t.write(HEAD)
+        t.close()  # a head held when the connection closes is sent first
+        assert inner.writes[-1] == HEAD and inner.closed
+        t.write(HEAD)
+        t.write(b"late")
+        assert inner.writes[-1] == HEAD  # nothing is written to a closed transport
 
     asyncio.run(main())
 
@@ -71,7 +86,7 @@ def test_abort_drops_what_is_pending() -> None:
     async def main() -> None:
         inner = RecordingTransport()
         t = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
-        t.write(b"partial")
+        t.write(HEAD)
         t.abort()
         await asyncio.sleep(0)
         assert inner.writes == [] and inner.aborted
@@ -102,7 +117,8 @@ def _free_port() -> int:
 
 
 def test_a_served_answer_is_whole_through_the_protocol(tmp_path: Path) -> None:
-    """Through a real `insource serve`: a raw socket reads a whole answer, headers then exactly its body."""
+    """Through a real `insource serve`: on one keep-alive connection, a HEAD answer (a head with no body) arrives,
+    then whole answers, headers then exactly their body."""
     port = _free_port()
     config = tmp_path / "insource.toml"
     config.write_text('[store]\nurl = "sqlite:///./insource.db"\n')
@@ -117,6 +133,12 @@ def test_a_served_answer_is_whole_through_the_protocol(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(10)
+            sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # a head with no body to follow it
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n")
             body = b'{"model": "gpt-4o-mini", "messages": []}'
             head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
             sock.settimeout(10)
@@ -133,4 +155,8 @@ def test_a_served_answer_is_whole_through_the_protocol(tmp_path: Path) -> None:
                 assert len(payload) == int(fields[b"content-length"]) and b'"error"' in payload
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)

@@ -236,7 +236,8 @@ def report(
     text = "\n".join(lines)
     print(text)
     out = ROOT / "bench" / "results" / "snips_extraction.md"
-    out.write_text("```\n" + text + "\n```\n")
+    earlier = out.read_text() if out.exists() else ""
+    out.write_text("```\n" + text + "\n```\n\n" + earlier)  # the newest run first, the history kept
 
 
 def _p(values: list[float], q: int) -> str:

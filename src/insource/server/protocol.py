@@ -9,9 +9,10 @@ Nothing waits on the event loop for it: the head is sent when the response ends 
 stream, whose first chunk comes later), right after the callback that wrote it (`loop.call_soon`). `abort` drops
 it, as the real transport drops its buffer.
 
-Measured (`bench/gateway_bench.py --compare`, 20 ms upstream): json at concurrency 64, gateway CPU 0.340 -> 0.308
-ms a request. A first version that flushed every write with `call_soon` cost an extra turn of the event loop per
-answer: +0.09 ms a request at concurrency 1.
+Measured (`bench/gateway_bench.py --quick --compare`, 20 ms upstream, medians of 3 alternating runs): gateway CPU
+a request json 1.301 -> 1.274 ms at concurrency 1 and 0.344 -> 0.331 at 64, stream 0.556 -> 0.498 at 64 (1,706 ->
+1,872 requests/s). A first version that sent every write after its callback (`call_soon`) cost an extra turn of
+the event loop per answer: +0.09 ms a request at concurrency 1.
 
 `insource serve` passes `HTTP_PROTOCOL` to uvicorn's `http` option (an import string, so every worker process
 loads it).

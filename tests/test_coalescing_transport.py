@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from tests.conftest import start_gateway, stop_gateway
 
 from insource.server.protocol import CoalescingTransport
 
@@ -110,53 +107,36 @@ def test_serve_runs_uvicorn_with_the_coalescing_protocol(tmp_path: Path, monkeyp
     assert seen["http"] == "insource.server.protocol:CoalescingHttpToolsProtocol"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _read_head(sock: socket.socket) -> bytes:
+    """Bytes received until a response's head has ended (with whatever of its body came along)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    return data
 
 
 def test_a_served_answer_is_whole_through_the_protocol(tmp_path: Path) -> None:
     """Through a real `insource serve`: on one keep-alive connection, a HEAD answer (a head with no body) arrives,
     then whole answers, headers then exactly their body."""
-    port = _free_port()
     config = tmp_path / "insource.toml"
-    config.write_text('[store]\nurl = "sqlite:///./insource.db"\n')
-    cmd = [sys.executable, "-m", "insource", "serve", "--port", str(port), "--config", str(config)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/insource.db"\n')
+    gw = start_gateway(config)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        port = int(gw.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.settimeout(10)
             sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # a head with no body to follow it
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(65536)
+            data = _read_head(sock)
             assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n")
             body = b'{"model": "gpt-4o-mini", "messages": []}'
             head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-            sock.settimeout(10)
             for _ in range(2):  # twice on one keep-alive connection
                 sock.sendall(head.encode() + body)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += sock.recv(65536)
-                headers, _, payload = data.partition(b"\r\n\r\n")
+                headers, _, payload = _read_head(sock).partition(b"\r\n\r\n")
                 fields = dict(h.split(b": ", 1) for h in headers.split(b"\r\n")[1:])
                 while len(payload) < int(fields[b"content-length"]):
                     payload += sock.recv(65536)
                 assert headers.startswith(b"HTTP/1.1 401 ")  # no key: the OpenAI-style error
                 assert len(payload) == int(fields[b"content-length"]) and b'"error"' in payload
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
+        stop_gateway(gw)

@@ -65,8 +65,8 @@ def test_the_served_student_defers_an_invented_value() -> None:
         lps = [{"token": "x", "logprob": -0.01}]
         return {"choices": [{"message": {"content": text}, "finish_reason": "stop", "logprobs": {"content": lps}}]}
 
-    _, conf, usable, _ = _read_answer(reply(_answer("PlayMusic", song="Hey Jude")), True, "json", (prompt, rule))
+    _, conf, usable, _ = _read_answer(reply(_answer("PlayMusic", song="Hey Jude")), True, "json", (prompt, rule, None))
     assert usable and conf > 0.98
-    _, conf, usable, _ = _read_answer(reply(_answer("PlayMusic", song="Hey Judy")), True, "json", (prompt, rule))
+    _, conf, usable, _ = _read_answer(reply(_answer("PlayMusic", song="Hey Judy")), True, "json", (prompt, rule, None))
     assert not usable and conf == 0.0
     assert _read_answer(reply(_answer("PlayMusic", song="Hey Judy")), True, "json")[2]  # no rule recorded

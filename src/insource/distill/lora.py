@@ -232,9 +232,8 @@ def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None, dic
     """(train, val, the pruned system prompt, what the teacher's answers show: their copied fields,
     `routing/copied.py`, and their shape, `routing/shape.py`)."""
     chats = read_chat(ds.path / "train.jsonl")
-    answers = [str(c[-1].get("content") or "") for c in chats if c]
-    copied = learn_copied([(prompt_text(c[:-1]), str(c[-1].get("content") or "")) for c in chats if c])
-    checks = {"copied_fields": copied, "answer_shape": learn_shape(answers)}
+    pairs = [(prompt_text(c[:-1]), str(c[-1].get("content") or "")) for c in chats if c]
+    checks = {"copied_fields": learn_copied(pairs), "answer_shape": learn_shape([answer for _, answer in pairs])}
     system = repeated_system(chats)
     train = encode_examples(tok, [prune_system(c, system) for c in chats])
     val_path = ds.path / "val.jsonl"

@@ -25,13 +25,13 @@ CHRF_ORDER = 6
 CHRF_BETA = 2.0
 JSON_SHARE = 0.9  # the json metric when at least this share of the teacher's answers are JSON objects/arrays
 SHORT_WORDS = 8  # the exact metric when answers are at most this many words (p90), else similarity
-_NO = object()
+NOT_JSON = object()  # what `parse_json` returns for an answer that is not JSON
 
 
 def parse_json(text: str | None) -> Any:
-    """The JSON value of an answer (a ```json fence around it is allowed), or `_NO`."""
+    """The JSON value of an answer (a ```json fence around it is allowed), or `NOT_JSON`."""
     if text is None:
-        return _NO
+        return NOT_JSON
     body = text.strip()
     fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
     if fence:
@@ -39,11 +39,11 @@ def parse_json(text: str | None) -> Any:
     try:
         return _canonical(json.loads(body))
     except (json.JSONDecodeError, RecursionError):
-        return _NO
+        return NOT_JSON
 
 
 def parses(text: str | None) -> bool:
-    return parse_json(text) is not _NO
+    return parse_json(text) is not NOT_JSON
 
 
 def _canonical(value: Any) -> Any:
@@ -92,7 +92,7 @@ def agree(metric: str, student: str | None, teacher: str | None) -> bool:
         return False
     if metric == "json":
         mine = parse_json(student)
-        return mine is not _NO and mine == parse_json(teacher)
+        return mine is not NOT_JSON and mine == parse_json(teacher)
     if metric == "similarity":
         return chrf(normalise(student), normalise(teacher)) >= SIMILARITY_THRESHOLD
     if metric == "exact":

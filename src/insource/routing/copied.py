@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from insource.routing.agreement import parse_json, parses
-from insource.routing.shape import fits
+from insource.routing.agreement import NOT_JSON, parse_json
+from insource.routing.shape import fits_value
 
 COPY_SHARE = 0.98
 MIN_VALUES = 20
@@ -42,11 +42,10 @@ def _fold(text: str, match: str) -> str:
     return text.casefold() if match == "casefold" else text
 
 
-def _fields(answer: str) -> dict[str, list[str]] | None:
-    """String values by top-level field ("" for an answer that is a JSON array), or None: not JSON."""
-    if not parses(answer):
+def _fields(value: Any) -> dict[str, list[str]] | None:
+    """String values by top-level field of a parsed answer ("" for a JSON array), or None: not JSON."""
+    if value is NOT_JSON:
         return None
-    value = parse_json(answer)
     if isinstance(value, dict):
         return {str(k): list(_strings(v)) for k, v in value.items()}
     return {"": list(_strings(value))}
@@ -58,7 +57,7 @@ def learn(examples: list[tuple[str, str]]) -> dict[str, Any] | None:
     for match in MATCHES:
         found: dict[str, list[int]] = {}
         for prompt, answer in examples:
-            fields = _fields(answer)
+            fields = _fields(parse_json(answer))
             if fields is None:
                 continue
             folded = _fold(prompt, match)
@@ -76,9 +75,13 @@ def learn(examples: list[tuple[str, str]]) -> dict[str, Any] | None:
 def holds_copies(answer: str, prompt: str, rule: dict[str, Any] | None) -> bool:
     """Whether every string value of the answer's copied fields appears in the prompt (True without a rule, or
     for an answer that is not JSON: other checks decide those)."""
+    return _holds(parse_json(answer), prompt, rule)
+
+
+def _holds(value: Any, prompt: str, rule: dict[str, Any] | None) -> bool:
     if not rule or not rule.get("fields"):
         return True
-    fields = _fields(answer)
+    fields = _fields(value)
     if fields is None:
         return True
     match = str(rule.get("match") or "exact")
@@ -90,7 +93,8 @@ def json_servable(answer: str, prompt: str, rule: dict[str, Any] | None, shape: 
     """Whether a `json` task's answer can be served: it parses, its copied fields' values are in the prompt, and it
     uses only the keys and labels of the teacher's answers (`routing/shape.py`): the one rule eval and serving
     both apply."""
-    return parses(answer) and holds_copies(answer, prompt, rule) and fits(answer, shape)
+    value = parse_json(answer)  # once, for all three checks
+    return value is not NOT_JSON and _holds(value, prompt, rule) and fits_value(value, shape)
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:

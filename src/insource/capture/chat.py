@@ -44,17 +44,5 @@ def prune_system(messages: Chat, system: str | None) -> Chat:
     return messages
 
 
-def student_messages(messages: Chat, system: str | None, empty_system: bool) -> Chat:
-    """What a generative student reads: `messages` without the pruned system prompt and, for a student trained
-    with `empty_system` (model.json; all since 2026-12-07), an empty system message first when none is left. A
-    chat template may otherwise put its own default there: SmolLM2's adds "You are a helpful AI assistant named
-    SmolLM, trained by Hugging Face" (16 of a SNIPS example's ~76 tokens, so 21% of training time, and the origin
-    of a `"playlist_owner": "Hugging Face"` answer). Training, eval and serving all call this one function."""
-    kept = prune_system(messages, system)
-    if empty_system and not (kept and kept[0].get("role") in ("system", "developer")):
-        return [{"role": "system", "content": ""}, *kept]
-    return kept
-
-
 def plain_prompt(messages: Chat) -> str:
     return "".join(f"<|{m.get('role')}|>\n{m.get('content') or ''}\n" for m in messages) + "<|assistant|>\n"

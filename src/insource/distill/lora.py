@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from insource.capture.chat import Chat, plain_prompt, read_chat, repeated_system, student_messages
+from insource.capture.chat import Chat, plain_prompt, prune_system, read_chat, repeated_system
 from insource.capture.dataset_read import Dataset
 from insource.capture.stats import STUDENT_CONTEXT
 from insource.errors import NotReady
@@ -39,7 +39,6 @@ DEFAULT_EPOCHS = 1
 # smaller splits train one (the demo's 256 tickets reach 95% in one, and it has a time limit).
 AUTO_EPOCHS_MIN_EXAMPLES = 1000
 AUTO_EPOCHS_BUDGET_S = 30 * 60
-EMPTY_SYSTEM = True  # prompts start with an empty system message (`capture/chat.py:student_messages`)
 BF16 = True  # bf16 autocast for the forward on CPUs with bf16 instructions
 LOSS_PROBE = 64  # examples the loss before/after training is measured on
 # Measured 2026-12-07 (SNIPS, same 5 batches of 8, one thread, training tokens per CPU-second, load 5-7):
@@ -236,10 +235,10 @@ def _load_data(ds: Dataset, tok: Any) -> tuple[Encoded, Encoded, str | None, dic
     pairs = [(prompt_text(c[:-1]), str(c[-1].get("content") or "")) for c in chats if c]
     checks = {"copied_fields": learn_copied(pairs), "answer_shape": learn_shape([answer for _, answer in pairs])}
     system = repeated_system(chats)
-    train = encode_examples(tok, [student_messages(c, system, EMPTY_SYSTEM) for c in chats])
+    train = encode_examples(tok, [prune_system(c, system) for c in chats])
     val_path = ds.path / "val.jsonl"
     val_chats = read_chat(val_path) if val_path.is_file() else []
-    val = encode_examples(tok, [student_messages(c, system, EMPTY_SYSTEM) for c in val_chats], split="val")
+    val = encode_examples(tok, [prune_system(c, system) for c in val_chats], split="val")
     return train, val, system, checks
 
 
@@ -285,7 +284,6 @@ def _train_lora(ds: Dataset, folder: Path, spec: BaseSpec, epochs: int | None, s
         "runtime": runtime,
         "base_model": spec.describe(),
         "system_prompt": system,
-        "empty_system": EMPTY_SYSTEM,
         **checks,
         "lora": {
             "r": LORA_R,

@@ -191,11 +191,10 @@ def score(
 ) -> GenScored:
     """Generate an answer to each chat and judge it against the teacher's: by `metric`, or by `grade` (the
     `judge` metric, which asks the teacher: `evals/judge.py`)."""
-    from insource.capture.chat import student_messages
+    from insource.capture.chat import prune_system
 
     system, limit = info.get("system_prompt"), max_tokens(info)
-    empty = bool(info.get("empty_system"))
-    outs = [gen.generate(student_messages(chat[:-1], system, empty), limit) for chat in chats]
+    outs = [gen.generate(prune_system(chat[:-1], system), limit) for chat in chats]
     teacher = [str(chat[-1].get("content") or "") for chat in chats]
     copied, shape = info.get("copied_fields"), info.get("answer_shape")
     prompts = [prompt_text(chat[:-1]) for chat in chats]

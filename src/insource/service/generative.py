@@ -42,7 +42,6 @@ from typing import Any
 
 import orjson
 
-from insource.capture.chat import student_messages
 from insource.config import ProviderConfig
 from insource.errors import InsourceError, NotReady, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage
@@ -249,7 +248,6 @@ class GenerativeStudent:
         self.external_url = external_url.rstrip("/") if external_url else None
         self.timeout_s = timeout_s
         self.system_prompt: str | None = info.get("system_prompt")
-        self.empty_system = bool(info.get("empty_system"))  # `capture/chat.py:student_messages`
         self.copied: dict[str, Any] | None = info.get("copied_fields")  # `routing/copied.py`
         self.shape: dict[str, Any] | None = info.get("answer_shape")  # `routing/shape.py`
         longest = (info.get("metrics") or {}).get("max_answer_tokens")
@@ -282,16 +280,13 @@ class GenerativeStudent:
         return self._metric[1]
 
     def _messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-        """The request's messages as trained (`student_messages`: the pruned system prompt removed), and whether
-        they look trained (the pruned system prompt was there, or none was pruned)."""
-        first = messages[0] if messages else {}
+        """The request's messages as trained (pruned system prompt removed), and whether they look trained."""
         if self.system_prompt is None:
-            trained = True
-        elif first.get("role") in ("system", "developer"):
-            trained, messages = first.get("content") == self.system_prompt, messages[1:]
-        else:
-            trained = False
-        return student_messages(messages, None, self.empty_system), trained
+            return messages, True
+        first = messages[0] if messages else {}
+        if first.get("role") in ("system", "developer"):
+            return messages[1:], first.get("content") == self.system_prompt
+        return messages, False
 
     def _request(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The llama.cpp request for the caller's `body` (greedy, token log-probs), and whether it looks trained."""

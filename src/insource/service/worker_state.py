@@ -112,19 +112,19 @@ class WorkerState:
         calls per 10 s instead of ~2,500). A reload that fails keeps the last good copy of that kind; it is logged."""
         while True:
             await asyncio.sleep(REFRESH_S)
-            keys, rows, routes = await asyncio.to_thread(self._reload)
+            keys, assigned, routes = await asyncio.to_thread(self._reload)
             if keys is not None:
                 self.keys.refresh(keys)
-            if rows is not None:
-                self.assigned = AssignedTemplates.from_rows(rows)
+            if assigned is not None:
+                self.assigned = assigned
             if routes is not None:
-                self.router.apply(routes)
+                _try(partial(self.router.apply, routes), "route refresh failed")
 
-    def _reload(self) -> tuple[dict[str, KeyInfo] | None, list[dict[str, Any]] | None, dict[str, RoutePolicy] | None]:
+    def _reload(self) -> tuple[dict[str, KeyInfo] | None, AssignedTemplates | None, dict[str, RoutePolicy] | None]:
         """(keys, template assignments, routes) from the store, each None when its read failed (logged)."""
         return (
             _try(self.keys.load_all, "key refresh failed"),
-            _try(partial(assignments, self.store), "template assignment refresh failed"),
+            _try(lambda: AssignedTemplates.from_rows(assignments(self.store)), "template assignment refresh failed"),
             _try(self.router.load, "route refresh failed"),
         )
 

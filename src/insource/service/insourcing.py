@@ -116,10 +116,6 @@ class InsourcingRouter:
         self.rng = random.Random()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def load(self) -> dict[str, RoutePolicy]:
-        """The routes as the store has them now, judged (in a thread: it reads the store)."""
-        return self._load_and_judge()
-
     def apply(self, fresh: dict[str, RoutePolicy]) -> None:
         """Serve with `fresh` routes (on the event loop): a route this worker is rolling back stays off until the
         store says so; a changed route's recent outcomes are forgotten."""
@@ -136,7 +132,8 @@ class InsourcingRouter:
         if policy is not None and policy.active:
             self.policies[task] = dataclasses.replace(policy, active=False)
 
-    def _load_and_judge(self) -> dict[str, RoutePolicy]:
+    def load(self) -> dict[str, RoutePolicy]:
+        """The routes as the store has them now, judged (in a thread: it reads the store)."""
         policies = judge_routes(self.store, load_policies(self.cfg, self.store, self.configured))
         return keep_promises(self.store, policies, self._classifier)  # the rollback floor first, then the promise
 

@@ -62,6 +62,8 @@ def test_a_dead_llama_server_is_restarted_and_callers_never_see_it(served: Serve
         assert time.monotonic() < deadline, "the student never came back"
     after = llama_servers(served.gw.proc.pid)
     assert len(after) == 1 and after != before
+    died = f"the llama.cpp server of {served.model} died: it was ended by signal {int(signal.SIGKILL)}"
+    assert died in served.gw.log.read_text()  # how it ended is logged (a crash also says what to rebuild)
 
 
 def test_audits_judge_with_the_metric_and_roll_back_on_drift(served: Served) -> None:

@@ -65,6 +65,12 @@ DEFAULT_MAX_TOKENS = 256
 STALL_S = 3.0  # a llama.cpp server that used no CPU this long while answering is hung: killed, the teacher answers
 STALL_CHECK_S = 0.25
 N_CTX = 1024
+CRASH_SIGNALS = {int(s): s.name for s in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS)}
+BUILD_HINT = (
+    "a llama-cpp-python built for another CPU, or with Intel AMX inside a VM that does not allow it, crashes like "
+    'this: rebuild it with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+    "pip install --no-cache-dir --force-reinstall llama-cpp-python (docs/lora.md)"
+)
 
 
 def free_port() -> int:
@@ -111,6 +117,19 @@ class LlamaCppProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def how_it_ended(self) -> str:
+        """How the server process ended, for the log: its exit code, or the signal that ended it (with what to do
+        when it crashed: llama.cpp built for features this CPU or VM does not allow)."""
+        code = None if self.proc is None else self.proc.returncode
+        if code is None:
+            return "it is not running"
+        if code >= 0:
+            return f"it exited with code {code}"
+        name = CRASH_SIGNALS.get(-code)
+        if name is None:
+            return f"it was ended by signal {-code}"
+        return f"it crashed ({name}); {BUILD_HINT}"
+
     def start(self) -> None:
         """Start (or restart) the server and wait until it answers; NotReady when it cannot."""
         if time.monotonic() - self._last_start < RESTART_BACKOFF_S and self.starts:
@@ -137,7 +156,8 @@ class LlamaCppProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.alive():
-                raise NotReady(f"the llama.cpp server of {self.name} exited at start (see its log in {self.log_dir})")
+                why = self.how_it_ended()
+                raise NotReady(f"the llama.cpp server of {self.name} exited at start: {why} (its log: {self.log_dir})")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=1) as resp:
                     if resp.status == 200:
@@ -314,6 +334,7 @@ class GenerativeStudent:
         if self._starting is None and not self.server.alive():
             if self.server.starts:
                 self.failures += 1  # it died: counted and restarted
+                log.warning("the llama.cpp server of %s died: %s", self.server.name, self.server.how_it_ended())
             self._provider = None
             self._starting = asyncio.ensure_future(asyncio.to_thread(self.server.start))
             self._starting.add_done_callback(self._started)

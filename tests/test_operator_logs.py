@@ -298,6 +298,35 @@ def test_the_log_handler_writes_whole_lines_in_atomic_chunks() -> None:
         logger.removeHandler(handler)
 
 
+def test_an_idle_log_handler_thread_waits_for_a_line_instead_of_polling() -> None:
+    """Old code: the flusher thread woke every `interval` (5 times a second) with nothing to write. Now it waits
+    on an event until a line is kept, writes it `interval` later, and waits again."""
+    import io
+    import logging
+    import sys
+    import threading
+
+    from insource.server.logs import FlushingStreamHandler
+
+    def flusher_top_frame(handler: FlushingStreamHandler) -> str:
+        (thread,) = [t for t in threading.enumerate() if getattr(t, "_target", None) == handler._flusher]
+        frame = sys._current_frames()[thread.ident or 0]
+        return frame.f_code.co_name
+
+    stream = io.StringIO()
+    handler = FlushingStreamHandler(stream, interval=0.05)
+    time.sleep(0.1)
+    assert flusher_top_frame(handler) == "wait"  # blocked on the event, not in a sleep loop
+    record = logging.LogRecord("insource.test", logging.INFO, "", 0, "lone line", (), None)
+    handler.handle(record)
+    deadline = time.monotonic() + 2
+    while "lone line" not in stream.getvalue():  # written within the interval, without another line to push it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert flusher_top_frame(handler) == "wait"
+
+
 def test_access_records_carry_every_attribute_a_log_record_has() -> None:
     """The access log builds its records directly (cheaper): handlers and formatters must see the same record."""
     import logging

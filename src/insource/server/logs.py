@@ -79,6 +79,7 @@ class FlushingStreamHandler(logging.StreamHandler):
         self.interval = interval
         self._pending: list[str] = []
         self._size = 0
+        self._has_lines = threading.Event()  # set when a line is kept: the flusher sleeps until then, idle or not
         threading.Thread(target=self._flusher, name="insource-log-flush", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -90,6 +91,8 @@ class FlushingStreamHandler(logging.StreamHandler):
         size = len(line)
         if self._size + size > self.CHUNK:
             self.flush()
+        if not self._pending:
+            self._has_lines.set()
         self._pending.append(line)
         self._size += size
         if record.levelno >= logging.WARNING:
@@ -112,8 +115,12 @@ class FlushingStreamHandler(logging.StreamHandler):
             self.release()
 
     def _flusher(self) -> None:
+        """Write what is kept `interval` seconds after the first line of it: no wake-up while no line is kept (an
+        idle gateway's log thread used to wake 5 times a second for nothing)."""
         while True:
+            self._has_lines.wait()
             time.sleep(self.interval)
+            self._has_lines.clear()
             if self._pending:
                 self.flush()
 

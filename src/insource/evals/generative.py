@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from insource.errors import NotReady
+from insource.registry.llama_check import preflight
 from insource.routing import agreement as T
 from insource.routing.copied import json_servable, prompt_text
 
@@ -136,6 +137,9 @@ def generator_for(folder: Path, info: dict[str, Any]) -> Generator:
     base_gguf = runtime.get("base_gguf")
     adapter = folder / "adapter.gguf"
     if base_gguf and Path(base_gguf).is_file() and adapter.is_file():
+        crashed = preflight(Path(base_gguf))  # a crash in process would end the command without a word
+        if crashed is not None:
+            raise NotReady(f"{folder.name}: llama.cpp cannot answer on this machine: {crashed}")
         try:
             return LlamaCppGenerator(Path(base_gguf), adapter)
         except ImportError:

@@ -46,6 +46,7 @@ from insource.config import ProviderConfig
 from insource.errors import InsourceError, NotReady, UpstreamError, UpstreamTimeout
 from insource.metering.usage import Usage
 from insource.registry.entries import EVAL_FILE, read_json, read_model_info, resolve
+from insource.registry.llama_check import how_it_ended
 from insource.routing.agreement import METRICS
 from insource.routing.copied import json_servable, prompt_text
 from insource.routing.tokens import completion_tokens, prompt_tokens
@@ -65,12 +66,6 @@ DEFAULT_MAX_TOKENS = 256
 STALL_S = 3.0  # a llama.cpp server that used no CPU this long while answering is hung: killed, the teacher answers
 STALL_CHECK_S = 0.25
 N_CTX = 1024
-CRASH_SIGNALS = {int(s): s.name for s in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS)}
-BUILD_HINT = (
-    "a llama-cpp-python built for another CPU, or with Intel AMX inside a VM that does not allow it, crashes like "
-    'this: rebuild it with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
-    "pip install --no-cache-dir --force-reinstall llama-cpp-python (docs/lora.md)"
-)
 
 
 def free_port() -> int:
@@ -120,15 +115,7 @@ class LlamaCppProcess:
     def how_it_ended(self) -> str:
         """How the server process ended, for the log: its exit code, or the signal that ended it (with what to do
         when it crashed: llama.cpp built for features this CPU or VM does not allow)."""
-        code = None if self.proc is None else self.proc.returncode
-        if code is None:
-            return "it is not running"
-        if code >= 0:
-            return f"it exited with code {code}"
-        name = CRASH_SIGNALS.get(-code)
-        if name is None:
-            return f"it was ended by signal {-code}"
-        return f"it crashed ({name}); {BUILD_HINT}"
+        return how_it_ended(None if self.proc is None else self.proc.returncode)
 
     def start(self) -> None:
         """Start (or restart) the server and wait until it answers; NotReady when it cannot."""

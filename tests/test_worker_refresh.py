@@ -68,3 +68,56 @@ def test_reload_returns_each_kind_or_none(tmp_path: Path, monkeypatch: pytest.Mo
         assert keys is None and assigned is not None and routes == {}
     finally:
         state.writer.close()
+
+
+def _count_reloads(state: WorkerState, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    reloads: list[float] = []
+    real = state._reload
+
+    def counted() -> tuple[object, object, object]:
+        reloads.append(1.0)
+        return real()
+
+    monkeypatch.setattr(state, "_reload", counted)
+    return reloads
+
+
+def _idle_then_a_new_key(state: WorkerState, reloads: list[float]) -> tuple[int, int]:
+    """(reloads in 0.5 s with nothing committed, keys seen once a key is created after that)."""
+
+    async def run() -> tuple[int, int]:
+        loop = asyncio.create_task(state._refresh_loop())
+        try:
+            await asyncio.sleep(0.5)  # 25 looks at REFRESH_S = 0.02
+            idle = len(reloads)
+            create_key(state.store, state.secret, "acme")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if state.keys.by_hash:
+                    break
+            return idle, len(state.keys.by_hash)
+        finally:
+            loop.cancel()
+            state.writer.close()
+
+    return asyncio.run(run())
+
+
+def test_an_idle_worker_reads_the_store_again_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old code re-read keys, assignments and routes at every look (twice a second, idle or not)."""
+    state = _state(tmp_path)
+    monkeypatch.setattr(worker_state, "REFRESH_S", 0.02)
+    idle, keys = _idle_then_a_new_key(state, _count_reloads(state, monkeypatch))
+    assert idle <= 2, f"{idle} reloads in 0.5 s with nothing committed"  # the first, maybe a start-up write
+    assert keys == 1  # a commit from elsewhere is still picked up at the next look
+
+
+def test_a_store_that_cannot_tell_is_read_at_every_look(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL has no `data_version`: its workers re-read at every look, as before."""
+    state = _state(tmp_path)
+    monkeypatch.setattr(worker_state, "REFRESH_S", 0.02)
+    monkeypatch.setattr(state.store, "data_version", lambda: None)
+    idle, keys = _idle_then_a_new_key(state, _count_reloads(state, monkeypatch))
+    assert idle >= 10 and keys == 1

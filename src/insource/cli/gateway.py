@@ -150,6 +150,7 @@ def serve(
     from insource.server.app import create_app
     from insource.server.logs import log_config
     from insource.server.protocol import HTTP_PROTOCOL
+    from insource.server.runner import run_one_worker
     from insource.service.limits import HOST_LIMITS_ENV
 
     cfg = _checked_config(config)
@@ -165,7 +166,7 @@ def serve(
     }
     _banner(f"insource gateway on http://{host}:{port}/v1 ({workers} worker(s))", log_format, common["log_config"])
     if workers == 1:
-        uvicorn.run(create_app(cfg), **common)
+        run_one_worker(create_app(cfg), **common)  # uvicorn, its heartbeat once a second: `server/runner.py`
         return
     found = find_config(config)  # --config, $INSOURCE_CONFIG or ./insource.toml: the workers read the same file
     if found is not None:

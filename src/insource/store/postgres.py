@@ -88,6 +88,9 @@ class PgStore(Store):
         if timezone is not None:
             self.ensure_timezone(timezone)
 
+    def data_version(self) -> int | None:
+        return None  # PostgreSQL has no cheap equivalent: workers re-read their keys and routes every time
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self.conn().transaction():

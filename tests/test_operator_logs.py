@@ -323,7 +323,7 @@ def test_an_idle_log_handler_thread_waits_for_a_line_instead_of_polling() -> Non
     while "lone line" not in stream.getvalue():  # written within the interval, without another line to push it
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    time.sleep(0.1)
+    time.sleep(0.5)  # an interval without a line: back to waiting
     assert flusher_top_frame(handler) == "wait"
 
 

@@ -115,13 +115,16 @@ class FlushingStreamHandler(logging.StreamHandler):
             self.release()
 
     def _flusher(self) -> None:
-        """Write what is kept `interval` seconds after the first line of it: no wake-up while no line is kept (an
-        idle gateway's log thread used to wake 5 times a second for nothing)."""
+        """Write what is kept every `interval` seconds while lines keep coming (one wake-up each), and sleep until
+        the next line once an interval passed without one (an idle gateway's log thread used to wake 5 times a
+        second for nothing)."""
         while True:
             self._has_lines.wait()
-            time.sleep(self.interval)
-            self._has_lines.clear()
-            if self._pending:
+            while True:
+                time.sleep(self.interval)
+                self._has_lines.clear()  # a line kept after this sets it again
+                if not self._pending:
+                    break
                 self.flush()
 
 

@@ -98,8 +98,11 @@ def test_serve_runs_uvicorn_with_the_coalescing_protocol(tmp_path: Path, monkeyp
     from insource.cli import _register, app
 
     _register()
+    import insource.server.runner as runner
+
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda target, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kwargs: seen.update(kwargs))  # several workers
+    monkeypatch.setattr(runner, "run_one_worker", lambda target, **kwargs: seen.update(kwargs))  # one worker
     config = tmp_path / "insource.toml"
     config.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/insource.db"\n')
     res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "1"])
